@@ -1,0 +1,48 @@
+"""Reading ``params.yaml``, the one configuration file for the pipeline and the services."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def load_params(params_file: Path) -> dict[str, Any]:
+    """Load the parameters file.
+
+    Args:
+        params_file: Path of ``params.yaml``.
+
+    Returns:
+        The parsed mapping.
+
+    Raises:
+        ValueError: If the file is missing or is not a YAML mapping.
+    """
+    if not params_file.is_file():
+        raise ValueError(f"parameters file {params_file} does not exist")
+    with params_file.open() as handle:
+        params = yaml.safe_load(handle)
+    if not isinstance(params, dict):
+        raise ValueError(f"parameters file {params_file} must hold a mapping at the top level")
+    return params
+
+
+def section(params_file: Path, name: str) -> dict[str, Any]:
+    """One top-level section of the parameters file.
+
+    Args:
+        params_file: Path of ``params.yaml``.
+        name: Section name, e.g. ``training``.
+
+    Returns:
+        The section's mapping.
+
+    Raises:
+        ValueError: If the section is missing or not a mapping.
+    """
+    value = load_params(params_file).get(name)
+    if not isinstance(value, dict):
+        raise ValueError(f"{params_file} has no '{name}' section (or it is not a mapping)")
+    return value

@@ -1,0 +1,128 @@
+"""Per-service scaling settings from ``params.yaml``.
+
+Every service gets ``service_defaults``; a service named under ``services`` overrides any of those
+fields. Unknown keys are refused, so a typo in ``params.yaml`` fails loudly instead of being
+silently ignored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipelines.params import load_params
+
+DEFAULTS_SECTION = "service_defaults"
+SERVICES_SECTION = "services"
+
+
+class ServiceConfig(BaseModel):
+    """Scaling settings of one service.
+
+    Attributes:
+        capacity_per_replica: Requests/s one pod serves at 100 % utilisation.
+        target_utilization: Share of a pod's capacity the schedule plans to use, in (0, 1].
+        min_replicas: Fewest pods ever recommended.
+        max_replicas: Most pods ever recommended.
+        startup_seconds: Pod start-up lead time: the served value covers this much of the future.
+        scale_down_delay_minutes: How long a planned scale-down is held back.
+        max_surge_per_step: Most pods added in one schedule step.
+        risk: Accepted probability of running short (0.1 -> plan on the 0.9 quantile).
+        dry_run: Forecast only: the API serves the reactive floor, the schedule stays readable.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    capacity_per_replica: float = Field(default=50.0, gt=0)
+    target_utilization: float = Field(default=0.7, gt=0, le=1)
+    min_replicas: int = Field(default=2, ge=0)
+    max_replicas: int = Field(default=100, ge=1)
+    startup_seconds: int = Field(default=120, ge=0)
+    scale_down_delay_minutes: int = Field(default=15, ge=0)
+    max_surge_per_step: int = Field(default=10, ge=1)
+    risk: float = Field(default=0.1, gt=0, lt=1)
+    dry_run: bool = False
+
+    @model_validator(mode="after")
+    def _min_not_above_max(self) -> ServiceConfig:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"min_replicas ({self.min_replicas}) exceeds max_replicas ({self.max_replicas})"
+            )
+        return self
+
+
+def _mapping(params: dict[str, Any], name: str, params_file: Path) -> dict[str, Any]:
+    value = params.get(name) or {}
+    if not isinstance(value, dict):
+        raise ValueError(f"{params_file}: '{name}' must be a mapping, got {type(value).__name__}")
+    return value
+
+
+def _build(params_file: Path, name: str, defaults: dict[str, Any], override: Any) -> ServiceConfig:
+    if override is None:
+        override = {}
+    if not isinstance(override, dict):
+        raise ValueError(f"{params_file}: services.{name} must be a mapping of settings")
+    try:
+        return ServiceConfig(**{**defaults, **override})
+    except ValidationError as error:
+        raise ValueError(f"{params_file}: invalid settings for service {name!r}: {error}") from error
+
+
+def load_service_configs(params_file: Path) -> dict[str, ServiceConfig]:
+    """Settings of every service named under ``services`` in the parameters file.
+
+    Args:
+        params_file: Path of ``params.yaml``.
+
+    Returns:
+        Service name -> its merged settings (defaults overridden by the service's own entry).
+
+    Raises:
+        ValueError: If the file is missing, a section is not a mapping, or a service's settings
+            are invalid (the message names the service and the field).
+    """
+    params = load_params(Path(params_file))
+    defaults = _mapping(params, DEFAULTS_SECTION, params_file)
+    services = _mapping(params, SERVICES_SECTION, params_file)
+    _build(params_file, DEFAULTS_SECTION, defaults, {})
+    return {
+        str(name): _build(params_file, str(name), defaults, override)
+        for name, override in services.items()
+    }
+
+
+def default_service_config(params_file: Path) -> ServiceConfig:
+    """The settings a service not named under ``services`` gets (``service_defaults`` alone).
+
+    Args:
+        params_file: Path of ``params.yaml``.
+
+    Returns:
+        The default settings.
+
+    Raises:
+        ValueError: If the file is missing or ``service_defaults`` is invalid.
+    """
+    params = load_params(Path(params_file))
+    return _build(params_file, DEFAULTS_SECTION, _mapping(params, DEFAULTS_SECTION, params_file), {})
+
+
+def service_config(params_file: Path, name: str) -> ServiceConfig:
+    """Settings of one service: its own entry merged over ``service_defaults``.
+
+    Args:
+        params_file: Path of ``params.yaml``.
+        name: Service name; a service without its own entry gets the defaults.
+
+    Returns:
+        The merged settings.
+
+    Raises:
+        ValueError: If the file or the service's settings are invalid.
+    """
+    configs = load_service_configs(params_file)
+    return configs[name] if name in configs else default_service_config(params_file)
