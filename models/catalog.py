@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 from models.base import Forecaster
+from models.ensemble import EnsembleForecaster
+from models.lgbm_model import LightGBMForecaster
 from models.naive import SeasonalNaiveForecaster
+from models.prophet_model import ProphetForecaster
 
 MODEL_FAMILIES: dict[str, type[Forecaster]] = {
-    "naive": SeasonalNaiveForecaster,
+    SeasonalNaiveForecaster.name: SeasonalNaiveForecaster,
+    ProphetForecaster.name: ProphetForecaster,
+    LightGBMForecaster.name: LightGBMForecaster,
+    EnsembleForecaster.name: EnsembleForecaster,
 }

@@ -7,6 +7,7 @@ returns ``service, ts, y`` on a gap-free grid (missing steps interpolated, flagg
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -139,3 +140,145 @@ def check_quantiles(quantiles: Sequence[float]) -> tuple[float, ...]:
     for q in levels:
         quantile_column(q)
     return levels
+
+
+def robust_clip(values: np.ndarray, season: int, threshold: float = 6.0) -> np.ndarray:
+    """Replace anomalous spikes by a robust seasonal reference, so one outlier cannot wreck a fit.
+
+    A point is an outlier when its deviation from the median of the same phase one and two
+    seasons before and after exceeds ``threshold`` robust standard deviations (1.4826 MAD) of all
+    deviations. The last season is never changed: a level shift at the end of the history is
+    news, not noise.
+
+    Args:
+        values: History of one series, oldest first.
+        season: Steps per season.
+        threshold: Outlier cut-off in robust standard deviations.
+
+    Returns:
+        A cleaned copy.
+    """
+    x = np.asarray(values, dtype=float).copy()
+    if x.size < 3 * season or season < 2:
+        return x
+    index = np.arange(x.size)
+    neighbours = []
+    for shift in (-2 * season, -season, season, 2 * season):
+        j = index + shift
+        neighbours.append(np.where((j >= 0) & (j < x.size), x[np.clip(j, 0, x.size - 1)], np.nan))
+    reference = np.nanmedian(np.vstack(neighbours), axis=0)
+    deviation = x - reference
+    mad = 1.4826 * np.median(np.abs(deviation - np.median(deviation)))
+    if not mad > 0:
+        return x
+    outliers = np.abs(deviation) > threshold * mad
+    outliers[-season:] = False
+    x[outliers] = reference[outliers]
+    return x
+
+
+def _take(values: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """``values[index]`` with NaN where the index is negative."""
+    safe = np.clip(index, 0, values.size - 1)
+    out = values[safe]
+    return np.where(index >= 0, out, np.nan)
+
+
+def build_features(
+    values: np.ndarray,
+    origins: np.ndarray,
+    horizons: np.ndarray,
+    season: int,
+    week: int | None,
+    target_times: pd.DatetimeIndex | None = None,
+    n_seasonal_lags: int = 4,
+    n_recent_lags: int = 6,
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Direct multi-horizon design matrix for forecasting ``values[origin + horizon]``.
+
+    Every feature is computed from ``values[: origin + 1]`` only (no leakage) and divided by
+    the series scale at the origin (mean of the last season), so big and small series share
+    patterns. The model target is ``values[origin + horizon] / scale``.
+
+    Features: horizon; same-phase lags (the last ``n_seasonal_lags`` observed values at the
+    target's phase of the season) with their mean; the weekly same-phase lag; the last
+    ``n_recent_lags`` values; recent means and volatility; the current deviation from one season
+    and one week earlier; and, when ``target_times`` is given, hour-of-day and day-of-week of the
+    target.
+
+    Args:
+        values: One series on a regular grid, oldest first.
+        origins: Index of the last observed point of each row.
+        horizons: Steps ahead of each row (>= 1).
+        season: Steps per season (one day).
+        week: Steps per week, or ``None`` when the data has no weekly cycle to use.
+        target_times: Timestamps of ``origin + horizon`` for calendar features.
+        n_seasonal_lags: Same-phase lags to include.
+        n_recent_lags: Recent lags to include.
+
+    Returns:
+        ``(features, scale, names)``: the matrix, the per-row scale, the column names.
+    """
+    x = np.asarray(values, dtype=float)
+    o = np.asarray(origins, dtype=np.int64)
+    h = np.asarray(horizons, dtype=np.int64)
+    cumsum = np.concatenate([[0.0], np.cumsum(x)])
+    cumsq = np.concatenate([[0.0], np.cumsum(x * x)])
+
+    def window_mean(length: int) -> np.ndarray:
+        start = np.maximum(o + 1 - length, 0)
+        return (cumsum[o + 1] - cumsum[start]) / (o + 1 - start)
+
+    def window_std(length: int) -> np.ndarray:
+        start = np.maximum(o + 1 - length, 0)
+        n = o + 1 - start
+        mean = (cumsum[o + 1] - cumsum[start]) / n
+        return np.sqrt(np.maximum((cumsq[o + 1] - cumsq[start]) / n - mean**2, 0.0))
+
+    scale = window_mean(season)
+    fallback = np.abs(window_mean(o.max() + 1 if o.size else 1))
+    scale = np.where(scale > 1e-9, scale, np.where(fallback > 1e-9, fallback, 1.0))
+
+    columns: dict[str, np.ndarray] = {"horizon": h.astype(float)}
+    first_k = np.ceil(h / season).astype(np.int64)
+    seasonal = []
+    for j in range(n_seasonal_lags):
+        lag = _take(x, o + h - (first_k + j) * season) / scale
+        columns[f"season_lag_{j}"] = lag
+        seasonal.append(lag)
+    stacked = np.vstack(seasonal)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=RuntimeWarning)  # all-NaN rows stay NaN
+        columns["season_lag_mean"] = np.nanmean(stacked, axis=0)
+        columns["season_lag_median"] = np.nanmedian(stacked, axis=0)
+    if week is not None:
+        weeks_back = np.ceil(h / week).astype(np.int64)
+        columns["week_lag"] = _take(x, o + h - weeks_back * week) / scale
+        columns["week_lag_2"] = _take(x, o + h - (weeks_back + 1) * week) / scale
+    for i in range(n_recent_lags):
+        columns[f"lag_{i}"] = _take(x, o - i) / scale
+    short = max(2, min(12, season // 4))
+    columns["mean_short"] = window_mean(short) / scale
+    columns["mean_week"] = window_mean(week if week else 7 * season) / scale
+    columns["std_short"] = window_std(short) / scale
+    columns["std_season"] = window_std(season) / scale
+    columns["dev_season"] = (window_mean(short) - _mean_at(cumsum, o - season, short)) / scale
+    if week is not None:
+        columns["dev_week"] = (window_mean(short) - _mean_at(cumsum, o - week, short)) / scale
+    columns["log_scale"] = np.log1p(scale)
+    if target_times is not None:
+        minutes = target_times.hour * 60 + target_times.minute
+        columns["minute_of_day"] = np.asarray(minutes, dtype=float)
+        columns["day_of_week"] = np.asarray(target_times.dayofweek, dtype=float)
+    names = list(columns)
+    return np.column_stack([columns[n] for n in names]), scale, names
+
+
+def _mean_at(cumsum: np.ndarray, end: np.ndarray, length: int) -> np.ndarray:
+    """Mean of the ``length`` values ending at index ``end`` (NaN when ``end`` < 0)."""
+    end = np.asarray(end)
+    valid = end >= 0
+    e = np.clip(end, 0, None)
+    start = np.maximum(e + 1 - length, 0)
+    mean = (cumsum[e + 1] - cumsum[start]) / (e + 1 - start)
+    return np.where(valid, mean, np.nan)

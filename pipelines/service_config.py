@@ -57,7 +57,7 @@ class ServiceConfig(BaseModel):
 def _mapping(params: dict[str, Any], name: str, params_file: Path) -> dict[str, Any]:
     value = params.get(name) or {}
     if not isinstance(value, dict):
-        raise ValueError(f"{params_file}: '{name}' must be a mapping, got {type(value).__name__}")
+        raise ValueError(f"{params_file}: '{name}' must be a mapping, got {type(value).__name__}")  # noqa: TRY004 (contract: ValueError)
     return value
 
 
@@ -65,11 +65,17 @@ def _build(params_file: Path, name: str, defaults: dict[str, Any], override: Any
     if override is None:
         override = {}
     if not isinstance(override, dict):
-        raise ValueError(f"{params_file}: services.{name} must be a mapping of settings")
+        raise ValueError(f"{params_file}: services.{name} must be a mapping of settings")  # noqa: TRY004
     try:
         return ServiceConfig(**{**defaults, **override})
     except ValidationError as error:
-        raise ValueError(f"{params_file}: invalid settings for service {name!r}: {error}") from error
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in item['loc']) or 'settings'}: {item['msg']}"
+            for item in error.errors()
+        )
+        raise ValueError(
+            f"{params_file}: invalid settings for service {name!r}: {problems}"
+        ) from error
 
 
 def load_service_configs(params_file: Path) -> dict[str, ServiceConfig]:
@@ -108,7 +114,9 @@ def default_service_config(params_file: Path) -> ServiceConfig:
         ValueError: If the file is missing or ``service_defaults`` is invalid.
     """
     params = load_params(Path(params_file))
-    return _build(params_file, DEFAULTS_SECTION, _mapping(params, DEFAULTS_SECTION, params_file), {})
+    return _build(
+        params_file, DEFAULTS_SECTION, _mapping(params, DEFAULTS_SECTION, params_file), {}
+    )
 
 
 def service_config(params_file: Path, name: str) -> ServiceConfig:

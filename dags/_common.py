@@ -1,0 +1,69 @@
+"""Wiring shared by the Forescale DAGs: default arguments, the drift asset, the run's interval.
+
+Kept tiny on purpose: DAG files only wire tasks; every task body is one call into ``pipelines``.
+Nothing here reads settings or touches the disk at import time.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import pendulum
+from airflow.sdk import Asset
+
+OWNER = "forescale"
+START_DATE = pendulum.datetime(2024, 1, 1, tz="UTC")
+
+DEFAULT_ARGS: dict[str, Any] = {
+    "owner": OWNER,
+    "retries": 2,
+    "retry_delay": timedelta(minutes=1),
+    "retry_exponential_backoff": True,
+}
+
+# Emitted by drift_monitor when a service drifts; forecast_retrain is scheduled on it.
+# extra: {"services": [...], "report": "<html path>", "result": "<json path>", "reason": "..."}
+DRIFT_ASSET = Asset(name="forescale_drift", uri="forescale://drift")
+
+
+def run_interval(
+    data_interval_start: datetime | None,
+    data_interval_end: datetime | None,
+    run_after: datetime | None,
+    minutes: int,
+) -> tuple[datetime, datetime]:
+    """The data interval a task works on, also for a manual run that has none.
+
+    Scheduled runs use their data interval, so a rerun works on exactly the same rows. A manual
+    run without a logical date gets the last whole ``minutes`` interval before it was triggered.
+
+    Args:
+        data_interval_start: The run's ``data_interval_start`` (may be ``None``).
+        data_interval_end: The run's ``data_interval_end`` (may be ``None``).
+        run_after: The run's ``run_after`` (used when there is no interval).
+        minutes: Interval length of the DAG's schedule.
+
+    Returns:
+        ``(start, end)`` as UTC datetimes, ``start < end``.
+
+    Raises:
+        ValueError: If there is neither an interval nor a ``run_after``.
+    """
+    if data_interval_start is not None and data_interval_end is not None and (
+        data_interval_start < data_interval_end
+    ):
+        return data_interval_start, data_interval_end
+    anchor = data_interval_end or run_after
+    if anchor is None:
+        raise ValueError("the run has neither a data interval nor a run_after time")
+    anchor = pendulum.instance(anchor).in_timezone("UTC")
+    end = anchor.replace(second=0, microsecond=0).subtract(minutes=anchor.minute % minutes)
+    return end.subtract(minutes=minutes), end
+
+
+def forescale_settings() -> Any:
+    """``pipelines.settings.get_settings()``, read when a task runs (never at DAG parse time)."""
+    from pipelines.settings import get_settings
+
+    return get_settings()

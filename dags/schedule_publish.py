@@ -1,0 +1,82 @@
+"""
+### schedule_publish
+
+Every hour: forecast the next hours with each service's champion, turn the forecast into a
+replica schedule and publish it to the serving API's store (read by KEDA `metrics-api`).
+
+`plan_shards` → `forecast_shard` → `build_schedules` → `publish_schedules`, each of the last
+three mapped over the shards (one task instance per shard of `training.shard_size` services).
+
+* The forecast origin and the publication time are the run's `data_interval_end`, and outputs
+  are partitioned by it, so a rerun writes the same files and schedules.
+* Only service names and paths travel through XCom.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from airflow.sdk import CronDataIntervalTimetable, dag, task
+
+from dags._common import DEFAULT_ARGS, START_DATE, forescale_settings, run_interval
+
+INTERVAL_MINUTES = 60
+
+
+@dag(
+    dag_id="schedule_publish",
+    schedule=CronDataIntervalTimetable("0 * * * *", timezone="UTC"),
+    start_date=START_DATE,
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    tags=["forescale", "forecast", "serving"],
+    doc_md=__doc__,
+)
+def schedule_publish() -> None:
+    """Hourly champion forecast → replica schedule → publication, mapped over shards."""
+
+    @task
+    def plan_shards() -> list[list[str]]:
+        from pipelines.training import plan_shards
+
+        return plan_shards(forescale_settings())
+
+    @task
+    def forecast_shard(
+        services: list[str],
+        data_interval_start: datetime | None = None,
+        data_interval_end: datetime | None = None,
+        dag_run=None,
+    ) -> str:
+        from pipelines.publish import forecast_shard
+
+        _, origin = run_interval(data_interval_start, data_interval_end,
+                                 dag_run.run_after, INTERVAL_MINUTES)
+        return str(forecast_shard(forescale_settings(), services, as_of=origin))
+
+    @task
+    def build_schedules(forecast_path: str) -> str:
+        from pipelines.publish import build_schedules
+
+        return str(build_schedules(forescale_settings(), forecast_path))
+
+    @task
+    def publish_schedules(
+        schedules_path: str,
+        data_interval_start: datetime | None = None,
+        data_interval_end: datetime | None = None,
+        dag_run=None,
+    ) -> str:
+        from pipelines.publish import publish_schedules
+
+        _, published_at = run_interval(data_interval_start, data_interval_end,
+                                       dag_run.run_after, INTERVAL_MINUTES)
+        return str(publish_schedules(forescale_settings(), schedules_path, as_of=published_at))
+
+    forecasts = forecast_shard.expand(services=plan_shards())
+    schedules = build_schedules.expand(forecast_path=forecasts)
+    publish_schedules.expand(schedules_path=schedules)
+
+
+schedule_publish()

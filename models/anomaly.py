@@ -1,0 +1,317 @@
+"""Online anomaly detection on telemetry: nearest-neighbour novelty plus range excursions.
+
+Each point gets a score in [0, 1] computed from that point and the past only, so scoring a
+stream point by point or as one batch gives the same numbers, and appending newer points never
+changes older scores. The score combines:
+
+1. **Subsequence novelty.** The last ``embedding`` values form a subsequence; its distance to the
+   nearest earlier subsequence (the last ``search_rows`` rows, excluding trivial overlapping
+   matches) measures how new the current shape is. Recurring patterns (daily peaks, periodic
+   spikes) find close neighbours and score low; spikes, level shifts and dropouts do not.
+2. **Calibration.** The log distance is turned into a robust z-score against the previous
+   ``history`` distances (rolling median / MAD), then into NuPIC's log-likelihood scale
+   ``log(1 - Phi(z)) / log(1e-10)`` so that scores near 1 separate well.
+3. **Range excursions.** A value beyond the range seen so far (by more than
+   ``range_tolerance`` of that range) scores at least ``range_score``.
+4. **Refractory damping.** A score is multiplied by ``1 - max(previous `refractory` raw
+   scores)``, so a lasting event is reported once at its onset rather than at every row.
+
+The detector is fitted per service on history (it keeps each service's recent values as context
+for scoring newer batches) and flags a point when ``score >= threshold``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.special import ndtr
+
+from pipelines.schema import SERVICE, TARGET, TS, TS_DTYPE, require_columns, to_long
+
+SCORE = "score"
+IS_ANOMALY = "is_anomaly"
+_LOG_1E_10 = math.log(1e-10)
+
+
+@dataclass(frozen=True)
+class DetectorSettings:
+    """Tunable settings of the detector (all in rows of the series).
+
+    Attributes:
+        embedding: Length of the subsequence compared with earlier ones.
+        search_rows: How far back the nearest-neighbour search looks.
+        history: Rows of past distances the z-score is computed against.
+        warmup: Rows before any score is given (scores are 0 there).
+        refractory: Rows after a high score during which later scores are damped.
+        range_score: Minimum score of a value outside the range seen so far.
+        range_tolerance: Margin, as a share of the seen range, before a value counts as outside.
+    """
+
+    embedding: int = 6
+    search_rows: int = 6000
+    history: int = 2000
+    warmup: int = 100
+    refractory: int = 200
+    range_score: float = 0.99
+    range_tolerance: float = 0.01
+
+    def __post_init__(self) -> None:
+        for name in ("embedding", "search_rows", "history", "warmup"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"DetectorSettings.{name} must be >= 1, got {getattr(self, name)}")
+        if self.refractory < 0:
+            raise ValueError(f"DetectorSettings.refractory must be >= 0, got {self.refractory}")
+        if not 0.0 <= self.range_score <= 1.0:
+            raise ValueError(f"DetectorSettings.range_score must be in [0, 1], got {self.range_score}")
+
+    @property
+    def context_rows(self) -> int:
+        """Rows of past values needed to score a new point exactly as in one long run."""
+        return self.search_rows + self.history + self.embedding + self.refractory + 1
+
+
+#: Threshold picked on the NAB corpus by leave-one-file-out (see ``pipelines/bench/nab.py``).
+DEFAULT_THRESHOLD = 0.25
+
+
+def _clean_values(values: np.ndarray, what: str) -> np.ndarray:
+    """Forward-fill missing values (past only); reject series with no finite value."""
+    series = pd.Series(np.asarray(values, dtype=float))
+    series[~np.isfinite(series)] = np.nan
+    if series.notna().sum() == 0:
+        raise ValueError(f"{what}: no finite values to score")
+    first = int(series.notna().to_numpy().argmax())
+    filled = series.ffill()
+    filled.iloc[:first] = series.iloc[first]  # leading gap: repeat the first observation
+    return filled.to_numpy()
+
+
+def nearest_neighbour_distance(values: np.ndarray, embedding: int, search_rows: int) -> np.ndarray:
+    """Distance of each subsequence to its nearest non-overlapping earlier subsequence.
+
+    Args:
+        values: The series (finite).
+        embedding: Subsequence length ``L``; the subsequence ending at ``t`` is ``values[t-L+1:t+1]``.
+        search_rows: How many earlier subsequences are searched.
+
+    Returns:
+        Per row, the RMS distance (0 where no earlier subsequence exists yet).
+    """
+    n = len(values)
+    distance = np.zeros(n)
+    if n < 2 * embedding + 1:
+        return distance
+    windows = np.lib.stride_tricks.sliding_window_view(values, embedding)
+    for k in range(2 * embedding, len(windows)):
+        past = windows[max(0, k - search_rows) : k - embedding]
+        gap = past - windows[k]
+        distance[k + embedding - 1] = math.sqrt(float(np.min(np.einsum("ij,ij->i", gap, gap))) / embedding)
+    return distance
+
+
+def _novelty_score(values: np.ndarray, settings: DetectorSettings) -> np.ndarray:
+    distance = nearest_neighbour_distance(values, settings.embedding, settings.search_rows)
+    scale = pd.Series(np.abs(values)).expanding().mean().to_numpy()
+    log_distance = pd.Series(np.log(distance + 1e-6 * scale + 1e-12))
+    past_median = log_distance.rolling(settings.history, min_periods=settings.warmup).median().shift(1)
+    past_mad = (
+        (log_distance - past_median)
+        .abs()
+        .rolling(settings.history, min_periods=settings.warmup)
+        .median()
+        .shift(1)
+    )
+    z = ((log_distance - past_median) / (1.4826 * past_mad + 1e-9)).fillna(0.0).to_numpy()
+    score = np.log(1.0000000001 - ndtr(z)) / _LOG_1E_10
+    score[: settings.embedding + settings.warmup] = 0.0
+    return np.clip(score, 0.0, 1.0)
+
+
+def _range_score(values: np.ndarray, settings: DetectorSettings) -> np.ndarray:
+    low = np.minimum.accumulate(values)
+    high = np.maximum.accumulate(values)
+    margin = settings.range_tolerance * (high - low)
+    outside = np.zeros(len(values), dtype=bool)
+    outside[1:] = (values[1:] > high[:-1] + margin[:-1]) | (values[1:] < low[:-1] - margin[:-1])
+    outside[: settings.warmup] = False
+    return np.where(outside, settings.range_score, 0.0)
+
+
+def _damp_after_events(raw: np.ndarray, refractory: int) -> np.ndarray:
+    if refractory == 0 or len(raw) == 0:
+        return raw
+    recent_max = (
+        pd.Series(raw).rolling(refractory, min_periods=1).max().shift(1).fillna(0.0).to_numpy()
+    )
+    return raw * (1.0 - recent_max)
+
+
+def score_series(
+    values: np.ndarray,
+    timestamps: pd.Series | np.ndarray | None = None,
+    settings: DetectorSettings | None = None,
+) -> np.ndarray:
+    """Online anomaly score of one series: each point is scored from itself and the past.
+
+    Args:
+        values: The series in time order; NaN/inf are forward-filled (a missing point is read
+            as "no change").
+        timestamps: Timestamps of the rows, only checked to be increasing (may be ``None``).
+        settings: Detector settings; defaults to :class:`DetectorSettings`.
+
+    Returns:
+        Scores in [0, 1], one per row.
+
+    Raises:
+        ValueError: If there are no finite values, or timestamps decrease or do not match.
+    """
+    settings = settings or DetectorSettings()
+    if timestamps is not None:
+        ts = pd.to_datetime(pd.Series(timestamps))
+        if len(ts) != len(values):
+            raise ValueError(f"{len(values)} values but {len(ts)} timestamps")
+        back = np.flatnonzero(ts.diff().dt.total_seconds().to_numpy()[1:] < 0)
+        if len(back):
+            raise ValueError(f"timestamps decrease at rows {back[0] + 1}..{back[-1] + 1}")
+    clean = _clean_values(values, "series")
+    raw = np.maximum(_novelty_score(clean, settings), _range_score(clean, settings))
+    return np.clip(_damp_after_events(raw, settings.refractory), 0.0, 1.0)
+
+
+@dataclass
+class AnomalyDetector:
+    """Per-service online anomaly detector over long-format telemetry.
+
+    Attributes:
+        settings: The detector settings, shared by all services.
+        threshold: A point is an anomaly when its score is at or above this.
+        target: The metric column that is scored.
+        context: Per service, the most recent fitted/scored rows (``ts``, value) used as the
+            past when scoring newer rows.
+    """
+
+    settings: DetectorSettings = field(default_factory=DetectorSettings)
+    threshold: float = DEFAULT_THRESHOLD
+    target: str = TARGET
+    context: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+    name = "nn_novelty"
+
+    def fit(self, history: pd.DataFrame, target: str | None = None) -> AnomalyDetector:
+        """Remember each service's recent history as the past for later scoring.
+
+        Args:
+            history: Long-format rows (``service``, ``ts``, target column).
+            target: The metric to score; keeps :attr:`target` when omitted.
+
+        Returns:
+            ``self``.
+
+        Raises:
+            ValueError: If columns are missing or the frame is empty.
+        """
+        if target is not None:
+            self.target = target
+        frame = self._prepare(history, "history")
+        self.context = {
+            str(service): rows[[TS, self.target]].tail(self.settings.context_rows).reset_index(drop=True)
+            for service, rows in frame.groupby(SERVICE, sort=True)
+        }
+        return self
+
+    def score(self, frame: pd.DataFrame, update_context: bool = True) -> pd.DataFrame:
+        """Score new rows of each service online, after that service's fitted context.
+
+        Rows at or before the last context timestamp of a service are scored without context
+        (they are not "new"): pass only rows newer than what was fitted for exact online scores.
+
+        Args:
+            frame: Long-format rows (``service``, ``ts``, target column).
+            update_context: Append the scored rows to the context for the next call.
+
+        Returns:
+            A frame with ``service``, ``ts``, ``score`` and ``is_anomaly`` per input row.
+
+        Raises:
+            ValueError: If columns are missing, the frame is empty, or a service has no finite
+                value of the target.
+        """
+        data = self._prepare(frame, "frame")
+        out = []
+        for service, rows in data.groupby(SERVICE, sort=True):
+            service = str(service)
+            past = self.context.get(service)
+            if past is not None and len(past) and rows[TS].iloc[0] > past[TS].iloc[-1]:
+                joined = pd.concat([past, rows[[TS, self.target]]], ignore_index=True)
+                n_past = len(past)
+            else:
+                joined = rows[[TS, self.target]].reset_index(drop=True)
+                n_past = 0
+            try:
+                scores = score_series(joined[self.target].to_numpy(), None, self.settings)[n_past:]
+            except ValueError as err:
+                raise ValueError(f"service {service!r}, column {self.target!r}: {err}") from err
+            out.append(
+                pd.DataFrame(
+                    {SERVICE: service, TS: rows[TS].to_numpy(), SCORE: scores, IS_ANOMALY: scores >= self.threshold}
+                )
+            )
+            if update_context:
+                self.context[service] = joined.tail(self.settings.context_rows).reset_index(drop=True)
+        result = pd.concat(out, ignore_index=True)
+        result[TS] = result[TS].astype(TS_DTYPE)
+        return result
+
+    def save(self, path: Path) -> None:
+        """Write settings, threshold and per-service context to a directory."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        meta = {"name": self.name, "threshold": self.threshold, "target": self.target,
+                "settings": asdict(self.settings)}
+        (path / "detector.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+        if self.context:
+            frames = [rows.assign(**{SERVICE: service}) for service, rows in self.context.items()]
+            pd.concat(frames, ignore_index=True).to_parquet(path / "context.parquet", index=False)
+
+    @classmethod
+    def load(cls, path: Path) -> AnomalyDetector:
+        """Read a detector written by :meth:`save`.
+
+        Raises:
+            ValueError: If the directory holds no detector.
+        """
+        path = Path(path)
+        meta_path = path / "detector.json"
+        if not meta_path.exists():
+            raise ValueError(f"no anomaly detector saved in {path} (missing detector.json)")
+        meta = json.loads(meta_path.read_text())
+        detector = cls(DetectorSettings(**meta["settings"]), float(meta["threshold"]), meta["target"])
+        context_path = path / "context.parquet"
+        if context_path.exists():
+            context = pd.read_parquet(context_path)
+            context[TS] = context[TS].astype(TS_DTYPE)
+            detector.context = {
+                str(service): rows[[TS, detector.target]].reset_index(drop=True)
+                for service, rows in context.groupby(SERVICE, sort=True)
+            }
+        return detector
+
+    def _prepare(self, frame: pd.DataFrame, what: str) -> pd.DataFrame:
+        require_columns(frame, (SERVICE, TS, self.target), what)
+        if frame.empty:
+            raise ValueError(f"{what} has no rows to use for anomaly detection")
+        data = to_long(frame, [self.target])
+        duplicated = data.duplicated([SERVICE, TS])
+        if duplicated.any():
+            rows = np.flatnonzero(duplicated.to_numpy())
+            service = data[SERVICE].iloc[rows[0]]
+            raise ValueError(
+                f"{what}: duplicate (service, ts) rows for service {service!r}, "
+                f"rows {rows[0]}..{rows[-1]} after sorting"
+            )
+        return data

@@ -1,0 +1,252 @@
+"""Explanations: SHAP for LightGBM, components for Prophet, in plots and in words.
+
+Two uses:
+
+* :func:`log_model_explanations` logs, for each registered model version, a SHAP summary plot
+  (LightGBM, TreeExplainer) or the Prophet components plot (trend, daily, weekly, events) as MLflow
+  artifacts of the active run.
+* :func:`explain_peaks` says, for the peak steps of a published schedule, which inputs pushed the
+  forecast up or down, as a share of the model's baseline, e.g.
+  ``"18:00 peak: same time last week +41 %, Tuesday +12 %"``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from models.base import Forecaster
+from pipelines.schema import SERVICE, TS
+
+TOP_DRIVERS = 3
+SHAP_SAMPLE_ROWS = 2000
+WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+
+FEATURE_LABELS: dict[str, str] = {
+    "horizon": "forecast horizon",
+    "season_lag_0": "same time yesterday",
+    "season_lag_1": "same time 2 days ago",
+    "season_lag_2": "same time 3 days ago",
+    "season_lag_3": "same time 4 days ago",
+    "season_lag_mean": "same time, mean of recent days",
+    "season_lag_median": "same time, median of recent days",
+    "week_lag": "same time last week",
+    "week_lag_2": "same time two weeks ago",
+    "mean_short": "current level",
+    "mean_week": "weekly level",
+    "std_short": "recent volatility",
+    "std_season": "daily volatility",
+    "dev_season": "change vs yesterday",
+    "dev_week": "change vs last week",
+    "log_scale": "service size",
+    "minute_of_day": "time of day",
+    "day_of_week": "day of week",
+}
+
+
+def feature_label(name: str, value: float | None = None) -> str:
+    """A readable name for a model input; calendar inputs name their value (``Tuesday``).
+
+    Args:
+        name: The feature column name.
+        value: The feature's value for the row being explained.
+
+    Returns:
+        The label.
+    """
+    if name == "day_of_week" and value is not None and np.isfinite(value):
+        return WEEKDAYS[int(value) % 7]
+    if name == "minute_of_day" and value is not None and np.isfinite(value):
+        return f"{int(value) // 60:02d}:{int(value) % 60:02d} time of day"
+    if name.startswith("lag_"):
+        lag = int(name.removeprefix("lag_"))
+        return "latest value" if lag == 0 else f"value {lag} steps earlier"
+    return FEATURE_LABELS.get(name, name.replace("_", " "))
+
+
+# --------------------------------------------------------------------------- LightGBM
+
+
+def lightgbm_forecast_features(model: Any, horizon: int,
+                               history: pd.DataFrame | None = None) -> tuple[pd.DataFrame, np.ndarray]:
+    """The design matrix a LightGBM forecaster uses for its next ``horizon`` steps.
+
+    Args:
+        model: A fitted :class:`models.lgbm_model.LightGBMForecaster`.
+        horizon: Steps ahead.
+        history: Newer history (default: the model's own).
+
+    Returns:
+        ``(keys, features)``: ``service, ts`` per row, and the matrix (columns
+        ``model.feature_names_``).
+    """
+    keys, features, _ = model.forecast_design(horizon, history)
+    return keys, features
+
+
+def _lightgbm_booster(model: Any, quantile: float = 0.5) -> Any:
+    levels = sorted(model.models_)
+    chosen = min(levels, key=lambda q: abs(q - quantile))
+    return model.models_[chosen]
+
+
+def shap_values(model: Any, features: np.ndarray, quantile: float = 0.5) -> tuple[np.ndarray, float]:
+    """SHAP values (TreeExplainer) of one quantile model of a LightGBM forecaster.
+
+    Args:
+        model: A fitted LightGBM forecaster.
+        features: Rows of its design matrix.
+        quantile: Which quantile model to explain (the nearest trained one).
+
+    Returns:
+        ``(values, expected_value)``: one row of contributions per input row, and the baseline.
+    """
+    import shap
+
+    explainer = shap.TreeExplainer(_lightgbm_booster(model, quantile))
+    values = np.asarray(explainer.shap_values(features))
+    expected = float(np.ravel(explainer.expected_value)[0])
+    return values, expected
+
+
+def _log_lightgbm_summary(model: Any, history: pd.DataFrame) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import mlflow
+    import shap
+
+    _, features = lightgbm_forecast_features(model, model.horizon_, history)
+    if len(features) > SHAP_SAMPLE_ROWS:
+        rows = np.random.default_rng(0).choice(len(features), SHAP_SAMPLE_ROWS, replace=False)
+        features = features[rows]
+    values, _ = shap_values(model, features)
+    shap.summary_plot(values, features, feature_names=[feature_label(n) for n in
+                                                       model.feature_names_], show=False)
+    figure = plt.gcf()
+    figure.set_size_inches(9, 6)
+    figure.tight_layout()
+    mlflow.log_figure(figure, "shap_summary.png")
+    plt.close(figure)
+    importance = pd.DataFrame({"feature": model.feature_names_,
+                               "mean_abs_shap": np.abs(values).mean(axis=0)})
+    mlflow.log_text(importance.sort_values("mean_abs_shap", ascending=False).to_csv(index=False),
+                    "shap_importance.csv")
+
+
+def _lightgbm_drivers(model: Any, history: pd.DataFrame, peaks: pd.DataFrame,
+                      quantile: float) -> list[list[tuple[str, float]]]:
+    horizon = int(((peaks[TS].max() - history[TS].max()) / model.step_)) + 1
+    keys, features = lightgbm_forecast_features(model, max(horizon, 1), history)
+    index = keys.reset_index().merge(peaks[[SERVICE, TS]], on=[SERVICE, TS])["index"].to_numpy()
+    values, expected = shap_values(model, features[index], quantile)
+    baseline = abs(expected) if abs(expected) > 1e-9 else 1.0
+    out = []
+    for row, contributions in zip(features[index], values, strict=True):
+        order = np.argsort(-np.abs(contributions))[:TOP_DRIVERS]
+        out.append([(feature_label(model.feature_names_[i], row[i]),
+                     100.0 * contributions[i] / baseline) for i in order])
+    return out
+
+
+# --------------------------------------------------------------------------- Prophet
+
+PROPHET_COMPONENTS = {"daily": "daily pattern", "weekly": "weekly pattern",
+                      "holidays": "planned events", "trend": "trend"}
+
+
+def _prophet_components(model: Any, service: str, timestamps: pd.Series) -> pd.DataFrame:
+    prophet = model.models_[service]
+    frame = pd.DataFrame({"ds": pd.to_datetime(timestamps).dt.tz_localize(None).to_numpy()})
+    return prophet.predict(frame)
+
+
+def _log_prophet_components(model: Any, history: pd.DataFrame) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import mlflow
+
+    for service in sorted(model.models_):
+        own = history[history[SERVICE] == service]
+        if own.empty:
+            continue
+        forecast = _prophet_components(model, service, own[TS])
+        figure = model.models_[service].plot_components(forecast)
+        mlflow.log_figure(figure, f"prophet_components_{service}.png")
+        plt.close(figure)
+
+
+def _prophet_drivers(model: Any, peaks: pd.DataFrame) -> list[list[tuple[str, float]]]:
+    out = []
+    for service, rows in peaks.groupby(SERVICE, sort=False):
+        components = _prophet_components(model, str(service), rows[TS])
+        for _, comp in components.iterrows():
+            base = abs(comp["trend"]) if abs(comp["trend"]) > 1e-9 else 1.0
+            effects = [(label, 100.0 * comp[name] / base) for name, label in
+                       PROPHET_COMPONENTS.items() if name in comp and name != "trend"]
+            effects.sort(key=lambda item: -abs(item[1]))
+            out.append(effects[:TOP_DRIVERS])
+    return out
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def log_model_explanations(model: Forecaster, history: pd.DataFrame) -> None:
+    """Log the explanation plots of a fitted model in the active MLflow run.
+
+    LightGBM: SHAP summary plot and mean |SHAP| per feature. Prophet: components plot per
+    service. Other families have nothing to explain beyond their backtest plot.
+
+    Args:
+        model: The fitted forecaster.
+        history: The history it was fitted on (rows to explain).
+    """
+    if model.name == "lightgbm":
+        _log_lightgbm_summary(model, history)
+    elif model.name == "prophet":
+        _log_prophet_components(model, history)
+
+
+def explain_peaks(model: Forecaster, history: pd.DataFrame, schedule: pd.DataFrame,
+                  n_peaks: int = 3, quantile: float = 0.9) -> dict[str, Any]:
+    """Explain the forecast at the peak steps of one service's schedule, in words.
+
+    Args:
+        model: The forecaster that made the schedule's forecast.
+        history: The history the forecast was made from (one service).
+        schedule: The service's schedule: ``service, ts, replicas, forecast_p90, ...``.
+        n_peaks: How many peak steps to explain (distinct hours, highest replicas first).
+        quantile: The forecast quantile the schedule was sized on.
+
+    Returns:
+        ``{"family", "summary", "peaks": [{"ts", "replicas", "forecast", "drivers", "text"}]}``.
+    """
+    ranked = schedule.sort_values(["replicas", TS], ascending=[False, True])
+    ranked = ranked.loc[~ranked[TS].dt.floor("h").duplicated()].head(n_peaks)
+    ranked = ranked.sort_values(TS)
+    if model.name == "lightgbm":
+        drivers = _lightgbm_drivers(model, history, ranked, quantile)
+        basis = "SHAP contributions relative to the model's baseline"
+    elif model.name == "prophet":
+        drivers = _prophet_drivers(model, ranked)
+        basis = "Prophet components relative to the trend"
+    else:
+        drivers = [[("same time yesterday", 0.0)] for _ in range(len(ranked))]
+        basis = f"{model.name} repeats the same time of the previous day"
+    peaks = []
+    for row, effects in zip(ranked.itertuples(), drivers, strict=True):
+        words = ", ".join(f"{label} {effect:+.0f} %" for label, effect in effects)
+        peaks.append({
+            "ts": row.ts.isoformat(), "replicas": int(row.replicas),
+            "forecast": float(getattr(row, "forecast_p90", np.nan)),
+            "drivers": [{"input": label, "effect_pct": round(effect, 1)} for label, effect in effects],
+            "text": f"{row.ts:%a %H:%M} peak ({int(row.replicas)} replicas): {words}",
+        })
+    return {"family": model.name, "basis": basis,
+            "summary": "; ".join(p["text"] for p in peaks), "peaks": peaks}

@@ -1,0 +1,268 @@
+"""Global LightGBM forecaster: one model per quantile across all services, direct multi-horizon.
+
+Rows are (service, origin, horizon) triples sampled from each service's history; features come
+from :func:`models.features.build_features` and are scaled by the service's level at the origin,
+so big and small services share one model. The target is the scaled value ``horizon`` steps
+ahead, and each quantile gets its own LightGBM model with the quantile (pinball) objective.
+Upper quantiles are calibrated on the last window of the training history (split-conformal
+shift of the scaled residuals), so their empirical coverage matches their level.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+
+from models.base import DEFAULT_QUANTILES, Forecaster, infer_step
+from models.features import (
+    DAY,
+    Y,
+    build_features,
+    check_quantiles,
+    finalize_quantiles,
+    future_timestamps,
+    prepare_history,
+    robust_clip,
+    season_steps_for,
+)
+from models.persistence import load_object, save_object
+from pipelines.schema import SERVICE, TARGET, TS, quantile_column
+
+
+class LightGBMForecaster(Forecaster):
+    """Global direct multi-horizon LightGBM with per-quantile models.
+
+    Args:
+        quantiles: Quantile levels to train (``predict`` may ask for any subset).
+        max_horizon: Longest horizon sampled in training; default one season.
+        season_steps: Steps per season; one day of steps when ``None``.
+        n_estimators: Boosting rounds per quantile model.
+        learning_rate: LightGBM learning rate.
+        num_leaves: LightGBM ``num_leaves``.
+        min_data_in_leaf: LightGBM ``min_data_in_leaf``.
+        samples_per_series: Training rows sampled per service.
+        max_history: Keep at most this many recent steps per service (``None``: all).
+        use_calendar: Add hour-of-day / day-of-week of the target (off when timestamps are
+            synthetic, e.g. M4 step indices).
+        weekly: Use weekly lags (``None``: when the step is below one day).
+        clip_outliers: Replace anomalous spikes in the training history (see ``robust_clip``).
+        calibrate: Shift upper quantiles by a split-conformal correction.
+        num_threads: LightGBM threads.
+        seed: Random seed for sampling and LightGBM.
+    """
+
+    name: ClassVar[str] = "lightgbm"
+
+    def __init__(
+        self,
+        quantiles: Sequence[float] = DEFAULT_QUANTILES,
+        max_horizon: int | None = None,
+        season_steps: int | None = None,
+        n_estimators: int = 300,
+        learning_rate: float = 0.05,
+        num_leaves: int = 31,
+        min_data_in_leaf: int = 50,
+        samples_per_series: int = 2000,
+        max_history: int | None = None,
+        use_calendar: bool = True,
+        weekly: bool | None = None,
+        clip_outliers: bool = True,
+        calibrate: bool = True,
+        num_threads: int = 2,
+        seed: int = 0,
+    ) -> None:
+        self.quantiles = check_quantiles(quantiles)
+        self.max_horizon = max_horizon
+        self.season_steps = season_steps
+        self.n_estimators = n_estimators
+        self.learning_rate = learning_rate
+        self.num_leaves = num_leaves
+        self.min_data_in_leaf = min_data_in_leaf
+        self.samples_per_series = samples_per_series
+        self.max_history = max_history
+        self.use_calendar = use_calendar
+        self.weekly = weekly
+        self.clip_outliers = clip_outliers
+        self.calibrate = calibrate
+        self.num_threads = num_threads
+        self.seed = seed
+        self.target_: str = TARGET
+        self.step_: pd.Timedelta | None = None
+        self.season_: int = 1
+        self.week_: int | None = None
+        self.horizon_: int = 1
+        self.models_: dict[float, lgb.Booster] = {}
+        self.offsets_: dict[float, float] = {}
+        self.feature_names_: list[str] = []
+        self.history_: pd.DataFrame | None = None
+
+    # ------------------------------------------------------------------ training
+    def _lgb_params(self, quantile: float) -> dict[str, Any]:
+        return {
+            "objective": "quantile",
+            "alpha": quantile,
+            "learning_rate": self.learning_rate,
+            "num_leaves": self.num_leaves,
+            "min_data_in_leaf": self.min_data_in_leaf,
+            "feature_fraction": 0.9,
+            "bagging_fraction": 0.8,
+            "bagging_freq": 1,
+            "num_threads": self.num_threads,
+            "seed": self.seed,
+            "deterministic": True,
+            "force_row_wise": True,
+            "verbosity": -1,
+        }
+
+    def _series_values(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+        out = {}
+        for service, group in frame.groupby(SERVICE, sort=True):
+            values = group[Y].to_numpy(dtype=float)
+            out[str(service)] = values
+        return out
+
+    def _sample_rows(
+        self, values: np.ndarray, times: pd.DatetimeIndex, rng: np.random.Generator, last: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Features, scales and targets of sampled (origin, horizon) pairs with target <= last."""
+        first_origin = min(self.season_, max(1, last // 2))
+        if last - 1 < first_origin:
+            empty = np.empty((0, 0))
+            return empty, np.empty(0), np.empty(0), np.empty(0, dtype=np.int64)
+        n = self.samples_per_series
+        origins = rng.integers(first_origin, last, size=n)  # origin <= last - 1
+        horizons = rng.integers(1, self.horizon_ + 1, size=n)
+        keep = origins + horizons <= last
+        origins, horizons = origins[keep], horizons[keep]
+        clean = robust_clip(values[: last + 1], self.season_) if self.clip_outliers else values
+        target_times = times[origins + horizons] if self.use_calendar else None
+        features, scale, _ = build_features(
+            clean, origins, horizons, self.season_, self.week_, target_times
+        )
+        return features, scale, values[origins + horizons] / scale, horizons
+
+    def fit(self, history: pd.DataFrame, target: str = TARGET) -> LightGBMForecaster:
+        """Train one LightGBM model per quantile on all services (see :meth:`Forecaster.fit`)."""
+        self.target_ = target
+        self.step_ = infer_step(history) if len(history) > 1 else pd.Timedelta(hours=1)
+        self.season_ = self.season_steps or season_steps_for(self.step_)
+        weekly = self.weekly if self.weekly is not None else self.step_ < DAY
+        self.week_ = 7 * self.season_ if weekly else None
+        self.horizon_ = self.max_horizon or self.season_
+        frame = prepare_history(history, target, self.step_)
+        if self.max_history:
+            frame = frame.groupby(SERVICE, sort=True).tail(self.max_history)
+        rng = np.random.default_rng(self.seed)
+        train_x, train_y, calib_x, calib_y, calib_scale = [], [], [], [], []
+        for _, group in frame.groupby(SERVICE, sort=True):
+            values = group[Y].to_numpy(dtype=float)
+            times = pd.DatetimeIndex(group[TS])
+            holdout = self.horizon_ if self.calibrate and values.size > 4 * self.horizon_ else 0
+            x, _, y, _ = self._sample_rows(values, times, rng, values.size - 1 - holdout)
+            if x.size:
+                train_x.append(x)
+                train_y.append(y)
+            if holdout:
+                origin = values.size - 1 - holdout
+                origins = np.full(holdout, origin)
+                horizons = np.arange(1, holdout + 1)
+                clean = robust_clip(values[: origin + 1], self.season_) if self.clip_outliers else values
+                cx, cs, names = build_features(
+                    clean,
+                    origins,
+                    horizons,
+                    self.season_,
+                    self.week_,
+                    times[origins + horizons] if self.use_calendar else None,
+                )
+                calib_x.append(cx)
+                calib_y.append(values[origins + horizons] / cs)
+                calib_scale.append(cs)
+        if not train_x:
+            raise ValueError(
+                f"no service has enough history to train LightGBM (need more than "
+                f"{min(self.season_, 2)} steps)"
+            )
+        features = np.vstack(train_x)
+        targets = np.concatenate(train_y)
+        _, _, self.feature_names_ = build_features(
+            np.ones(3), np.array([2]), np.array([1]), self.season_, self.week_,
+            pd.DatetimeIndex([pd.Timestamp("2000-01-01")]) if self.use_calendar else None,
+        )
+        self.models_ = {}
+        self.offsets_ = {}
+        for q in self.quantiles:
+            dataset = lgb.Dataset(
+                features, targets, feature_name=self.feature_names_, free_raw_data=True
+            )
+            booster = lgb.train(self._lgb_params(q), dataset, num_boost_round=self.n_estimators)
+            self.models_[q] = booster
+            self.offsets_[q] = 0.0
+            if calib_x and q > 0.5:
+                cx, cy = np.vstack(calib_x), np.concatenate(calib_y)
+                residual = cy - booster.predict(cx, num_threads=self.num_threads)
+                # Split-conformal: shift so that a share q of calibration residuals is covered.
+                self.offsets_[q] = float(np.quantile(residual, q))
+        keep = max(self.week_ or 0, self.season_) * 2 + self.season_
+        self.history_ = frame.groupby(SERVICE, sort=True).tail(keep).reset_index(drop=True)
+        return self
+
+    # ---------------------------------------------------------------- prediction
+    def predict(
+        self,
+        horizon: int,
+        quantiles: Sequence[float] = DEFAULT_QUANTILES,
+        history: pd.DataFrame | None = None,
+    ) -> pd.DataFrame:
+        """Forecast every service from its latest history (see :meth:`Forecaster.predict`).
+
+        Raises:
+            ValueError: If called before ``fit`` or for a quantile that was not trained.
+        """
+        if not self.models_ or self.step_ is None or self.history_ is None:
+            raise ValueError("LightGBMForecaster.predict called before fit")
+        levels = check_quantiles(quantiles)
+        missing = [q for q in levels if q not in self.models_]
+        if missing:
+            raise ValueError(f"quantiles {missing} were not trained; trained: {self.quantiles}")
+        frame = (
+            prepare_history(history, self.target_, self.step_)
+            if history is not None
+            else self.history_
+        )
+        blocks, scales, keys = [], [], []
+        for service, group in frame.groupby(SERVICE, sort=True):
+            values = group[Y].to_numpy(dtype=float)
+            origins = np.full(horizon, values.size - 1)
+            horizons = np.arange(1, horizon + 1)
+            future = future_timestamps(group[TS].iloc[-1], self.step_, horizon)
+            clean = robust_clip(values, self.season_) if self.clip_outliers else values
+            features, scale, _ = build_features(
+                clean, origins, horizons, self.season_, self.week_,
+                future if self.use_calendar else None,
+            )
+            blocks.append(features)
+            scales.append(scale)
+            keys.append(pd.DataFrame({SERVICE: service, TS: future}))
+        features = np.vstack(blocks)
+        scale = np.concatenate(scales)
+        out = pd.concat(keys, ignore_index=True)
+        for q in levels:
+            raw = self.models_[q].predict(features, num_threads=self.num_threads)
+            out[quantile_column(q)] = (raw + self.offsets_.get(q, 0.0)) * scale
+        out[TS] = out[TS].astype(frame[TS].dtype)
+        return finalize_quantiles(out, levels)
+
+    def save(self, path: Path) -> None:
+        """Pickle the forecaster (boosters included) into ``path``."""
+        save_object(self, path, self.name)
+
+    @classmethod
+    def load(cls, path: Path) -> LightGBMForecaster:
+        """Load a forecaster written by :meth:`save`."""
+        return load_object(path, cls)

@@ -1,0 +1,165 @@
+"""MLflow registry helpers: log a forecaster as a pyfunc, promote it, load the champion.
+
+Every service has its own registered model, ``forescale-<service>``; the version in service carries
+the alias ``champion``. The previous champion is remembered in the alias ``previous-champion`` so a
+live rollback can move ``champion`` back.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from models.base import Forecaster
+from models.persistence import load_object
+from pipelines.settings import Settings
+
+CHAMPION = "champion"
+PREVIOUS = "previous-champion"
+EXPERIMENT = "forescale-forecasting"
+BACKTEST_TAG = "backtest_error"
+FAMILY_TAG = "model_family"
+
+PIP_REQUIREMENTS = [
+    "pandas", "numpy", "pyarrow", "lightgbm==4.7.0", "prophet==1.5.0", "pydantic-settings",
+]
+
+
+def registered_name(service: str, kind: str = "forecaster") -> str:
+    """Registered model name of a service, e.g. ``forescale-checkout``.
+
+    Args:
+        service: Service name.
+        kind: ``forecaster`` or ``anomaly``.
+    """
+    return f"forescale-{service}" if kind == "forecaster" else f"forescale-{kind}-{service}"
+
+
+class ForecasterPyfunc(mlflow.pyfunc.PythonModel):
+    """MLflow pyfunc wrapper: input is long-format history, output the quantile forecast.
+
+    ``params`` of ``predict`` may hold ``horizon`` (steps, default 288) and ``quantiles``
+    (comma-separated, default ``0.5,0.9``).
+    """
+
+    def load_context(self, context: Any) -> None:
+        """Load the saved forecaster from the model's artifacts."""
+        self.forecaster: Forecaster = load_object(Path(context.artifacts["forecaster"]), Forecaster)
+
+    def predict(self, context: Any, model_input: pd.DataFrame,
+                params: dict[str, Any] | None = None) -> pd.DataFrame:
+        """Forecast from the given history."""
+        params = params or {}
+        quantiles = tuple(float(q) for q in str(params.get("quantiles", "0.5,0.9")).split(","))
+        return self.forecaster.predict(int(params.get("horizon", 288)), quantiles,
+                                       history=model_input if len(model_input) else None)
+
+
+@dataclass(frozen=True)
+class RegisteredVersion:
+    """A registered model version and the backtest error it was registered with."""
+
+    name: str
+    version: str
+    family: str
+    backtest_error: float
+    run_id: str | None
+
+    @property
+    def label(self) -> str:
+        """``name/version``, the model version string published with a schedule."""
+        return f"{self.name}/{self.version}"
+
+
+def configure_mlflow(settings: Settings, experiment: str = EXPERIMENT) -> str:
+    """Point MLflow at the configured tracking store and create the experiment if needed.
+
+    Args:
+        settings: Runtime settings.
+        experiment: Experiment name.
+
+    Returns:
+        The experiment id.
+    """
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    mlflow.set_registry_uri(settings.tracking_uri)
+    client = MlflowClient()
+    found = client.get_experiment_by_name(experiment)
+    if found is not None:
+        mlflow.set_experiment(experiment_id=found.experiment_id)
+        return found.experiment_id
+    location = (settings.mlflow_artifacts_dir / experiment).as_uri()
+    if not settings.tracking_uri.startswith("sqlite:"):
+        location = None  # a tracking server chooses its own artifact store
+    experiment_id = client.create_experiment(experiment, artifact_location=location)
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+def log_forecaster(model: Forecaster, service: str, backtest_error: float) -> RegisteredVersion:
+    """Log a fitted forecaster in the active run and register it as a new version.
+
+    Args:
+        model: The fitted forecaster.
+        service: The service it forecasts.
+        backtest_error: Its rolling-origin backtest error (lower is better).
+
+    Returns:
+        The new registered version (not yet promoted).
+    """
+    name = registered_name(service)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "forecaster"
+        model.save(path)
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=ForecasterPyfunc(), artifacts={"forecaster": str(path)},
+            pip_requirements=PIP_REQUIREMENTS, registered_model_name=name,
+        )
+    version = str(info.registered_model_version)
+    client = MlflowClient()
+    client.set_model_version_tag(name, version, BACKTEST_TAG, f"{backtest_error:.6g}")
+    client.set_model_version_tag(name, version, FAMILY_TAG, model.name)
+    run = mlflow.active_run()
+    return RegisteredVersion(name, version, model.name, backtest_error,
+                             run.info.run_id if run else None)
+
+
+def champion(service: str, alias: str = CHAMPION, kind: str = "forecaster") -> RegisteredVersion | None:
+    """The version holding ``alias`` for a service, or ``None`` if there is none."""
+    name = registered_name(service, kind)
+    try:
+        mv = MlflowClient().get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+    return RegisteredVersion(name, str(mv.version), mv.tags.get(FAMILY_TAG, "unknown"),
+                             float(mv.tags.get(BACKTEST_TAG, "nan")), mv.run_id)
+
+
+def promote(candidate: RegisteredVersion) -> None:
+    """Give ``candidate`` the champion alias, remembering the old champion as previous."""
+    client = MlflowClient()
+    service = candidate.name.removeprefix("forescale-")
+    current = champion(service)
+    if current is not None and current.version != candidate.version:
+        client.set_registered_model_alias(candidate.name, PREVIOUS, current.version)
+    client.set_registered_model_alias(candidate.name, CHAMPION, candidate.version)
+
+
+def load_forecaster(version: RegisteredVersion) -> Forecaster:
+    """Load the forecaster object behind a registered version.
+
+    Args:
+        version: A registered version (e.g. from :func:`champion`).
+
+    Returns:
+        The fitted forecaster.
+    """
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{version.name}/{version.version}")
+    return pyfunc.unwrap_python_model().forecaster

@@ -1,0 +1,782 @@
+"""`forescale bench replay`: replay load traces against scaling policies on a cluster model.
+
+A benchmark, not a test. Each trace is replayed minute by minute over its last week; everything
+before that week is history (training data for the forecasters, warm-up for Holt-Winters).
+
+Cluster model (identical for every policy):
+
+* time advances in 15 s ticks (the HPA sync period); the demand of a minute holds for its four
+  ticks;
+* a policy sets the desired replica count; new pods serve only after the start-up delay
+  (reported at 2 and at 5 minutes); removed pods go at once, pods still starting first;
+* a minute is *under-provisioned* when its demand exceeds ``ready pods x capacity`` at any of its
+  ticks;
+* cost is pod-minutes of every pod that exists (starting or ready), reported as pod-hours;
+* a *scaling action* is a tick at which the desired replica count changes;
+* capacity per replica is set per trace so that the window's peak minute needs exactly 30 pods at
+  100 % utilisation, the same for every policy.
+
+Policies: Kubernetes HPA (``pipelines.bench.hpa``, 70 % target), the Holt-Winters predictive HPA
+(jthomperoo/predictive-horizontal-pod-autoscaler: forecast the replica count one interval ahead,
+take the maximum with the HPA), static peak provisioning (30 pods), an oracle that knows the
+future (the lower bound: exactly the pods the coming minutes need, requested one start-up delay
+ahead) and Forescale (the pipeline's forecaster refitted daily on history only, re-forecast every
+15 minutes from fresh history, :func:`pipelines.policy.plan_replicas` on the forecast,
+:func:`pipelines.policy.served_value` at every minute, ``max`` with the reactive floor of the live
+load, driven through an HPA with default behaviour as KEDA does).
+
+Surge (for the lead figure): on the 5-minute rolling mean ``s`` of the demand, minute ``t`` is a
+surge onset when ``s(t) >= 1.3 * b`` and ``s(t) - b >= 0.1 * peak``, with ``b`` the minimum of
+``s`` over the 30 minutes before ``t`` and ``peak`` the window's peak demand; onsets are at least
+60 minutes apart. The surge's level ``L`` is the maximum of ``s`` over ``[t, t + 10]``. A policy's
+lead for a surge is how many minutes before ``t`` its ready capacity last reached ``L`` and stayed
+there until ``t`` (positive: early), or minus the minutes after ``t`` until it reaches ``L``
+(negative: late); both are capped at 60 minutes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipelines.bench.hpa import METRIC_DELAY_SECONDS, SYNC_SECONDS, HpaBehavior, HpaController
+from pipelines.policy import plan_replicas, reactive_floor
+from pipelines.schema import REPLICAS, SERVICE, TARGET, TS
+
+WINDOW_MINUTES = 7 * 24 * 60
+PEAK_REPLICAS = 30  # the window's peak minute needs this many pods at 100 % utilisation
+HPA_TARGET = 0.7
+STARTUP_DELAYS_MINUTES: tuple[int, ...] = (2, 5)
+TICKS_PER_MINUTE = 60 // SYNC_SECONDS
+MIN_REPLICAS = 1
+MAX_REPLICAS = 100
+FORECAST_STEP = pd.Timedelta(minutes=5)
+FORECAST_CADENCE_MINUTES = 15
+FORECAST_HORIZON_STEPS = 36  # 3 hours of 5-minute steps
+REFIT_MINUTES = 24 * 60
+TRAIN_DAYS = 28
+PREDICT_HISTORY_DAYS = 15
+HOLT_WINTERS = {"alpha": 0.9, "beta": 0.01, "gamma": 0.3, "stored_seasons": 4}
+POLICIES: tuple[str, ...] = ("hpa", "holt_winters", "static_peak", "oracle", "forescale")
+SURGE_RATIO = 1.3
+SURGE_MIN_RISE = 0.1
+SURGE_BASELINE_MINUTES = 30
+SURGE_GAP_MINUTES = 60
+SURGE_LEVEL_MINUTES = 10
+LEAD_CAP_MINUTES = 60
+TARGETS = {"short_vs_hpa_max": 0.10, "pod_hours_vs_hpa_max": 1.05, "median_lead_min": 15.0}
+
+
+# --------------------------------------------------------------------------------------------
+# Traces
+
+
+def discover_traces(data_dir: Path) -> dict[str, pd.Series]:
+    """Find the replay traces in a folder laid out like ``shared/data``.
+
+    Every CSV under ``request_traces/`` and ``cpu_traces/`` is a trace, and every CSV under
+    ``nab/`` whose name says it counts requests (``*request*``, e.g. NAB's ELB request count).
+    The first column is the time (ISO text, or Unix seconds when numeric), the first numeric
+    column after it is the load.
+
+    Args:
+        data_dir: The data folder.
+
+    Returns:
+        Trace name (``folder/stem``) -> load per minute (UTC index, gaps interpolated).
+
+    Raises:
+        ValueError: If the folder holds no trace or a file cannot be parsed.
+    """
+    files: list[Path] = []
+    for folder in ("request_traces", "cpu_traces"):
+        files += sorted((data_dir / folder).glob("*.csv"))
+    files += sorted(p for p in (data_dir / "nab").rglob("*.csv") if "request" in p.stem.lower())
+    if not files:
+        raise ValueError(
+            f"{data_dir}: no trace found (expected CSVs under request_traces/, cpu_traces/ or "
+            "nab/**/ *request*.csv)"
+        )
+    return {f"{path.parent.name}/{path.stem}": read_trace(path) for path in files}
+
+
+def read_trace(path: Path) -> pd.Series:
+    """Read one trace CSV as load per minute.
+
+    Args:
+        path: CSV with a time column first and a numeric load column.
+
+    Returns:
+        Load per minute on a regular UTC grid; coarser traces are held constant over their step,
+        gaps are linearly interpolated, negative values clipped to 0.
+
+    Raises:
+        ValueError: If the file has no parsable time or numeric column.
+    """
+    frame = pd.read_csv(path)
+    if frame.shape[1] < 2 or frame.empty:
+        raise ValueError(f"{path}: expected a time column and a load column, got {list(frame.columns)}")
+    time_column = frame.columns[0]
+    raw_time = frame[time_column]
+    try:
+        if pd.api.types.is_numeric_dtype(raw_time):
+            stamps = pd.to_datetime(raw_time, unit="s", utc=True)
+        else:
+            stamps = pd.to_datetime(raw_time, utc=True, format="mixed")
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{path}: column {time_column!r} is not a time column: {err}") from err
+    numeric = [c for c in frame.columns[1:] if pd.api.types.is_numeric_dtype(frame[c])]
+    if not numeric:
+        raise ValueError(f"{path}: no numeric load column in {list(frame.columns[1:])}")
+    series = pd.Series(frame[numeric[0]].to_numpy(dtype=float), index=stamps.dt.floor("min"))
+    series = series[np.isfinite(series.to_numpy())].groupby(level=0).mean().sort_index()
+    if len(series) < 2:
+        raise ValueError(f"{path}: fewer than two rows of load")
+    grid = pd.date_range(series.index[0], series.index[-1], freq="min")
+    step = series.index.to_series().diff().dropna().mode().iloc[0]
+    if step > pd.Timedelta(minutes=1):
+        per_minute = series.reindex(grid).ffill(limit=int(step / pd.Timedelta(minutes=1)) - 1)
+    else:
+        per_minute = series.reindex(grid)
+    return per_minute.interpolate(limit_direction="both").clip(lower=0.0).rename(path.stem)
+
+
+# --------------------------------------------------------------------------------------------
+# Cluster model
+
+
+@dataclass
+class ReplayResult:
+    """Per-minute outcome of one policy on one trace."""
+
+    desired: np.ndarray  # desired replicas at the end of each minute
+    ready: np.ndarray  # fewest ready replicas during each minute
+    pod_minutes: float
+    actions: int
+
+
+Controller = Callable[[int, int, int, int], int]
+"""``controller(tick, minute, ready, starting) -> desired replicas`` (called every tick)."""
+
+
+def simulate(
+    demand: np.ndarray, capacity: float, delay_minutes: int, initial: int, controller: Controller
+) -> ReplayResult:
+    """Replay one policy on the cluster model.
+
+    Args:
+        demand: Load per minute of the window.
+        capacity: Load one ready pod serves.
+        delay_minutes: Pod start-up delay.
+        initial: Pods ready at the start.
+        controller: The policy, called every 15 s tick.
+
+    Returns:
+        The per-minute desired and ready replicas, pod-minutes and scaling actions.
+    """
+    minutes = len(demand)
+    delay_ticks = delay_minutes * TICKS_PER_MINUTE
+    ready = initial
+    starting: deque[list[int]] = deque()  # [ready_tick, count], oldest first
+    starting_count = 0
+    desired_out = np.zeros(minutes, dtype=np.int64)
+    ready_out = np.zeros(minutes, dtype=np.int64)
+    pod_ticks = 0
+    actions = 0
+    desired = initial
+    for minute in range(minutes):
+        fewest = None
+        for sub in range(TICKS_PER_MINUTE):
+            tick = minute * TICKS_PER_MINUTE + sub
+            while starting and starting[0][0] <= tick:
+                ready += starting[0][1]
+                starting_count -= starting[0][1]
+                starting.popleft()
+            new_desired = controller(tick, minute, ready, starting_count)
+            if new_desired != desired:
+                actions += 1
+                desired = new_desired
+            total = ready + starting_count
+            if desired > total:
+                starting.append([tick + delay_ticks, desired - total])
+                starting_count += desired - total
+            elif desired < total:
+                surplus = total - desired
+                while surplus and starting:
+                    take = min(surplus, starting[-1][1])
+                    starting[-1][1] -= take
+                    starting_count -= take
+                    surplus -= take
+                    if starting[-1][1] == 0:
+                        starting.pop()
+                ready -= surplus
+            pod_ticks += ready + starting_count
+            fewest = ready if fewest is None else min(fewest, ready)
+        desired_out[minute] = desired
+        ready_out[minute] = fewest
+    return ReplayResult(desired_out, ready_out, pod_ticks / TICKS_PER_MINUTE, actions)
+
+
+def observed_load(demand: np.ndarray, tick: int) -> float:
+    """Load the metrics pipeline reports at ``tick`` (the minute ``METRIC_DELAY_SECONDS`` ago)."""
+    minute = (tick * SYNC_SECONDS - METRIC_DELAY_SECONDS) // 60
+    return float(demand[max(minute, 0)])
+
+
+def hpa_controller(
+    demand: np.ndarray, capacity: float, predictor: HoltWintersReplicas | None = None
+) -> Controller:
+    """The Kubernetes HPA (optionally with a Holt-Winters replica prediction, as the PHPA does).
+
+    Args:
+        demand: Load per minute of the window.
+        capacity: Load one pod serves at 100 % utilisation.
+        predictor: When given, every minute the HPA's recommendation is stored as an evaluation
+            and the recommendation becomes ``max(hpa, predicted next-minute replicas)``.
+
+    Returns:
+        The controller.
+    """
+    hpa = HpaController(MIN_REPLICAS, MAX_REPLICAS, HPA_TARGET)
+    state = {"replicas": None}
+
+    def control(tick: int, minute: int, ready: int, starting: int) -> int:
+        current = ready + starting if state["replicas"] is None else state["replicas"]
+        utilization = observed_load(demand, tick) / (max(ready, 1) * capacity)
+        recommendation = hpa.recommend(ready, starting, utilization)
+        if predictor is not None:
+            if tick % TICKS_PER_MINUTE == 0:
+                predictor.update(recommendation)
+            recommendation = max(recommendation, predictor.predict())
+        state["replicas"] = hpa.sync(tick * SYNC_SECONDS, current, recommendation)
+        return state["replicas"]
+
+    return control
+
+
+KEDA_BEHAVIOR = HpaBehavior(scale_down_window_seconds=0)
+"""The HPA behaviour of Forescale's KEDA ScaledObject: default scale-up limits, no scale-down
+window (the schedule already delays and steps scale-downs; the floor is held 5 minutes)."""
+
+
+def schedule_controller(desired_per_minute: np.ndarray, through_hpa: bool) -> Controller:
+    """Apply a per-minute replica target, directly or through an HPA (as KEDA does).
+
+    Args:
+        desired_per_minute: Target replicas per minute.
+        through_hpa: Apply the HPA rate limits of :data:`KEDA_BEHAVIOR` to the target.
+
+    Returns:
+        The controller.
+    """
+    hpa = HpaController(MIN_REPLICAS, MAX_REPLICAS, HPA_TARGET, KEDA_BEHAVIOR)
+    state = {"replicas": int(desired_per_minute[0])}
+
+    def control(tick: int, minute: int, ready: int, starting: int) -> int:
+        target = int(desired_per_minute[minute])
+        if through_hpa:
+            state["replicas"] = hpa.sync(tick * SYNC_SECONDS, state["replicas"], target)
+        else:
+            state["replicas"] = target
+        return state["replicas"]
+
+    return control
+
+
+# --------------------------------------------------------------------------------------------
+# Holt-Winters predictive HPA
+
+
+class HoltWintersReplicas:
+    """Additive Holt-Winters on the HPA's replica evaluations, one minute per evaluation.
+
+    The PHPA stores the HPA's replica evaluations, fits Holt-Winters over its stored seasons and
+    predicts the next interval; here the interval is one minute, the season one day, and the
+    smoothing is updated online with fixed ``alpha``/``beta``/``gamma`` (the PHPA takes them from
+    its configuration). It is warmed up on the history before the window (the evaluations an HPA
+    at its target would have made), so it starts with ``stored_seasons`` days of knowledge.
+
+    Args:
+        warmup: Evaluations (replicas per minute) before the window, oldest first.
+        season: Evaluations per season.
+        alpha: Level smoothing.
+        beta: Trend smoothing.
+        gamma: Seasonal smoothing.
+    """
+
+    def __init__(
+        self, warmup: np.ndarray, season: int, alpha: float, beta: float, gamma: float
+    ) -> None:
+        self.alpha, self.beta, self.gamma, self.season = alpha, beta, gamma, season
+        values = np.asarray(warmup, dtype=float)
+        if values.size >= 2 * season:
+            first = values[:season]
+            self.level = float(first.mean())
+            self.trend = float((values[season : 2 * season].mean() - first.mean()) / season)
+            self.seasonal = list(first - first.mean())
+            rest = values[season:]
+        else:
+            self.level = float(values[-1]) if values.size else float(MIN_REPLICAS)
+            self.trend = 0.0
+            self.seasonal = [0.0] * season
+            rest = np.empty(0)
+        self.position = 0
+        for value in rest:
+            self.update(float(value))
+
+    def update(self, value: float) -> None:
+        """Add one evaluation."""
+        seasonal = self.seasonal[self.position]
+        level = self.alpha * (value - seasonal) + (1 - self.alpha) * (self.level + self.trend)
+        self.trend = self.beta * (level - self.level) + (1 - self.beta) * self.trend
+        self.seasonal[self.position] = self.gamma * (value - level) + (1 - self.gamma) * seasonal
+        self.level = level
+        self.position = (self.position + 1) % self.season
+
+    def predict(self) -> int:
+        """Replicas predicted for the next evaluation."""
+        value = self.level + self.trend + self.seasonal[self.position]
+        return int(min(MAX_REPLICAS, max(MIN_REPLICAS, math.ceil(value - 1e-9))))
+
+
+# --------------------------------------------------------------------------------------------
+# Forescale
+
+
+def forecaster_factory(model: str | None) -> tuple[str, Callable[[], Any]]:
+    """The forecaster family used for Forescale: ``model``, or the best one available.
+
+    Args:
+        model: A key of ``models.catalog.MODEL_FAMILIES``; ``None`` prefers ensemble, then
+            lightgbm, then naive.
+
+    Returns:
+        The family's name and a constructor.
+
+    Raises:
+        ValueError: If the named family does not exist.
+    """
+    from models.catalog import MODEL_FAMILIES
+
+    if model is None:
+        model = next(m for m in ("ensemble", "lightgbm", "naive") if m in MODEL_FAMILIES)
+    if model not in MODEL_FAMILIES:
+        raise ValueError(f"unknown model family {model!r}; known: {sorted(MODEL_FAMILIES)}")
+    family = MODEL_FAMILIES[model]
+    if model == "lightgbm":
+        # Re-forecast every 15 minutes: train on the horizons the replay uses.
+        return model, lambda: family(max_horizon=FORECAST_HORIZON_STEPS, num_threads=2)
+    return model, family
+
+
+@dataclass
+class PreparedTrace:
+    """One trace split into history and replay window."""
+
+    name: str
+    history: pd.Series  # per minute, before the window
+    window: pd.Series  # per minute, the replayed week
+    capacity: float
+
+
+def prepare_trace(name: str, load: pd.Series) -> PreparedTrace:
+    """Split a trace into history and its last week; set capacity so the peak needs 30 pods.
+
+    Raises:
+        ValueError: If the trace is shorter than a week plus a day of history.
+    """
+    if len(load) < WINDOW_MINUTES + 24 * 60:
+        raise ValueError(
+            f"trace {name!r}: {len(load)} minutes; need at least {WINDOW_MINUTES + 1440} "
+            "(one week to replay plus a day of history)"
+        )
+    window = load.iloc[-WINDOW_MINUTES:]
+    peak = float(window.max())
+    if peak <= 0:
+        raise ValueError(f"trace {name!r}: the replay window has no load")
+    return PreparedTrace(name, load.iloc[:-WINDOW_MINUTES], window, peak / PEAK_REPLICAS)
+
+
+def five_minute_frame(name: str, load: pd.Series) -> pd.DataFrame:
+    """Long-format 5-minute mean load of one trace (complete bins only)."""
+    bins = load.resample(FORECAST_STEP)
+    means = bins.mean()[bins.count() == int(FORECAST_STEP / pd.Timedelta(minutes=1))]
+    return pd.DataFrame({SERVICE: name, TS: means.index, TARGET: means.to_numpy()})
+
+
+def forescale_targets(
+    traces: Sequence[PreparedTrace],
+    delays: Sequence[int],
+    model: str | None,
+    params_file: Path | None,
+) -> tuple[str, dict[tuple[str, int], np.ndarray]]:
+    """Replica targets per minute of Forescale for every trace and start-up delay.
+
+    The forecaster is refitted every day of the window on the ``TRAIN_DAYS`` before that day and
+    re-forecasts every ``FORECAST_CADENCE_MINUTES`` from the complete 5-minute bins before the
+    forecast instant (never later data). Each forecast is planned with
+    :func:`pipelines.policy.plan_replicas`; the value served at each minute is the maximum
+    planned over ``[minute, minute + start-up delay]`` (:func:`pipelines.policy.served_value`),
+    raised to the reactive floor of the live load (held for 5 minutes, like an HPA's scale-down
+    window).
+
+    Args:
+        traces: The prepared traces.
+        delays: Start-up delays in minutes.
+        model: Forecaster family (see :func:`forecaster_factory`).
+        params_file: ``params.yaml`` for the service defaults; the repository's when ``None``.
+
+    Returns:
+        The family used and ``(trace, delay) -> target replicas per minute``.
+    """
+    from pipelines.service_config import default_service_config
+    from pipelines.settings import REPO_ROOT
+
+    family_name, family = forecaster_factory(model)
+    defaults = default_service_config(params_file or REPO_ROOT / "params.yaml")
+    full = {t.name: pd.concat([t.history, t.window]) for t in traces}
+    frames = {name: five_minute_frame(name, load) for name, load in full.items()}
+    starts = {t.name: t.window.index[0] for t in traces}
+    configs = {
+        (t.name, d): defaults.model_copy(
+            update={
+                "capacity_per_replica": t.capacity,
+                "min_replicas": MIN_REPLICAS,
+                "max_replicas": MAX_REPLICAS,
+                "startup_seconds": d * 60,
+            }
+        )
+        for t in traces
+        for d in delays
+    }
+    targets = {key: np.zeros(WINDOW_MINUTES, dtype=np.int64) for key in configs}
+    model_obj = None
+    for offset in range(0, WINDOW_MINUTES, FORECAST_CADENCE_MINUTES):
+        origins = {name: start + pd.Timedelta(minutes=offset) for name, start in starts.items()}
+        if offset % REFIT_MINUTES == 0:
+            train = pd.concat(
+                [
+                    f[(f[TS] + FORECAST_STEP <= origins[n]) & (f[TS] >= origins[n] - pd.Timedelta(days=TRAIN_DAYS))]
+                    for n, f in frames.items()
+                ],
+                ignore_index=True,
+            )
+            model_obj = family().fit(train, target=TARGET)
+        recent = pd.concat(
+            [
+                f[(f[TS] + FORECAST_STEP <= origins[n])
+                  & (f[TS] >= origins[n] - pd.Timedelta(days=PREDICT_HISTORY_DAYS))]
+                for n, f in frames.items()
+            ],
+            ignore_index=True,
+        )
+        forecast = model_obj.predict(FORECAST_HORIZON_STEPS, quantiles=(0.5, 0.9), history=recent)
+        for trace in traces:
+            part = forecast[forecast[SERVICE] == trace.name]
+            for delay in delays:
+                config = configs[(trace.name, delay)]
+                schedule = plan_replicas(part, config, now=origins[trace.name])
+                minutes = np.arange(offset, min(offset + FORECAST_CADENCE_MINUTES, WINDOW_MINUTES))
+                stamps = starts[trace.name] + pd.to_timedelta(minutes, unit="min")
+                targets[(trace.name, delay)][minutes] = served_per_minute(
+                    schedule, stamps, pd.Timedelta(minutes=delay)
+                )
+    for trace in traces:
+        for delay in delays:
+            config = configs[(trace.name, delay)]
+            demand = trace.window.to_numpy()
+            observed = np.r_[trace.history.to_numpy()[-1:], demand[:-1]]  # one minute of delay
+            floor = np.array([reactive_floor(v, config) for v in observed])
+            held = pd.Series(floor).rolling(5, min_periods=1).max().to_numpy(dtype=np.int64)
+            targets[(trace.name, delay)] = np.maximum(targets[(trace.name, delay)], held)
+    return family_name, targets
+
+
+def served_per_minute(
+    schedule: pd.DataFrame, stamps: pd.DatetimeIndex, lead: pd.Timedelta
+) -> np.ndarray:
+    """:func:`pipelines.policy.served_value` of one service's schedule at many instants.
+
+    Args:
+        schedule: One service's ``ts``/``replicas`` rows.
+        stamps: The instants.
+        lead: The start-up lead.
+
+    Returns:
+        Replicas served at each instant (0 where the schedule has nothing).
+    """
+    ts = schedule[TS].to_numpy(dtype="datetime64[us]").astype(np.int64)
+    replicas = schedule[REPLICAS].to_numpy(dtype=np.int64)
+    order = np.argsort(ts)
+    ts, replicas = ts[order], replicas[order]
+    instants = stamps.tz_convert("UTC").tz_localize(None).to_numpy(dtype="datetime64[us]").astype(np.int64)
+    lead_us = int(lead / pd.Timedelta(microseconds=1))
+    served = np.zeros(len(instants), dtype=np.int64)
+    for i, now in enumerate(instants):
+        first = max(np.searchsorted(ts, now, side="right") - 1, 0)
+        last = np.searchsorted(ts, now + lead_us, side="right")
+        if last > first and ts[first] <= now + lead_us:
+            served[i] = replicas[first:last].max()
+    return served
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics
+
+
+def surge_onsets(demand: np.ndarray) -> list[tuple[int, float]]:
+    """Surge onsets of a window (see the module docstring) as ``(minute, level)``."""
+    smooth = pd.Series(demand).rolling(5, min_periods=1).mean().to_numpy()
+    baseline = pd.Series(smooth).shift(1).rolling(SURGE_BASELINE_MINUTES, min_periods=1).min().to_numpy()
+    peak = float(np.max(demand))
+    onsets: list[tuple[int, float]] = []
+    last = -SURGE_GAP_MINUTES
+    for t in range(SURGE_BASELINE_MINUTES, len(demand)):
+        b = baseline[t]
+        if t - last >= SURGE_GAP_MINUTES and smooth[t] >= SURGE_RATIO * b and smooth[t] - b >= SURGE_MIN_RISE * peak:
+            onsets.append((t, float(smooth[t : t + SURGE_LEVEL_MINUTES + 1].max())))
+            last = t
+    return onsets
+
+
+def surge_lead(capacity: np.ndarray, onset: int, level: float) -> int:
+    """Minutes a policy's ready capacity reached ``level`` before ``onset`` (negative: late)."""
+    if capacity[onset] >= level:
+        lead = 0
+        while lead < LEAD_CAP_MINUTES and onset - lead - 1 >= 0 and capacity[onset - lead - 1] >= level:
+            lead += 1
+        return lead
+    for late in range(1, LEAD_CAP_MINUTES + 1):
+        if onset + late < len(capacity) and capacity[onset + late] >= level:
+            return -late
+    return -LEAD_CAP_MINUTES
+
+
+def policy_figures(
+    result: ReplayResult, demand: np.ndarray, capacity: float, onsets: list[tuple[int, float]]
+) -> dict[str, float]:
+    """Under-provisioned minutes, pod-hours, scaling actions and median surge lead."""
+    ready_capacity = result.ready * capacity
+    leads = [surge_lead(ready_capacity, t, level) for t, level in onsets]
+    return {
+        "short_minutes": int(np.sum(demand > ready_capacity * (1 + 1e-12))),
+        "pod_hours": round(result.pod_minutes / 60.0, 2),
+        "scaling_actions": int(result.actions),
+        "median_lead_minutes": float(np.median(leads)) if leads else float("nan"),
+        "surges": len(onsets),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# The benchmark
+
+
+def replay_trace(
+    trace: PreparedTrace, delay: int, forescale_target: np.ndarray
+) -> tuple[dict[str, dict[str, float]], dict[str, ReplayResult]]:
+    """Replay every policy on one trace at one start-up delay."""
+    demand = trace.window.to_numpy(dtype=float)
+    cap = trace.capacity
+    need = np.ceil(demand / cap - 1e-9).astype(np.int64).clip(MIN_REPLICAS, MAX_REPLICAS)
+    oracle = pd.Series(need[::-1]).rolling(delay + 1, min_periods=1).max().to_numpy()[::-1]
+    history = trace.history.to_numpy(dtype=float)
+    warm_minutes = HOLT_WINTERS["stored_seasons"] * 1440
+    warm = np.ceil(history[-warm_minutes:] / (cap * HPA_TARGET) - 1e-9).clip(MIN_REPLICAS, MAX_REPLICAS)
+    predictor = HoltWintersReplicas(
+        warm, 1440, HOLT_WINTERS["alpha"], HOLT_WINTERS["beta"], HOLT_WINTERS["gamma"]
+    )
+    start_hpa = int(math.ceil(demand[0] / (cap * HPA_TARGET) - 1e-9))
+    start_hpa = max(MIN_REPLICAS, min(MAX_REPLICAS, start_hpa))
+    runs = {
+        "hpa": simulate(demand, cap, delay, start_hpa, hpa_controller(demand, cap)),
+        "holt_winters": simulate(demand, cap, delay, start_hpa, hpa_controller(demand, cap, predictor)),
+        "static_peak": simulate(
+            demand, cap, delay, PEAK_REPLICAS,
+            schedule_controller(np.full(len(demand), PEAK_REPLICAS), through_hpa=False),
+        ),
+        "oracle": simulate(
+            demand, cap, delay, int(oracle[0]), schedule_controller(oracle.astype(np.int64), False)
+        ),
+        "forescale": simulate(
+            demand, cap, delay, int(forescale_target[0]), schedule_controller(forescale_target, True)
+        ),
+    }
+    onsets = surge_onsets(demand)
+    return {name: policy_figures(run, demand, cap, onsets) for name, run in runs.items()}, runs
+
+
+def summarize(per_delay: dict[int, dict[str, dict[str, dict[str, float]]]]) -> dict[str, Any]:
+    """Totals over the traces per delay and policy, ratios to HPA, and the targets' verdicts."""
+    summary: dict[str, Any] = {}
+    for delay, traces in per_delay.items():
+        totals: dict[str, dict[str, float]] = {}
+        for policy in POLICIES:
+            rows = [figures[policy] for figures in traces.values()]
+            leads = [r["median_lead_minutes"] for r in rows if not math.isnan(r["median_lead_minutes"])]
+            totals[policy] = {
+                "short_minutes": int(sum(r["short_minutes"] for r in rows)),
+                "pod_hours": round(sum(r["pod_hours"] for r in rows), 2),
+                "scaling_actions": int(sum(r["scaling_actions"] for r in rows)),
+                "median_lead_minutes": float(np.median(leads)) if leads else float("nan"),
+            }
+        hpa = totals["hpa"]
+        for figures in totals.values():
+            figures["short_vs_hpa"] = round(figures["short_minutes"] / hpa["short_minutes"], 4) if hpa["short_minutes"] else float("nan")
+            figures["pod_hours_vs_hpa"] = round(figures["pod_hours"] / hpa["pod_hours"], 4)
+        fs = totals["forescale"]
+        summary[str(delay)] = {
+            "totals": totals,
+            "targets_met": {
+                "short_vs_hpa": bool(fs["short_vs_hpa"] <= TARGETS["short_vs_hpa_max"]),
+                "pod_hours_vs_hpa": bool(fs["pod_hours_vs_hpa"] <= TARGETS["pod_hours_vs_hpa_max"]),
+                "median_lead": bool(fs["median_lead_minutes"] >= TARGETS["median_lead_min"]),
+            },
+        }
+    return summary
+
+
+def markdown_table(per_delay: dict[int, dict[str, dict[str, dict[str, float]]]], summary: dict[str, Any]) -> str:
+    """The benchmark's Markdown table (per delay: per trace and policy, then totals)."""
+    lines: list[str] = []
+    for delay, traces in per_delay.items():
+        lines += [
+            f"### Pod start-up delay {delay} min",
+            "",
+            "| trace | policy | short min | pod-hours | actions | median lead (min) | surges |",
+            "|---|---|---:|---:|---:|---:|---:|",
+        ]
+        for trace, figures in traces.items():
+            for policy in POLICIES:
+                f = figures[policy]
+                lines.append(
+                    f"| {trace} | {policy} | {f['short_minutes']} | {f['pod_hours']:.1f} | "
+                    f"{f['scaling_actions']} | {f['median_lead_minutes']:.1f} | {f['surges']} |"
+                )
+        lines += [
+            "",
+            "| total | short min | % of HPA short | pod-hours | % of HPA pod-hours | actions | median lead |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for policy, f in summary[str(delay)]["totals"].items():
+            lines.append(
+                f"| {policy} | {f['short_minutes']} | {100 * f['short_vs_hpa']:.1f} | "
+                f"{f['pod_hours']:.1f} | {100 * f['pod_hours_vs_hpa']:.1f} | "
+                f"{f['scaling_actions']} | {f['median_lead_minutes']:.1f} |"
+            )
+        met = summary[str(delay)]["targets_met"]
+        lines += ["", f"Forescale targets met at {delay} min: {met}", ""]
+    return "\n".join(lines)
+
+
+def plot_trace(
+    path: Path, trace: PreparedTrace, runs_by_delay: dict[int, dict[str, ReplayResult]]
+) -> None:
+    """PNG of the load and each policy's ready capacity, one panel per start-up delay."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(runs_by_delay), 1, figsize=(14, 4 * len(runs_by_delay)), sharex=True)
+    axes = np.atleast_1d(axes)
+    hours = np.arange(WINDOW_MINUTES) / 60.0
+    for ax, (delay, runs) in zip(axes, runs_by_delay.items(), strict=True):
+        ax.plot(hours, trace.window.to_numpy(), color="black", linewidth=0.6, label="load")
+        for name, run in runs.items():
+            ax.plot(hours, run.ready * trace.capacity, linewidth=0.8, label=f"{name} capacity")
+        ax.set_title(f"{trace.name}: start-up delay {delay} min")
+        ax.set_ylabel("load / ready capacity")
+        ax.legend(loc="upper left", fontsize=7, ncol=3)
+    axes[-1].set_xlabel("hours into the replayed week")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def run_replay_bench(
+    data_dir: Path,
+    json_path: Path | None = None,
+    timeline_path: Path | None = None,
+    plots_dir: Path | None = None,
+    model: str | None = None,
+    params_file: Path | None = None,
+    delays: Sequence[int] = STARTUP_DELAYS_MINUTES,
+    echo: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run the replay benchmark and report it as a Markdown table (and optional JSON/timeline/PNG).
+
+    Args:
+        data_dir: A folder laid out like ``shared/data`` (see :func:`discover_traces`).
+        json_path: Write the figures here as JSON.
+        timeline_path: Write the minute-by-minute replay here (``.parquet`` or ``.csv``): trace,
+            startup_minutes, minute, demand and per policy ``<policy>_desired``/``<policy>_ready``.
+        plots_dir: Write one PNG per trace here.
+        model: Forecaster family for Forescale (``None``: the best available).
+        params_file: ``params.yaml`` for the Forescale service defaults.
+        delays: Start-up delays in minutes to report.
+        echo: Where to write the table (the CLI passes ``typer.echo``); not written when ``None``.
+
+    Returns:
+        The figures: ``{"traces": {delay: {trace: {policy: figures}}}, "summary": ..., "markdown":
+        ..., "model": ..., "seconds": ...}``.
+    """
+    started = time.perf_counter()
+    traces = [prepare_trace(name, load) for name, load in discover_traces(Path(data_dir)).items()]
+    family, targets = forescale_targets(traces, delays, model, params_file)
+    per_delay: dict[int, dict[str, dict[str, dict[str, float]]]] = {d: {} for d in delays}
+    timeline_parts: list[pd.DataFrame] = []
+    for trace in traces:
+        runs_by_delay: dict[int, dict[str, ReplayResult]] = {}
+        for delay in delays:
+            figures, runs = replay_trace(trace, delay, targets[(trace.name, delay)])
+            per_delay[delay][trace.name] = figures
+            runs_by_delay[delay] = runs
+            if timeline_path is not None:
+                part = pd.DataFrame(
+                    {
+                        "trace": trace.name,
+                        "startup_minutes": delay,
+                        "minute": np.arange(WINDOW_MINUTES),
+                        "ts": trace.window.index,
+                        "demand": trace.window.to_numpy(),
+                    }
+                )
+                for name, run in runs.items():
+                    part[f"{name}_desired"] = run.desired
+                    part[f"{name}_ready"] = run.ready
+                timeline_parts.append(part)
+        if plots_dir is not None:
+            Path(plots_dir).mkdir(parents=True, exist_ok=True)
+            plot_trace(Path(plots_dir) / f"replay_{trace.name.replace('/', '_')}.png", trace, runs_by_delay)
+    summary = summarize(per_delay)
+    table = markdown_table(per_delay, summary)
+    result: dict[str, Any] = {
+        "model": family,
+        "traces": {str(d): v for d, v in per_delay.items()},
+        "capacity_per_replica": {t.name: t.capacity for t in traces},
+        "summary": summary,
+        "markdown": table,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    if timeline_path is not None:
+        timeline = pd.concat(timeline_parts, ignore_index=True)
+        Path(timeline_path).parent.mkdir(parents=True, exist_ok=True)
+        if str(timeline_path).endswith(".csv"):
+            timeline.to_csv(timeline_path, index=False)
+        else:
+            timeline.to_parquet(timeline_path, index=False)
+    if json_path is not None:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(result, indent=2, default=float, allow_nan=True))
+    if echo is not None:
+        echo(table)
+    return result

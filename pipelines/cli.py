@@ -1,0 +1,301 @@
+"""The ``forescale`` command line: every pipeline stage runs from a terminal without Airflow.
+
+Heavy libraries are imported inside the commands, so ``forescale --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pipelines.settings import REPO_ROOT, Settings, get_settings
+
+app = typer.Typer(help="Forescale: predictive scaling schedules for Kubernetes services.",
+                  no_args_is_help=True, add_completion=False)
+telemetry_app = typer.Typer(help="Generate, import and ingest telemetry.", no_args_is_help=True)
+features_app = typer.Typer(help="The Feast feature store.", no_args_is_help=True)
+pipeline_app = typer.Typer(help="Run the whole pipeline once.", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks on public data (print figures; not tests).",
+                        no_args_is_help=True)
+app.add_typer(telemetry_app, name="telemetry")
+app.add_typer(features_app, name="features")
+app.add_typer(pipeline_app, name="pipeline")
+app.add_typer(bench_app, name="bench")
+
+console = Console(stderr=True)
+out = Console()
+DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data"
+
+Services = Annotated[list[str] | None, typer.Option("--service", "-s",
+                                                    help="Service to include (repeatable).")]
+
+
+def _settings() -> Settings:
+    settings = get_settings()
+    os.environ.setdefault("AIRFLOW_HOME", str(settings.airflow_home))  # never ~/airflow
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    return settings
+
+
+def _progress(line: str) -> None:
+    console.print(f"[bold cyan]>[/] {line}")
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    import pandas as pd
+
+    return None if value is None else pd.Timestamp(value, tz="UTC").to_pydatetime()
+
+
+# --------------------------------------------------------------------------- telemetry
+
+
+@telemetry_app.command("generate")
+def telemetry_generate(
+    services: Annotated[int, typer.Option(help="Number of services.")] = 5,
+    days: Annotated[int, typer.Option(help="Days of history ending now.")] = 14,
+    step_minutes: Annotated[int, typer.Option(help="Resolution in minutes.")] = 1,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
+) -> None:
+    """Generate a synthetic fleet, validate it and store it."""
+    import pandas as pd
+
+    from pipelines.run import ingest_frame
+    from pipelines.telemetry import generate_fleet
+
+    settings = _settings()
+    frame = generate_fleet(services, days, step_minutes=step_minutes, seed=seed)
+    start, end = frame["ts"].min(), frame["ts"].max() + pd.Timedelta(minutes=step_minutes)
+    files = ingest_frame(settings, frame, start, end)
+    out.print(f"stored {len(frame):,} rows for {services} services in {len(files)} day files "
+              f"under {settings.telemetry_dir}")
+
+
+@telemetry_app.command("import")
+def telemetry_import(
+    path: Annotated[Path, typer.Argument(help="CSV/Parquet file or folder.")],
+    service: Annotated[str | None, typer.Option(help="Service name of a single trace.")] = None,
+    value_per: Annotated[str, typer.Option(help="second | minute | step")] = "second",
+) -> None:
+    """Import CSV/Parquet telemetry (long format, or one `time,value` trace) after validation."""
+    import pandas as pd
+
+    from pipelines.run import ingest_frame
+    from pipelines.telemetry import FileSource
+
+    settings = _settings()
+    frame = FileSource(path, service=service, value_per=value_per).read_all()
+    end = frame["ts"].max() + pd.Timedelta(seconds=1)
+    files = ingest_frame(settings, frame, frame["ts"].min(), end)
+    out.print(f"imported {len(frame):,} rows ({frame['service'].nunique()} services) "
+              f"into {len(files)} day files")
+
+
+@telemetry_app.command("ingest")
+def telemetry_ingest(
+    start: Annotated[str, typer.Option(help="Interval start (UTC).")],
+    end: Annotated[str, typer.Option(help="Interval end (UTC, exclusive).")],
+    source: Annotated[str | None, typer.Option(help="synthetic | prometheus | files:<dir>")] = None,
+) -> None:
+    """Extract one interval, validate it, store it (the `telemetry_ingest` DAG's first tasks)."""
+    from pipelines.telemetry import extract_batch, store_batch
+    from pipelines.validation import validate_batch
+
+    settings = _settings()
+    begin, stop = _parse_time(start), _parse_time(end)
+    assert begin is not None and stop is not None
+    batch = extract_batch(settings, begin, stop, source)
+    files = store_batch(settings, validate_batch(settings, batch, begin, stop))
+    out.print(f"stored {len(files)} day files")
+
+
+# --------------------------------------------------------------------------- features
+
+
+@features_app.command("apply")
+def features_apply() -> None:
+    """Register the feature definitions (`feast apply`) for this FORESCALE_HOME."""
+    from pipelines.features import apply_features
+
+    apply_features(_settings())
+    out.print("feature store applied")
+
+
+@features_app.command("update")
+def features_update(end: Annotated[str | None, typer.Option(help="Materialize up to.")] = None) -> None:
+    """Rebuild the offline 5-minute aggregates and materialize them into the online store."""
+    import pandas as pd
+
+    from pipelines.features import apply_features, materialize_features, update_offline_features
+    from pipelines.telemetry import telemetry_span
+
+    settings = _settings()
+    apply_features(settings)
+    path = update_offline_features(settings)
+    span = telemetry_span(settings)
+    stop = _parse_time(end) or (span[1].to_pydatetime() if span else pd.Timestamp.now(tz="UTC"))
+    materialize_features(settings, stop)
+    out.print(f"offline features at {path}; materialized up to {stop}")
+
+
+# --------------------------------------------------------------------------- train and schedule
+
+
+@app.command("train")
+def train(
+    service: Services = None,
+    reason: Annotated[str, typer.Option(help="schedule | drift | manual")] = "manual",
+    as_of: Annotated[str | None, typer.Option(help="End of the training window (UTC).")] = None,
+) -> None:
+    """Backtest, register and promote models for every shard of services."""
+    import json
+
+    from pipelines.training import plan_shards, train_shard
+
+    settings = _settings()
+    for shard in plan_shards(settings, service):
+        _progress(f"training {', '.join(shard)}")
+        summary = json.loads(train_shard(settings, shard, reason, _parse_time(as_of)).read_text())
+        for row in summary["services"]:
+            out.print(f"{row['service']}: {row['family']} v{row['version']} "
+                      f"error {row['backtest_error']:.3f} promoted={row['promoted']}")
+
+
+@app.command("schedule")
+def schedule(
+    service: Services = None,
+    as_of: Annotated[str | None, typer.Option(help="Forecast origin (UTC).")] = None,
+) -> None:
+    """Forecast with each champion, build replica schedules and publish them."""
+    import json
+
+    from pipelines.publish import build_schedules, forecast_shard, publish_schedules
+    from pipelines.training import plan_shards
+
+    settings = _settings()
+    for shard in plan_shards(settings, service):
+        forecasts = forecast_shard(settings, shard, _parse_time(as_of))
+        published = publish_schedules(settings, build_schedules(settings, forecasts))
+        for name, row in json.loads(published.read_text()).items():
+            out.print(f"{name}: schedule v{row['version']} from {row['model_version']}, "
+                      f"peak {row['peak_replicas']} replicas")
+
+
+@pipeline_app.command("run")
+def pipeline_run(
+    services: Annotated[int, typer.Option(help="Synthetic services.")] = 5,
+    days: Annotated[int, typer.Option(help="Days of synthetic history.")] = 14,
+    source: Annotated[Path | None, typer.Option(help="Folder of telemetry files instead.")] = None,
+    step_minutes: Annotated[int, typer.Option(help="Synthetic resolution.")] = 1,
+    seed: Annotated[int, typer.Option(help="Synthetic seed.")] = 42,
+) -> None:
+    """Run ingest -> validate -> features -> train -> schedule -> publish once and summarise."""
+    import time
+
+    from pipelines.run import run_pipeline
+
+    settings = _settings()
+    began = time.perf_counter()
+    summaries = run_pipeline(settings, services, days, source, step_minutes, seed, _progress)
+    table = Table(title=f"Forescale pipeline ({time.perf_counter() - began:.0f} s, "
+                        f"state in {settings.home})")
+    for column in ("service", "model", "model version", "champion", "backtest rel. MAE",
+                   "peak replicas", "schedule"):
+        table.add_column(column)
+    for s in summaries:
+        table.add_row(s.service, s.family, s.model_version, "new" if s.promoted else "kept",
+                      f"{s.backtest_error:.3f}", str(s.peak_replicas), f"v{s.schedule_version}")
+    out.print(table)
+
+
+# --------------------------------------------------------------------------- serving and stack
+
+
+@app.command("serve")
+def serve(
+    host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+) -> None:
+    """Start the schedule API alone."""
+    from serving.app import run_server
+
+    run_server(_settings(), host, port)
+
+
+@app.command("up")
+def up(
+    services: Annotated[int, typer.Option(help="Synthetic services.")] = 5,
+    days: Annotated[int, typer.Option(help="Days of synthetic history.")] = 14,
+) -> None:
+    """Start Airflow, MLflow and the API locally, run the DAGs once, wait for Ctrl-C."""
+    from pipelines.local_stack import run_local_stack
+
+    run_local_stack(_settings(), services, days)
+
+
+@app.command("drift")
+def drift(end: Annotated[str | None, typer.Option(help="End of the recent window.")] = None) -> None:
+    """Run the Evidently drift monitor once and print what it found."""
+    from pipelines.drift import run_drift_monitor
+
+    path = run_drift_monitor(_settings(), end=_parse_time(end))
+    out.print(Path(path).read_text())
+
+
+# --------------------------------------------------------------------------- benchmarks
+
+DataDir = Annotated[Path, typer.Option("--data", help="Folder with the layout of shared/data.")]
+JsonOut = Annotated[Path | None, typer.Option("--json", help="Write the figures as JSON.")]
+
+
+@bench_app.command("forecast")
+def bench_forecast(
+    data: DataDir = DEFAULT_DATA,
+    json_path: JsonOut = None,
+    forecasts: Annotated[Path | None, typer.Option(help="Write every scored forecast.")] = None,
+    quick: Annotated[bool, typer.Option(help="A small subset, for a smoke run.")] = False,
+) -> None:
+    """M4 Hourly and ops-trace forecasting benchmark."""
+    from pipelines.bench.forecast import run_forecast_bench
+
+    _settings()
+    run_forecast_bench(data, json_path, forecasts, quick=quick)
+
+
+@bench_app.command("replay")
+def bench_replay(
+    data: DataDir = DEFAULT_DATA,
+    json_path: JsonOut = None,
+    timeline: Annotated[Path | None, typer.Option(help="Write the minute-by-minute replay.")] = None,
+    plots: Annotated[Path | None, typer.Option(help="Folder for one PNG per trace.")] = None,
+) -> None:
+    """Replay real traffic against HPA, Holt-Winters, static, oracle and Forescale policies."""
+    from pipelines.bench.replay import run_replay_bench
+
+    _settings()
+    run_replay_bench(data, json_path, timeline, plots)
+
+
+@bench_app.command("nab")
+def bench_nab(
+    data: DataDir = DEFAULT_DATA,
+    json_path: JsonOut = None,
+    scores: Annotated[Path | None, typer.Option(help="Write NAB-layout result files here.")] = None,
+) -> None:
+    """Numenta Anomaly Benchmark scores of the anomaly detector."""
+    from pipelines.bench.nab import run_nab_bench
+
+    _settings()
+    run_nab_bench(data, json_path, scores)
+
+
+def main() -> None:
+    """Entry point of the ``forescale`` script."""
+    app()

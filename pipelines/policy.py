@@ -1,0 +1,370 @@
+"""Scaling policy: forecast quantiles -> replicas per schedule step.
+
+For every service and every forecast step the policy
+
+1. picks the demand level ``q`` the service must absorb so that the chance of running short is
+   at most ``config.risk``: ``q`` is the forecast quantile at probability ``1 - risk``
+   (:func:`quantile_at`, see there how quantiles between or beyond the forecast columns are
+   obtained);
+2. converts it to pods: ``ceil(q / (capacity_per_replica * target_utilization))``, clamped to
+   ``[min_replicas, max_replicas]``;
+3. scales up early: the replicas of a step are the largest need over the next
+   ``startup_seconds`` (pods are requested one start-up time before they are needed), and at
+   least the largest *median* need over the next ``startup_seconds + PREWARM_MINUTES``: a surge
+   in the forecast is pre-warmed 15 minutes ahead at its median level, reaching the risk
+   quantile's level one start-up time ahead;
+4. honours the surge limit: no two consecutive steps differ by more than
+   ``max_surge_per_step`` pods upwards; a rise larger than that starts earlier instead of later;
+5. scales down late and in steps: a lower need takes effect only after
+   ``scale_down_delay_minutes`` and then removes at most ``SCALE_DOWN_FRACTION`` of the pods
+   (at least one) per step;
+6. never plans below the reactive floor when live metrics are given (``live_floor``).
+
+Every stage is a non-decreasing function of its input, so more forecast load never yields fewer
+replicas at any step (tested in ``tests/test_policy.py``).
+
+The schedule's ``replicas`` at ``ts`` are the pods to *request* at ``ts``. What the API serves at
+time ``now`` is :func:`served_value`: the most replicas planned over ``[now, now + lead]``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from datetime import datetime
+from statistics import NormalDist
+from typing import Protocol
+
+import numpy as np
+import pandas as pd
+
+from pipelines.schema import REPLICAS, SERVICE, TS, normalize_ts, quantile_column, require_columns
+
+PREWARM_MINUTES = 15  # extra lead before a forecast rise, on top of the pod start-up time
+SCALE_DOWN_FRACTION = 0.2  # most pods removed per step once the scale-down delay has passed
+SCHEDULE_COLUMNS: tuple[str, ...] = (
+    SERVICE,
+    TS,
+    REPLICAS,
+    "forecast_p50",
+    "forecast_p90",
+    "quantile_used",
+)
+_EPSILON = 1e-9  # absorbs float noise in ceil(): 2.0000000001 pods is 2 pods
+
+
+class ScalingSettings(Protocol):
+    """What the policy reads from a service's configuration (``pipelines.service_config``)."""
+
+    capacity_per_replica: float
+    target_utilization: float
+    min_replicas: int
+    max_replicas: int
+    startup_seconds: int
+    scale_down_delay_minutes: int
+    max_surge_per_step: int
+    risk: float
+
+
+def forecast_quantiles(forecast: pd.DataFrame) -> dict[float, str]:
+    """The quantile columns of a forecast frame, by probability.
+
+    Args:
+        forecast: A frame with columns such as ``p50``, ``p90``, ``p97.5``.
+
+    Returns:
+        Probability -> column name, sorted by probability.
+    """
+    found: dict[float, str] = {}
+    for column in forecast.columns:
+        if not (isinstance(column, str) and column.startswith("p")):
+            continue
+        try:
+            level = float(column[1:]) / 100.0
+        except ValueError:
+            continue
+        if 0.0 < level < 1.0 and quantile_column(level) == column:
+            found[level] = column
+    return dict(sorted(found.items()))
+
+
+def quantile_at(forecast: pd.DataFrame, level: float) -> np.ndarray:
+    """The forecast value at probability ``level`` for every row.
+
+    An exact column is used when present. Between two columns the value is interpolated linearly
+    in probability (``p80`` from ``p50`` and ``p90`` is ``p50 + 0.75 * (p90 - p50)``). Beyond the
+    outermost columns it is extrapolated with a normal tail fitted to the two outermost columns
+    (``p95`` from ``p50`` and ``p90`` is ``p50 + (p90 - p50) * z(0.95) / z(0.9)`` for
+    ``p50``/``p90``), never below the nearest column. With one column, that column is used.
+
+    Args:
+        forecast: Forecast frame with at least one ``p..`` column.
+        level: Probability in (0, 1).
+
+    Returns:
+        One value per row (float array).
+
+    Raises:
+        ValueError: If the frame has no quantile column.
+    """
+    columns = forecast_quantiles(forecast)
+    if not columns:
+        raise ValueError(f"forecast has no quantile column (p50, p90, ...); it has {list(forecast.columns)}")
+    levels = list(columns)
+    values = {q: forecast[c].to_numpy(dtype=float) for q, c in columns.items()}
+    if level in values:
+        return values[level]
+    if len(levels) == 1:
+        return values[levels[0]]
+    if levels[0] < level < levels[-1]:
+        upper = next(q for q in levels if q > level)
+        lower = max(q for q in levels if q < level)
+        weight = (level - lower) / (upper - lower)
+        return values[lower] + weight * (values[upper] - values[lower])
+    normal = NormalDist()
+    low_q, high_q = (levels[-2], levels[-1]) if level > levels[-1] else (levels[0], levels[1])
+    spread = (values[high_q] - values[low_q]) / (normal.inv_cdf(high_q) - normal.inv_cdf(low_q))
+    extrapolated = values[high_q] + spread * (normal.inv_cdf(level) - normal.inv_cdf(high_q))
+    if level > levels[-1]:
+        return np.maximum(extrapolated, values[levels[-1]])
+    return np.minimum(values[low_q] + spread * (normal.inv_cdf(level) - normal.inv_cdf(low_q)),
+                      values[levels[0]])
+
+
+def replicas_for_load(load: np.ndarray | float, config: ScalingSettings) -> np.ndarray:
+    """Pods needed for a load at the target utilisation, clamped to the service's bounds.
+
+    Args:
+        load: Requests/s (array or scalar).
+        config: Service settings.
+
+    Returns:
+        Integer array ``clip(ceil(load / (capacity * target_utilization)), min, max)``.
+    """
+    per_pod = config.capacity_per_replica * config.target_utilization
+    raw = np.ceil(np.maximum(np.asarray(load, dtype=float), 0.0) / per_pod - _EPSILON)
+    return np.clip(raw, config.min_replicas, config.max_replicas).astype(np.int64)
+
+
+def _steps(duration: pd.Timedelta, step: pd.Timedelta) -> int:
+    return int(math.ceil(duration / step - _EPSILON)) if duration > pd.Timedelta(0) else 0
+
+
+def _forward_window_max(values: np.ndarray, steps: int) -> np.ndarray:
+    """``out[i] = max(values[i : i + steps + 1])`` (shorter at the end)."""
+    out = values.copy()
+    for shift in range(1, min(steps, len(values) - 1) + 1):
+        out[:-shift] = np.maximum(out[:-shift], values[shift:])
+    return out
+
+
+def _backward_window_max(values: np.ndarray, steps: int) -> np.ndarray:
+    """``out[i] = max(values[i - steps : i + 1])`` (shorter at the start)."""
+    return _forward_window_max(values[::-1], steps)[::-1]
+
+
+def _limit_surge(values: np.ndarray, max_surge: int) -> np.ndarray:
+    """Raise earlier steps so that no step adds more than ``max_surge`` pods."""
+    out = values.copy()
+    for i in range(len(out) - 2, -1, -1):
+        out[i] = max(out[i], out[i + 1] - max_surge)
+    return out
+
+
+def _step_down(values: np.ndarray) -> np.ndarray:
+    """Remove at most ``SCALE_DOWN_FRACTION`` of the pods (at least one) per step."""
+    out = values.copy()
+    for i in range(1, len(out)):
+        floor = out[i - 1] - max(1, math.ceil(out[i - 1] * SCALE_DOWN_FRACTION - _EPSILON))
+        out[i] = max(out[i], floor)
+    return out
+
+
+def plan_service(
+    load: np.ndarray,
+    step: pd.Timedelta,
+    config: ScalingSettings,
+    live_floor: int | None = None,
+    median: np.ndarray | None = None,
+) -> np.ndarray:
+    """Replicas per step for one service's load level (the quantile already chosen).
+
+    Args:
+        load: Requests/s to absorb at each step (the risk quantile), oldest first.
+        step: Spacing of the steps.
+        config: Service settings.
+        live_floor: Pods needed by the live load now; raises the first step (and, through the
+            scale-down delay, the steps after it).
+        median: The median forecast per step, pre-warmed ``PREWARM_MINUTES`` ahead of the
+            start-up lead; ``load`` is used when omitted.
+
+    Returns:
+        Integer replicas per step.
+    """
+    need = replicas_for_load(load, config)
+    if live_floor is not None and len(need):
+        need[0] = max(need[0], min(int(live_floor), config.max_replicas))
+    startup = pd.Timedelta(seconds=config.startup_seconds)
+    prewarm_need = replicas_for_load(load if median is None else median, config)
+    early = np.maximum(
+        _forward_window_max(need, _steps(startup, step)),
+        _forward_window_max(prewarm_need, _steps(startup + pd.Timedelta(minutes=PREWARM_MINUTES), step)),
+    )
+    limited = _limit_surge(early, config.max_surge_per_step)
+    held = _backward_window_max(limited, _steps(pd.Timedelta(minutes=config.scale_down_delay_minutes), step))
+    return np.clip(_step_down(held), config.min_replicas, config.max_replicas)
+
+
+def plan_replicas(
+    forecast: pd.DataFrame,
+    config: ScalingSettings | Mapping[str, ScalingSettings],
+    now: datetime | pd.Timestamp | None = None,
+    live_floor: int | Mapping[str, int] | None = None,
+) -> pd.DataFrame:
+    """Turn forecast quantiles into a replica schedule.
+
+    Args:
+        forecast: ``service``, ``ts`` and quantile columns (``p50``, ``p90``, ...) at a regular
+            step per service.
+        config: One service configuration for every service, or a mapping service -> config.
+        now: Drop the steps that end before this instant (the step holding ``now`` stays).
+        live_floor: Pods the live load needs now (``reactive_floor``); one value for every
+            service or a mapping service -> pods. The first planned step is never below it.
+
+    Returns:
+        ``service``, ``ts``, ``replicas`` (pods to request at ``ts``), ``forecast_p50``,
+        ``forecast_p90`` (NaN when absent) and ``quantile_used`` (the probability planned on,
+        ``1 - risk``).
+
+    Raises:
+        ValueError: If a column is missing, a service has no config, a quantile is negative or
+            not finite (naming the service and the rows), or timestamps repeat.
+    """
+    require_columns(forecast, (SERVICE, TS), "forecast")
+    if not forecast_quantiles(forecast):
+        raise ValueError(f"forecast has no quantile column (p50, p90, ...); it has {list(forecast.columns)}")
+    frame = forecast.copy()
+    frame[TS] = normalize_ts(frame[TS]).to_numpy()
+    frame = frame.sort_values([SERVICE, TS], kind="stable").reset_index(drop=True)
+    parts = []
+    for service, group in frame.groupby(SERVICE, sort=True):
+        service_config = _config_for(config, str(service))
+        group = group.reset_index(drop=True)
+        _check_forecast(group, str(service))
+        step = _service_step(group, str(service), service_config)
+        if now is not None:
+            start = pd.Timestamp(now)
+            start = start.tz_localize("UTC") if start.tzinfo is None else start.tz_convert("UTC")
+            group = group[group[TS] + step > start].reset_index(drop=True)
+            if group.empty:
+                continue
+        level = 1.0 - service_config.risk
+        load = quantile_at(group, level)
+        floor = live_floor.get(str(service)) if isinstance(live_floor, Mapping) else live_floor
+        median = quantile_at(group, 0.5) if level > 0.5 else load
+        replicas = plan_service(load, step, service_config, floor, median)
+        parts.append(
+            pd.DataFrame(
+                {
+                    SERVICE: str(service),
+                    TS: group[TS],
+                    REPLICAS: replicas.astype(np.int64),
+                    "forecast_p50": group["p50"].to_numpy(float) if "p50" in group else np.nan,
+                    "forecast_p90": group["p90"].to_numpy(float) if "p90" in group else np.nan,
+                    "quantile_used": level,
+                }
+            )
+        )
+    if not parts:
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in SCHEDULE_COLUMNS})
+    return pd.concat(parts, ignore_index=True)[list(SCHEDULE_COLUMNS)]
+
+
+def _config_for(
+    config: ScalingSettings | Mapping[str, ScalingSettings], service: str
+) -> ScalingSettings:
+    if isinstance(config, Mapping):
+        if service not in config:
+            raise ValueError(f"no scaling configuration for service {service!r}")
+        return config[service]
+    return config
+
+
+def _check_forecast(group: pd.DataFrame, service: str) -> None:
+    for column in forecast_quantiles(group).values():
+        values = group[column].to_numpy(dtype=float)
+        bad = np.flatnonzero(~np.isfinite(values) | (values < 0))
+        if bad.size:
+            raise ValueError(
+                f"forecast for service {service!r}: column {column!r} is negative or not finite "
+                f"in rows {bad[0]}..{bad[-1]} ({bad.size} rows)"
+            )
+    repeated = np.flatnonzero(group[TS].duplicated().to_numpy())
+    if repeated.size:
+        raise ValueError(
+            f"forecast for service {service!r}: column 'ts' repeats in rows {repeated[0]}..{repeated[-1]}"
+        )
+
+
+def _service_step(group: pd.DataFrame, service: str, config: ScalingSettings) -> pd.Timedelta:
+    if len(group) < 2:
+        return pd.Timedelta(minutes=5)
+    diffs = group[TS].diff().dropna()
+    step = pd.Timedelta(diffs.mode().iloc[0])
+    irregular = np.flatnonzero((diffs != step).to_numpy())
+    if irregular.size:
+        first = int(irregular[0]) + 1
+        raise ValueError(
+            f"forecast for service {service!r}: column 'ts' is not at a regular {step} step "
+            f"(rows {first}..{int(irregular[-1]) + 1})"
+        )
+    return step
+
+
+def reactive_floor(live_load: float, config: ScalingSettings) -> int:
+    """Pods the live load needs right now at the target utilisation (the reactive floor).
+
+    Args:
+        live_load: Current requests/s of the service.
+        config: Service settings.
+
+    Returns:
+        ``ceil(live_load / (capacity * target_utilization))`` clamped to the service's bounds.
+    """
+    return int(replicas_for_load(live_load, config))
+
+
+def served_value(
+    schedule: pd.DataFrame,
+    now: datetime | pd.Timestamp,
+    startup_lead: pd.Timedelta | float,
+) -> dict[str, int]:
+    """Replicas to serve at ``now``: the most planned over ``[now, now + startup_lead]``.
+
+    The step in force at ``now`` (the last ``ts <= now``) counts, as does every step starting
+    within the lead.
+
+    Args:
+        schedule: ``service``, ``ts``, ``replicas`` (as from :func:`plan_replicas`).
+        now: The current instant (naive values are UTC).
+        startup_lead: Pod start-up time, a Timedelta or seconds.
+
+    Returns:
+        Service -> replicas; services whose schedule has no step at or after ``now`` (or in
+        force at ``now``) are left out.
+    """
+    require_columns(schedule, (SERVICE, TS, REPLICAS), "schedule")
+    lead = startup_lead if isinstance(startup_lead, pd.Timedelta) else pd.Timedelta(seconds=float(startup_lead))
+    instant = pd.Timestamp(now)
+    instant = instant.tz_localize("UTC") if instant.tzinfo is None else instant.tz_convert("UTC")
+    ts = normalize_ts(schedule[TS])
+    served: dict[str, int] = {}
+    for service, rows in schedule.assign(**{TS: ts.to_numpy()}).groupby(SERVICE, sort=True):
+        started = rows[rows[TS] <= instant]
+        window = rows[(rows[TS] > instant) & (rows[TS] <= instant + lead)]
+        candidates = list(window[REPLICAS])
+        if not started.empty:
+            candidates.append(started.sort_values(TS)[REPLICAS].iloc[-1])
+        if candidates:
+            served[str(service)] = int(max(candidates))
+    return served

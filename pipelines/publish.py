@@ -1,0 +1,174 @@
+"""Schedule stage: champion forecast -> replica schedule -> published to the serving store.
+
+Three steps, each one Airflow task of ``schedule_publish`` and one CLI command:
+
+1. :func:`forecast_shard` loads each service's ``champion`` from MLflow and forecasts the next
+   ``schedule.horizon_hours`` from the latest validated telemetry (5-minute steps).
+2. :func:`build_schedules` turns the forecast quantiles into replicas with the per-service policy
+   (:mod:`pipelines.policy`).
+3. :func:`publish_schedules` writes each schedule atomically into the store the serving API reads,
+   versioned with the model version that made it, plus its explanation.
+
+Outputs are partitioned by ``as_of`` (the data interval end), so a rerun for the same interval
+writes the same files.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+
+from models.registry import champion, configure_mlflow, load_forecaster
+from pipelines.params import section
+from pipelines.schema import SERVICE, TARGET, TS
+from pipelines.settings import Settings
+
+HISTORY_DAYS_FOR_FORECAST = 8  # enough for weekly lags of the LightGBM features
+
+
+def _as_of(settings: Settings, as_of: datetime | None) -> pd.Timestamp:
+    from pipelines.training import _window_end
+
+    return _window_end(settings, as_of)
+
+
+def _run_dir(settings: Settings, kind: str, as_of: pd.Timestamp) -> Path:
+    path = settings.artifacts_dir / kind / f"{as_of:%Y%m%dT%H%M}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def recent_history(settings: Settings, services: Sequence[str], as_of: pd.Timestamp,
+                   days: int = HISTORY_DAYS_FOR_FORECAST) -> pd.DataFrame:
+    """Validated telemetry of the last ``days`` before ``as_of``, at the forecast step.
+
+    Args:
+        settings: Runtime settings.
+        services: Services to read.
+        as_of: End of the history (exclusive).
+        days: How much history to read.
+
+    Returns:
+        Long frame ``service, ts, requests`` at ``settings.step_minutes`` resolution.
+    """
+    from pipelines.telemetry import read_telemetry
+
+    raw = read_telemetry(settings, services, as_of - pd.Timedelta(days=days), as_of)
+    if raw.empty:
+        return raw
+    step = f"{settings.step_minutes}min"
+    return (raw.set_index(TS).groupby(SERVICE)[TARGET].resample(step).mean()
+            .dropna().reset_index())
+
+
+def forecast_shard(settings: Settings, services: Sequence[str],
+                   as_of: datetime | None = None) -> Path:
+    """Forecast every service of a shard with its champion.
+
+    Args:
+        settings: Runtime settings.
+        services: The shard's services.
+        as_of: Forecast origin (default: end of stored telemetry).
+
+    Returns:
+        Path of a Parquet file: ``service, ts, p50, p90, ..., model_version``.
+
+    Raises:
+        ValueError: If a service has no champion or no recent telemetry.
+    """
+    configure_mlflow(settings)
+    origin = _as_of(settings, as_of)
+    params = section(settings.params_file, "schedule")
+    horizon = int(params.get("horizon_hours", 24)) * 60 // settings.step_minutes
+    quantiles = tuple(float(q) for q in section(settings.params_file, "training")
+                      .get("quantiles", [0.5, 0.9]))
+    history = recent_history(settings, services, origin)
+    frames = []
+    for service in services:
+        version = champion(service)
+        if version is None:
+            raise ValueError(f"service {service!r} has no champion model: run forecast_retrain")
+        own = history[history[SERVICE] == service]
+        if own.empty:
+            raise ValueError(f"service {service!r} has no telemetry in the "
+                             f"{HISTORY_DAYS_FOR_FORECAST} days before {origin}")
+        forecast = load_forecaster(version).predict(horizon, quantiles, history=own)
+        frames.append(forecast.assign(model_version=version.label))
+    out = _run_dir(settings, "forecasts", origin) / f"{services[0]}.parquet"
+    pd.concat(frames, ignore_index=True).to_parquet(out, index=False)
+    return out
+
+
+def build_schedules(settings: Settings, forecast_path: Path | str) -> Path:
+    """Turn a forecast file into replica schedules with each service's scaling settings.
+
+    Args:
+        settings: Runtime settings.
+        forecast_path: A file written by :func:`forecast_shard`.
+
+    Returns:
+        Path of a Parquet file ``service, ts, replicas, forecast_p50, forecast_p90, model_version``.
+    """
+    from pipelines.policy import plan_replicas
+    from pipelines.service_config import service_config
+
+    forecast_path = Path(forecast_path)
+    forecast = pd.read_parquet(forecast_path)
+    frames = []
+    for service, rows in forecast.groupby(SERVICE, sort=True):
+        config = service_config(settings.params_file, str(service))
+        plan = plan_replicas(rows.drop(columns="model_version"), config)
+        frames.append(plan.assign(model_version=rows["model_version"].iloc[0]))
+    out = forecast_path.parent.parent.parent / "schedules" / forecast_path.parent.name
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / forecast_path.name
+    pd.concat(frames, ignore_index=True).to_parquet(path, index=False)
+    return path
+
+
+def publish_schedules(settings: Settings, schedules_path: Path | str,
+                      as_of: datetime | None = None) -> Path:
+    """Publish each schedule of a file to the serving store (atomic, versioned per service).
+
+    Args:
+        settings: Runtime settings.
+        schedules_path: A file written by :func:`build_schedules`.
+        as_of: Publication time (default: now); the schedule is valid for
+            ``schedule.validity_hours`` after it.
+
+    Returns:
+        Path of a JSON summary: per service the published version, model version and peak.
+    """
+    from pipelines.service_config import service_config
+    from serving.schemas import SchedulePublish, ScheduleStep
+    from serving.store import ScheduleStore
+
+    schedules_path = Path(schedules_path)
+    schedules = pd.read_parquet(schedules_path)
+    validity = pd.Timedelta(hours=float(section(settings.params_file, "schedule")
+                                        .get("validity_hours", 2)))
+    now = pd.Timestamp(as_of) if as_of is not None else pd.Timestamp.now(tz="UTC")
+    store = ScheduleStore(settings.schedule_db)
+    summary = {}
+    for service, rows in schedules.groupby(SERVICE, sort=True):
+        config = service_config(settings.params_file, str(service))
+        steps = [ScheduleStep(ts=r.ts, replicas=int(r.replicas), forecast_p50=float(r.forecast_p50),
+                              forecast_p90=float(r.forecast_p90))
+                 for r in rows.itertuples()]
+        valid_until = max(now + validity, rows[TS].min() + validity)
+        schedule = SchedulePublish(model_version=str(rows["model_version"].iloc[0]),
+                                   generated_at=now.to_pydatetime(),
+                                   valid_until=valid_until.to_pydatetime(),
+                                   step_seconds=settings.step_minutes * 60,
+                                   dry_run=bool(config.dry_run), steps=steps)
+        version = store.publish(str(service), schedule)
+        summary[str(service)] = {"version": version, "model_version": schedule.model_version,
+                                 "peak_replicas": int(rows["replicas"].max()),
+                                 "steps": len(steps)}
+    out = schedules_path.with_suffix(".published.json")
+    out.write_text(json.dumps(summary, indent=2))
+    return out

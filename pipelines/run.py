@@ -1,0 +1,109 @@
+"""The whole pipeline once, in-process: telemetry -> validation -> features -> training -> schedule.
+
+This is what ``forescale pipeline run`` and ``dvc repro`` execute without a scheduler; the Airflow
+DAGs call the same stage functions one task at a time.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from pipelines.settings import Settings
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ServiceSummary:
+    """One line of the run summary."""
+
+    service: str
+    family: str
+    model_version: str
+    promoted: bool
+    backtest_error: float
+    peak_replicas: int
+    schedule_version: int
+
+
+def ingest_frame(settings: Settings, frame: pd.DataFrame, start: pd.Timestamp,
+                 end: pd.Timestamp) -> list[Path]:
+    """Validate a frame as one batch and store it (quarantined and raised if invalid).
+
+    Args:
+        settings: Runtime settings.
+        frame: Long-format telemetry.
+        start: Batch interval start.
+        end: Batch interval end (exclusive).
+
+    Returns:
+        The day files written.
+    """
+    from pipelines.telemetry import stage_frame, store_batch
+    from pipelines.validation import validate_batch
+
+    batch = stage_frame(settings, frame, start, end)
+    return store_batch(settings, validate_batch(settings, batch, start, end))
+
+
+def run_pipeline(settings: Settings, services: int = 5, days: int = 14,
+                 source_dir: Path | None = None, step_minutes: int = 1, seed: int = 42,
+                 progress: Progress = lambda _: None) -> list[ServiceSummary]:
+    """Run every stage once on a synthetic fleet (or on files) and publish the schedules.
+
+    Args:
+        settings: Runtime settings (state goes under ``settings.home``).
+        services: Number of synthetic services (ignored with ``source_dir``).
+        days: Days of synthetic history ending now (ignored with ``source_dir``).
+        source_dir: Import these CSV/Parquet files instead of generating a fleet.
+        step_minutes: Resolution of the synthetic telemetry.
+        seed: Seed of the synthetic fleet.
+        progress: Called with one line per step, for the terminal.
+
+    Returns:
+        One summary per service.
+    """
+    from pipelines.features import apply_features, materialize_features, update_offline_features
+    from pipelines.publish import build_schedules, forecast_shard, publish_schedules
+    from pipelines.telemetry import FileSource, generate_fleet
+    from pipelines.training import plan_shards, train_shard
+
+    settings.ensure_dirs()
+    if source_dir is not None:
+        progress(f"reading telemetry files under {source_dir}")
+        frame = FileSource(source_dir).read_all()
+    else:
+        progress(f"generating {services} services x {days} days at {step_minutes}-minute steps")
+        frame = generate_fleet(services, days, step_minutes=step_minutes, seed=seed)
+    start = frame["ts"].min()
+    end = frame["ts"].max() + pd.Timedelta(minutes=step_minutes)
+    progress(f"validating and storing {len(frame):,} rows ({start} .. {end})")
+    ingest_frame(settings, frame, start, end)
+
+    progress("feature store: apply, offline aggregates, materialize")
+    apply_features(settings)
+    update_offline_features(settings)
+    materialize_features(settings, end.to_pydatetime())
+
+    shards = plan_shards(settings)
+    summaries: list[ServiceSummary] = []
+    trained: dict[str, dict] = {}
+    for index, shard in enumerate(shards, 1):
+        progress(f"training shard {index}/{len(shards)}: {', '.join(shard)}")
+        result = json.loads(train_shard(settings, shard, reason="manual", as_of=end).read_text())
+        trained.update({r["service"]: r for r in result["services"]})
+    for index, shard in enumerate(shards, 1):
+        progress(f"scheduling shard {index}/{len(shards)}")
+        schedules = build_schedules(settings, forecast_shard(settings, shard, as_of=end))
+        published = json.loads(publish_schedules(settings, schedules).read_text())
+        for service in shard:
+            t, p = trained[service], published[service]
+            summaries.append(ServiceSummary(service, t["family"], p["model_version"],
+                                            t["promoted"], t["backtest_error"],
+                                            p["peak_replicas"], p["version"]))
+    return summaries

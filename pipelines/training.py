@@ -1,0 +1,318 @@
+"""Training stage: backtest every model family, register the best, promote it if it wins.
+
+For a shard of services, :func:`train_shard` builds the training set from the feature store
+(point-in-time correct), runs a rolling-origin backtest of every configured family (Prophet,
+LightGBM, ...), picks per service the family with the lowest backtest error, fits it on the whole
+window, logs everything to MLflow and registers the model. The new version becomes ``champion``
+only if its error beats the current champion's error measured on the same backtest folds (the
+champion forecasting each fold from the same history, as it would in service); the first model
+of a service always does.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+
+from models.backtest import backtest_forecasts, rolling_origin_splits, score_forecasts
+from models.base import Forecaster, infer_step
+from models.catalog import MODEL_FAMILIES
+from models.metrics import relative_mae
+from models.registry import (
+    RegisteredVersion,
+    champion,
+    configure_mlflow,
+    load_forecaster,
+    log_forecaster,
+    promote,
+)
+from pipelines.params import section
+from pipelines.schema import SERVICE, TARGET, TS, quantile_column
+from pipelines.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ERROR_METRIC = "relative_mae"  # MAE of p50 / MAE of seasonal naive, averaged over folds
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """The ``training`` section of params.yaml."""
+
+    horizon_steps: int
+    backtest_folds: int
+    history_days: int
+    shard_size: int
+    families: tuple[str, ...]
+    quantiles: tuple[float, ...]
+
+    @classmethod
+    def from_params(cls, settings: Settings) -> TrainingConfig:
+        """Read and validate the training section.
+
+        Raises:
+            ValueError: If a family is unknown or a number is out of range.
+        """
+        params = section(settings.params_file, "training")
+        steps_per_hour = 60 // settings.step_minutes
+        families = tuple(params.get("models", ["prophet", "lightgbm"]))
+        unknown = [f for f in families if f not in MODEL_FAMILIES]
+        if unknown:
+            raise ValueError(f"training.models names unknown families {unknown}; "
+                             f"known: {sorted(MODEL_FAMILIES)}")
+        config = cls(
+            horizon_steps=int(params.get("backtest_horizon_hours", 24)) * steps_per_hour,
+            backtest_folds=int(params.get("backtest_folds", 3)),
+            history_days=int(params.get("history_days", 28)),
+            shard_size=int(params.get("shard_size", 25)),
+            families=families,
+            quantiles=tuple(float(q) for q in params.get("quantiles", [0.5, 0.9])),
+        )
+        if config.backtest_folds < 1 or config.history_days < 1 or config.shard_size < 1:
+            raise ValueError(f"training parameters must be positive: {config}")
+        return config
+
+
+@dataclass
+class ServiceResult:
+    """What training decided for one service."""
+
+    service: str
+    family: str
+    version: str
+    backtest_error: float
+    champion_error: float | None
+    promoted: bool
+    errors_by_family: dict[str, float]
+    run_id: str | None
+
+
+def plan_shards(settings: Settings, services: Sequence[str] | None = None) -> list[list[str]]:
+    """Split the services into shards of ``training.shard_size`` for mapped training tasks.
+
+    Args:
+        settings: Runtime settings.
+        services: Services to plan for (default: every service with stored telemetry).
+
+    Returns:
+        Lists of service names; empty when there is no service.
+    """
+    from pipelines.telemetry import list_services
+
+    names = sorted(services) if services is not None else list_services(settings)
+    size = TrainingConfig.from_params(settings).shard_size
+    return [names[i:i + size] for i in range(0, len(names), size)]
+
+
+def training_history(settings: Settings, services: Sequence[str], end: datetime,
+                     days: int) -> pd.DataFrame:
+    """The training set: 5-minute target history from the feature store, anomalies removed.
+
+    Args:
+        settings: Runtime settings.
+        services: Services to include.
+        end: End of the window (exclusive).
+        days: Window length in days.
+
+    Returns:
+        Long frame ``service, ts, requests`` (rows flagged as anomalies are dropped).
+
+    Raises:
+        ValueError: If the feature store has no rows for a service.
+    """
+    from pipelines.features import training_frame
+
+    end_ts = pd.Timestamp(end)
+    frame = training_frame(settings, list(services), end_ts - pd.Timedelta(days=days), end_ts)
+    history = frame[[SERVICE, TS, TARGET]].dropna(subset=[TARGET])
+    history = _drop_anomalies(settings, history)
+    missing = sorted(set(services) - set(history[SERVICE]))
+    if missing:
+        raise ValueError(f"no training rows in the feature store for service(s) {missing} "
+                         f"between {end_ts - pd.Timedelta(days=days)} and {end_ts}")
+    return history.sort_values([SERVICE, TS]).reset_index(drop=True)
+
+
+def _drop_anomalies(settings: Settings, history: pd.DataFrame) -> pd.DataFrame:
+    """Remove points the anomaly stage flagged (they would teach the model incidents)."""
+    from serving.store import ScheduleStore
+
+    store = ScheduleStore(settings.schedule_db)
+    flagged = store.anomalies_frame(list(history[SERVICE].unique()))
+    if flagged.empty:
+        return history
+    flagged = flagged[flagged["is_anomaly"]][[SERVICE, TS]].assign(_flag=True)
+    merged = history.merge(flagged, on=[SERVICE, TS], how="left")
+    return merged[merged["_flag"].isna()].drop(columns="_flag")
+
+
+def train_shard(settings: Settings, services: Sequence[str], reason: str = "schedule",
+                as_of: datetime | None = None, drift_report: str | None = None) -> Path:
+    """Train, backtest, register and maybe promote a model for every service of a shard.
+
+    Args:
+        settings: Runtime settings.
+        services: The shard's services.
+        reason: Why training runs: ``schedule``, ``drift`` or ``manual``; recorded in MLflow.
+        as_of: End of the training window (default: end of stored telemetry).
+        drift_report: Path of the drift report that triggered the run, if any.
+
+    Returns:
+        Path of a JSON summary (one entry per service) under the artifacts folder.
+
+    Raises:
+        ValueError: If ``services`` is empty or there is no telemetry.
+    """
+    if not services:
+        raise ValueError("train_shard needs at least one service")
+    config = TrainingConfig.from_params(settings)
+    end = _window_end(settings, as_of)
+    history = training_history(settings, services, end, config.history_days)
+    configure_mlflow(settings)
+
+    results: list[ServiceResult] = []
+    with mlflow.start_run(run_name=f"retrain {services[0]}..{services[-1]}") as parent:
+        mlflow.set_tags({"reason": reason, "services": ",".join(services),
+                         "window_end": end.isoformat()})
+        if drift_report:
+            mlflow.set_tag("drift_report", drift_report)
+        mlflow.log_params({"families": ",".join(config.families), "folds": config.backtest_folds,
+                           "horizon_steps": config.horizon_steps,
+                           "history_days": config.history_days})
+        backtests = {family: _backtest_family(family, history, config)
+                     for family in config.families}
+        errors = pd.DataFrame({family: scores.groupby(SERVICE)[ERROR_METRIC].mean()
+                               for family, (_, scores) in backtests.items()})
+        best_family = errors.idxmin(axis=1)
+        fitted = {family: _factory(family)().fit(history[history[SERVICE].isin(members)])
+                  for family, members in best_family.groupby(best_family).groups.items()}
+        for service in services:
+            family = str(best_family[service])
+            results.append(_register_service(
+                service, family, fitted[family], errors.loc[service].to_dict(),
+                backtests[family][0], history, config, reason, parent.info.run_id,
+            ))
+        mlflow.log_metric("services_promoted", sum(r.promoted for r in results))
+
+    out = settings.artifacts_dir / "training" / f"{end:%Y%m%dT%H%M}" / f"{services[0]}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"reason": reason, "window_end": end.isoformat(),
+                               "services": [asdict(r) for r in results]}, indent=2))
+    return out
+
+
+def _register_service(service: str, family: str, model: Forecaster,
+                      errors_by_family: dict[str, float], forecasts: pd.DataFrame,
+                      history: pd.DataFrame, config: TrainingConfig, reason: str,
+                      parent_run_id: str) -> ServiceResult:
+    own = forecasts[forecasts[SERVICE] == service]
+    scores = score_forecasts(own, config.quantiles)
+    error = float(scores[ERROR_METRIC].mean())
+    with mlflow.start_run(run_name=service, nested=True, parent_run_id=parent_run_id) as run:
+        mlflow.set_tags({"service": service, "reason": reason, "model_family": family})
+        mlflow.log_params({"family": family, "service": service})
+        mlflow.log_metrics({f"backtest_{ERROR_METRIC}_{f}": v for f, v in errors_by_family.items()
+                            if np.isfinite(v)})
+        for column in scores.columns:
+            if column not in ("fold", SERVICE, "train_end", "n"):
+                mlflow.log_metric(f"backtest_{column}", float(scores[column].mean()))
+        mlflow.log_figure(_forecast_plot(own, service, family), "forecast_vs_actual.png")
+        mlflow.log_text(own.to_csv(index=False), "backtest_forecasts.csv")
+        _log_explanation(model, history[history[SERVICE] == service])
+        candidate = log_forecaster(model, service, error)
+        current = champion(service)
+        champion_error = (None if current is None else
+                          _champion_error(current, history[history[SERVICE] == service], config))
+        promoted = champion_error is None or error < champion_error
+        if promoted:
+            promote(candidate)
+        mlflow.log_metric("champion_backtest_error", champion_error if champion_error is not None
+                          else float("nan"))
+        mlflow.set_tag("promoted", str(promoted))
+    log.info("%s: %s v%s error %.3f (champion %s) promoted=%s", service, family,
+             candidate.version, error, champion_error, promoted)
+    return ServiceResult(service, family, candidate.version, error, champion_error, promoted,
+                         errors_by_family, run.info.run_id)
+
+
+def _champion_error(current: RegisteredVersion, history: pd.DataFrame,
+                    config: TrainingConfig) -> float:
+    """Backtest error of the model in service on the same folds, forecasting from each origin."""
+    model = load_forecaster(current)
+    splits = rolling_origin_splits(history, config.backtest_folds, config.horizon_steps)
+    season = 24 * 60 // int(infer_step(history).total_seconds() // 60)
+    values = []
+    for train_end, test_start, test_end in splits:
+        past = history[history[TS] <= train_end]
+        actual = history[(history[TS] >= test_start) & (history[TS] <= test_end)]
+        forecast = model.predict(config.horizon_steps, quantiles=(0.5,), history=past)
+        joined = forecast.merge(actual, on=[SERVICE, TS], how="inner")
+        if joined.empty:
+            raise ValueError(f"champion {current.label} forecast no step of the fold "
+                             f"{test_start}..{test_end}")
+        naive = past[TARGET].to_numpy(float)[-season:]
+        naive = np.resize(naive, len(joined))
+        values.append(relative_mae(joined[TARGET].to_numpy(float),
+                                   joined[quantile_column(0.5)].to_numpy(float), naive))
+    return float(np.mean(values))
+
+
+def _backtest_family(family: str, history: pd.DataFrame,
+                     config: TrainingConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    forecasts = backtest_forecasts(_factory(family), history, config.backtest_folds,
+                                   config.horizon_steps, quantiles=config.quantiles)
+    return forecasts, score_forecasts(forecasts, config.quantiles)
+
+
+def _factory(family: str) -> Any:
+    return MODEL_FAMILIES[family]
+
+
+def _window_end(settings: Settings, as_of: datetime | None) -> pd.Timestamp:
+    from pipelines.telemetry import telemetry_span
+
+    if as_of is not None:
+        return pd.Timestamp(as_of).tz_convert("UTC") if pd.Timestamp(as_of).tzinfo else \
+            pd.Timestamp(as_of, tz="UTC")
+    span = telemetry_span(settings)
+    if span is None:
+        raise ValueError(f"no telemetry stored under {settings.telemetry_dir}")
+    return span[1]
+
+
+def _forecast_plot(forecasts: pd.DataFrame, service: str, family: str) -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 3.5))
+    last = forecasts[forecasts["fold"] == forecasts["fold"].max()]
+    ax.plot(last[TS], last["y"], color="black", lw=1, label="actual")
+    ax.plot(last[TS], last["p50"], color="tab:blue", lw=1.2, label=f"{family} p50")
+    if "p90" in last:
+        ax.fill_between(last[TS], last["p50"], last["p90"], color="tab:blue", alpha=0.2,
+                        label="p50–p90")
+    ax.set_title(f"{service}: last backtest fold")
+    ax.set_ylabel("requests/s")
+    ax.legend(loc="upper left")
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def _log_explanation(model: Forecaster, history: pd.DataFrame) -> None:
+    """Log the model's explanation plots (SHAP summary, Prophet components) if it has any."""
+    from models.explain import log_model_explanations
+
+    log_model_explanations(model, history)

@@ -1,0 +1,232 @@
+"""The replica count served for "now": schedule, live floor, fallback and dry-run rules.
+
+Rules, in order:
+
+1. Dry run (the schedule's ``dry_run`` or the service's ``dry_run`` setting): serve the reactive
+   floor only, ``max(last known floor, min_replicas)``; the schedule stays readable.
+2. No schedule, a stale one (``now > valid_until``) or one that does not cover ``now``: fall back
+   to ``max(last known floor, min_replicas)`` with ``stale: true``.
+3. Otherwise the planned value is the largest replica count planned over
+   ``[now, now + startup_seconds]`` (a pod started now is ready at the window's end), raised to the
+   live floor when one is fresh (younger than :data:`FLOOR_MAX_AGE`).
+
+The result is always clamped to ``[min_replicas, max_replicas]``: an autoscaler reading it never
+scales to zero because of missing data.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from pipelines.service_config import ServiceConfig
+from serving.schemas import Recommendation, RecommendationSource, Schedule, SchedulePublish
+from serving.store import FloorReading
+
+FLOOR_MAX_AGE = timedelta(minutes=10)
+
+
+def planned_replicas(schedule: Schedule, start: datetime, end: datetime) -> int | None:
+    """Largest replica count the schedule plans at any instant of ``[start, end]``.
+
+    Step ``i`` is in force over ``[ts_i, ts_{i+1})``; the last step over
+    ``[ts_last, ts_last + step_seconds)``.
+
+    Args:
+        schedule: The schedule.
+        start: Window start (aware).
+        end: Window end (aware), not before ``start``.
+
+    Returns:
+        The maximum, or None if no step is in force anywhere in the window.
+    """
+    steps = schedule.steps
+    best: int | None = None
+    for index, step in enumerate(steps):
+        step_end = (
+            steps[index + 1].ts
+            if index + 1 < len(steps)
+            else step.ts + timedelta(seconds=schedule.step_seconds)
+        )
+        if step.ts <= end and step_end > start:
+            best = step.replicas if best is None else max(best, step.replicas)
+    return best
+
+
+def floor_is_fresh(floor: FloorReading | None, now: datetime) -> bool:
+    """Whether a live floor reading is recent enough to raise the planned value."""
+    return floor is not None and now - floor.ts < FLOOR_MAX_AGE
+
+
+def _clamp(value: int, config: ServiceConfig) -> int:
+    return min(max(value, config.min_replicas), config.max_replicas)
+
+
+def fallback_recommendation(
+    service: str,
+    config: ServiceConfig,
+    now: datetime,
+    reason: str,
+    floor: FloorReading | None = None,
+    schedule: Schedule | None = None,
+) -> Recommendation:
+    """The safe value when no usable schedule exists: ``max(last known floor, min_replicas)``.
+
+    Args:
+        service: Service name.
+        config: The service's settings.
+        now: The instant the value is for.
+        reason: Why the fallback is used; the floor used is appended.
+        floor: Last known live floor, whatever its age.
+        schedule: The unusable schedule, if any (its version is reported).
+
+    Returns:
+        A ``fallback`` recommendation with ``stale: true``.
+    """
+    floor_replicas = floor.replicas if floor is not None else 0
+    replicas = _clamp(floor_replicas, config)
+    floor_text = (
+        f"last known live floor {floor.replicas} at {floor.ts.isoformat()}"
+        if floor is not None
+        else "no live floor recorded"
+    )
+    return Recommendation(
+        service=service,
+        replicas=replicas,
+        source="fallback",
+        stale=True,
+        ts=now,
+        valid_until=schedule.valid_until if schedule else None,
+        schedule_version=schedule.version if schedule else None,
+        model_version=schedule.model_version if schedule else None,
+        reason=f"{reason}; serving max({floor_text}, min_replicas {config.min_replicas})",
+    )
+
+
+def recommend(
+    service: str,
+    schedule: Schedule | None,
+    floor: FloorReading | None,
+    config: ServiceConfig,
+    now: datetime,
+) -> Recommendation:
+    """Replicas to run now for one service.
+
+    Args:
+        service: Service name.
+        schedule: Its latest schedule, or None if it never had one.
+        floor: Its latest live floor, or None.
+        config: Its settings (``min_replicas``, ``max_replicas``, ``startup_seconds``,
+            ``dry_run``).
+        now: The current instant (aware).
+
+    Returns:
+        The recommendation; see the module docstring for the rules.
+    """
+    stale = schedule is None or now > schedule.valid_until
+    if config.dry_run or (schedule is not None and schedule.dry_run):
+        why = "service is configured dry_run" if config.dry_run else "schedule is a dry run"
+        floor_replicas = floor.replicas if floor is not None else 0
+        return Recommendation(
+            service=service,
+            replicas=_clamp(floor_replicas, config),
+            source="dry_run",
+            stale=stale,
+            ts=now,
+            valid_until=schedule.valid_until if schedule else None,
+            schedule_version=schedule.version if schedule else None,
+            model_version=schedule.model_version if schedule else None,
+            reason=(
+                f"{why}: serving the reactive floor only, max(live floor {floor_replicas}, "
+                f"min_replicas {config.min_replicas})"
+            ),
+        )
+    if schedule is None:
+        return fallback_recommendation(service, config, now, "no schedule published", floor)
+    if stale:
+        return fallback_recommendation(
+            service,
+            config,
+            now,
+            f"schedule version {schedule.version} is stale (valid until "
+            f"{schedule.valid_until.isoformat()})",
+            floor,
+            schedule,
+        )
+    lead = timedelta(seconds=config.startup_seconds)
+    planned = planned_replicas(schedule, now, now + lead)
+    if planned is None:
+        return fallback_recommendation(
+            service,
+            config,
+            now,
+            f"schedule version {schedule.version} does not cover {now.isoformat()} "
+            f"(steps {schedule.steps[0].ts.isoformat()} to {schedule.ends_at.isoformat()})",
+            floor,
+            schedule,
+        )
+    source: RecommendationSource = "schedule"
+    reason = (
+        f"max planned replicas over the next {config.startup_seconds} s start-up lead "
+        f"(schedule version {schedule.version})"
+    )
+    value = planned
+    if floor_is_fresh(floor, now) and floor is not None and floor.replicas > planned:
+        value = floor.replicas
+        source = "floor"
+        reason = (
+            f"live floor {floor.replicas} (at {floor.ts.isoformat()}) exceeds the planned "
+            f"{planned} of schedule version {schedule.version}"
+        )
+    clamped = _clamp(value, config)
+    if clamped != value:
+        reason += f"; clamped to [{config.min_replicas}, {config.max_replicas}]"
+    return Recommendation(
+        service=service,
+        replicas=clamped,
+        source=source,
+        stale=False,
+        ts=now,
+        valid_until=schedule.valid_until,
+        schedule_version=schedule.version,
+        model_version=schedule.model_version,
+        reason=reason,
+    )
+
+
+def publish_problems(schedule: SchedulePublish, now: datetime) -> list[tuple[tuple, str]]:
+    """Reasons a schedule must not be published at ``now`` (beyond its own validation).
+
+    A schedule whose last step starts before ``now``, or whose ``valid_until`` is already past,
+    plans nothing useful and is refused.
+
+    Args:
+        schedule: The schedule to publish.
+        now: The current instant (aware).
+
+    Returns:
+        ``(location, message)`` pairs (location as in a FastAPI error ``loc`` without ``body``);
+        empty when the schedule is acceptable.
+    """
+    problems: list[tuple[tuple, str]] = []
+    last = schedule.steps[-1]
+    if last.ts < now:
+        problems.append(
+            (
+                ("steps", len(schedule.steps) - 1, "ts"),
+                (
+                    f"schedule is in the past: its last step starts {last.ts.isoformat()}, "
+                    f"before now ({now.isoformat()})"
+                ),
+            )
+        )
+    if schedule.valid_until <= now:
+        problems.append(
+            (
+                ("valid_until",),
+                (
+                    f"valid_until {schedule.valid_until.isoformat()} is already past "
+                    f"(now {now.isoformat()})"
+                ),
+            )
+        )
+    return problems

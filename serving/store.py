@@ -1,0 +1,527 @@
+"""Durable, versioned storage of replica schedules (SQLite by default, PostgreSQL unchanged).
+
+Tables (created on first use, never at import):
+
+- ``schedules``: one row per published schedule; ``version`` counts 1, 2, ... per service.
+- ``explanations``: a JSON document per (service, schedule version).
+- ``anomalies``: scored telemetry points per (service, ts).
+- ``live_floor``: the latest reactive floor (replicas the live load needs) per service.
+
+Every write is one transaction: a publish either stores the schedule (and its explanation) with a
+new version, or changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    Engine,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+)
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.pool import StaticPool
+from sqlalchemy.types import TypeDecorator
+
+from serving.schemas import Anomaly, Schedule, SchedulePublish
+
+PUBLISH_ATTEMPTS = 5  # retries when two publishers race for the same next version
+
+
+class UTCDateTime(TypeDecorator):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores them naive, as UTC)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value.isoformat()} given; timestamps must be aware")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+metadata = MetaData()
+
+schedules_table = Table(
+    "schedules",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("service", String(128), nullable=False, index=True),
+    Column("version", Integer, nullable=False),
+    Column("model_version", String(256), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("generated_at", UTCDateTime, nullable=False),
+    Column("valid_from", UTCDateTime, nullable=False),
+    Column("valid_until", UTCDateTime, nullable=False),
+    Column("step_seconds", Integer, nullable=False),
+    Column("dry_run", Boolean, nullable=False),
+    Column("steps", JSON, nullable=False),
+    UniqueConstraint("service", "version", name="uq_schedules_service_version"),
+)
+
+explanations_table = Table(
+    "explanations",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("service", String(128), nullable=False),
+    Column("schedule_version", Integer, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("body", Text, nullable=False),
+    UniqueConstraint("service", "schedule_version", name="uq_explanations_service_version"),
+)
+
+anomalies_table = Table(
+    "anomalies",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("service", String(128), nullable=False),
+    Column("ts", UTCDateTime, nullable=False),
+    Column("score", Float, nullable=False),
+    Column("is_anomaly", Boolean, nullable=False),
+    UniqueConstraint("service", "ts", name="uq_anomalies_service_ts"),
+)
+
+live_floor_table = Table(
+    "live_floor",
+    metadata,
+    Column("service", String(128), primary_key=True),
+    Column("ts", UTCDateTime, nullable=False),
+    Column("replicas", Integer, nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class FloorReading:
+    """The latest reactive floor of a service.
+
+    Attributes:
+        ts: When the live load was measured.
+        replicas: Replicas that load needs.
+    """
+
+    ts: datetime
+    replicas: int
+
+
+def _engine_for(url: str) -> Engine:
+    parsed = make_url(url)
+    if parsed.drivername in {"postgresql", "postgres"}:
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(parsed, pool_pre_ping=True)
+    in_memory = parsed.database in (None, "", ":memory:")
+    engine = create_engine(
+        parsed,
+        connect_args={"check_same_thread": False, "timeout": 30},
+        poolclass=StaticPool if in_memory else None,
+    )
+
+    @event.listens_for(engine, "connect")
+    def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        if not in_memory:
+            cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    return engine
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class ScheduleStore:
+    """Versioned schedules, explanations, anomalies and live floors in one SQL database.
+
+    Args:
+        url: SQLAlchemy URL, e.g. ``sqlite:////abs/serving.db`` or
+            ``postgresql://user@host:5432/db`` (served through psycopg 3).
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._engine = _engine_for(url)
+        self._ready = False
+        self._ready_lock = threading.Lock()
+
+    def _ensure_tables(self) -> None:
+        if self._ready:
+            return
+        with self._ready_lock:
+            if self._ready:
+                return
+            database = self._engine.url.database
+            if self._engine.url.get_backend_name() == "sqlite" and database not in (
+                None,
+                "",
+                ":memory:",
+            ):
+                Path(database).parent.mkdir(parents=True, exist_ok=True)
+            metadata.create_all(self._engine, checkfirst=True)
+            self._ready = True
+
+    def _begin(self) -> Any:
+        self._ensure_tables()
+        return self._engine.begin()
+
+    def _connect(self) -> Any:
+        self._ensure_tables()
+        return self._engine.connect()
+
+    def dispose(self) -> None:
+        """Close pooled connections."""
+        self._engine.dispose()
+
+    def ping(self) -> None:
+        """Check that the database answers (raises the driver's error if not)."""
+        with self._connect() as connection:
+            connection.execute(select(1)).scalar_one()
+
+    # ---- schedules -------------------------------------------------------------------------
+
+    @staticmethod
+    def _insert_schedule(
+        connection: Connection, service: str, schedule: SchedulePublish, created_at: datetime
+    ) -> int:
+        current = connection.execute(
+            select(func.max(schedules_table.c.version)).where(schedules_table.c.service == service)
+        ).scalar_one()
+        version = (current or 0) + 1
+        connection.execute(
+            insert(schedules_table).values(
+                service=service,
+                version=version,
+                model_version=schedule.model_version,
+                created_at=created_at,
+                generated_at=schedule.generated_at,
+                valid_from=schedule.steps[0].ts,
+                valid_until=schedule.valid_until,
+                step_seconds=schedule.step_seconds,
+                dry_run=schedule.dry_run,
+                steps=[step.model_dump(mode="json") for step in schedule.steps],
+            )
+        )
+        return version
+
+    def publish_many(
+        self,
+        schedules: Mapping[str, SchedulePublish],
+        explanations: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> dict[str, int]:
+        """Publish schedules (and optional explanations) for several services in one transaction.
+
+        Args:
+            schedules: Service name -> schedule.
+            explanations: Service name -> JSON-serialisable explanation of that schedule.
+
+        Returns:
+            Service name -> the new version.
+
+        Raises:
+            ValueError: If an explanation names a service without a schedule in this batch or is
+                not JSON-serialisable.
+            sqlalchemy.exc.SQLAlchemyError: If the database refuses the write; nothing is stored.
+        """
+        explanations = dict(explanations or {})
+        extra = sorted(set(explanations) - set(schedules))
+        if extra:
+            raise ValueError(f"explanations given for services without a schedule: {extra}")
+        bodies = {service: _dump_json(service, body) for service, body in explanations.items()}
+        for attempt in range(PUBLISH_ATTEMPTS):
+            created_at = _now()
+            try:
+                with self._begin() as connection:
+                    versions: dict[str, int] = {}
+                    for service, schedule in schedules.items():
+                        versions[service] = self._insert_schedule(
+                            connection, service, schedule, created_at
+                        )
+                        if service in bodies:
+                            connection.execute(
+                                insert(explanations_table).values(
+                                    service=service,
+                                    schedule_version=versions[service],
+                                    created_at=created_at,
+                                    body=bodies[service],
+                                )
+                            )
+                    return versions
+            except IntegrityError as error:
+                if not _is_version_race(error) or attempt == PUBLISH_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def publish(
+        self,
+        service: str,
+        schedule: SchedulePublish,
+        explanation: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Store a schedule as the service's next version, atomically.
+
+        Args:
+            service: Service name.
+            schedule: The validated schedule.
+            explanation: Optional JSON-serialisable explanation stored in the same transaction.
+
+        Returns:
+            The new version (1 for the service's first schedule).
+
+        Raises:
+            ValueError: If the explanation is not JSON-serialisable.
+            sqlalchemy.exc.SQLAlchemyError: If the database refuses the write; nothing is stored.
+        """
+        explanations = {service: explanation} if explanation is not None else None
+        return self.publish_many({service: schedule}, explanations)[service]
+
+    @staticmethod
+    def _row_to_schedule(row: Any) -> Schedule:
+        return Schedule(
+            service=row.service,
+            version=row.version,
+            created_at=row.created_at,
+            model_version=row.model_version,
+            generated_at=row.generated_at,
+            valid_until=row.valid_until,
+            step_seconds=row.step_seconds,
+            dry_run=row.dry_run,
+            steps=row.steps,
+        )
+
+    def get(self, service: str, version: int | None = None) -> Schedule | None:
+        """One stored schedule.
+
+        Args:
+            service: Service name.
+            version: Version to read; the latest when None.
+
+        Returns:
+            The schedule, or None if the service (or that version) has none.
+        """
+        query = select(schedules_table).where(schedules_table.c.service == service)
+        if version is None:
+            query = query.order_by(schedules_table.c.version.desc()).limit(1)
+        else:
+            query = query.where(schedules_table.c.version == version)
+        with self._connect() as connection:
+            row = connection.execute(query).first()
+        return None if row is None else self._row_to_schedule(row)
+
+    def latest(self, service: str) -> Schedule | None:
+        """The service's newest schedule, or None if it never had one."""
+        return self.get(service)
+
+    def latest_versions(self) -> dict[str, int]:
+        """Every service with a schedule -> its latest version."""
+        query = select(schedules_table.c.service, func.max(schedules_table.c.version)).group_by(
+            schedules_table.c.service
+        )
+        with self._connect() as connection:
+            return {service: int(version) for service, version in connection.execute(query)}
+
+    def services(self) -> list[str]:
+        """Names of the services that have at least one schedule, sorted."""
+        return sorted(self.latest_versions())
+
+    # ---- explanations ----------------------------------------------------------------------
+
+    def put_explanation(self, service: str, version: int, explanation: Mapping[str, Any]) -> None:
+        """Store (or replace) the explanation of one schedule version.
+
+        Args:
+            service: Service name.
+            version: An existing schedule version of that service.
+            explanation: JSON-serialisable document (e.g. SHAP attributions).
+
+        Raises:
+            ValueError: If the schedule version does not exist or the document is not JSON.
+        """
+        body = _dump_json(service, explanation)
+        with self._begin() as connection:
+            exists = connection.execute(
+                select(schedules_table.c.id).where(
+                    schedules_table.c.service == service, schedules_table.c.version == version
+                )
+            ).first()
+            if exists is None:
+                raise ValueError(f"service {service!r} has no schedule version {version}")
+            connection.execute(
+                delete(explanations_table).where(
+                    explanations_table.c.service == service,
+                    explanations_table.c.schedule_version == version,
+                )
+            )
+            connection.execute(
+                insert(explanations_table).values(
+                    service=service, schedule_version=version, created_at=_now(), body=body
+                )
+            )
+
+    def get_explanation(
+        self, service: str, version: int | None = None
+    ) -> tuple[int, dict[str, Any]] | None:
+        """The explanation of a schedule version (the newest explained one when None).
+
+        Args:
+            service: Service name.
+            version: Schedule version, or None for the newest that has an explanation.
+
+        Returns:
+            ``(schedule_version, explanation)`` or None.
+        """
+        query = select(explanations_table).where(explanations_table.c.service == service)
+        if version is None:
+            query = query.order_by(explanations_table.c.schedule_version.desc()).limit(1)
+        else:
+            query = query.where(explanations_table.c.schedule_version == version)
+        with self._connect() as connection:
+            row = connection.execute(query).first()
+        return None if row is None else (row.schedule_version, json.loads(row.body))
+
+    # ---- anomalies -------------------------------------------------------------------------
+
+    def record_anomalies(self, service: str, records: Iterable[Mapping[str, Any]]) -> int:
+        """Store scored points, replacing earlier scores of the same (service, ts).
+
+        Args:
+            service: Service name.
+            records: Mappings with ``ts`` (aware datetime), ``score`` (float) and ``is_anomaly``.
+
+        Returns:
+            Number of points stored.
+
+        Raises:
+            ValueError: If a record lacks a field or has a naive timestamp (names the row).
+        """
+        rows = []
+        for index, record in enumerate(records):
+            missing = [key for key in ("ts", "score", "is_anomaly") if key not in record]
+            if missing:
+                raise ValueError(f"anomaly record {index} of {service!r} lacks {missing}")
+            ts = record["ts"]
+            if not isinstance(ts, datetime) or ts.tzinfo is None:
+                raise ValueError(
+                    f"anomaly record {index} of {service!r}: ts must be a timezone-aware "
+                    f"datetime, got {ts!r}"
+                )
+            rows.append(
+                {
+                    "service": service,
+                    "ts": ts.astimezone(UTC),
+                    "score": float(record["score"]),
+                    "is_anomaly": bool(record["is_anomaly"]),
+                }
+            )
+        if not rows:
+            return 0
+        with self._begin() as connection:
+            stamps = [row["ts"] for row in rows]
+            connection.execute(
+                delete(anomalies_table).where(
+                    anomalies_table.c.service == service, anomalies_table.c.ts.in_(stamps)
+                )
+            )
+            connection.execute(insert(anomalies_table), rows)
+        return len(rows)
+
+    def anomalies(
+        self, service: str, start: datetime | None = None, end: datetime | None = None
+    ) -> list[Anomaly]:
+        """Scored points of a service in ``[start, end)``, oldest first.
+
+        Args:
+            service: Service name.
+            start: Inclusive lower bound (aware), or None.
+            end: Exclusive upper bound (aware), or None.
+
+        Returns:
+            The points.
+        """
+        query = select(anomalies_table).where(anomalies_table.c.service == service)
+        if start is not None:
+            query = query.where(anomalies_table.c.ts >= start)
+        if end is not None:
+            query = query.where(anomalies_table.c.ts < end)
+        with self._connect() as connection:
+            rows = connection.execute(query.order_by(anomalies_table.c.ts)).all()
+        return [
+            Anomaly(service=row.service, ts=row.ts, score=row.score, is_anomaly=row.is_anomaly)
+            for row in rows
+        ]
+
+    # ---- live floor ------------------------------------------------------------------------
+
+    def set_live_floor(self, service: str, replicas: int, ts: datetime | None = None) -> None:
+        """Record the replicas the live load of a service needs (replaces the previous value).
+
+        Args:
+            service: Service name.
+            replicas: Non-negative replica count.
+            ts: Measurement time (aware); now when None.
+
+        Raises:
+            ValueError: If ``replicas`` is negative.
+        """
+        if replicas < 0:
+            raise ValueError(f"live floor of {service!r}: replicas must be >= 0, got {replicas}")
+        with self._begin() as connection:
+            connection.execute(
+                delete(live_floor_table).where(live_floor_table.c.service == service)
+            )
+            connection.execute(
+                insert(live_floor_table).values(
+                    service=service, ts=ts or _now(), replicas=int(replicas)
+                )
+            )
+
+    def get_live_floor(self, service: str) -> FloorReading | None:
+        """The latest reactive floor of a service, or None if none was ever recorded."""
+        query = select(live_floor_table).where(live_floor_table.c.service == service)
+        with self._connect() as connection:
+            row = connection.execute(query).first()
+        return None if row is None else FloorReading(ts=row.ts, replicas=row.replicas)
+
+
+def _dump_json(service: str, document: Mapping[str, Any]) -> str:
+    try:
+        return json.dumps(document, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"explanation of {service!r} is not JSON-serialisable: {error}") from error
+
+
+def _is_version_race(error: IntegrityError) -> bool:
+    """Whether an insert failed because another publisher took the same (service, version)."""
+    text = str(error.orig)
+    return "uq_schedules_service_version" in text or "schedules.service, schedules.version" in text
