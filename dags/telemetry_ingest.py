@@ -3,14 +3,16 @@
 
 Every 5 minutes: pull the interval's telemetry, validate it, store it, and refresh the features.
 
-`extract_batch` → `validate_batch` → `store_batch` → `update_offline_features` →
-`materialize_features`.
+`extract_batch` → `validate_batch` → `store_batch` → (`update_offline_features`,
+`apply_features`) → `materialize_features`.
 
 * Each run works on its data interval (`data_interval_start`..`data_interval_end`): the staged
   batch is named after it and `store_batch` replaces exactly that interval, so a rerun gives the
   same result.
 * A batch that fails Great Expectations is moved to `quarantine/` with its report and the run
   fails without retrying (the error names the expectation, service and rows).
+* `apply_features` (idempotent `feast apply`) keeps a fresh deployment working without a manual
+  setup step.
 * Only paths travel through XCom.
 """
 
@@ -84,6 +86,12 @@ def telemetry_ingest() -> None:
         return str(update_offline_features(forescale_settings()))
 
     @task
+    def apply_features() -> None:
+        from pipelines.features import apply_features
+
+        apply_features(forescale_settings())
+
+    @task
     def materialize_features(
         offline_path: str,
         data_interval_start: datetime | None = None,
@@ -97,7 +105,9 @@ def telemetry_ingest() -> None:
         materialize_features(forescale_settings(), end)
 
     stored = store_batch(validate_batch(extract_batch()))
-    materialize_features(update_offline_features(stored))
+    applied = apply_features()
+    stored >> applied
+    applied >> materialize_features(update_offline_features(stored))
 
 
 telemetry_ingest()

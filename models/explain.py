@@ -139,16 +139,20 @@ def _log_lightgbm_summary(model: Any, history: pd.DataFrame) -> None:
 
 def _lightgbm_drivers(model: Any, history: pd.DataFrame, peaks: pd.DataFrame,
                       quantile: float) -> list[list[tuple[str, float]]]:
-    horizon = int(((peaks[TS].max() - history[TS].max()) / model.step_)) + 1
+    horizon = int((peaks[TS].max() - history[TS].max()) / model.step_) + 1
     keys, features = lightgbm_forecast_features(model, max(horizon, 1), history)
     index = keys.reset_index().merge(peaks[[SERVICE, TS]], on=[SERVICE, TS])["index"].to_numpy()
     values, expected = shap_values(model, features[index], quantile)
-    baseline = abs(expected) if abs(expected) > 1e-9 else 1.0
+    # The model output (in units of the service's recent level) is expected + sum(values), plus
+    # the model's anchor if it corrects one; contributions are shown as a share of that forecast.
+    anchor = model._anchor(features[index]) if hasattr(model, "_anchor") else 0.0
+    totals = np.abs(expected + values.sum(axis=1) + anchor)
     out = []
-    for row, contributions in zip(features[index], values, strict=True):
+    for row, contributions, total in zip(features[index], values, totals, strict=True):
         order = np.argsort(-np.abs(contributions))[:TOP_DRIVERS]
+        scale = total if total > 1e-9 else 1.0
         out.append([(feature_label(model.feature_names_[i], row[i]),
-                     100.0 * contributions[i] / baseline) for i in order])
+                     100.0 * contributions[i] / scale) for i in order])
     return out
 
 
@@ -221,13 +225,13 @@ def explain_peaks(model: Forecaster, history: pd.DataFrame, schedule: pd.DataFra
         model: The forecaster that made the schedule's forecast.
         history: The history the forecast was made from (one service).
         schedule: The service's schedule: ``service, ts, replicas, forecast_p90, ...``.
-        n_peaks: How many peak steps to explain (distinct hours, highest replicas first).
+        n_peaks: How many peak steps to explain (distinct hours, highest forecast first).
         quantile: The forecast quantile the schedule was sized on.
 
     Returns:
         ``{"family", "summary", "peaks": [{"ts", "replicas", "forecast", "drivers", "text"}]}``.
     """
-    ranked = schedule.sort_values(["replicas", TS], ascending=[False, True])
+    ranked = schedule.sort_values(["forecast_p90", TS], ascending=[False, True])
     ranked = ranked.loc[~ranked[TS].dt.floor("h").duplicated()].head(n_peaks)
     ranked = ranked.sort_values(TS)
     if model.name == "lightgbm":

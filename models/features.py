@@ -143,12 +143,12 @@ def check_quantiles(quantiles: Sequence[float]) -> tuple[float, ...]:
 
 
 def robust_clip(values: np.ndarray, season: int, threshold: float = 6.0) -> np.ndarray:
-    """Replace anomalous spikes by a robust seasonal reference, so one outlier cannot wreck a fit.
+    """Replace anomalous spikes by the local median, so one outlier cannot wreck a fit.
 
-    A point is an outlier when its deviation from the median of the same phase one and two
-    seasons before and after exceeds ``threshold`` robust standard deviations (1.4826 MAD) of all
-    deviations. The last season is never changed: a level shift at the end of the history is
-    news, not noise.
+    A Hampel filter: a point is an outlier when it deviates from the centred rolling median
+    (window about 1/12 of a season, at least 5 points) by more than ``threshold`` robust
+    standard deviations (1.4826 MAD of all such deviations). Level shifts last longer than half a
+    window and are kept; the newest window is never changed (a surge at the end is news).
 
     Args:
         values: History of one series, oldest first.
@@ -159,20 +159,16 @@ def robust_clip(values: np.ndarray, season: int, threshold: float = 6.0) -> np.n
         A cleaned copy.
     """
     x = np.asarray(values, dtype=float).copy()
-    if x.size < 3 * season or season < 2:
+    window = 2 * max(2, season // 24) + 1
+    if x.size < 2 * window:
         return x
-    index = np.arange(x.size)
-    neighbours = []
-    for shift in (-2 * season, -season, season, 2 * season):
-        j = index + shift
-        neighbours.append(np.where((j >= 0) & (j < x.size), x[np.clip(j, 0, x.size - 1)], np.nan))
-    reference = np.nanmedian(np.vstack(neighbours), axis=0)
+    reference = pd.Series(x).rolling(window, center=True, min_periods=1).median().to_numpy()
     deviation = x - reference
     mad = 1.4826 * np.median(np.abs(deviation - np.median(deviation)))
     if not mad > 0:
         return x
     outliers = np.abs(deviation) > threshold * mad
-    outliers[-season:] = False
+    outliers[-window:] = False
     x[outliers] = reference[outliers]
     return x
 
@@ -251,6 +247,15 @@ def build_features(
         warnings.simplefilter("ignore", category=RuntimeWarning)  # all-NaN rows stay NaN
         columns["season_lag_mean"] = np.nanmean(stacked, axis=0)
         columns["season_lag_median"] = np.nanmedian(stacked, axis=0)
+    origin_profile = np.vstack(
+        [_take(x, o - k * season) / scale for k in range(1, n_seasonal_lags + 1)]
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=RuntimeWarning)
+        columns["origin_profile"] = np.nanmean(origin_profile, axis=0)
+        columns["origin_profile_median"] = np.nanmedian(origin_profile, axis=0)
+    columns["deviation_now"] = _take(x, o) / scale - columns["origin_profile"]
+    columns["deviation_now_median"] = _take(x, o) / scale - columns["origin_profile_median"]
     if week is not None:
         weeks_back = np.ceil(h / week).astype(np.int64)
         columns["week_lag"] = _take(x, o + h - weeks_back * week) / scale

@@ -75,7 +75,11 @@ class LightGBMForecaster(Forecaster):
         calibrate: bool = True,
         num_threads: int = 2,
         seed: int = 0,
+        anchor: str = "median",
     ) -> None:
+        if anchor not in ("median", "mean", "last"):
+            raise ValueError(f"anchor must be 'median', 'mean' or 'last', got {anchor!r}")
+        self.anchor = anchor
         self.quantiles = check_quantiles(quantiles)
         self.max_horizon = max_horizon
         self.season_steps = season_steps
@@ -136,7 +140,10 @@ class LightGBMForecaster(Forecaster):
             return empty, np.empty(0), np.empty(0), np.empty(0, dtype=np.int64)
         n = self.samples_per_series
         origins = rng.integers(first_origin, last, size=n)  # origin <= last - 1
-        horizons = rng.integers(1, self.horizon_ + 1, size=n)
+        # Half the rows at uniform horizons, half skewed to short ones (log-uniform).
+        uniform = rng.integers(1, self.horizon_ + 1, size=n)
+        short = np.exp(rng.uniform(0.0, np.log(self.horizon_ + 1), size=n)).astype(np.int64)
+        horizons = np.where(rng.random(n) < 0.5, uniform, np.clip(short, 1, self.horizon_))
         keep = origins + horizons <= last
         origins, horizons = origins[keep], horizons[keep]
         clean = robust_clip(values[: last + 1], self.season_) if self.clip_outliers else values
@@ -144,7 +151,34 @@ class LightGBMForecaster(Forecaster):
         features, scale, _ = build_features(
             clean, origins, horizons, self.season_, self.week_, target_times
         )
-        return features, scale, values[origins + horizons] / scale, horizons
+        target = values[origins + horizons] / scale - self._anchor(features)
+        return features, scale, target, horizons
+
+    def _anchor(self, features: np.ndarray) -> np.ndarray:
+        """Scaled baseline the model corrects: seasonal profile plus the current deviation.
+
+        The profile is the mean of the same-phase lags at the target; the deviation is how far
+        the last value sits from the profile at the origin (a seasonal random walk); without a
+        full season of history, the last value.
+
+        Learning a correction instead of the level lets trees follow levels never seen in
+        training (trees cannot extrapolate).
+        """
+        names = self.feature_names_ or []
+        if not names:
+            raise ValueError("feature names unknown before fit")
+        kind = "median" if self.anchor == "median" else "mean"
+        if self.anchor == "last":
+            return np.nan_to_num(features[:, names.index("lag_0")], nan=0.0)
+        seasonal = features[:, names.index(f"season_lag_{kind}")]
+        deviation = features[:, names.index("deviation_now" + ("_median" if kind == "median" else ""))]
+        last = features[:, names.index("lag_0")]
+        anchor = np.where(np.isfinite(seasonal), seasonal + np.nan_to_num(deviation), last)
+        return np.nan_to_num(anchor, nan=0.0)
+
+    def _train(self, quantile: float, features: np.ndarray, targets: np.ndarray) -> lgb.Booster:
+        dataset = lgb.Dataset(features, targets, feature_name=self.feature_names_)
+        return lgb.train(self._lgb_params(quantile), dataset, num_boost_round=self.n_estimators)
 
     def fit(self, history: pd.DataFrame, target: str = TARGET) -> LightGBMForecaster:
         """Train one LightGBM model per quantile on all services (see :meth:`Forecaster.fit`)."""
@@ -157,22 +191,33 @@ class LightGBMForecaster(Forecaster):
         frame = prepare_history(history, target, self.step_)
         if self.max_history:
             frame = frame.groupby(SERVICE, sort=True).tail(self.max_history)
+        _, _, self.feature_names_ = build_features(
+            np.ones(3), np.array([2]), np.array([1]), self.season_, self.week_,
+            pd.DatetimeIndex([pd.Timestamp("2000-01-01")]) if self.use_calendar else None,
+        )
         rng = np.random.default_rng(self.seed)
-        train_x, train_y, calib_x, calib_y, calib_scale = [], [], [], [], []
+        train_x, train_y, cut_x, cut_y, calib_x, calib_y = [], [], [], [], [], []
         for _, group in frame.groupby(SERVICE, sort=True):
             values = group[Y].to_numpy(dtype=float)
             times = pd.DatetimeIndex(group[TS])
-            holdout = self.horizon_ if self.calibrate and values.size > 4 * self.horizon_ else 0
-            x, _, y, _ = self._sample_rows(values, times, rng, values.size - 1 - holdout)
+            x, _, y, _ = self._sample_rows(values, times, rng, values.size - 1)
             if x.size:
                 train_x.append(x)
                 train_y.append(y)
+            holdout = self.horizon_ if self.calibrate and values.size > 4 * self.horizon_ else 0
             if holdout:
+                # Calibration: a model fitted before the last window, scored on that window.
                 origin = values.size - 1 - holdout
+                x, _, y, _ = self._sample_rows(values, times, rng, origin)
+                if x.size:
+                    cut_x.append(x)
+                    cut_y.append(y)
                 origins = np.full(holdout, origin)
                 horizons = np.arange(1, holdout + 1)
-                clean = robust_clip(values[: origin + 1], self.season_) if self.clip_outliers else values
-                cx, cs, names = build_features(
+                clean = values[: origin + 1]
+                if self.clip_outliers:
+                    clean = robust_clip(clean, self.season_)
+                cx, cs, _ = build_features(
                     clean,
                     origins,
                     horizons,
@@ -181,32 +226,24 @@ class LightGBMForecaster(Forecaster):
                     times[origins + horizons] if self.use_calendar else None,
                 )
                 calib_x.append(cx)
-                calib_y.append(values[origins + horizons] / cs)
-                calib_scale.append(cs)
+                calib_y.append(values[origins + horizons] / cs - self._anchor(cx))
         if not train_x:
             raise ValueError(
                 f"no service has enough history to train LightGBM (need more than "
                 f"{min(self.season_, 2)} steps)"
             )
-        features = np.vstack(train_x)
-        targets = np.concatenate(train_y)
-        _, _, self.feature_names_ = build_features(
-            np.ones(3), np.array([2]), np.array([1]), self.season_, self.week_,
-            pd.DatetimeIndex([pd.Timestamp("2000-01-01")]) if self.use_calendar else None,
-        )
         self.models_ = {}
         self.offsets_ = {}
         for q in self.quantiles:
-            dataset = lgb.Dataset(
-                features, targets, feature_name=self.feature_names_, free_raw_data=True
-            )
-            booster = lgb.train(self._lgb_params(q), dataset, num_boost_round=self.n_estimators)
-            self.models_[q] = booster
+            self.models_[q] = self._train(q, np.vstack(train_x), np.concatenate(train_y))
             self.offsets_[q] = 0.0
-            if calib_x and q > 0.5:
-                cx, cy = np.vstack(calib_x), np.concatenate(calib_y)
-                residual = cy - booster.predict(cx, num_threads=self.num_threads)
-                # Split-conformal: shift so that a share q of calibration residuals is covered.
+            if cut_x and q > 0.5:
+                # Split-conformal: shift so that a share q of held-out residuals is covered.
+                cut_model = self._train(q, np.vstack(cut_x), np.concatenate(cut_y))
+                held_out = np.vstack(calib_x)
+                residual = np.concatenate(calib_y) - cut_model.predict(
+                    held_out, num_threads=self.num_threads
+                )
                 self.offsets_[q] = float(np.quantile(residual, q))
         keep = max(self.week_ or 0, self.season_) * 2 + self.season_
         self.history_ = frame.groupby(SERVICE, sort=True).tail(keep).reset_index(drop=True)
@@ -230,6 +267,31 @@ class LightGBMForecaster(Forecaster):
         missing = [q for q in levels if q not in self.models_]
         if missing:
             raise ValueError(f"quantiles {missing} were not trained; trained: {self.quantiles}")
+        out, features, scale = self.forecast_design(horizon, history)
+        anchor = self._anchor(features)
+        for q in levels:
+            raw = self.models_[q].predict(features, num_threads=self.num_threads)
+            out[quantile_column(q)] = (raw + self.offsets_.get(q, 0.0) + anchor) * scale
+        return finalize_quantiles(out, levels)
+
+    def forecast_design(
+        self, horizon: int, history: pd.DataFrame | None = None
+    ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+        """The rows, design matrix and scales behind a forecast of the next ``horizon`` steps.
+
+        Args:
+            horizon: Steps ahead.
+            history: Newer history (default: the history kept at fit).
+
+        Returns:
+            ``(keys, features, scale)``: ``service, ts`` per row, the matrix (columns
+            ``feature_names_``), and the per-row scale that turns model output into the target.
+
+        Raises:
+            ValueError: If called before ``fit``.
+        """
+        if self.step_ is None or self.history_ is None:
+            raise ValueError("LightGBMForecaster.forecast_design called before fit")
         frame = (
             prepare_history(history, self.target_, self.step_)
             if history is not None
@@ -249,14 +311,9 @@ class LightGBMForecaster(Forecaster):
             blocks.append(features)
             scales.append(scale)
             keys.append(pd.DataFrame({SERVICE: service, TS: future}))
-        features = np.vstack(blocks)
-        scale = np.concatenate(scales)
         out = pd.concat(keys, ignore_index=True)
-        for q in levels:
-            raw = self.models_[q].predict(features, num_threads=self.num_threads)
-            out[quantile_column(q)] = (raw + self.offsets_.get(q, 0.0)) * scale
         out[TS] = out[TS].astype(frame[TS].dtype)
-        return finalize_quantiles(out, levels)
+        return out, np.vstack(blocks), np.concatenate(scales)
 
     def save(self, path: Path) -> None:
         """Pickle the forecaster (boosters included) into ``path``."""

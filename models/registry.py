@@ -122,18 +122,11 @@ def log_forecaster(model: Forecaster, service: str, backtest_error: float) -> Re
             name="model", python_model=ForecasterPyfunc(), artifacts={"forecaster": str(path)},
             pip_requirements=PIP_REQUIREMENTS, registered_model_name=name,
         )
-    version = str(info.registered_model_version)
-    client = MlflowClient()
-    client.set_model_version_tag(name, version, BACKTEST_TAG, f"{backtest_error:.6g}")
-    client.set_model_version_tag(name, version, FAMILY_TAG, model.name)
-    run = mlflow.active_run()
-    return RegisteredVersion(name, version, model.name, backtest_error,
-                             run.info.run_id if run else None)
+    return tag_version(name, str(info.registered_model_version), model.name, backtest_error)
 
 
-def champion(service: str, alias: str = CHAMPION, kind: str = "forecaster") -> RegisteredVersion | None:
-    """The version holding ``alias`` for a service, or ``None`` if there is none."""
-    name = registered_name(service, kind)
+def version_by_alias(name: str, alias: str = CHAMPION) -> RegisteredVersion | None:
+    """The version of a registered model holding ``alias``, or ``None`` if there is none."""
     try:
         mv = MlflowClient().get_model_version_by_alias(name, alias)
     except MlflowException:
@@ -142,14 +135,38 @@ def champion(service: str, alias: str = CHAMPION, kind: str = "forecaster") -> R
                              float(mv.tags.get(BACKTEST_TAG, "nan")), mv.run_id)
 
 
+def champion(service: str, alias: str = CHAMPION, kind: str = "forecaster") -> RegisteredVersion | None:
+    """The version of a service's model holding ``alias`` (default ``champion``), or ``None``."""
+    return version_by_alias(registered_name(service, kind), alias)
+
+
 def promote(candidate: RegisteredVersion) -> None:
     """Give ``candidate`` the champion alias, remembering the old champion as previous."""
+    current = version_by_alias(candidate.name)
     client = MlflowClient()
-    service = candidate.name.removeprefix("forescale-")
-    current = champion(service)
     if current is not None and current.version != candidate.version:
         client.set_registered_model_alias(candidate.name, PREVIOUS, current.version)
     client.set_registered_model_alias(candidate.name, CHAMPION, candidate.version)
+
+
+def tag_version(name: str, version: str, family: str, backtest_error: float) -> RegisteredVersion:
+    """Record family and backtest error on a new registered version.
+
+    Args:
+        name: Registered model name.
+        version: The version just created.
+        family: Model family.
+        backtest_error: Its backtest error (lower is better).
+
+    Returns:
+        The registered version.
+    """
+    client = MlflowClient()
+    client.set_model_version_tag(name, version, BACKTEST_TAG, f"{backtest_error:.6g}")
+    client.set_model_version_tag(name, version, FAMILY_TAG, family)
+    run = mlflow.active_run()
+    return RegisteredVersion(name, version, family, backtest_error,
+                             run.info.run_id if run else None)
 
 
 def load_forecaster(version: RegisteredVersion) -> Forecaster:
@@ -163,3 +180,21 @@ def load_forecaster(version: RegisteredVersion) -> Forecaster:
     """
     pyfunc = mlflow.pyfunc.load_model(f"models:/{version.name}/{version.version}")
     return pyfunc.unwrap_python_model().forecaster
+
+
+def load_version(label: str) -> Forecaster:
+    """Load a forecaster from its ``name/version`` label (as published with a schedule).
+
+    Args:
+        label: e.g. ``forescale-checkout/3``.
+
+    Returns:
+        The fitted forecaster.
+
+    Raises:
+        ValueError: If the label is not ``name/version``.
+    """
+    name, _, version = label.rpartition("/")
+    if not name or not version.isdigit():
+        raise ValueError(f"model version label must be 'name/version', got {label!r}")
+    return load_forecaster(RegisteredVersion(name, version, "unknown", float("nan"), None))

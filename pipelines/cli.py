@@ -18,6 +18,7 @@ from rich.table import Table
 from pipelines.settings import REPO_ROOT, Settings, get_settings
 
 app = typer.Typer(help="Forescale: predictive scaling schedules for Kubernetes services.",
+                  pretty_exceptions_enable=False,
                   no_args_is_help=True, add_completion=False)
 telemetry_app = typer.Typer(help="Generate, import and ingest telemetry.", no_args_is_help=True)
 features_app = typer.Typer(help="The Feast feature store.", no_args_is_help=True)

@@ -47,6 +47,7 @@ ANNOUNCEMENTS_FILE = "announcements.json"
 
 REASON_DRIFT = "drift"
 REASON_SCHEDULE = "schedule"
+REASON_MANUAL = "manual"
 
 
 @dataclass(frozen=True)
@@ -563,7 +564,8 @@ def resolve_retrain_trigger(
             manual run act like a drift-triggered one.
 
     Returns:
-        ``{"reason": "drift" | "schedule", "services": [...] | None, "report": str | None}``:
+        ``{"reason": "drift" | "schedule" | "manual", "services": [...] | None,
+        "report": str | None}``:
         ``services`` is ``None`` for a full retrain, ``report`` the latest drift report.
 
     Raises:
@@ -576,9 +578,9 @@ def resolve_retrain_trigger(
                 "report": reports[-1] if reports else None}
     conf = dict(conf or {})
     reason = conf.get("reason", REASON_SCHEDULE)
-    if reason not in {REASON_DRIFT, REASON_SCHEDULE}:
-        raise ValueError(f"run conf reason must be {REASON_DRIFT!r} or {REASON_SCHEDULE!r}, "
-                         f"got {reason!r}")
+    if reason not in {REASON_DRIFT, REASON_SCHEDULE, REASON_MANUAL}:
+        raise ValueError(f"run conf reason must be {REASON_DRIFT!r}, {REASON_SCHEDULE!r} or "
+                         f"{REASON_MANUAL!r}, got {reason!r}")
     services = conf.get("services")
     if services is not None and not isinstance(services, list):
         raise ValueError(f"run conf services must be a list of names, got {services!r}")

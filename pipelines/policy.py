@@ -109,9 +109,12 @@ def quantile_at(forecast: pd.DataFrame, level: float) -> np.ndarray:
     """
     columns = forecast_quantiles(forecast)
     if not columns:
-        raise ValueError(f"forecast has no quantile column (p50, p90, ...); it has {list(forecast.columns)}")
+        raise ValueError(
+            f"forecast has no quantile column (p50, p90, ...); it has {list(forecast.columns)}"
+        )
     levels = list(columns)
     values = {q: forecast[c].to_numpy(dtype=float) for q, c in columns.items()}
+    level = next((q for q in levels if math.isclose(q, level, abs_tol=1e-9)), level)
     if level in values:
         return values[level]
     if len(levels) == 1:
@@ -127,8 +130,9 @@ def quantile_at(forecast: pd.DataFrame, level: float) -> np.ndarray:
     extrapolated = values[high_q] + spread * (normal.inv_cdf(level) - normal.inv_cdf(high_q))
     if level > levels[-1]:
         return np.maximum(extrapolated, values[levels[-1]])
-    return np.minimum(values[low_q] + spread * (normal.inv_cdf(level) - normal.inv_cdf(low_q)),
-                      values[levels[0]])
+    return np.minimum(
+        values[low_q] + spread * (normal.inv_cdf(level) - normal.inv_cdf(low_q)), values[levels[0]]
+    )
 
 
 def replicas_for_load(load: np.ndarray | float, config: ScalingSettings) -> np.ndarray:
@@ -147,7 +151,7 @@ def replicas_for_load(load: np.ndarray | float, config: ScalingSettings) -> np.n
 
 
 def _steps(duration: pd.Timedelta, step: pd.Timedelta) -> int:
-    return int(math.ceil(duration / step - _EPSILON)) if duration > pd.Timedelta(0) else 0
+    return math.ceil(duration / step - _EPSILON) if duration > pd.Timedelta(0) else 0
 
 
 def _forward_window_max(values: np.ndarray, steps: int) -> np.ndarray:
@@ -208,10 +212,14 @@ def plan_service(
     prewarm_need = replicas_for_load(load if median is None else median, config)
     early = np.maximum(
         _forward_window_max(need, _steps(startup, step)),
-        _forward_window_max(prewarm_need, _steps(startup + pd.Timedelta(minutes=PREWARM_MINUTES), step)),
+        _forward_window_max(
+            prewarm_need, _steps(startup + pd.Timedelta(minutes=PREWARM_MINUTES), step)
+        ),
     )
     limited = _limit_surge(early, config.max_surge_per_step)
-    held = _backward_window_max(limited, _steps(pd.Timedelta(minutes=config.scale_down_delay_minutes), step))
+    held = _backward_window_max(
+        limited, _steps(pd.Timedelta(minutes=config.scale_down_delay_minutes), step)
+    )
     return np.clip(_step_down(held), config.min_replicas, config.max_replicas)
 
 
@@ -242,7 +250,9 @@ def plan_replicas(
     """
     require_columns(forecast, (SERVICE, TS), "forecast")
     if not forecast_quantiles(forecast):
-        raise ValueError(f"forecast has no quantile column (p50, p90, ...); it has {list(forecast.columns)}")
+        raise ValueError(
+            f"forecast has no quantile column (p50, p90, ...); it has {list(forecast.columns)}"
+        )
     frame = forecast.copy()
     frame[TS] = normalize_ts(frame[TS]).to_numpy()
     frame = frame.sort_values([SERVICE, TS], kind="stable").reset_index(drop=True)
@@ -302,7 +312,8 @@ def _check_forecast(group: pd.DataFrame, service: str) -> None:
     repeated = np.flatnonzero(group[TS].duplicated().to_numpy())
     if repeated.size:
         raise ValueError(
-            f"forecast for service {service!r}: column 'ts' repeats in rows {repeated[0]}..{repeated[-1]}"
+            f"forecast for service {service!r}: column 'ts' repeats in rows "
+            f"{repeated[0]}..{repeated[-1]}"
         )
 
 
@@ -354,7 +365,11 @@ def served_value(
         force at ``now``) are left out.
     """
     require_columns(schedule, (SERVICE, TS, REPLICAS), "schedule")
-    lead = startup_lead if isinstance(startup_lead, pd.Timedelta) else pd.Timedelta(seconds=float(startup_lead))
+    lead = (
+        startup_lead
+        if isinstance(startup_lead, pd.Timedelta)
+        else pd.Timedelta(seconds=float(startup_lead))
+    )
     instant = pd.Timestamp(now)
     instant = instant.tz_localize("UTC") if instant.tzinfo is None else instant.tz_convert("UTC")
     ts = normalize_ts(schedule[TS])
@@ -368,3 +383,38 @@ def served_value(
         if candidates:
             served[str(service)] = int(max(candidates))
     return served
+
+
+def calibrated_utilization(
+    load_per_minute: pd.Series,
+    step: pd.Timedelta,
+    risk: float,
+    floor: float = 0.5,
+    ceiling: float = 0.95,
+) -> float:
+    """A target utilisation that leaves headroom for bursts inside one forecast step.
+
+    Forecasts are step means (5 minutes), while a minute is short when *its* load exceeds the
+    ready capacity. This returns ``1 / r`` where ``r`` is the ``1 - risk`` quantile of the ratio
+    of each minute's load to the mean of its step, over the given (past) minutes, clipped to
+    ``[floor, ceiling]``. Smooth services get a high utilisation, bursty ones keep headroom.
+
+    Args:
+        load_per_minute: Past load at one-minute resolution (UTC index).
+        step: The forecast step.
+        risk: Accepted probability of running short.
+        floor: Lowest utilisation returned.
+        ceiling: Highest utilisation returned.
+
+    Returns:
+        The utilisation in ``[floor, ceiling]``.
+
+    Raises:
+        ValueError: If the series has no positive value.
+    """
+    values = load_per_minute.dropna()
+    means = values.groupby(values.index.floor(step)).transform("mean")
+    ratio = (values / means.where(means > 0)).dropna()
+    if ratio.empty:
+        raise ValueError(f"column {load_per_minute.name!r}: no positive load to calibrate on")
+    return float(np.clip(1.0 / float(ratio.quantile(1.0 - risk)), floor, ceiling))

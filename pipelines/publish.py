@@ -132,43 +132,70 @@ def build_schedules(settings: Settings, forecast_path: Path | str) -> Path:
 
 def publish_schedules(settings: Settings, schedules_path: Path | str,
                       as_of: datetime | None = None) -> Path:
-    """Publish each schedule of a file to the serving store (atomic, versioned per service).
+    """Publish the schedules of a file to the serving store, with their explanations.
+
+    All services of the file are published in one transaction (each gets its next version), so a
+    failure leaves every served schedule as it was.
 
     Args:
         settings: Runtime settings.
         schedules_path: A file written by :func:`build_schedules`.
-        as_of: Publication time (default: now); the schedule is valid for
+        as_of: Publication time (default: now); a schedule is valid for
             ``schedule.validity_hours`` after it.
 
     Returns:
         Path of a JSON summary: per service the published version, model version and peak.
     """
     from pipelines.service_config import service_config
+    from serving.client import publish_schedules_to_store
     from serving.schemas import SchedulePublish, ScheduleStep
-    from serving.store import ScheduleStore
 
     schedules_path = Path(schedules_path)
     schedules = pd.read_parquet(schedules_path)
     validity = pd.Timedelta(hours=float(section(settings.params_file, "schedule")
                                         .get("validity_hours", 2)))
     now = pd.Timestamp(as_of) if as_of is not None else pd.Timestamp.now(tz="UTC")
-    store = ScheduleStore(settings.schedule_db)
-    summary = {}
+    configure_mlflow(settings)
+    bodies: dict[str, SchedulePublish] = {}
+    explanations: dict[str, dict] = {}
     for service, rows in schedules.groupby(SERVICE, sort=True):
-        config = service_config(settings.params_file, str(service))
+        name = str(service)
         steps = [ScheduleStep(ts=r.ts, replicas=int(r.replicas), forecast_p50=float(r.forecast_p50),
                               forecast_p90=float(r.forecast_p90))
                  for r in rows.itertuples()]
-        valid_until = max(now + validity, rows[TS].min() + validity)
-        schedule = SchedulePublish(model_version=str(rows["model_version"].iloc[0]),
-                                   generated_at=now.to_pydatetime(),
-                                   valid_until=valid_until.to_pydatetime(),
-                                   step_seconds=settings.step_minutes * 60,
-                                   dry_run=bool(config.dry_run), steps=steps)
-        version = store.publish(str(service), schedule)
-        summary[str(service)] = {"version": version, "model_version": schedule.model_version,
-                                 "peak_replicas": int(rows["replicas"].max()),
-                                 "steps": len(steps)}
+        bodies[name] = SchedulePublish(
+            model_version=str(rows["model_version"].iloc[0]), generated_at=now.to_pydatetime(),
+            valid_until=(max(now, rows[TS].min()) + validity).to_pydatetime(),
+            step_seconds=settings.step_minutes * 60,
+            dry_run=bool(service_config(settings.params_file, name).dry_run), steps=steps)
+        explanations[name] = explain_schedule(settings, rows)
+    versions = publish_schedules_to_store(settings, bodies, explanations,
+                                          now=pd.Timestamp.now(tz="UTC").to_pydatetime())
+    summary = {name: {"version": versions[name], "model_version": body.model_version,
+                      "peak_replicas": max(step.replicas for step in body.steps),
+                      "steps": len(body.steps), "explanation": explanations[name]["summary"]}
+               for name, body in bodies.items()}
     out = schedules_path.with_suffix(".published.json")
     out.write_text(json.dumps(summary, indent=2))
     return out
+
+
+def explain_schedule(settings: Settings, schedule: pd.DataFrame) -> dict:
+    """Explain one service's schedule: the drivers of its forecast at the peak steps.
+
+    Args:
+        settings: Runtime settings.
+        schedule: One service's rows of a :func:`build_schedules` file.
+
+    Returns:
+        The explanation document served at ``/v1/services/{service}/explanation``.
+    """
+    from models.explain import explain_peaks
+    from models.registry import load_version
+
+    label = str(schedule["model_version"].iloc[0])
+    service = str(schedule[SERVICE].iloc[0])
+    origin = schedule[TS].min()
+    history = recent_history(settings, [service], origin)
+    document = explain_peaks(load_version(label), history, schedule)
+    return {"service": service, "model_version": label, **document}

@@ -630,11 +630,19 @@ def list_services(settings: Settings) -> list[str]:
 
 
 def telemetry_span(settings: Settings) -> tuple[pd.Timestamp, pd.Timestamp] | None:
-    """First and last stored day boundaries (start of first day, end of last day), or None."""
+    """First stored timestamp and the end of the stored data, or None if nothing is stored.
+
+    The end is the step boundary (``settings.step_minutes``) just after the newest stored row,
+    the natural "as of" of a training or forecast run.
+    """
     days = sorted({p.name.removeprefix("date=") for p in settings.telemetry_dir.glob("service=*/date=*")})
     if not days:
         return None
-    return (pd.Timestamp(days[0], tz="UTC"), pd.Timestamp(days[-1], tz="UTC") + pd.Timedelta(days=1))
+    first = read_telemetry(settings, start=pd.Timestamp(days[0], tz="UTC"),
+                           end=pd.Timestamp(days[0], tz="UTC") + pd.Timedelta(days=1))[TS].min()
+    last = read_telemetry(settings, start=pd.Timestamp(days[-1], tz="UTC"))[TS].max()
+    end = (last + pd.Timedelta(microseconds=1)).ceil(f"{settings.step_minutes}min")
+    return pd.Timestamp(first), pd.Timestamp(end)
 
 
 def _day_files(settings: Settings, services: Iterable[str] | None, start: datetime | None,

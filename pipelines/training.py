@@ -11,9 +11,11 @@ of a service always does.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -54,6 +56,7 @@ class TrainingConfig:
     shard_size: int
     families: tuple[str, ...]
     quantiles: tuple[float, ...]
+    model_params: dict[str, dict[str, Any]]
 
     @classmethod
     def from_params(cls, settings: Settings) -> TrainingConfig:
@@ -76,6 +79,8 @@ class TrainingConfig:
             shard_size=int(params.get("shard_size", 25)),
             families=families,
             quantiles=tuple(float(q) for q in params.get("quantiles", [0.5, 0.9])),
+            model_params={family: dict((params.get("model_params") or {}).get(family) or {})
+                          for family in families},
         )
         if config.backtest_folds < 1 or config.history_days < 1 or config.shard_size < 1:
             raise ValueError(f"training parameters must be positive: {config}")
@@ -147,11 +152,15 @@ def _drop_anomalies(settings: Settings, history: pd.DataFrame) -> pd.DataFrame:
     from serving.store import ScheduleStore
 
     store = ScheduleStore(settings.schedule_db)
-    flagged = store.anomalies_frame(list(history[SERVICE].unique()))
-    if flagged.empty:
+    start, end = history[TS].min(), history[TS].max() + pd.Timedelta(seconds=1)
+    flagged = [(a.service, pd.Timestamp(a.ts)) for service in history[SERVICE].unique()
+               for a in store.anomalies(str(service), start.to_pydatetime(), end.to_pydatetime())
+               if a.is_anomaly]
+    if not flagged:
         return history
-    flagged = flagged[flagged["is_anomaly"]][[SERVICE, TS]].assign(_flag=True)
-    merged = history.merge(flagged, on=[SERVICE, TS], how="left")
+    marks = pd.DataFrame(flagged, columns=[SERVICE, TS])
+    marks[TS] = marks[TS].dt.floor(f"{settings.step_minutes}min").astype(history[TS].dtype)
+    merged = history.merge(marks.drop_duplicates().assign(_flag=True), on=[SERVICE, TS], how="left")
     return merged[merged["_flag"].isna()].drop(columns="_flag")
 
 
@@ -193,7 +202,7 @@ def train_shard(settings: Settings, services: Sequence[str], reason: str = "sche
         errors = pd.DataFrame({family: scores.groupby(SERVICE)[ERROR_METRIC].mean()
                                for family, (_, scores) in backtests.items()})
         best_family = errors.idxmin(axis=1)
-        fitted = {family: _factory(family)().fit(history[history[SERVICE].isin(members)])
+        fitted = {family: _factory(family, config)().fit(history[history[SERVICE].isin(members)])
                   for family, members in best_family.groupby(best_family).groups.items()}
         for service in services:
             family = str(best_family[service])
@@ -268,13 +277,18 @@ def _champion_error(current: RegisteredVersion, history: pd.DataFrame,
 
 def _backtest_family(family: str, history: pd.DataFrame,
                      config: TrainingConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
-    forecasts = backtest_forecasts(_factory(family), history, config.backtest_folds,
+    forecasts = backtest_forecasts(_factory(family, config), history, config.backtest_folds,
                                    config.horizon_steps, quantiles=config.quantiles)
     return forecasts, score_forecasts(forecasts, config.quantiles)
 
 
-def _factory(family: str) -> Any:
-    return MODEL_FAMILIES[family]
+def _factory(family: str, config: TrainingConfig) -> Callable[[], Forecaster]:
+    """A constructor of the family with the quantiles and settings from params.yaml."""
+    cls = MODEL_FAMILIES[family]
+    kwargs = dict(config.model_params.get(family, {}))
+    if "quantiles" in inspect.signature(cls).parameters:
+        kwargs.setdefault("quantiles", config.quantiles)
+    return functools.partial(cls, **kwargs)
 
 
 def _window_end(settings: Settings, as_of: datetime | None) -> pd.Timestamp:

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-import yaml
 
+from pipelines.params import section
 from pipelines.schema import CPU, ERRORS, KEYS, LATENCY_P95, METRICS, REQUESTS, SERVICE, TS
 from pipelines.settings import Settings
 
@@ -90,16 +90,15 @@ def load_validation_limits(settings: Settings) -> ValidationLimits:
         The limits; keys missing from the file keep their defaults.
 
     Raises:
-        ValueError: If the section has unknown keys or non-numeric values.
+        ValueError: If the file or section is missing, or has unknown keys or non-numeric values.
     """
-    params = yaml.safe_load(settings.params_file.read_text()) or {}
-    section = params.get("validation") or {}
+    values = section(settings.params_file, "validation")
     known = set(asdict(ValidationLimits()))
-    unknown = sorted(set(section) - known)
+    unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(f"{settings.params_file}: unknown validation parameter(s) {unknown}")
     try:
-        return ValidationLimits(**{key: float(value) for key, value in section.items()})
+        return ValidationLimits(**{key: float(value) for key, value in values.items()})
     except (TypeError, ValueError) as err:
         raise ValueError(f"{settings.params_file}: validation parameters must be numbers: "
                          f"{err}") from err
@@ -230,7 +229,7 @@ def validate_batch(settings: Settings, batch_path: Path, start: datetime, end: d
         raise ValueError(f"validation interval is empty: start {start} is not before end {end}")
     if not batch_path.is_file():
         raise FileNotFoundError(f"batch file {batch_path} does not exist")
-    batch = pd.read_parquet(batch_path)
+    batch = pd.read_parquet(batch_path).reset_index(drop=True)  # row labels = file positions
     frame = add_gap_column(batch)
     result = run_suite(frame, build_expectation_suite(start, end, load_validation_limits(settings)))
     if result.success:

@@ -1,0 +1,1 @@
+"""Forescale serving: the schedule store, the recommendation rules and the HTTP API."""

@@ -13,7 +13,9 @@ from datetime import UTC, datetime
 from pathlib import Path as FilePath
 from typing import Annotated, Any
 
+import yaml
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request, Response
+from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -65,13 +67,22 @@ class ServiceDirectory:
         self._refresh()
 
     def _refresh(self) -> None:
-        mtime = self.params_file.stat().st_mtime
-        if mtime == self._mtime:
-            return
-        with self._lock:
-            configured = load_service_configs(self.params_file)
-            default = default_service_config(self.params_file)
-            self._configured, self._default, self._mtime = configured, default, mtime
+        """Re-read the file when it changed; after a good first read, a broken edit keeps the
+        last good settings (logged) so recommendations never fail over a params typo."""
+        try:
+            mtime = self.params_file.stat().st_mtime
+            if mtime == self._mtime:
+                return
+            with self._lock:
+                configured = load_service_configs(self.params_file)
+                default = default_service_config(self.params_file)
+                self._configured, self._default, self._mtime = configured, default, mtime
+        except (OSError, ValueError, yaml.YAMLError) as error:
+            if self._mtime is None:
+                raise ValueError(f"cannot load service settings: {error}") from error
+            logger.exception(
+                "re-reading %s failed; keeping the last good settings", self.params_file
+            )
 
     def configured(self) -> dict[str, ServiceConfig]:
         """Services named under ``services`` -> their settings."""
@@ -138,31 +149,33 @@ class ServingMetrics:
 
 
 # ---- dependencies ------------------------------------------------------------------------------
+# They never block, so they are ``async``: FastAPI runs them on the event loop instead of sending
+# each one through the thread pool (one hop per request instead of six).
 
 _bearer = HTTPBearer(auto_error=False, description="The API token (FORESCALE_API_TOKEN)")
 
 
-def get_store(request: Request) -> ScheduleStore:
+async def get_store(request: Request) -> ScheduleStore:
     """The app's schedule store."""
     return request.app.state.store
 
 
-def get_services(request: Request) -> ServiceDirectory:
+async def get_services(request: Request) -> ServiceDirectory:
     """The app's per-service settings."""
     return request.app.state.services
 
 
-def get_metrics(request: Request) -> ServingMetrics:
+async def get_metrics(request: Request) -> ServingMetrics:
     """The app's metrics."""
     return request.app.state.metrics
 
 
-def get_now() -> datetime:
+async def get_now() -> datetime:
     """The current instant (UTC); a dependency so tests can pin the clock."""
     return datetime.now(UTC)
 
 
-def require_token(
+async def require_token(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
@@ -194,7 +207,7 @@ def _unknown_service(service: str) -> HTTPException:
 
 
 def _require_known(store: ScheduleStore, services: ServiceDirectory, service: str) -> None:
-    if not services.is_configured(service) and store.latest(service) is None:
+    if not services.is_configured(service) and not store.has_schedule(service):
         raise _unknown_service(service)
 
 
@@ -266,11 +279,7 @@ def publish_schedule(
                 for location, message in problems
             ],
         )
-    try:
-        version = store.publish(service, body)
-    except STORE_ERRORS as error:
-        logger.exception("publishing a schedule for %s failed", service)
-        raise HTTPException(503, f"schedule store unavailable: {type(error).__name__}") from error
+    version = store.publish(service, body)
     metrics.publishes.labels(service).inc()
     stored = store.get(service, version)
     created_at = stored.created_at if stored is not None else now
@@ -376,6 +385,14 @@ def metrics_endpoint(request: Request) -> Response:
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 
+def store_unavailable(request: Request, error: Exception) -> JSONResponse:
+    """503 for a route that needs the store while it fails (the recommendation never does)."""
+    logger.error("%s %s: schedule store error: %s", request.method, request.url.path, error)
+    return JSONResponse(
+        {"detail": f"schedule store unavailable: {type(error).__name__}"}, status_code=503
+    )
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the serving app.
 
@@ -400,6 +417,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.services = ServiceDirectory(settings.params_file)
     app.state.metrics = ServingMetrics()
     app.include_router(router)
+    for error_type in STORE_ERRORS:
+        app.add_exception_handler(error_type, store_unavailable)
     app.add_api_route("/healthz", healthz, methods=["GET"], tags=["ops"])
     app.add_api_route(
         "/metrics", metrics_endpoint, methods=["GET"], tags=["ops"], response_class=Response

@@ -48,8 +48,7 @@ def publish_schedule_http(
     )
     if 400 <= response.status_code < 500:
         raise ValueError(
-            f"the API refused the schedule of {service!r} ({response.status_code}): "
-            f"{response.text}"
+            f"the API refused the schedule of {service!r} ({response.status_code}): {response.text}"
         )
     response.raise_for_status()
     return int(response.json()["version"])

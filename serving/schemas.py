@@ -6,6 +6,7 @@ A schedule is a list of steps; step ``i`` is in force from its ``ts`` until the 
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -53,6 +54,15 @@ class ScheduleStep(BaseModel):
     def _non_negative(cls, value: int) -> int:
         if value < 0:
             raise ValueError(f"replicas must be a non-negative integer, got {value}")
+        return value
+
+    @field_validator("forecast_p50", "forecast_p90")
+    @classmethod
+    def _nan_is_missing(cls, value: float | None) -> float | None:
+        if value is None or math.isnan(value):
+            return None
+        if math.isinf(value):
+            raise ValueError(f"forecast must be finite, got {value}")
         return value
 
 

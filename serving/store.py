@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterable, Mapping
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,15 +42,19 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    text,
 )
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.types import TypeDecorator
 
-from serving.schemas import Anomaly, Schedule, SchedulePublish
+from serving.schemas import Anomaly, Schedule, SchedulePublish, ScheduleStep
 
 PUBLISH_ATTEMPTS = 5  # retries when two publishers race for the same next version
+_WRITE_FLAG = "forescale_write_transaction"
+SCHEDULE_CACHE_SIZE = 256  # parsed schedules kept in memory (~150 kB each at 288 steps)
+_PG_LOCK_NAMESPACE = 1179840513  # advisory-lock namespace of schedule publishes
 
 
 class UTCDateTime(TypeDecorator):
@@ -149,11 +155,20 @@ def _engine_for(url: str) -> Engine:
 
     @event.listens_for(engine, "connect")
     def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not the sqlite3 module, emit BEGIN (see _sqlite_begin).
+        dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         if not in_memory:
             cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _sqlite_begin(connection: Connection) -> None:
+        # Writers take the write lock up front, so two publishers queue on busy_timeout instead
+        # of failing when one upgrades a read snapshot the other has just changed.
+        write = connection.info.pop(_WRITE_FLAG, False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
     return engine
 
@@ -175,6 +190,8 @@ class ScheduleStore:
         self._engine = _engine_for(url)
         self._ready = False
         self._ready_lock = threading.Lock()
+        self._cache: OrderedDict[tuple, Schedule] = OrderedDict()
+        self._cache_lock = threading.Lock()
 
     def _ensure_tables(self) -> None:
         if self._ready:
@@ -192,9 +209,14 @@ class ScheduleStore:
             metadata.create_all(self._engine, checkfirst=True)
             self._ready = True
 
-    def _begin(self) -> Any:
+    @contextmanager
+    def _begin(self) -> Iterator[Connection]:
+        """A write transaction (``BEGIN IMMEDIATE`` on SQLite), committed on success."""
         self._ensure_tables()
-        return self._engine.begin()
+        with self._engine.connect() as connection:
+            connection.info[_WRITE_FLAG] = True
+            with connection.begin():
+                yield connection
 
     def _connect(self) -> Any:
         self._ensure_tables()
@@ -215,6 +237,12 @@ class ScheduleStore:
     def _insert_schedule(
         connection: Connection, service: str, schedule: SchedulePublish, created_at: datetime
     ) -> int:
+        if connection.dialect.name == "postgresql":
+            # Serialise publishers of one service for the rest of this transaction.
+            connection.execute(
+                text("SELECT pg_advisory_xact_lock(:namespace, hashtext(:service))"),
+                {"namespace": _PG_LOCK_NAMESPACE, "service": service},
+            )
         current = connection.execute(
             select(func.max(schedules_table.c.version)).where(schedules_table.c.service == service)
         ).scalar_one()
@@ -308,7 +336,17 @@ class ScheduleStore:
 
     @staticmethod
     def _row_to_schedule(row: Any) -> Schedule:
-        return Schedule(
+        # Rows were validated when published: rebuild them without re-validating every step.
+        steps = [
+            ScheduleStep.model_construct(
+                ts=datetime.fromisoformat(step["ts"]).astimezone(UTC),
+                replicas=step["replicas"],
+                forecast_p50=step.get("forecast_p50"),
+                forecast_p90=step.get("forecast_p90"),
+            )
+            for step in row.steps
+        ]
+        return Schedule.model_construct(
             service=row.service,
             version=row.version,
             created_at=row.created_at,
@@ -317,7 +355,7 @@ class ScheduleStore:
             valid_until=row.valid_until,
             step_seconds=row.step_seconds,
             dry_run=row.dry_run,
-            steps=row.steps,
+            steps=steps,
         )
 
     def get(self, service: str, version: int | None = None) -> Schedule | None:
@@ -330,14 +368,48 @@ class ScheduleStore:
         Returns:
             The schedule, or None if the service (or that version) has none.
         """
-        query = select(schedules_table).where(schedules_table.c.service == service)
+        table = schedules_table
+        header = select(table.c.id, table.c.version, table.c.created_at).where(
+            table.c.service == service
+        )
         if version is None:
-            query = query.order_by(schedules_table.c.version.desc()).limit(1)
+            header = header.order_by(table.c.version.desc()).limit(1)
         else:
-            query = query.where(schedules_table.c.version == version)
+            header = header.where(table.c.version == version)
         with self._connect() as connection:
-            row = connection.execute(query).first()
-        return None if row is None else self._row_to_schedule(row)
+            found = connection.execute(header).first()
+            if found is None:
+                return None
+            key = (service, found.version, found.id, found.created_at)
+            cached = self._cache_get(key)
+            if cached is not None:
+                return cached
+            row = connection.execute(select(table).where(table.c.id == found.id)).one()
+        schedule = self._row_to_schedule(row)
+        self._cache_put(key, schedule)
+        return schedule
+
+    # Published versions never change, so parsed schedules are cached by (service, version,
+    # row id, created_at): a poll costs one small query instead of parsing every step again.
+
+    def _cache_get(self, key: tuple) -> Schedule | None:
+        with self._cache_lock:
+            schedule = self._cache.get(key)
+            if schedule is not None:
+                self._cache.move_to_end(key)
+            return schedule
+
+    def _cache_put(self, key: tuple, schedule: Schedule) -> None:
+        with self._cache_lock:
+            self._cache[key] = schedule
+            while len(self._cache) > SCHEDULE_CACHE_SIZE:
+                self._cache.popitem(last=False)
+
+    def has_schedule(self, service: str) -> bool:
+        """Whether the service has at least one schedule."""
+        query = select(schedules_table.c.id).where(schedules_table.c.service == service).limit(1)
+        with self._connect() as connection:
+            return connection.execute(query).first() is not None
 
     def latest(self, service: str) -> Schedule | None:
         """The service's newest schedule, or None if it never had one."""

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
@@ -98,18 +101,14 @@ def test_publish_creates_versions_and_reads_latest_or_one(client: TestClient) ->
     ("headers", "error"),
     [({}, "missing bearer token"), (auth("wrong"), "invalid bearer token")],
 )
-def test_publish_without_valid_token_is_401(
-    client: TestClient, headers: dict, error: str
-) -> None:
+def test_publish_without_valid_token_is_401(client: TestClient, headers: dict, error: str) -> None:
     response = client.put(
         "/v1/services/checkout/schedule", json=schedule_body(NOW, [3]), headers=headers
     )
     assert response.status_code == 401
     assert response.json()["detail"] == error
     assert response.headers["WWW-Authenticate"].startswith("Bearer")
-    floor = client.put(
-        "/v1/services/checkout/live-floor", json={"replicas": 4}, headers=headers
-    )
+    floor = client.put("/v1/services/checkout/live-floor", json={"replicas": 4}, headers=headers)
     assert floor.status_code == 401
     assert client.get("/v1/services/checkout/schedule").status_code == 404
 
@@ -162,9 +161,7 @@ def test_malformed_schedule_is_422_naming_the_field(
 
 
 def test_schedule_in_the_past_is_refused(client: TestClient) -> None:
-    body = schedule_body(
-        NOW - timedelta(hours=3), [3, 4, 5], generated_at=NOW - timedelta(hours=3)
-    )
+    body = schedule_body(NOW - timedelta(hours=3), [3, 4, 5], generated_at=NOW - timedelta(hours=3))
     response = publish(client, "checkout", body)
     assert response.status_code == 422
     errors = response.json()["detail"]
@@ -227,9 +224,7 @@ def test_recommend_fallbacks_never_go_below_minimum() -> None:
     assert (stale.replicas, stale.source, stale.stale) == (7, "fallback", True)
     assert "stale" in stale.reason and stale.schedule_version == 1
     # Valid but not covering now (the steps ended): fallback, not a silent zero.
-    short = stored_schedule(
-        "checkout", schedule_body(NOW, [10], valid_for=timedelta(hours=2))
-    )
+    short = stored_schedule("checkout", schedule_body(NOW, [10], valid_for=timedelta(hours=2)))
     uncovered = recommend("checkout", short, None, config, NOW + timedelta(minutes=30))
     assert (uncovered.replicas, uncovered.source) == (3, "fallback")
     assert "does not cover" in uncovered.reason
@@ -242,8 +237,11 @@ def test_recommend_dry_run_serves_floor_only() -> None:
     result = recommend("checkout", schedule, floor, ServiceConfig(), NOW)
     assert (result.replicas, result.source, result.stale) == (6, "dry_run", False)
     configured = recommend(
-        "checkout", stored_schedule("checkout", schedule_body(NOW, [20])), None,
-        ServiceConfig(dry_run=True), NOW,
+        "checkout",
+        stored_schedule("checkout", schedule_body(NOW, [20])),
+        None,
+        ServiceConfig(dry_run=True),
+        NOW,
     )
     assert (configured.replicas, configured.source) == (2, "dry_run")
 
@@ -277,13 +275,12 @@ def test_recommendation_route_lead_window_and_floor(client: TestClient, clock: C
     assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "replicas"]
 
 
-def test_stale_schedule_falls_back_with_200_and_metrics(
-    client: TestClient, clock: Clock
-) -> None:
+def test_stale_schedule_falls_back_with_200_and_metrics(client: TestClient, clock: Clock) -> None:
     assert publish(client, "checkout", schedule_body(NOW, [10] * 48)).status_code == 201
     assert client.get("/v1/services/checkout/recommendation").json()["replicas"] == 10
     client.put(
-        "/v1/services/checkout/live-floor", json={"replicas": 4, "ts": NOW.isoformat()},
+        "/v1/services/checkout/live-floor",
+        json={"replicas": 4, "ts": NOW.isoformat()},
         headers=auth(),
     )
     clock.now = NOW + timedelta(hours=2, minutes=1)  # valid_until was NOW + 2 h
@@ -304,7 +301,9 @@ def test_stale_schedule_falls_back_with_200_and_metrics(
 
 
 def test_dry_run_schedule_stays_readable(client: TestClient) -> None:
-    assert publish(client, "checkout", schedule_body(NOW, [25, 25], dry_run=True)).status_code == 201
+    assert (
+        publish(client, "checkout", schedule_body(NOW, [25, 25], dry_run=True)).status_code == 201
+    )
     recommendation = client.get("/v1/services/checkout/recommendation").json()
     assert (recommendation["replicas"], recommendation["source"]) == (2, "dry_run")
     schedule = client.get("/v1/services/checkout/schedule").json()
@@ -331,6 +330,8 @@ def test_store_failure_serves_minimum_not_error(tmp_path: Path, clock: Clock) ->
         assert health["status"] == "degraded"
         refused = publish(test_client, "checkout", schedule_body(NOW, [3]))
         assert refused.status_code == 503
+        assert refused.json()["detail"] == "schedule store unavailable: OperationalError"
+        assert test_client.get("/v1/services/checkout/schedule").status_code == 503
 
 
 # ---- atomicity ---------------------------------------------------------------------------------
@@ -401,6 +402,20 @@ def test_batch_publish_is_all_or_nothing(tmp_path: Path, clock: Clock) -> None:
     store.dispose()
 
 
+def publish_concurrently(store: ScheduleStore, threads: int = 4, each: int = 5) -> list[int]:
+    """Publish from several threads at once; return every version handed out."""
+    body = SchedulePublish(**schedule_body(NOW, [3]))
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        futures = [pool.submit(store.publish, "checkout", body) for _ in range(threads * each)]
+        return sorted(future.result() for future in futures)
+
+
+def test_concurrent_publishes_get_distinct_versions(tmp_path: Path) -> None:
+    store = ScheduleStore(f"sqlite:///{tmp_path / 'store.db'}")
+    assert publish_concurrently(store) == list(range(1, 21))
+    store.dispose()
+
+
 # ---- anomalies, explanations -------------------------------------------------------------------
 
 
@@ -421,14 +436,17 @@ def test_anomalies_and_explanations_routes(client: TestClient, app: FastAPI) -> 
     ).json()["anomalies"]
     assert [(p["score"], p["is_anomaly"]) for p in window] == [(1.0, False), (2.0, True)]
     with pytest.raises(ValueError, match="timezone-aware"):
-        store.record_anomalies("checkout", [{"ts": NOW.replace(tzinfo=None), "score": 1,
-                                             "is_anomaly": False}])
+        store.record_anomalies(
+            "checkout", [{"ts": NOW.replace(tzinfo=None), "score": 1, "is_anomaly": False}]
+        )
 
     assert client.get("/v1/services/checkout/explanation").status_code == 404
     store.put_explanation("checkout", 1, {"features": {"hour": 0.4}})
     explained = client.get("/v1/services/checkout/explanation").json()
     assert explained == {
-        "service": "checkout", "schedule_version": 1, "explanation": {"features": {"hour": 0.4}}
+        "service": "checkout",
+        "schedule_version": 1,
+        "explanation": {"features": {"hour": 0.4}},
     }
     with pytest.raises(ValueError, match="no schedule version 7"):
         store.put_explanation("checkout", 7, {})
@@ -482,6 +500,28 @@ def test_service_config_merges_defaults_and_rejects_typos(tmp_path: Path) -> Non
         service_config(bad, "cart")
 
 
+def test_params_edits_apply_without_restart(tmp_path: Path, clock: Clock) -> None:
+    settings = serving_settings(tmp_path)
+    application = create_app(settings)
+    application.dependency_overrides[get_now] = clock
+    params = settings.params_file
+    with TestClient(application) as test_client:
+        assert publish(test_client, "checkout", schedule_body(NOW, [9, 9])).status_code == 201
+        assert test_client.get("/v1/services/checkout/recommendation").json()["replicas"] == 9
+        edited = yaml.safe_load(params.read_text())
+        edited["services"]["checkout"]["dry_run"] = True
+        params.write_text(yaml.safe_dump(edited))
+        os.utime(params, (1, 1))  # a distinct mtime, whatever the file system's resolution
+        assert test_client.get("/v1/services/checkout/recommendation").json()["source"] == "dry_run"
+        params.write_text("services: [this is not a mapping")
+        os.utime(params, (2, 2))
+        kept = test_client.get("/v1/services/checkout/recommendation")
+        assert kept.status_code == 200 and kept.json()["source"] == "dry_run"
+    application.state.store.dispose()
+    with pytest.raises(ValueError, match="cannot load service settings"):
+        create_app(serving_settings(tmp_path, params_file=tmp_path / "missing.yaml"))
+
+
 # ---- PostgreSQL --------------------------------------------------------------------------------
 
 
@@ -505,16 +545,20 @@ def postgres_url() -> Iterator[str]:
 @pytest.mark.integration
 def test_store_on_postgresql(postgres_url: str) -> None:
     store = ScheduleStore(postgres_url)  # plain postgresql:// URL, served through psycopg 3
-    body = SchedulePublish(**schedule_body(NOW, [3, 4]))
+    raw = schedule_body(NOW, [3, 4])
+    raw["steps"][0]["forecast_p50"] = float("nan")  # a missing quantile, as the policy writes it
+    body = SchedulePublish(**raw)
     assert [store.publish("checkout", body) for _ in range(3)] == [1, 2, 3]
     latest = store.latest("checkout")
     assert latest is not None and latest.version == 3
     assert latest.steps[1].ts == NOW + timedelta(minutes=5)
     assert latest.valid_until.tzinfo is not None
+    assert latest.steps[0].forecast_p50 is None and latest.steps[1].forecast_p50 == 40.0
     store.set_live_floor("checkout", 5, NOW)
     store.set_live_floor("checkout", 6, NOW + timedelta(minutes=1))
     assert store.get_live_floor("checkout") == FloorReading(NOW + timedelta(minutes=1), 6)
     store.record_anomalies("checkout", [{"ts": NOW, "score": 1.5, "is_anomaly": True}])
     assert store.anomalies("checkout", NOW, NOW + timedelta(minutes=1))[0].score == 1.5
     assert store.latest_versions() == {"checkout": 3}
+    assert publish_concurrently(store) == list(range(4, 24))
     store.dispose()

@@ -143,7 +143,9 @@ class HpaController:
 
     def _stabilize(self, now: float, current: int, recommendation: int) -> int:
         self._recommendations.append((now, recommendation))
-        horizon = max(self.behavior.scale_down_window_seconds, self.behavior.scale_up_window_seconds)
+        horizon = max(
+            self.behavior.scale_down_window_seconds, self.behavior.scale_up_window_seconds
+        )
         while self._recommendations and self._recommendations[0][0] < now - horizon:
             self._recommendations.popleft()
         up = down = recommendation
@@ -165,7 +167,10 @@ class HpaController:
 
     def _rate_limit(self, now: float, current: int, desired: int) -> int:
         longest = max(
-            [p.period_seconds for p in self.behavior.scale_up_policies + self.behavior.scale_down_policies],
+            [
+                p.period_seconds
+                for p in self.behavior.scale_up_policies + self.behavior.scale_down_policies
+            ],
             default=0,
         )
         while self._events and self._events[0][0] <= now - longest:

@@ -22,6 +22,7 @@ window is ``(i - R_prev) / (W_prev - 1)``.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Sequence
@@ -139,7 +140,9 @@ class FileSweep:
 
 
 def _window_bounds(
-    timestamps: Sequence[pd.Timestamp], windows: Sequence[tuple[pd.Timestamp, pd.Timestamp]], name: str
+    timestamps: Sequence[pd.Timestamp],
+    windows: Sequence[tuple[pd.Timestamp, pd.Timestamp]],
+    name: str,
 ) -> list[tuple[int, int]]:
     """Row indices (left, right) of each window; both limits must be timestamps of the file."""
     first_row: dict[pd.Timestamp, int] = {}
@@ -157,7 +160,7 @@ def _window_bounds(
         if right < left:
             raise ValueError(f"{name}: window [{start}, {end}] ends before it starts")
         bounds.append((left, right))
-    for (_, right_a), (left_b, _) in zip(bounds, bounds[1:], strict=False):
+    for (_, right_a), (left_b, _) in itertools.pairwise(bounds):
         if left_b <= right_a:
             raise ValueError(f"{name}: windows overlap or are not in time order: {list(windows)}")
     return bounds
@@ -303,7 +306,9 @@ def score_curve(
     )
 
 
-def candidate_thresholds(score_arrays: Sequence[np.ndarray], sweeps: Sequence[FileSweep]) -> np.ndarray:
+def candidate_thresholds(
+    score_arrays: Sequence[np.ndarray], sweeps: Sequence[FileSweep]
+) -> np.ndarray:
     """NAB's sweep candidates: every distinct scored value, plus 1.1 (nothing detected).
 
     Args:
@@ -313,7 +318,10 @@ def candidate_thresholds(score_arrays: Sequence[np.ndarray], sweeps: Sequence[Fi
     Returns:
         Distinct thresholds, highest first.
     """
-    pooled = [np.asarray(s, dtype=float)[sw.window_id != IN_PROBATION] for s, sw in zip(score_arrays, sweeps, strict=True)]
+    pooled = [
+        np.asarray(s, dtype=float)[sw.window_id != IN_PROBATION]
+        for s, sw in zip(score_arrays, sweeps, strict=True)
+    ]
     values = np.unique(np.concatenate([*pooled, [1.1]]))
     return values[::-1]
 

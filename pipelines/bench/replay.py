@@ -25,8 +25,8 @@ ahead) and Forescale (the pipeline's forecaster refitted daily on history only, 
 :func:`pipelines.policy.served_value` at every minute, ``max`` with the reactive floor of the live
 load, driven through an HPA with default behaviour as KEDA does).
 
-Surge (for the lead figure): on the 5-minute rolling mean ``s`` of the demand, minute ``t`` is a
-surge onset when ``s(t) >= 1.3 * b`` and ``s(t) - b >= 0.1 * peak``, with ``b`` the minimum of
+Surge (for the lead figure): on the 10-minute trailing mean ``s`` of the demand, minute ``t`` is a
+surge onset when ``s(t) >= 1.5 * b`` and ``s(t) - b >= 0.15 * peak``, with ``b`` the minimum of
 ``s`` over the 30 minutes before ``t`` and ``peak`` the window's peak demand; onsets are at least
 60 minutes apart. The surge's level ``L`` is the maximum of ``s`` over ``[t, t + 10]``. A policy's
 lead for a surge is how many minutes before ``t`` its ready capacity last reached ``L`` and stayed
@@ -49,7 +49,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.bench.hpa import METRIC_DELAY_SECONDS, SYNC_SECONDS, HpaBehavior, HpaController
-from pipelines.policy import plan_replicas, reactive_floor
+from pipelines.policy import calibrated_utilization, plan_replicas, replicas_for_load
 from pipelines.schema import REPLICAS, SERVICE, TARGET, TS
 
 WINDOW_MINUTES = 7 * 24 * 60
@@ -66,9 +66,17 @@ REFIT_MINUTES = 24 * 60
 TRAIN_DAYS = 28
 PREDICT_HISTORY_DAYS = 15
 HOLT_WINTERS = {"alpha": 0.9, "beta": 0.01, "gamma": 0.3, "stored_seasons": 4}
-POLICIES: tuple[str, ...] = ("hpa", "holt_winters", "static_peak", "oracle", "forescale")
-SURGE_RATIO = 1.3
-SURGE_MIN_RISE = 0.1
+POLICIES: tuple[str, ...] = (
+    "hpa",
+    "holt_winters",
+    "static_peak",
+    "oracle",
+    "forescale",
+    "forescale_u70",
+)
+SURGE_SMOOTH_MINUTES = 10
+SURGE_RATIO = 1.5
+SURGE_MIN_RISE = 0.15
 SURGE_BASELINE_MINUTES = 30
 SURGE_GAP_MINUTES = 60
 SURGE_LEVEL_MINUTES = 10
@@ -124,7 +132,9 @@ def read_trace(path: Path) -> pd.Series:
     """
     frame = pd.read_csv(path)
     if frame.shape[1] < 2 or frame.empty:
-        raise ValueError(f"{path}: expected a time column and a load column, got {list(frame.columns)}")
+        raise ValueError(
+            f"{path}: expected a time column and a load column, got {list(frame.columns)}"
+        )
     time_column = frame.columns[0]
     raw_time = frame[time_column]
     try:
@@ -352,12 +362,13 @@ class HoltWintersReplicas:
 # Forescale
 
 
-def forecaster_factory(model: str | None) -> tuple[str, Callable[[], Any]]:
+def forecaster_factory(model: str | None = "lightgbm") -> tuple[str, Callable[[], Any]]:
     """The forecaster family used for Forescale: ``model``, or the best one available.
 
     Args:
-        model: A key of ``models.catalog.MODEL_FAMILIES``; ``None`` prefers ensemble, then
-            lightgbm, then naive.
+        model: A key of ``models.catalog.MODEL_FAMILIES``; ``None`` takes the first available of
+            ensemble, lightgbm, naive. The benchmark defaults to lightgbm: the ensemble
+            backtests and fits every member each day and does not fit the 10-minute budget.
 
     Returns:
         The family's name and a constructor.
@@ -374,7 +385,7 @@ def forecaster_factory(model: str | None) -> tuple[str, Callable[[], Any]]:
     family = MODEL_FAMILIES[model]
     if model == "lightgbm":
         # Re-forecast every 15 minutes: train on the horizons the replay uses.
-        return model, lambda: family(max_horizon=FORECAST_HORIZON_STEPS, num_threads=2)
+        return model, lambda: family(max_horizon=FORECAST_HORIZON_STEPS, num_threads=1)
     return model, family
 
 
@@ -413,13 +424,21 @@ def five_minute_frame(name: str, load: pd.Series) -> pd.DataFrame:
     return pd.DataFrame({SERVICE: name, TS: means.index, TARGET: means.to_numpy()})
 
 
+FORESCALE_VARIANTS: tuple[str, ...] = ("forescale", "forescale_u70")
+"""``forescale``: the ``params.yaml`` risk budget split evenly (union bound) between the 5-minute
+forecast and the bursts inside a 5-minute step: plan on the ``1 - risk/2`` forecast quantile at a
+target utilisation calibrated per trace on the week before the window
+(:func:`pipelines.policy.calibrated_utilization` at ``risk/2``). ``forescale_u70``: the
+``params.yaml`` defaults as they are (``1 - risk`` quantile at 70 %), everything else equal."""
+
+
 def forescale_targets(
     traces: Sequence[PreparedTrace],
     delays: Sequence[int],
     model: str | None,
     params_file: Path | None,
-) -> tuple[str, dict[tuple[str, int], np.ndarray]]:
-    """Replica targets per minute of Forescale for every trace and start-up delay.
+) -> tuple[str, dict[str, dict[str, float]], dict[tuple[str, str, int], np.ndarray]]:
+    """Replica targets per minute of the Forescale variants for every trace and start-up delay.
 
     The forecaster is refitted every day of the window on the ``TRAIN_DAYS`` before that day and
     re-forecasts every ``FORECAST_CADENCE_MINUTES`` from the complete 5-minute bins before the
@@ -436,69 +455,89 @@ def forescale_targets(
         params_file: ``params.yaml`` for the service defaults; the repository's when ``None``.
 
     Returns:
-        The family used and ``(trace, delay) -> target replicas per minute``.
+        The family used, the target utilisation per variant and trace, and
+        ``(variant, trace, delay) -> target replicas per minute``.
     """
     from pipelines.service_config import default_service_config
     from pipelines.settings import REPO_ROOT
 
     family_name, family = forecaster_factory(model)
     defaults = default_service_config(params_file or REPO_ROOT / "params.yaml")
+    utilization = {
+        "forescale": {
+            t.name: calibrated_utilization(
+                t.history.iloc[-WINDOW_MINUTES:], FORECAST_STEP, defaults.risk / 2
+            )
+            for t in traces
+        },
+        "forescale_u70": {t.name: defaults.target_utilization for t in traces},
+    }
     full = {t.name: pd.concat([t.history, t.window]) for t in traces}
     frames = {name: five_minute_frame(name, load) for name, load in full.items()}
     starts = {t.name: t.window.index[0] for t in traces}
     configs = {
-        (t.name, d): defaults.model_copy(
-            update={
-                "capacity_per_replica": t.capacity,
-                "min_replicas": MIN_REPLICAS,
-                "max_replicas": MAX_REPLICAS,
-                "startup_seconds": d * 60,
-            }
-        )
-        for t in traces
-        for d in delays
+        (variant, delay): {
+            t.name: defaults.model_copy(
+                update={
+                    "capacity_per_replica": t.capacity,
+                    "target_utilization": utilization[variant][t.name],
+                    "risk": defaults.risk / 2 if variant == "forescale" else defaults.risk,
+                    "min_replicas": MIN_REPLICAS,
+                    "max_replicas": MAX_REPLICAS,
+                    "startup_seconds": delay * 60,
+                }
+            )
+            for t in traces
+        }
+        for variant in FORESCALE_VARIANTS
+        for delay in delays
     }
-    targets = {key: np.zeros(WINDOW_MINUTES, dtype=np.int64) for key in configs}
+    targets = {
+        (variant, t.name, delay): np.zeros(WINDOW_MINUTES, dtype=np.int64)
+        for (variant, delay) in configs
+        for t in traces
+    }
     model_obj = None
     for offset in range(0, WINDOW_MINUTES, FORECAST_CADENCE_MINUTES):
         origins = {name: start + pd.Timedelta(minutes=offset) for name, start in starts.items()}
         if offset % REFIT_MINUTES == 0:
-            train = pd.concat(
-                [
-                    f[(f[TS] + FORECAST_STEP <= origins[n]) & (f[TS] >= origins[n] - pd.Timedelta(days=TRAIN_DAYS))]
-                    for n, f in frames.items()
-                ],
-                ignore_index=True,
-            )
-            model_obj = family().fit(train, target=TARGET)
-        recent = pd.concat(
-            [
-                f[(f[TS] + FORECAST_STEP <= origins[n])
-                  & (f[TS] >= origins[n] - pd.Timedelta(days=PREDICT_HISTORY_DAYS))]
-                for n, f in frames.items()
-            ],
-            ignore_index=True,
-        )
+            model_obj = family().fit(_history_before(frames, origins, TRAIN_DAYS), target=TARGET)
+        recent = _history_before(frames, origins, PREDICT_HISTORY_DAYS)
         forecast = model_obj.predict(FORECAST_HORIZON_STEPS, quantiles=(0.5, 0.9), history=recent)
-        for trace in traces:
-            part = forecast[forecast[SERVICE] == trace.name]
-            for delay in delays:
-                config = configs[(trace.name, delay)]
-                schedule = plan_replicas(part, config, now=origins[trace.name])
-                minutes = np.arange(offset, min(offset + FORECAST_CADENCE_MINUTES, WINDOW_MINUTES))
-                stamps = starts[trace.name] + pd.to_timedelta(minutes, unit="min")
-                targets[(trace.name, delay)][minutes] = served_per_minute(
-                    schedule, stamps, pd.Timedelta(minutes=delay)
+        minutes = np.arange(offset, min(offset + FORECAST_CADENCE_MINUTES, WINDOW_MINUTES))
+        for (variant, delay), config in configs.items():
+            # Every service's forecast starts at its own origin, so ``now`` is not needed here.
+            schedule = plan_replicas(forecast, config)
+            for name, rows in schedule.groupby(SERVICE, sort=False):
+                stamps = starts[name] + pd.to_timedelta(minutes, unit="min")
+                targets[(variant, name, delay)][minutes] = served_per_minute(
+                    rows, stamps, pd.Timedelta(minutes=delay)
                 )
-    for trace in traces:
-        for delay in delays:
-            config = configs[(trace.name, delay)]
+    for (variant, delay), config in configs.items():
+        for trace in traces:
             demand = trace.window.to_numpy()
             observed = np.r_[trace.history.to_numpy()[-1:], demand[:-1]]  # one minute of delay
-            floor = np.array([reactive_floor(v, config) for v in observed])
+            floor = replicas_for_load(observed, config[trace.name])
             held = pd.Series(floor).rolling(5, min_periods=1).max().to_numpy(dtype=np.int64)
-            targets[(trace.name, delay)] = np.maximum(targets[(trace.name, delay)], held)
-    return family_name, targets
+            key = (variant, trace.name, delay)
+            targets[key] = np.maximum(targets[key], held)
+    return family_name, utilization, targets
+
+
+def _history_before(
+    frames: dict[str, pd.DataFrame], origins: dict[str, pd.Timestamp], days: int
+) -> pd.DataFrame:
+    """The complete 5-minute bins of each trace within ``days`` before its origin."""
+    return pd.concat(
+        [
+            f[
+                (f[TS] + FORECAST_STEP <= origins[n])
+                & (f[TS] >= origins[n] - pd.Timedelta(days=days))
+            ]
+            for n, f in frames.items()
+        ],
+        ignore_index=True,
+    )
 
 
 def served_per_minute(
@@ -518,7 +557,9 @@ def served_per_minute(
     replicas = schedule[REPLICAS].to_numpy(dtype=np.int64)
     order = np.argsort(ts)
     ts, replicas = ts[order], replicas[order]
-    instants = stamps.tz_convert("UTC").tz_localize(None).to_numpy(dtype="datetime64[us]").astype(np.int64)
+    instants = (
+        stamps.tz_convert("UTC").tz_localize(None).to_numpy(dtype="datetime64[us]").astype(np.int64)
+    )
     lead_us = int(lead / pd.Timedelta(microseconds=1))
     served = np.zeros(len(instants), dtype=np.int64)
     for i, now in enumerate(instants):
@@ -535,14 +576,20 @@ def served_per_minute(
 
 def surge_onsets(demand: np.ndarray) -> list[tuple[int, float]]:
     """Surge onsets of a window (see the module docstring) as ``(minute, level)``."""
-    smooth = pd.Series(demand).rolling(5, min_periods=1).mean().to_numpy()
-    baseline = pd.Series(smooth).shift(1).rolling(SURGE_BASELINE_MINUTES, min_periods=1).min().to_numpy()
+    smooth = pd.Series(demand).rolling(SURGE_SMOOTH_MINUTES, min_periods=1).mean().to_numpy()
+    baseline = (
+        pd.Series(smooth).shift(1).rolling(SURGE_BASELINE_MINUTES, min_periods=1).min().to_numpy()
+    )
     peak = float(np.max(demand))
     onsets: list[tuple[int, float]] = []
     last = -SURGE_GAP_MINUTES
     for t in range(SURGE_BASELINE_MINUTES, len(demand)):
         b = baseline[t]
-        if t - last >= SURGE_GAP_MINUTES and smooth[t] >= SURGE_RATIO * b and smooth[t] - b >= SURGE_MIN_RISE * peak:
+        if (
+            t - last >= SURGE_GAP_MINUTES
+            and smooth[t] >= SURGE_RATIO * b
+            and smooth[t] - b >= SURGE_MIN_RISE * peak
+        ):
             onsets.append((t, float(smooth[t : t + SURGE_LEVEL_MINUTES + 1].max())))
             last = t
     return onsets
@@ -552,7 +599,11 @@ def surge_lead(capacity: np.ndarray, onset: int, level: float) -> int:
     """Minutes a policy's ready capacity reached ``level`` before ``onset`` (negative: late)."""
     if capacity[onset] >= level:
         lead = 0
-        while lead < LEAD_CAP_MINUTES and onset - lead - 1 >= 0 and capacity[onset - lead - 1] >= level:
+        while (
+            lead < LEAD_CAP_MINUTES
+            and onset - lead - 1 >= 0
+            and capacity[onset - lead - 1] >= level
+        ):
             lead += 1
         return lead
     for late in range(1, LEAD_CAP_MINUTES + 1):
@@ -581,35 +632,52 @@ def policy_figures(
 
 
 def replay_trace(
-    trace: PreparedTrace, delay: int, forescale_target: np.ndarray
+    trace: PreparedTrace, delay: int, forescale_targets: dict[str, np.ndarray]
 ) -> tuple[dict[str, dict[str, float]], dict[str, ReplayResult]]:
-    """Replay every policy on one trace at one start-up delay."""
+    """Replay every policy on one trace at one start-up delay.
+
+    Args:
+        trace: The trace.
+        delay: Pod start-up delay in minutes.
+        forescale_targets: Variant -> Forescale's replica target per minute.
+
+    Returns:
+        Figures per policy and the per-minute runs.
+    """
     demand = trace.window.to_numpy(dtype=float)
     cap = trace.capacity
     need = np.ceil(demand / cap - 1e-9).astype(np.int64).clip(MIN_REPLICAS, MAX_REPLICAS)
     oracle = pd.Series(need[::-1]).rolling(delay + 1, min_periods=1).max().to_numpy()[::-1]
     history = trace.history.to_numpy(dtype=float)
     warm_minutes = HOLT_WINTERS["stored_seasons"] * 1440
-    warm = np.ceil(history[-warm_minutes:] / (cap * HPA_TARGET) - 1e-9).clip(MIN_REPLICAS, MAX_REPLICAS)
+    warm = np.ceil(history[-warm_minutes:] / (cap * HPA_TARGET) - 1e-9).clip(
+        MIN_REPLICAS, MAX_REPLICAS
+    )
     predictor = HoltWintersReplicas(
         warm, 1440, HOLT_WINTERS["alpha"], HOLT_WINTERS["beta"], HOLT_WINTERS["gamma"]
     )
-    start_hpa = int(math.ceil(demand[0] / (cap * HPA_TARGET) - 1e-9))
+    start_hpa = math.ceil(demand[0] / (cap * HPA_TARGET) - 1e-9)
     start_hpa = max(MIN_REPLICAS, min(MAX_REPLICAS, start_hpa))
     runs = {
         "hpa": simulate(demand, cap, delay, start_hpa, hpa_controller(demand, cap)),
-        "holt_winters": simulate(demand, cap, delay, start_hpa, hpa_controller(demand, cap, predictor)),
+        "holt_winters": simulate(
+            demand, cap, delay, start_hpa, hpa_controller(demand, cap, predictor)
+        ),
         "static_peak": simulate(
-            demand, cap, delay, PEAK_REPLICAS,
+            demand,
+            cap,
+            delay,
+            PEAK_REPLICAS,
             schedule_controller(np.full(len(demand), PEAK_REPLICAS), through_hpa=False),
         ),
         "oracle": simulate(
             demand, cap, delay, int(oracle[0]), schedule_controller(oracle.astype(np.int64), False)
         ),
-        "forescale": simulate(
-            demand, cap, delay, int(forescale_target[0]), schedule_controller(forescale_target, True)
-        ),
     }
+    for variant, target in forescale_targets.items():
+        runs[variant] = simulate(
+            demand, cap, delay, int(target[0]), schedule_controller(target, True)
+        )
     onsets = surge_onsets(demand)
     return {name: policy_figures(run, demand, cap, onsets) for name, run in runs.items()}, runs
 
@@ -621,7 +689,9 @@ def summarize(per_delay: dict[int, dict[str, dict[str, dict[str, float]]]]) -> d
         totals: dict[str, dict[str, float]] = {}
         for policy in POLICIES:
             rows = [figures[policy] for figures in traces.values()]
-            leads = [r["median_lead_minutes"] for r in rows if not math.isnan(r["median_lead_minutes"])]
+            leads = [
+                r["median_lead_minutes"] for r in rows if not math.isnan(r["median_lead_minutes"])
+            ]
             totals[policy] = {
                 "short_minutes": int(sum(r["short_minutes"] for r in rows)),
                 "pod_hours": round(sum(r["pod_hours"] for r in rows), 2),
@@ -630,7 +700,11 @@ def summarize(per_delay: dict[int, dict[str, dict[str, dict[str, float]]]]) -> d
             }
         hpa = totals["hpa"]
         for figures in totals.values():
-            figures["short_vs_hpa"] = round(figures["short_minutes"] / hpa["short_minutes"], 4) if hpa["short_minutes"] else float("nan")
+            figures["short_vs_hpa"] = (
+                round(figures["short_minutes"] / hpa["short_minutes"], 4)
+                if hpa["short_minutes"]
+                else float("nan")
+            )
             figures["pod_hours_vs_hpa"] = round(figures["pod_hours"] / hpa["pod_hours"], 4)
         fs = totals["forescale"]
         summary[str(delay)] = {
@@ -644,7 +718,9 @@ def summarize(per_delay: dict[int, dict[str, dict[str, dict[str, float]]]]) -> d
     return summary
 
 
-def markdown_table(per_delay: dict[int, dict[str, dict[str, dict[str, float]]]], summary: dict[str, Any]) -> str:
+def markdown_table(
+    per_delay: dict[int, dict[str, dict[str, dict[str, float]]]], summary: dict[str, Any]
+) -> str:
     """The benchmark's Markdown table (per delay: per trace and policy, then totals)."""
     lines: list[str] = []
     for delay, traces in per_delay.items():
@@ -663,7 +739,8 @@ def markdown_table(per_delay: dict[int, dict[str, dict[str, dict[str, float]]]],
                 )
         lines += [
             "",
-            "| total | short min | % of HPA short | pod-hours | % of HPA pod-hours | actions | median lead |",
+            "| total | short min | % of HPA short | pod-hours | % of HPA pod-hours | actions "
+            "| median lead |",
             "|---|---:|---:|---:|---:|---:|---:|",
         ]
         for policy, f in summary[str(delay)]["totals"].items():
@@ -686,7 +763,9 @@ def plot_trace(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(runs_by_delay), 1, figsize=(14, 4 * len(runs_by_delay)), sharex=True)
+    fig, axes = plt.subplots(
+        len(runs_by_delay), 1, figsize=(14, 4 * len(runs_by_delay)), sharex=True
+    )
     axes = np.atleast_1d(axes)
     hours = np.arange(WINDOW_MINUTES) / 60.0
     for ax, (delay, runs) in zip(axes, runs_by_delay.items(), strict=True):
@@ -707,7 +786,7 @@ def run_replay_bench(
     json_path: Path | None = None,
     timeline_path: Path | None = None,
     plots_dir: Path | None = None,
-    model: str | None = None,
+    model: str | None = "lightgbm",
     params_file: Path | None = None,
     delays: Sequence[int] = STARTUP_DELAYS_MINUTES,
     echo: Callable[[str], None] | None = None,
@@ -720,7 +799,7 @@ def run_replay_bench(
         timeline_path: Write the minute-by-minute replay here (``.parquet`` or ``.csv``): trace,
             startup_minutes, minute, demand and per policy ``<policy>_desired``/``<policy>_ready``.
         plots_dir: Write one PNG per trace here.
-        model: Forecaster family for Forescale (``None``: the best available).
+        model: Forecaster family for Forescale (a ``models.catalog`` key; default lightgbm).
         params_file: ``params.yaml`` for the Forescale service defaults.
         delays: Start-up delays in minutes to report.
         echo: Where to write the table (the CLI passes ``typer.echo``); not written when ``None``.
@@ -731,13 +810,14 @@ def run_replay_bench(
     """
     started = time.perf_counter()
     traces = [prepare_trace(name, load) for name, load in discover_traces(Path(data_dir)).items()]
-    family, targets = forescale_targets(traces, delays, model, params_file)
+    family, utilization, targets = forescale_targets(traces, delays, model, params_file)
     per_delay: dict[int, dict[str, dict[str, dict[str, float]]]] = {d: {} for d in delays}
     timeline_parts: list[pd.DataFrame] = []
     for trace in traces:
         runs_by_delay: dict[int, dict[str, ReplayResult]] = {}
         for delay in delays:
-            figures, runs = replay_trace(trace, delay, targets[(trace.name, delay)])
+            variants = {v: targets[(v, trace.name, delay)] for v in FORESCALE_VARIANTS}
+            figures, runs = replay_trace(trace, delay, variants)
             per_delay[delay][trace.name] = figures
             runs_by_delay[delay] = runs
             if timeline_path is not None:
@@ -756,13 +836,16 @@ def run_replay_bench(
                 timeline_parts.append(part)
         if plots_dir is not None:
             Path(plots_dir).mkdir(parents=True, exist_ok=True)
-            plot_trace(Path(plots_dir) / f"replay_{trace.name.replace('/', '_')}.png", trace, runs_by_delay)
+            plot_trace(
+                Path(plots_dir) / f"replay_{trace.name.replace('/', '_')}.png", trace, runs_by_delay
+            )
     summary = summarize(per_delay)
     table = markdown_table(per_delay, summary)
     result: dict[str, Any] = {
         "model": family,
         "traces": {str(d): v for d, v in per_delay.items()},
         "capacity_per_replica": {t.name: t.capacity for t in traces},
+        "forescale_target_utilization": utilization,
         "summary": summary,
         "markdown": table,
         "seconds": round(time.perf_counter() - started, 1),

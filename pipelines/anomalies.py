@@ -1,0 +1,252 @@
+"""Anomaly stage: train, backtest and register the detector; score new telemetry online.
+
+The detector (:class:`models.anomaly.AnomalyDetector`) scores each 5-minute point of a service's
+request rate from that point and its past only. It is one global registered model,
+``forescale-anomaly``, with its own ``champion`` alias.
+
+*Backtest.* Known anomalies are injected into a copy of each service's last days (a spike, a
+level drop and a dropout to zero); the detector scores the copy online after the real history.
+Its error is the share of injected events it misses (no flag within ``detect_within`` steps of
+the onset) plus ``false_alarm_cost`` per false alarm per day on the untouched series. A new
+version becomes champion only if its error is lower than the champion's on the same data.
+
+*Scoring.* :func:`score_anomalies` (a task of ``telemetry_ingest``) scores the points of an
+interval after the service's recent history and writes them to the serving store, where the API
+exposes them and training skips flagged points.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+
+from models.anomaly import IS_ANOMALY, AnomalyDetector
+from models.registry import (
+    RegisteredVersion,
+    configure_mlflow,
+    promote,
+    tag_version,
+    version_by_alias,
+)
+from pipelines.params import load_params
+from pipelines.schema import SERVICE, TARGET, TS
+from pipelines.settings import Settings
+
+ANOMALY_MODEL = "forescale-anomaly"
+ANOMALY_EXPERIMENT = "forescale-anomaly"
+
+
+@dataclass(frozen=True)
+class AnomalyConfig:
+    """The ``anomaly`` section of params.yaml."""
+
+    threshold: float
+    context_days: int
+    backtest_days: int
+    detect_within: int
+    false_alarm_cost: float
+
+    @classmethod
+    def from_params(cls, settings: Settings) -> AnomalyConfig:
+        """Read the section (defaults where a key is absent)."""
+        params = load_params(settings.params_file).get("anomaly", {}) or {}
+        return cls(threshold=float(params.get("threshold", 0.25)),
+                   context_days=int(params.get("context_days", 21)),
+                   backtest_days=int(params.get("backtest_days", 2)),
+                   detect_within=int(params.get("detect_within_steps", 6)),
+                   false_alarm_cost=float(params.get("false_alarm_cost", 0.05)))
+
+
+class DetectorPyfunc(mlflow.pyfunc.PythonModel):
+    """MLflow pyfunc wrapper: input long-format telemetry, output scores and flags."""
+
+    def load_context(self, context: Any) -> None:
+        """Load the detector from the model's artifacts."""
+        self.detector = AnomalyDetector.load(Path(context.artifacts["detector"]))
+
+    def predict(self, context: Any, model_input: pd.DataFrame,
+                params: dict[str, Any] | None = None) -> pd.DataFrame:
+        """Score the rows (online, each from its past within the input)."""
+        return self.detector.score(model_input, update_context=False)
+
+
+def inject_anomalies(series: pd.DataFrame, seed: int = 0) -> tuple[pd.DataFrame, list[int]]:
+    """Copy one service's rows with a spike, a level drop and a dropout injected.
+
+    Args:
+        series: One service's rows (``ts``, ``requests``) in time order, at least 60 rows.
+        seed: Where in the series the events go.
+
+    Returns:
+        The modified copy and the row positions where each event starts.
+
+    Raises:
+        ValueError: If the series is too short to hold three separated events.
+    """
+    n = len(series)
+    if n < 60:
+        raise ValueError(f"need at least 60 rows to inject anomalies, got {n}")
+    rng = np.random.default_rng(seed)
+    third = n // 3
+    onsets = [int(rng.integers(k * third + 5, (k + 1) * third - 15)) for k in range(3)]
+    values = series[TARGET].to_numpy(float).copy()
+    values[onsets[0]:onsets[0] + 3] *= 4.0  # spike
+    values[onsets[1]:onsets[1] + 12] *= 0.3  # level drop for an hour
+    values[onsets[2]:onsets[2] + 12] = 0.0  # dropout for an hour
+    return series.assign(**{TARGET: values}), onsets
+
+
+def backtest_detector(detector: AnomalyDetector, history: pd.DataFrame,
+                      config: AnomalyConfig) -> dict[str, float]:
+    """Error of a detector on injected anomalies and false alarms (see module docstring).
+
+    Args:
+        detector: The detector to evaluate (its settings and threshold).
+        history: Long frame ``service, ts, requests`` at 5 minutes.
+        config: Anomaly parameters.
+
+    Returns:
+        ``recall``, ``false_alarms_per_day`` and ``error`` (lower is better).
+    """
+    split = history[TS].max() - pd.Timedelta(days=config.backtest_days)
+    past, recent = history[history[TS] <= split], history[history[TS] > split]
+    hits, events, false_alarms = 0, 0, 0
+    for index, (service, rows) in enumerate(recent.groupby(SERVICE, sort=True)):
+        rows = rows.reset_index(drop=True)
+        context = past[past[SERVICE] == service]
+        clean = _scored(detector, context, rows)
+        false_alarms += int(clean[IS_ANOMALY].sum())
+        injected, onsets = inject_anomalies(rows, seed=index)
+        flags = _scored(detector, context, injected)[IS_ANOMALY].to_numpy()
+        for onset in onsets:
+            events += 1
+            hits += bool(flags[onset:onset + config.detect_within].any())
+    days = config.backtest_days * max(recent[SERVICE].nunique(), 1)
+    recall = hits / events if events else float("nan")
+    per_day = false_alarms / days
+    return {"recall": recall, "false_alarms_per_day": per_day,
+            "error": (1 - recall) + config.false_alarm_cost * per_day}
+
+
+def _scored(detector: AnomalyDetector, context: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
+    probe = AnomalyDetector(detector.settings, detector.threshold, TARGET)
+    if not context.empty:
+        probe.fit(context)
+    return probe.score(rows.assign(**{SERVICE: rows[SERVICE].iloc[0]}))
+
+
+def train_anomaly_model(settings: Settings, services: Sequence[str] | None = None,
+                        as_of: datetime | None = None) -> Path:
+    """Backtest the detector, register it, and promote it if it beats the champion.
+
+    Args:
+        settings: Runtime settings.
+        services: Services to backtest on (default: all with telemetry).
+        as_of: End of the history (default: end of stored telemetry).
+
+    Returns:
+        Path of a JSON summary.
+    """
+    from pipelines.publish import recent_history
+    from pipelines.telemetry import list_services
+    from pipelines.training import _window_end
+
+    config = AnomalyConfig.from_params(settings)
+    end = _window_end(settings, as_of)
+    names = list(services) if services is not None else list_services(settings)
+    history = recent_history(settings, names, end, days=config.context_days)
+    candidate = AnomalyDetector(threshold=config.threshold)
+    figures = backtest_detector(candidate, history, config)
+    configure_mlflow(settings, ANOMALY_EXPERIMENT)
+    with mlflow.start_run(run_name="anomaly detector"):
+        mlflow.log_params({"threshold": config.threshold, "detector": candidate.name,
+                           "services": len(names), **{f"setting_{k}": v for k, v in
+                                                      vars(candidate.settings).items()}})
+        mlflow.log_metrics(figures)
+        registered = _log_detector(candidate, figures["error"])
+        current = version_by_alias(ANOMALY_MODEL)
+        champion_error = None
+        if current is not None:
+            champion_error = backtest_detector(_load_detector(current), history, config)["error"]
+        promoted = champion_error is None or figures["error"] < champion_error
+        if promoted:
+            promote(registered)
+        mlflow.set_tag("promoted", str(promoted))
+    out = settings.artifacts_dir / "anomaly" / f"{end:%Y%m%dT%H%M}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"version": registered.label, "promoted": promoted,
+                               "champion_error": champion_error, **figures}, indent=2))
+    return out
+
+
+def _log_detector(detector: AnomalyDetector, error: float) -> RegisteredVersion:
+    from models.registry import PIP_REQUIREMENTS
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "detector"
+        AnomalyDetector(detector.settings, detector.threshold, detector.target).save(path)
+        info = mlflow.pyfunc.log_model(
+            name="detector", python_model=DetectorPyfunc(), artifacts={"detector": str(path)},
+            pip_requirements=PIP_REQUIREMENTS, registered_model_name=ANOMALY_MODEL,
+        )
+    return tag_version(ANOMALY_MODEL, str(info.registered_model_version), detector.name, error)
+
+
+def _load_detector(version: RegisteredVersion) -> AnomalyDetector:
+    model = mlflow.pyfunc.load_model(f"models:/{version.name}/{version.version}")
+    return model.unwrap_python_model().detector
+
+
+def score_anomalies(settings: Settings, start: datetime, end: datetime,
+                    services: Sequence[str] | None = None) -> Path:
+    """Score the 5-minute points of ``[start, end)`` with the champion detector and store them.
+
+    Args:
+        settings: Runtime settings.
+        start: Interval start.
+        end: Interval end (exclusive).
+        services: Services to score (default: all with telemetry).
+
+    Returns:
+        Path of a Parquet file with ``service, ts, score, is_anomaly`` (empty when no detector
+        has been promoted yet; the file's metadata says so).
+    """
+    from pipelines.publish import recent_history
+    from pipelines.telemetry import list_services
+    from serving.store import ScheduleStore
+
+    start_ts, end_ts = pd.Timestamp(start), pd.Timestamp(end)
+    out = settings.artifacts_dir / "anomaly" / "scores" / f"{start_ts:%Y%m%dT%H%M}.parquet"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    configure_mlflow(settings, ANOMALY_EXPERIMENT)
+    current = version_by_alias(ANOMALY_MODEL)
+    if current is None:
+        pd.DataFrame(columns=[SERVICE, TS, "score", IS_ANOMALY]).to_parquet(out)
+        return out
+    detector = _load_detector(current)
+    config = AnomalyConfig.from_params(settings)
+    names = list(services) if services is not None else list_services(settings)
+    history = recent_history(settings, names, end_ts, days=config.context_days)
+    context, fresh = history[history[TS] < start_ts], history[history[TS] >= start_ts]
+    if fresh.empty:
+        pd.DataFrame(columns=[SERVICE, TS, "score", IS_ANOMALY]).to_parquet(out)
+        return out
+    if not context.empty:
+        detector.fit(context)
+    scores = detector.score(fresh)
+    store = ScheduleStore(settings.schedule_db)
+    for service, rows in scores.groupby(SERVICE, sort=True):
+        store.record_anomalies(str(service), [
+            {"ts": r.ts.to_pydatetime(), "score": float(r.score), "is_anomaly": bool(r.is_anomaly)}
+            for r in rows.itertuples()])
+    scores.to_parquet(out, index=False)
+    return out

@@ -1,0 +1,519 @@
+"""`forescale bench forecast`: accuracy, coverage, time and memory of every forecaster.
+
+A benchmark, not a test. Two protocols on public data found under ``data_dir`` (file names and
+series ids are discovered, never assumed):
+
+1. **M4 Hourly** (every ``m4_hourly/*train*.csv`` with its ``*test*.csv``; long ``unique_id, ds,
+   y``): horizon 48, m = 24, sMAPE / MASE / OWA against Naive2 on the same series, computed the
+   M4 way. Step indices become hourly timestamps aligned so that every series' training part
+   ends at the same instant (M4 starting dates are not public, so no calendar features).
+2. **Ops traces** (``nab/data/**/*.csv``, ``cpu_traces/*.csv``, ``request_traces/*.csv``: a time
+   column and a value column): 1-minute data is averaged to 5 minutes, coarser data (nyc_taxi at
+   30 minutes) is kept. The last 20 % of each trace is the test period; an origin every 12 hours
+   inside it (24 h when the test period is longer than 7 days); at each origin every method is
+   fitted on what came before (at most 28 days) and forecasts 24 h. Relative MAE is
+   ``sum |error| / sum |error of seasonal naive (one day earlier)|`` over all origins and the
+   steps of the first hour (1 h) or the whole day (24 h), per trace; MAPE skips actuals near zero
+   (below 1 % of the trace's mean); p90 coverage is over the 24 h steps.
+
+Settings were chosen by backtests on training data only (M4: the last 48 hours of each training
+series; ops: the 80 % before each test period), never on test windows.
+
+Wall time and peak memory (resident set of this process and its children, sampled every 20 ms,
+above the level before the method started) are measured per method in the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import psutil
+
+from models.base import Forecaster
+from models.ensemble import EnsembleForecaster
+from models.lgbm_model import LightGBMForecaster
+from models.metrics import coverage, mape, mase, mase_scale, relative_mae, smape
+from models.naive import SeasonalNaiveForecaster, naive2_path, seasonal_naive_path
+from models.prophet_model import ProphetForecaster
+from pipelines.schema import SERVICE, TS
+
+M4_HORIZON = 48
+M4_SEASON = 24
+OPS_STEP = pd.Timedelta(minutes=5)
+OPS_HISTORY_CAP = pd.Timedelta(days=28)
+OPS_TEST_SHARE = 0.2
+FORECAST_COLUMNS = ["dataset", "series", "ds", "method", "horizon_step", "y", "p50", "p90"]
+
+
+# --------------------------------------------------------------------------- measurement
+@dataclass
+class Meter:
+    """Wall seconds and peak resident memory (MiB above the start level) of a code block."""
+
+    seconds: float = 0.0
+    peak_mib: float = 0.0
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+
+def _rss_mib() -> float:
+    process = psutil.Process()
+    total = process.memory_info().rss
+    for child in process.children(recursive=True):
+        try:
+            total += child.memory_info().rss
+        except psutil.Error:
+            continue
+    return total / 2**20
+
+
+@contextmanager
+def measure() -> Iterator[Meter]:
+    """Measure wall time and peak RSS (process + children) of the ``with`` block."""
+    meter = Meter()
+    start_rss = _rss_mib()
+    peak = [start_rss]
+
+    def sample() -> None:
+        while not meter._stop.wait(0.02):
+            peak[0] = max(peak[0], _rss_mib())
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    start = time.perf_counter()
+    try:
+        yield meter
+    finally:
+        meter.seconds = time.perf_counter() - start
+        meter._stop.set()
+        thread.join()
+        peak[0] = max(peak[0], _rss_mib())
+        meter.peak_mib = max(0.0, peak[0] - start_rss)
+
+
+# --------------------------------------------------------------------------- data loading
+def find_m4_pairs(data_dir: Path) -> list[tuple[Path, Path]]:
+    """Every ``m4_hourly/*train*.csv`` with the ``*test*.csv`` of the same name."""
+    pairs = []
+    for train in sorted((data_dir / "m4_hourly").glob("*train*.csv")):
+        test = train.with_name(train.name.replace("train", "test"))
+        if test.exists():
+            pairs.append((train, test))
+    return pairs
+
+
+def load_m4(train_path: Path, test_path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """M4 long files as (history, test) frames with hourly timestamps aligned at the origin.
+
+    Raises:
+        ValueError: If a file lacks ``unique_id``, ``ds`` or ``y``.
+    """
+    train, test = pd.read_csv(train_path), pd.read_csv(test_path)
+    for frame, path in ((train, train_path), (test, test_path)):
+        missing = {"unique_id", "ds", "y"} - set(frame.columns)
+        if missing:
+            raise ValueError(f"{path}: missing column(s) {sorted(missing)}")
+    last = train.groupby("unique_id")["ds"].max()
+    origin = pd.Timestamp("2000-03-01", tz="UTC")
+
+    def convert(frame: pd.DataFrame) -> pd.DataFrame:
+        offset = frame["ds"] - frame["unique_id"].map(last)
+        return pd.DataFrame(
+            {
+                SERVICE: frame["unique_id"].astype(str),
+                TS: (origin + pd.to_timedelta(offset, unit="h")).astype("datetime64[us, UTC]"),
+                "requests": frame["y"].astype(float),
+            }
+        )
+
+    return convert(train), convert(test)
+
+
+def find_traces(data_dir: Path) -> list[Path]:
+    """Every ops trace CSV under the known folders."""
+    patterns = ["nab/data/**/*.csv", "cpu_traces/*.csv", "request_traces/*.csv"]
+    found: list[Path] = []
+    for pattern in patterns:
+        found.extend(sorted(data_dir.glob(pattern)))
+    return found
+
+
+def load_trace(path: Path) -> pd.Series:
+    """A trace as a float Series on a regular grid (5 minutes, or its native coarser step).
+
+    The first column is the time (date strings, or Unix seconds when numeric), the first other
+    numeric column is the value. Duplicated timestamps are averaged; timestamps are floored to
+    the grid; gaps stay missing (the models interpolate them, the scores skip them).
+
+    Raises:
+        ValueError: If the file has no time or no numeric value column.
+    """
+    raw = pd.read_csv(path)
+    if raw.shape[1] < 2:
+        raise ValueError(f"{path}: need a time column and a value column, got {list(raw.columns)}")
+    time_column = raw.columns[0]
+    values = raw.drop(columns=time_column).select_dtypes(include=[np.number])
+    if values.empty:
+        raise ValueError(f"{path}: no numeric value column besides {time_column!r}")
+    if pd.api.types.is_numeric_dtype(raw[time_column]):
+        stamps = pd.to_datetime(raw[time_column], unit="s", utc=True)
+    else:
+        stamps = pd.to_datetime(raw[time_column], utc=True)
+    series = pd.Series(values.iloc[:, 0].astype(float).to_numpy(), index=stamps).sort_index()
+    native = pd.Series(series.index).diff().dropna().mode()
+    step = max(OPS_STEP, pd.Timedelta(native.iloc[0])) if not native.empty else OPS_STEP
+    grid = series.groupby(series.index.floor(step)).mean()
+    full = pd.date_range(grid.index[0], grid.index[-1], freq=step)
+    return grid.reindex(full)
+
+
+# --------------------------------------------------------------------------- methods
+def m4_methods(quick: bool) -> dict[str, Callable[[], Forecaster]]:
+    """Forecaster factories scored on M4 (settings chosen on the training part, see docs)."""
+    lgbm_options: dict[str, Any] = {
+        "max_horizon": M4_HORIZON,
+        "use_calendar": False,
+        "samples_per_series": 600 if quick else 1500,
+        "n_estimators": 150 if quick else 300,
+        "num_threads": 2,
+    }
+
+    def lightgbm() -> Forecaster:
+        return LightGBMForecaster(**lgbm_options)
+
+    def prophet() -> Forecaster:
+        return ProphetForecaster(n_jobs=2)
+
+    def ensemble() -> Forecaster:
+        return EnsembleForecaster(
+            members={"naive": SeasonalNaiveForecaster, "lightgbm": lightgbm},
+            backtest_horizon=M4_HORIZON,
+            refit=False,
+        )
+
+    return {"Prophet": prophet, "LightGBM": lightgbm, "Forescale ensemble": ensemble}
+
+
+def ops_methods(step: pd.Timedelta, quick: bool) -> dict[str, Callable[[], Forecaster]]:
+    """Forecaster factories for one ops trace (single series, so one model per trace)."""
+    cap = int(OPS_HISTORY_CAP / step)
+    lgbm_options: dict[str, Any] = {
+        "samples_per_series": 3000 if quick else 6000,
+        "n_estimators": 150,
+        "min_data_in_leaf": 30,
+        "num_threads": 1,
+        "max_history": cap,
+    }
+
+    def lightgbm() -> Forecaster:
+        return LightGBMForecaster(**lgbm_options)
+
+    def prophet() -> Forecaster:
+        return ProphetForecaster(max_history=cap)
+
+    def ensemble() -> Forecaster:
+        return EnsembleForecaster(
+            members={"naive": SeasonalNaiveForecaster, "lightgbm": lightgbm}, refit=False
+        )
+
+    return {"Prophet": prophet, "LightGBM": lightgbm, "Forescale ensemble": ensemble}
+
+
+# --------------------------------------------------------------------------- M4
+def run_m4(train_path: Path, test_path: Path, quick: bool) -> tuple[list[dict], pd.DataFrame]:
+    """Score sNaive, Naive2 and every method on one M4 pair the M4 way."""
+    history, test = load_m4(train_path, test_path)
+    if quick:
+        keep = sorted(history[SERVICE].unique())[:40]
+        history, test = history[history[SERVICE].isin(keep)], test[test[SERVICE].isin(keep)]
+    dataset = train_path.parent.name
+    series_values = {s: g["requests"].to_numpy() for s, g in history.groupby(SERVICE, sort=True)}
+    actuals = {s: g["requests"].to_numpy() for s, g in test.groupby(SERVICE, sort=True)}
+    forecasts: dict[str, tuple[pd.DataFrame, Meter]] = {}
+    for name, builder in (("sNaive", seasonal_naive_path), ("Naive2", naive2_path)):
+        with measure() as meter:
+            rows = []
+            for service, values in series_values.items():
+                path = builder(values, M4_SEASON, M4_HORIZON)
+                rows.append(pd.DataFrame({SERVICE: service, "horizon_step": range(1, 49),
+                                          "p50": path, "p90": np.nan}))
+            frame = pd.concat(rows, ignore_index=True)
+        forecasts[name] = (frame, meter)
+    for name, factory in m4_methods(quick).items():
+        with measure() as meter:
+            frame = factory().fit(history).predict(M4_HORIZON)
+        frame["horizon_step"] = frame.groupby(SERVICE).cumcount() + 1
+        forecasts[name] = (frame, meter)
+    scores: dict[str, dict[str, float]] = {}
+    long_rows = []
+    for name, (frame, meter) in forecasts.items():
+        s_values, m_values, covered = [], [], []
+        for service, group in frame.groupby(SERVICE, sort=True):
+            y = actuals[service]
+            p50 = group["p50"].to_numpy()
+            s_values.append(smape(y, p50))
+            m_values.append(mase(y, p50, series_values[service], M4_SEASON))
+            if group["p90"].notna().all():
+                covered.append(coverage(y, group["p90"].to_numpy()))
+            long_rows.append(pd.DataFrame({
+                "dataset": dataset, "series": service,
+                "ds": test.loc[test[SERVICE] == service, TS].to_numpy(),
+                "method": name, "horizon_step": group["horizon_step"].to_numpy(),
+                "y": y, "p50": p50, "p90": group["p90"].to_numpy(),
+            }))
+        n = len(s_values)
+        scores[name] = {
+            "smape": float(np.mean(s_values)),
+            "mase": float(np.mean(m_values)),
+            "coverage_p90": float(np.mean(covered)) if covered else float("nan"),
+            "wall_seconds": meter.seconds,
+            "wall_seconds_per_series_mean": meter.seconds / n,
+            "peak_mib": meter.peak_mib,
+            "series": n,
+        }
+    naive2 = scores["Naive2"]
+    results = []
+    for name, score in scores.items():
+        score["owa"] = 0.5 * (score["smape"] / naive2["smape"] + score["mase"] / naive2["mase"])
+        results.append({"dataset": dataset, "method": name, **score})
+    return results, pd.concat(long_rows, ignore_index=True)
+
+
+# --------------------------------------------------------------------------- ops traces
+def trace_origins(index: pd.DatetimeIndex) -> tuple[pd.Timestamp, list[pd.Timestamp]]:
+    """Start of the test period (last 20 %) and the forecast origins inside it."""
+    test_start = index[int(math.floor(len(index) * (1 - OPS_TEST_SHARE)))]
+    test_length = index[-1] - test_start
+    every = pd.Timedelta(hours=24) if test_length > pd.Timedelta(days=7) else pd.Timedelta(hours=12)
+    origins = []
+    origin = test_start
+    while origin + pd.Timedelta(hours=1) <= index[-1]:
+        origins.append(origin)
+        origin += every
+    return test_start, origins
+
+
+def run_trace(path: Path, quick: bool) -> tuple[list[dict], pd.DataFrame]:
+    """Run the ops protocol on one trace for every method."""
+    series = load_trace(path)
+    step = pd.Timedelta(series.index.freq) if series.index.freq else OPS_STEP
+    steps_day = int(pd.Timedelta(days=1) / step)
+    steps_hour = max(1, int(pd.Timedelta(hours=1) / step))
+    _, origins = trace_origins(series.index)
+    if quick:
+        origins = origins[:3]
+    name = path.stem
+    frame = pd.DataFrame({SERVICE: name, TS: series.index, "requests": series.to_numpy()})
+    frame = frame.dropna(subset=["requests"])
+    frame[TS] = frame[TS].astype("datetime64[us, UTC]")
+    methods: dict[str, Callable[[], Forecaster]] = {"sNaive": SeasonalNaiveForecaster}
+    methods.update(ops_methods(step, quick))
+    rows = []
+    meters: dict[str, list[Meter]] = {m: [] for m in methods}
+    for origin in origins:
+        past = frame[(frame[TS] <= origin) & (frame[TS] > origin - OPS_HISTORY_CAP)]
+        future = frame[(frame[TS] > origin) & (frame[TS] <= origin + pd.Timedelta(days=1))]
+        if len(past) < 2 or future.empty:
+            continue
+        for method, factory in methods.items():
+            with measure() as meter:
+                forecast = factory().fit(past).predict(steps_day)
+            meters[method].append(meter)
+            forecast["horizon_step"] = np.arange(1, len(forecast) + 1)
+            joined = forecast.merge(future, on=[SERVICE, TS], how="inner")
+            joined["method"] = method
+            joined["origin"] = origin
+            rows.append(joined)
+    scored = pd.concat(rows, ignore_index=True).rename(columns={"requests": "y"})
+    baseline = scored[scored["method"] == "sNaive"][["origin", TS, "p50"]].rename(
+        columns={"p50": "naive"}
+    )
+    scored = scored.merge(baseline, on=["origin", TS], how="left")
+    near_zero = 0.01 * float(np.nanmean(np.abs(series.to_numpy())))
+    results = []
+    for method, group in scored.groupby("method", sort=False):
+        hour = group[group["horizon_step"] <= steps_hour]
+        record: dict[str, Any] = {"dataset": "ops", "trace": name, "method": method,
+                                  "origins": int(group["origin"].nunique()), "step": str(step)}
+        for label, part in (("1h", hour), ("24h", group)):
+            y, p50 = part["y"].to_numpy(), part["p50"].to_numpy()
+            record[f"relative_mae_{label}"] = relative_mae(y, p50, part["naive"].to_numpy())
+            record[f"mape_{label}"] = mape(y, p50, min_abs_actual=near_zero)
+        record["coverage_p90"] = coverage(group["y"], group["p90"])
+        seconds = [m.seconds for m in meters[method]]
+        peaks = [m.peak_mib for m in meters[method]]
+        record.update({
+            "wall_seconds": float(np.sum(seconds)),
+            "wall_seconds_per_fit_median": float(np.median(seconds)),
+            "wall_seconds_per_fit_mean": float(np.mean(seconds)),
+            "peak_mib": float(np.max(peaks)),
+            "peak_mib_median": float(np.median(peaks)),
+            "peak_mib_mean": float(np.mean(peaks)),
+        })
+        results.append(record)
+    long = pd.DataFrame({
+        "dataset": "ops", "series": name, "ds": scored[TS], "method": scored["method"],
+        "horizon_step": scored["horizon_step"], "y": scored["y"], "p50": scored["p50"],
+        "p90": scored["p90"], "origin": scored["origin"],
+    })
+    return results, long
+
+
+def summarize_ops(per_trace: pd.DataFrame) -> list[dict]:
+    """Median relative MAE over traces, share beating seasonal naive, coverage, time, memory."""
+    out = []
+    for method, group in per_trace.groupby("method", sort=False):
+        out.append({
+            "dataset": "ops",
+            "method": method,
+            "traces": int(len(group)),
+            "relative_mae_1h_median": float(group["relative_mae_1h"].median()),
+            "relative_mae_24h_median": float(group["relative_mae_24h"].median()),
+            "share_beating_snaive_1h": float((group["relative_mae_1h"] < 1).mean()),
+            "share_beating_snaive_24h": float((group["relative_mae_24h"] < 1).mean()),
+            "mape_1h_median": float(group["mape_1h"].median()),
+            "mape_24h_median": float(group["mape_24h"].median()),
+            "coverage_p90_median": float(group["coverage_p90"].median()),
+            "coverage_p90_mean": float(group["coverage_p90"].mean()),
+            "wall_seconds": float(group["wall_seconds"].sum()),
+            "wall_seconds_per_trace_median": float(group["wall_seconds"].median()),
+            "wall_seconds_per_trace_mean": float(group["wall_seconds"].mean()),
+            "peak_mib": float(group["peak_mib"].max()),
+            "peak_mib_per_trace_median": float(group["peak_mib"].median()),
+            "peak_mib_per_trace_mean": float(group["peak_mib"].mean()),
+        })
+    return out
+
+
+# --------------------------------------------------------------------------- report
+def _fmt(value: Any, digits: int = 3) -> str:
+    if isinstance(value, float):
+        return "—" if math.isnan(value) else f"{value:.{digits}f}"
+    return str(value)
+
+
+def markdown_report(m4: list[dict], ops: list[dict]) -> str:
+    """The benchmark tables as Markdown."""
+    lines = []
+    if m4:
+        lines += [
+            "### M4 Hourly (horizon 48, m = 24; OWA vs Naive2 on the same series)",
+            "",
+            "| dataset | method | series | sMAPE | MASE | OWA | p90 coverage | wall s | s/series (mean) | peak MiB |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in m4:
+            lines.append(
+                f"| {r['dataset']} | {r['method']} | {r['series']} | {_fmt(r['smape'])} | "
+                f"{_fmt(r['mase'])} | {_fmt(r['owa'])} | {_fmt(r['coverage_p90'])} | "
+                f"{_fmt(r['wall_seconds'], 1)} | {_fmt(r['wall_seconds_per_series_mean'], 3)} | "
+                f"{_fmt(r['peak_mib'], 0)} |"
+            )
+        lines.append("")
+    if ops:
+        lines += [
+            "### Ops traces (median over traces; relative MAE vs seasonal naive one day earlier)",
+            "",
+            "| method | traces | relMAE 1h | relMAE 24h | beats sNaive 1h | beats sNaive 24h | "
+            "MAPE 1h | MAPE 24h | p90 cov (median / mean) | wall s total | s/trace median / mean | "
+            "peak MiB median / mean |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in ops:
+            lines.append(
+                f"| {r['method']} | {r['traces']} | {_fmt(r['relative_mae_1h_median'])} | "
+                f"{_fmt(r['relative_mae_24h_median'])} | {r['share_beating_snaive_1h']:.0%} | "
+                f"{r['share_beating_snaive_24h']:.0%} | {_fmt(r['mape_1h_median'], 1)} | "
+                f"{_fmt(r['mape_24h_median'], 1)} | {_fmt(r['coverage_p90_median'])} / "
+                f"{_fmt(r['coverage_p90_mean'])} | {_fmt(r['wall_seconds'], 1)} | "
+                f"{_fmt(r['wall_seconds_per_trace_median'], 1)} / "
+                f"{_fmt(r['wall_seconds_per_trace_mean'], 1)} | "
+                f"{_fmt(r['peak_mib_per_trace_median'], 0)} / "
+                f"{_fmt(r['peak_mib_per_trace_mean'], 0)} |"
+            )
+    return "\n".join(lines)
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def run_forecast_bench(
+    data_dir: Path,
+    json_path: Path | None = None,
+    forecasts_path: Path | None = None,
+    quick: bool = False,
+) -> dict:
+    """Run both protocols, print the Markdown table, optionally write JSON and forecasts.
+
+    Args:
+        data_dir: Folder with the shared-data layout (``m4_hourly/``, ``nab/data/``,
+            ``cpu_traces/``, ``request_traces/``); missing parts are skipped.
+        json_path: Where to write the figures as JSON.
+        forecasts_path: Where to write every scored forecast (``.parquet`` or ``.csv``).
+        quick: Smaller run (40 M4 series, 3 origins per trace, lighter models) for smoke tests.
+
+    Returns:
+        ``{"m4": [...], "ops": [...], "ops_per_trace": [...], "wall_seconds": ...}``.
+
+    Raises:
+        ValueError: If ``data_dir`` holds none of the expected data.
+    """
+    from rich.console import Console
+
+    data_dir = Path(data_dir)
+    started = time.perf_counter()
+    pairs = find_m4_pairs(data_dir)
+    traces = find_traces(data_dir)
+    if not pairs and not traces:
+        raise ValueError(f"{data_dir}: no m4_hourly/*train*.csv pairs and no ops trace CSVs")
+    m4_results: list[dict] = []
+    per_trace: list[dict] = []
+    long_frames: list[pd.DataFrame] = []
+    for train_path, test_path in pairs:
+        results, long = run_m4(train_path, test_path, quick)
+        m4_results.extend(results)
+        long_frames.append(long)
+    for path in traces:
+        results, long = run_trace(path, quick)
+        per_trace.extend(results)
+        long_frames.append(long)
+    ops_summary = summarize_ops(pd.DataFrame(per_trace)) if per_trace else []
+    report = {
+        "m4": m4_results,
+        "ops": ops_summary,
+        "ops_per_trace": per_trace,
+        "wall_seconds": time.perf_counter() - started,
+        "data_dir": str(data_dir),
+        "quick": quick,
+    }
+    Console().print(markdown_report(m4_results, ops_summary), markup=False, highlight=False,
+                    soft_wrap=True)
+    if json_path is not None:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(_json_safe(report), indent=2, default=str))
+    if forecasts_path is not None and long_frames:
+        forecasts = pd.concat(long_frames, ignore_index=True)
+        forecasts["ds"] = forecasts["ds"].astype(str)
+        forecasts["origin"] = forecasts.get("origin").astype(str)
+        Path(forecasts_path).parent.mkdir(parents=True, exist_ok=True)
+        if str(forecasts_path).endswith(".csv"):
+            forecasts.to_csv(forecasts_path, index=False)
+        else:
+            forecasts.to_parquet(forecasts_path, index=False)
+    return report

@@ -1,0 +1,401 @@
+"""Stage 3: the Feast feature store (offline source, registry, materialization, retrieval).
+
+The declarations live in the repository's ``features/`` folder (``definitions.py`` and the
+``feature_store.yaml`` template); every piece of Feast state lives under
+``settings.feature_repo_dir``: the rendered ``feature_store.yaml``, the file registry and the
+SQLite online store (or Redis when ``settings.online_store == "redis"``). The offline source is
+one Parquet file under ``settings.offline_dir`` written by :func:`update_offline_features` and
+read by Feast's DuckDB offline store.
+
+Feature rows are stamped with the END of their 5-minute step and only use telemetry from before
+that instant (see ``features/definitions.py``), so :func:`training_frame` is point-in-time
+correct: the features of the row at ``ts`` use data before ``ts`` only, while its ``requests``
+column is the label, the mean request rate over ``[ts, ts + step)``.
+"""
+
+from __future__ import annotations
+
+import os
+import string
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import yaml
+
+from pipelines.schema import (
+    CPU,
+    ERRORS,
+    LATENCY_P95,
+    METRICS,
+    REQUESTS,
+    SERVICE,
+    TS,
+    TS_DTYPE,
+    require_columns,
+)
+from pipelines.settings import REPO_ROOT, Settings
+from pipelines.telemetry import read_telemetry
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+
+DEFINITIONS_DIR = REPO_ROOT / "features"
+"""The repository's Feast declarations (``definitions.py``, ``feature_store.yaml`` template)."""
+
+EVENT_TIMESTAMP = "event_timestamp"
+FEATURE_SERVICE = "forecasting"
+OFFLINE_FILE = "service_features.parquet"
+"""The offline source, relative to ``settings.offline_dir`` (as declared in definitions.py)."""
+
+AGGREGATE_FEATURES: tuple[str, ...] = (
+    "requests_mean", "requests_max", "cpu_mean", "latency_p95_max", "errors_mean",
+)
+ROLLING_FEATURES: tuple[str, ...] = (
+    "requests_mean_1h", "requests_std_1h", "requests_mean_24h", "requests_std_24h",
+    "requests_lag_1d", "requests_lag_7d",
+)
+
+
+def render_feature_store_yaml(settings: Settings) -> Path:
+    """Write this home's ``feature_store.yaml`` from the template in ``features/``.
+
+    ``${FEATURE_REPO_DIR}`` becomes ``settings.feature_repo_dir``; with
+    ``settings.online_store == "redis"`` the online store becomes Redis at
+    ``settings.redis_connection``. The file is only rewritten when its content changes.
+
+    Args:
+        settings: Runtime settings.
+
+    Returns:
+        The rendered file's path.
+    """
+    template = string.Template((DEFINITIONS_DIR / "feature_store.yaml").read_text())
+    config = yaml.safe_load(template.substitute(FEATURE_REPO_DIR=str(settings.feature_repo_dir)))
+    if settings.online_store == "redis":
+        config["online_store"] = {
+            "type": "redis",
+            "connection_string": settings.redis_connection,
+        }
+    text = yaml.safe_dump(config, sort_keys=False)
+    settings.feature_repo_dir.mkdir(parents=True, exist_ok=True)
+    path = settings.feature_repo_dir / "feature_store.yaml"
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+    return path
+
+
+def feature_store(settings: Settings) -> FeatureStore:
+    """Open the Feast store of this home (rendering its configuration first).
+
+    Args:
+        settings: Runtime settings.
+
+    Returns:
+        A ``feast.FeatureStore`` rooted at ``settings.feature_repo_dir``.
+    """
+    from feast import FeatureStore
+
+    render_feature_store_yaml(settings)
+    return FeatureStore(repo_path=str(settings.feature_repo_dir))
+
+
+def load_definitions(settings: Settings) -> list[Any]:
+    """Load the Feast objects declared in ``features/definitions.py`` for this home.
+
+    The module is loaded afresh on every call, and the relative paths of its file sources are
+    resolved against ``settings.offline_dir``.
+
+    Args:
+        settings: Runtime settings.
+
+    Returns:
+        The entities, data sources, feature views and feature services, in that order.
+    """
+    from feast import Entity, FeatureService, FeatureView, FileSource
+
+    module = _definitions_module()
+    objects = list(vars(module).values())
+    sources = [o for o in objects if isinstance(o, FileSource)]
+    for source in sources:
+        if not Path(source.file_options.uri).is_absolute():
+            source.file_options.uri = str(settings.offline_dir / source.file_options.uri)
+    return [
+        *[o for o in objects if isinstance(o, Entity)],
+        *sources,
+        *[o for o in objects if isinstance(o, FeatureView)],
+        *[o for o in objects if isinstance(o, FeatureService)],
+    ]
+
+
+def offline_source_path(settings: Settings) -> Path:
+    """Path of the offline source file (``features/definitions.py`` declares it relative).
+
+    Args:
+        settings: Runtime settings.
+
+    Returns:
+        The Parquet file under ``settings.offline_dir``.
+    """
+    return settings.offline_dir / OFFLINE_FILE
+
+
+def apply_features(settings: Settings) -> None:
+    """Register the declared entity, source, feature views and service (``feast apply``).
+
+    Idempotent: applying unchanged declarations leaves the registry as it was. Feature views and
+    feature services that are registered but no longer declared are deleted, as ``feast apply``
+    does.
+
+    Args:
+        settings: Runtime settings.
+    """
+    store = feature_store(settings)
+    declared = load_definitions(settings)
+    names = {(type(o).__name__, o.name) for o in declared}
+    stale = [o for o in [*store.list_feature_views(), *store.list_feature_services()]
+             if (type(o).__name__, o.name) not in names]
+    store.apply(declared, objects_to_delete=stale, partial=not stale)
+
+
+def compute_service_features(telemetry: pd.DataFrame, step_minutes: int = 5) -> pd.DataFrame:
+    """Aggregate raw telemetry to steps and add rolling statistics and seasonal lags.
+
+    One row per service and step; ``event_timestamp`` is the END of the step and every value in
+    the row uses telemetry from before it (see ``features/definitions.py``).
+
+    Args:
+        telemetry: Long-format telemetry at any resolution finer than or equal to the step.
+        step_minutes: Step length in minutes.
+
+    Returns:
+        ``service, event_timestamp`` (``timestamp[us, UTC]``) and the feature columns, sorted.
+
+    Raises:
+        ValueError: If a column is missing.
+    """
+    require_columns(telemetry, (SERVICE, TS, *METRICS), "telemetry")
+    step = pd.Timedelta(minutes=step_minutes)
+    raw = telemetry[[SERVICE, TS, *METRICS]].copy()
+    raw[SERVICE] = raw[SERVICE].astype(str)
+    raw[EVENT_TIMESTAMP] = pd.to_datetime(raw[TS], utc=True).dt.floor(step) + step
+    aggregates = (
+        raw.groupby([SERVICE, EVENT_TIMESTAMP], sort=True)
+        .agg(
+            requests_mean=(REQUESTS, "mean"),
+            requests_max=(REQUESTS, "max"),
+            cpu_mean=(CPU, "mean"),
+            latency_p95_max=(LATENCY_P95, "max"),
+            errors_mean=(ERRORS, "mean"),
+        )
+        .reset_index()
+    )
+    parts = [
+        _rolling_features(rows, step) for _, rows in aggregates.groupby(SERVICE, sort=True)
+    ]
+    columns = [SERVICE, EVENT_TIMESTAMP, *AGGREGATE_FEATURES, *ROLLING_FEATURES]
+    if not parts:
+        return pd.DataFrame({c: pd.Series(dtype=float) for c in columns}).astype(
+            {SERVICE: str, EVENT_TIMESTAMP: TS_DTYPE})
+    features = pd.concat(parts, ignore_index=True)[columns]
+    features[EVENT_TIMESTAMP] = features[EVENT_TIMESTAMP].astype(TS_DTYPE)
+    return features
+
+
+def _rolling_features(rows: pd.DataFrame, step: pd.Timedelta) -> pd.DataFrame:
+    """Rolling statistics and lags of one service's step means (indexed by step end)."""
+    requests = rows.set_index(EVENT_TIMESTAMP)["requests_mean"]
+    # A row stamped A holds the step [A - step, A); a window (A - 1h, A] therefore covers the
+    # steps that start in [A - 1h, A - step], i.e. the hour before A.
+    out = rows.copy()
+    for label, window in (("1h", "1h"), ("24h", "24h")):
+        rolling = requests.rolling(window)
+        out[f"requests_mean_{label}"] = rolling.mean().to_numpy()
+        out[f"requests_std_{label}"] = rolling.std().to_numpy()
+    # The step that starts one day (week) before A is stamped A - 1d + step (<= A).
+    for label, lag in (("1d", pd.Timedelta(days=1)), ("7d", pd.Timedelta(days=7))):
+        out[f"requests_lag_{label}"] = requests.reindex(requests.index - lag + step).to_numpy()
+    return out
+
+
+def update_offline_features(settings: Settings, services: Sequence[str] | None = None) -> Path:
+    """Recompute the offline source from the stored raw telemetry.
+
+    Args:
+        settings: Runtime settings.
+        services: Services to recompute (all stored services when omitted); the rows of other
+            services already in the file are kept.
+
+    Returns:
+        The offline source file (Parquet, ``event_timestamp`` as ``timestamp[us, UTC]``).
+
+    Raises:
+        ValueError: If there is no stored telemetry for the requested services.
+    """
+    telemetry = read_telemetry(settings, services=services)
+    if telemetry.empty:
+        raise ValueError(
+            f"no stored telemetry under {settings.telemetry_dir} for services "
+            f"{list(services) if services is not None else 'all'}"
+        )
+    missing = sorted(set(services or ()) - set(telemetry[SERVICE].unique()))
+    if missing:
+        raise ValueError(f"no stored telemetry under {settings.telemetry_dir} for service(s) "
+                         f"{missing}")
+    features = compute_service_features(telemetry, settings.step_minutes)
+    path = offline_source_path(settings)
+    if services is not None and path.exists():
+        kept = pd.read_parquet(path, filters=[(SERVICE, "not in", list(services))])
+        features = pd.concat([kept, features], ignore_index=True)
+        features = features.sort_values([SERVICE, EVENT_TIMESTAMP], ignore_index=True)
+        features[EVENT_TIMESTAMP] = features[EVENT_TIMESTAMP].astype(TS_DTYPE)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    features.to_parquet(partial, index=False)
+    os.replace(partial, path)
+    return path
+
+
+def materialize_features(settings: Settings, end: datetime) -> None:
+    """Load the latest feature values up to ``end`` into the online store.
+
+    The first call materializes everything from the offline source's first row (Feast's
+    ``materialize_incremental`` would start at now - ttl and load nothing from historical data);
+    later calls continue incrementally from where the previous one stopped.
+
+    Args:
+        settings: Runtime settings.
+        end: Materialize the feature rows stamped at or before this instant (Feast's bound is
+            inclusive), i.e. those built from telemetry before ``end``.
+
+    Raises:
+        ValueError: If the offline source does not exist or starts after ``end``.
+    """
+    end_utc = _utc(end).to_pydatetime()
+    store = feature_store(settings)
+    already = any(view.materialization_intervals for view in store.list_feature_views())
+    if already:
+        store.materialize_incremental(end_date=end_utc)
+        return
+    path = offline_source_path(settings)
+    if not path.exists():
+        raise ValueError(f"offline source {path} does not exist: run update_offline_features")
+    first = pq.read_table(path, columns=[EVENT_TIMESTAMP]).column(0).to_pandas().min()
+    if pd.isna(first) or first >= end_utc:
+        raise ValueError(f"offline source {path} has no rows before {end_utc.isoformat()}")
+    store.materialize(start_date=first.to_pydatetime(), end_date=end_utc)
+
+
+def training_frame(settings: Settings, services: Sequence[str], start: datetime,
+                   end: datetime) -> pd.DataFrame:
+    """Point-in-time correct training rows for every step of ``[start, end)`` and service.
+
+    Args:
+        settings: Runtime settings.
+        services: Services to include.
+        start: First step (rounded up to the step grid).
+        end: End of the window (exclusive).
+
+    Returns:
+        Long frame ``service, ts, requests, <features>`` sorted by (service, ts): ``requests`` is
+        the label (mean request rate over ``[ts, ts + step)``, NaN where no telemetry), the
+        features are the values Feast serves at ``ts`` (from data before ``ts``).
+
+    Raises:
+        ValueError: If ``services`` is empty or the window holds no step.
+    """
+    if not services:
+        raise ValueError("training_frame needs at least one service")
+    step = pd.Timedelta(minutes=settings.step_minutes)
+    first_step, end_utc = _utc(start).ceil(step), _utc(end)
+    if first_step >= end_utc:
+        raise ValueError(f"window [{start}, {end}) holds no {settings.step_minutes}-minute step")
+    steps = pd.date_range(first_step, end_utc, freq=step, inclusive="left")
+    entities = pd.DataFrame(
+        {
+            SERVICE: np.repeat(np.asarray([str(s) for s in services], dtype=object), len(steps)),
+            EVENT_TIMESTAMP: pd.DatetimeIndex(
+                np.tile(steps.tz_convert(None).to_numpy(), len(services))
+            ).tz_localize("UTC").astype(TS_DTYPE),
+        }
+    )
+    labels = _labels(settings, services, steps[0], steps[-1] + step, step)
+    entities = entities.merge(labels, on=[SERVICE, EVENT_TIMESTAMP], how="left")
+    store = feature_store(settings)
+    features = store.get_historical_features(
+        entity_df=entities, features=store.get_feature_service(FEATURE_SERVICE)
+    ).to_df()
+    features = features.rename(columns={EVENT_TIMESTAMP: TS})
+    features[TS] = pd.to_datetime(features[TS], utc=True).astype(TS_DTYPE)
+    columns = [SERVICE, TS, REQUESTS, *AGGREGATE_FEATURES, *ROLLING_FEATURES]
+    return features[columns].sort_values([SERVICE, TS], ignore_index=True)
+
+
+def _labels(settings: Settings, services: Sequence[str], first: pd.Timestamp,
+            stop: pd.Timestamp, step: pd.Timedelta) -> pd.DataFrame:
+    """The label of each step start ``ts`` in ``[first, stop)``: the step's mean request rate."""
+    path = offline_source_path(settings)
+    if not path.exists():
+        raise ValueError(f"offline source {path} does not exist: run update_offline_features")
+    rows = pd.read_parquet(
+        path,
+        columns=[SERVICE, EVENT_TIMESTAMP, "requests_mean"],
+        filters=[
+            (SERVICE, "in", [str(s) for s in services]),
+            (EVENT_TIMESTAMP, ">", first.to_pydatetime()),
+            (EVENT_TIMESTAMP, "<=", stop.to_pydatetime()),
+        ],
+    )
+    starts = pd.to_datetime(rows[EVENT_TIMESTAMP], utc=True) - step
+    return pd.DataFrame(
+        {
+            SERVICE: rows[SERVICE].astype(str),
+            EVENT_TIMESTAMP: starts.astype(TS_DTYPE),
+            REQUESTS: rows["requests_mean"].to_numpy(),
+        }
+    )
+
+
+def online_features(settings: Settings, services: Sequence[str]) -> pd.DataFrame:
+    """The latest materialized feature values of some services.
+
+    Args:
+        settings: Runtime settings.
+        services: Services to look up.
+
+    Returns:
+        One row per service, in the given order: ``service`` and the features (NaN when a
+        service has no materialized value).
+
+    Raises:
+        ValueError: If ``services`` is empty.
+    """
+    if not services:
+        raise ValueError("online_features needs at least one service")
+    store = feature_store(settings)
+    frame = store.get_online_features(
+        features=store.get_feature_service(FEATURE_SERVICE),
+        entity_rows=[{SERVICE: str(s)} for s in services],
+    ).to_df()
+    features = [*AGGREGATE_FEATURES, *ROLLING_FEATURES]
+    frame[features] = frame[features].astype(float)  # missing values come back as None
+    return frame[[SERVICE, *features]]
+
+
+def _definitions_module() -> ModuleType:
+    """Execute ``features/definitions.py`` as a fresh module (no bytecode cache written there)."""
+    path = DEFINITIONS_DIR / "definitions.py"
+    module = ModuleType("forescale_feature_definitions")
+    module.__file__ = str(path)
+    exec(compile(path.read_text(), str(path), "exec"), module.__dict__)  # noqa: S102
+    return module
+
+
+def _utc(value: datetime) -> pd.Timestamp:
+    stamp = pd.Timestamp(value)
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")

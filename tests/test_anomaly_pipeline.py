@@ -1,0 +1,84 @@
+"""The anomaly stage with the real detector, MLflow registry and serving store."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from models.registry import configure_mlflow, version_by_alias
+from pipelines.anomalies import (
+    ANOMALY_EXPERIMENT,
+    ANOMALY_MODEL,
+    AnomalyConfig,
+    backtest_detector,
+    inject_anomalies,
+    score_anomalies,
+    train_anomaly_model,
+)
+from pipelines.schema import REQUESTS, SERVICE, TS
+from pipelines.telemetry import write_telemetry
+from pipelines.training import _drop_anomalies
+from serving.store import ScheduleStore
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def fleet_with_spike(settings, make_fleet):
+    fleet = make_fleet(services=2, days=8, step_minutes=5)
+    spike_at = fleet[TS].max() - pd.Timedelta(hours=3)
+    hit = (fleet[SERVICE] == "checkout") & (fleet[TS] >= spike_at) & \
+          (fleet[TS] < spike_at + pd.Timedelta(minutes=15))
+    fleet.loc[hit, REQUESTS] *= 6
+    write_telemetry(settings, fleet)
+    return fleet, spike_at
+
+
+def test_injection_puts_three_separate_events_into_a_copy(make_fleet) -> None:
+    rows = make_fleet(services=1, days=1, step_minutes=5)
+    injected, onsets = inject_anomalies(rows)
+    assert len(onsets) == 3 and onsets == sorted(onsets) and onsets[2] - onsets[0] > 40
+    assert (injected[REQUESTS].to_numpy()[onsets[2]:onsets[2] + 12] == 0).all()
+    assert rows[REQUESTS].iloc[onsets[0]] * 4 == pytest.approx(injected[REQUESTS].iloc[onsets[0]])
+    with pytest.raises(ValueError, match="at least 60 rows"):
+        inject_anomalies(rows.head(10))
+
+
+def test_detector_is_trained_registered_and_scores_new_telemetry(settings, fleet_with_spike) -> None:
+    fleet, spike_at = fleet_with_spike
+    summary = json.loads(train_anomaly_model(settings, as_of=spike_at - pd.Timedelta(hours=1))
+                         .read_text())
+    assert summary["promoted"] is True and summary["recall"] >= 2 / 3
+    configure_mlflow(settings, ANOMALY_EXPERIMENT)
+    assert version_by_alias(ANOMALY_MODEL).label == summary["version"]
+
+    again = json.loads(train_anomaly_model(settings, as_of=spike_at - pd.Timedelta(hours=1))
+                       .read_text())
+    assert again["promoted"] is False  # same detector, same data: no better than the champion
+
+    start, end = spike_at - pd.Timedelta(minutes=30), spike_at + pd.Timedelta(hours=1)
+    scores = pd.read_parquet(score_anomalies(settings, start, end))
+    flagged = scores[scores["is_anomaly"]]
+    assert set(flagged[SERVICE]) == {"checkout"}
+    assert flagged[TS].min() == spike_at
+    stored = ScheduleStore(settings.schedule_db).anomalies("checkout", start, end)
+    assert len(stored) == 18 and any(a.is_anomaly for a in stored)
+
+    history = fleet[[SERVICE, TS, REQUESTS]]
+    kept = _drop_anomalies(settings, history)
+    assert len(kept) == len(history) - len(flagged)
+    assert not kept[(kept[SERVICE] == "checkout") & (kept[TS] == spike_at)].shape[0]
+
+
+def test_backtest_counts_misses_and_false_alarms(settings, make_fleet) -> None:
+    from models.anomaly import AnomalyDetector
+
+    history = make_fleet(services=1, days=6, step_minutes=5)[[SERVICE, TS, REQUESTS]]
+    config = AnomalyConfig.from_params(settings)
+    blind = backtest_detector(AnomalyDetector(threshold=1.01), history, config)
+    assert blind["recall"] == 0 and blind["false_alarms_per_day"] == 0 and blind["error"] == 1
+    jumpy = backtest_detector(AnomalyDetector(threshold=0.0), history, config)
+    assert jumpy["recall"] == 1 and jumpy["false_alarms_per_day"] > 100
+    assert jumpy["error"] > blind["error"]

@@ -1,0 +1,254 @@
+"""Feast feature store: offline features, apply, point-in-time training frames, online reads."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import FIXED_END
+from google.protobuf.message import Message
+
+from pipelines.features import (
+    AGGREGATE_FEATURES,
+    DEFINITIONS_DIR,
+    ROLLING_FEATURES,
+    apply_features,
+    compute_service_features,
+    feature_store,
+    load_definitions,
+    materialize_features,
+    offline_source_path,
+    online_features,
+    training_frame,
+    update_offline_features,
+)
+from pipelines.settings import Settings, get_settings
+from pipelines.telemetry import generate_fleet, read_telemetry, write_telemetry
+
+FEATURES = [*AGGREGATE_FEATURES, *ROLLING_FEATURES]
+STEP = pd.Timedelta(minutes=5)
+END = FIXED_END
+START = END - pd.Timedelta(days=2)
+
+
+def fleet_home(home: Path, suffix: str = "", **overrides: object) -> tuple[Settings, list[str]]:
+    """A home with 3 services x 2 days of 1-minute telemetry stored and the offline source built."""
+    settings = get_settings(home=home, **overrides)
+    fleet = generate_fleet(3, 2, step_minutes=1, seed=7, end=END)
+    fleet["service"] = fleet["service"] + suffix
+    write_telemetry(settings, fleet, START, END)
+    update_offline_features(settings)
+    return settings, sorted(fleet["service"].unique())
+
+
+@pytest.fixture(scope="module")
+def applied(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, list[str]]:
+    settings, services = fleet_home(tmp_path_factory.mktemp("features") / "home")
+    apply_features(settings)
+    return settings, services
+
+
+def test_step_aggregates_rolling_stats_and_lags_use_only_the_past() -> None:
+    ts = pd.date_range("2026-01-01", periods=8 * 24 * 60, freq="1min", tz="UTC")
+    minute = np.arange(len(ts), dtype=float)
+    raw = pd.DataFrame(
+        {
+            "service": "svc",
+            "ts": ts,
+            "requests": minute,
+            "cpu": 1.0,
+            "latency_p95_ms": minute % 7,
+            "errors": 0.5,
+        }
+    )
+    features = compute_service_features(raw).set_index("event_timestamp")
+    assert str(features.index.dtype) == "datetime64[us, UTC]"
+    at = pd.Timestamp("2026-01-08T00:00Z")  # row of the step [23:55, 00:00)
+    row = features.loc[at]
+    last_minute = (at - ts[0]) / pd.Timedelta(minutes=1) - 1
+    assert row["requests_mean"] == pytest.approx(last_minute - 2)  # mean of the last 5 minutes
+    assert row["requests_max"] == last_minute
+    assert row["latency_p95_max"] == 6
+    assert row["requests_mean_1h"] == pytest.approx(last_minute - 29.5)  # 60 minutes before `at`
+    assert row["requests_mean_24h"] == pytest.approx(last_minute - 24 * 30 + 0.5)
+    # same step as the one starting at `at`, one day / one week earlier: minutes [at-1d, at-1d+5)
+    assert row["requests_lag_1d"] == pytest.approx(last_minute + 1 - 24 * 60 + 2)
+    assert row["requests_lag_7d"] == pytest.approx(last_minute + 1 - 7 * 24 * 60 + 2)
+    assert np.isnan(features["requests_lag_7d"].iloc[0])
+
+
+def test_definitions_declare_the_offline_file_and_stay_declarations_only(
+    applied: tuple[Settings, list[str]],
+) -> None:
+    settings, _ = applied
+    sources = [o for o in load_definitions(settings) if type(o).__name__ == "FileSource"]
+    assert [s.path for s in sources] == [str(offline_source_path(settings))]
+    assert sorted(p.name for p in DEFINITIONS_DIR.iterdir()) == [
+        ".feastignore",
+        "definitions.py",
+        "feature_store.yaml",
+    ]
+    assert sorted(p.name for p in settings.feature_repo_dir.iterdir()) == [
+        "feature_store.yaml",
+        "online_store.db",
+        "registry.db",
+    ]
+
+
+def drop_timestamps(message: Message) -> None:
+    """Clear the created/updated timestamps Feast stamps on every (nested) registry object."""
+    for field, value in message.ListFields():
+        if field.name in {"created_timestamp", "last_updated_timestamp"}:
+            message.ClearField(field.name)
+        elif field.message_type is not None and not field.message_type.GetOptions().map_entry:
+            for item in value if field.is_repeated else [value]:
+                drop_timestamps(item)
+
+
+def test_apply_is_idempotent(applied: tuple[Settings, list[str]]) -> None:
+    settings, _ = applied
+
+    def registered() -> dict[str, bytes]:
+        store = feature_store(settings)
+        objects = [
+            *store.list_entities(),
+            *store.list_feature_views(),
+            *store.list_feature_services(),
+            *store.list_data_sources(),
+        ]
+        protos = {f"{type(o).__name__}:{o.name}": o.to_proto() for o in objects}
+        for proto in protos.values():
+            drop_timestamps(proto)
+        return {name: proto.SerializeToString(deterministic=True) for name, proto in protos.items()}
+
+    before = registered()
+    apply_features(settings)
+    assert registered() == before
+    assert set(before) == {
+        "Entity:service",
+        "FeatureView:service_5min",
+        "FeatureView:service_rolling",
+        "FeatureService:forecasting",
+        "FileSource:service_features",
+    }
+
+
+def test_training_frame_is_point_in_time_correct(applied: tuple[Settings, list[str]]) -> None:
+    settings, services = applied
+    window_start, window_end = END - pd.Timedelta(days=1), END
+    before = training_frame(settings, services, window_start, window_end)
+
+    steps = pd.date_range(window_start, window_end, freq=STEP, inclusive="left")
+    assert len(before) == len(services) * len(steps)
+    assert list(before.columns) == ["service", "ts", "requests", *FEATURES]
+    assert str(before["ts"].dtype) == "datetime64[us, UTC]"
+    assert before[FEATURES].notna().to_numpy()[:, :-1].all()  # lag_7d needs a week of history
+
+    # The label is the mean of the raw 1-minute rates over [ts, ts + 5 min).
+    raw = read_telemetry(settings, services=[services[0]])
+    raw_means = raw.set_index("ts")["requests"].resample(STEP).mean()
+    first = before[before["service"] == services[0]].set_index("ts")
+    np.testing.assert_allclose(first["requests"], raw_means.reindex(first.index))
+    # The latest 5-minute aggregate served at ts is the previous step's label.
+    np.testing.assert_allclose(first["requests_mean"].iloc[1:], first["requests"].iloc[:-1])
+
+    # Change every metric of one service from `cut` on and rebuild only that service's rows.
+    cut = END - pd.Timedelta(hours=10)
+    changed = raw.copy()
+    later = changed["ts"] >= cut
+    changed.loc[later, ["requests", "cpu", "latency_p95_ms", "errors"]] *= 3.0
+    write_telemetry(settings, changed[later], cut, END)
+    update_offline_features(settings, services=[services[0]])
+    after = training_frame(settings, services, window_start, window_end)
+
+    key = ["service", "ts"]
+    merged = before.merge(after, on=key, suffixes=("_before", "_after"))
+    others = merged["service"] != services[0]
+    known = merged["ts"] <= cut  # features at ts only use data before ts
+    for column in FEATURES:
+        pd.testing.assert_series_equal(
+            merged.loc[known | others, f"{column}_before"],
+            merged.loc[known | others, f"{column}_after"],
+            check_names=False,
+        )
+    # ...and the change does show after the cut, in the features and in the labels.
+    changed_rows = ~known & ~others & (merged["ts"] > cut + STEP)
+    assert (
+        merged.loc[changed_rows, "requests_mean_after"]
+        > merged.loc[changed_rows, "requests_mean_before"] * 2
+    ).all()
+    labels_changed = ~others & (merged["ts"] >= cut)
+    np.testing.assert_allclose(
+        merged.loc[labels_changed, "requests_after"],
+        merged.loc[labels_changed, "requests_before"] * 3,
+    )
+
+
+def check_materialize_and_online_read(settings: Settings, services: list[str]) -> None:
+    apply_features(settings)
+    offline = pd.read_parquet(offline_source_path(settings))
+    first_end = END - pd.Timedelta(hours=12)
+    for end in (first_end, END):  # the first call is a full materialize, the second incremental
+        apply_features(settings)  # re-applying keeps the materialization state
+        materialize_features(settings, end)
+        online = online_features(settings, services).set_index("service")
+        latest = (
+            offline[offline["event_timestamp"] <= end]
+            .sort_values("event_timestamp")
+            .groupby("service")
+            .tail(1)
+            .set_index("service")
+        )
+        assert list(online.index) == services
+        pd.testing.assert_frame_equal(
+            online[FEATURES], latest.loc[services, FEATURES], check_dtype=False, check_names=False
+        )
+    intervals = [
+        view.materialization_intervals for view in feature_store(settings).list_feature_views()
+    ]
+    assert all(len(views) == 2 and views[1][1] == END for views in intervals)
+
+
+def test_materialize_then_online_read_sqlite(tmp_path: Path) -> None:
+    settings, services = fleet_home(tmp_path / "home")
+    check_materialize_and_online_read(settings, services)
+    unknown = online_features(settings, ["no-such-service"])
+    assert unknown[FEATURES].isna().all(axis=None)
+
+
+def redis_reachable(host: str = "127.0.0.1", port: int = 6379) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not redis_reachable(), reason="no Redis on 127.0.0.1:6379")
+def test_materialize_then_online_read_redis(tmp_path: Path) -> None:
+    # Unique service names keep this run's keys apart from anyone else's on the shared Redis.
+    settings, services = fleet_home(
+        tmp_path / "home",
+        suffix=f"-{uuid.uuid4().hex[:8]}",
+        online_store="redis",
+        redis_connection="127.0.0.1:6379,db=0",
+    )
+    check_materialize_and_online_read(settings, services)
+    config = (settings.feature_repo_dir / "feature_store.yaml").read_text()
+    assert "type: redis" in config
+    assert not (settings.feature_repo_dir / "online_store.db").exists()
+
+
+def test_empty_requests_are_rejected(applied: tuple[Settings, list[str]]) -> None:
+    settings, _ = applied
+    with pytest.raises(ValueError, match="at least one service"):
+        training_frame(settings, [], START, END)
+    with pytest.raises(ValueError, match="holds no 5-minute step"):
+        training_frame(settings, ["x"], END, END)
+    with pytest.raises(ValueError, match=r"no stored telemetry .* \['nope'\]"):
+        update_offline_features(settings, services=["nope"])

@@ -1,0 +1,196 @@
+"""The Kubernetes HPA model against the documentation's worked examples, and the replay parts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines.bench.hpa import HpaBehavior, HpaController, ScalingPolicy, usage_ratio_replicas
+from pipelines.bench.replay import (
+    HoltWintersReplicas,
+    discover_traces,
+    read_trace,
+    schedule_controller,
+    served_per_minute,
+    simulate,
+    surge_lead,
+    surge_onsets,
+)
+from pipelines.policy import served_value
+
+START = pd.Timestamp("2026-11-16 00:00", tz="UTC")
+
+
+# ---------------------------------------------------------------- HPA algorithm (docs examples)
+
+
+def test_metric_twice_the_target_doubles_the_replicas() -> None:
+    # "if the current metric value is 200m, and the desired value is 100m, the number of
+    # replicas will be doubled, since 200.0 / 100.0 == 2.0"
+    assert usage_ratio_replicas(4, 0, 0.200, 0.100) == 8
+
+
+def test_metric_half_the_target_halves_the_replicas() -> None:
+    # "If the current value is instead 50m, you'll halve the number of replicas"
+    assert usage_ratio_replicas(4, 0, 0.050, 0.100) == 2
+
+
+def test_fifty_replicas_at_90_percent_for_a_75_percent_target_become_sixty() -> None:
+    # Kubernetes v1.33 blog, configurable tolerance: 50 x (90 / 75) = 60
+    assert usage_ratio_replicas(50, 0, 0.90, 0.75) == 60
+
+
+def test_ratio_within_the_tolerance_changes_nothing() -> None:
+    # "the control plane skips any scaling action if the ratio is sufficiently close to 1.0
+    # (within a globally-configurable tolerance, 0.1 by default)"
+    assert usage_ratio_replicas(10, 0, 0.76, 0.70) == 10  # ratio 1.086
+    assert usage_ratio_replicas(10, 0, 0.64, 0.70) == 10  # ratio 0.914
+    assert usage_ratio_replicas(10, 0, 0.80, 0.70) == 12  # ratio 1.143 -> ceil(11.43)
+
+
+def test_not_yet_ready_pods_count_as_zero_during_a_scale_up() -> None:
+    # 2 ready pods at 100 % for a 50 % target want 4; with 2 pods still starting (at 0 %) the
+    # recomputed ratio is 1.0: no change. With 1 starting pod it is 1.33 -> ceil(1.33 x 3) = 4.
+    assert usage_ratio_replicas(2, 2, 1.0, 0.5) == 4
+    assert usage_ratio_replicas(2, 1, 1.0, 0.5) == 4
+    assert usage_ratio_replicas(2, 0, 1.0, 0.5) == 4
+
+
+def test_scale_down_uses_the_highest_recommendation_of_the_last_300_seconds() -> None:
+    hpa = HpaController(min_replicas=1, max_replicas=100, target_utilization=0.5)
+    replicas = hpa.sync(0, 10, 10)
+    seen = []
+    for now in range(15, 400, 15):
+        replicas = hpa.sync(now, replicas, 4)
+        seen.append((now, replicas))
+    assert all(r == 10 for now, r in seen if now < 300)
+    assert dict(seen)[300] == 10  # the recommendation of t=0 is still inside the window
+    assert dict(seen)[315] == 4
+
+
+def test_default_scale_up_limit_is_double_or_four_pods_per_15_seconds() -> None:
+    hpa = HpaController(min_replicas=1, max_replicas=100, target_utilization=0.5)
+    replicas, path = 1, []
+    for now in range(0, 75, 15):
+        replicas = hpa.sync(now, replicas, 30)
+        path.append(replicas)
+    assert path == [5, 10, 20, 30, 30]  # max(+100 %, +4) each period
+
+
+def test_scale_down_policy_example_from_the_documentation() -> None:
+    # "Scaling Policies": 10 % per minute from 80 replicas: 8 pods go first; at 72 replicas
+    # 10 % is 7.2, rounded up to 8 pods again.
+    behavior = HpaBehavior(
+        scale_down_policies=(ScalingPolicy("Percent", 10, 60),), scale_down_window_seconds=0
+    )
+    hpa = HpaController(min_replicas=1, max_replicas=100, target_utilization=0.5, behavior=behavior)
+    replicas, path = 80, []
+    for now in range(0, 135, 15):
+        replicas = hpa.sync(now, replicas, 10)
+        path.append(replicas)
+    assert path == [72, 72, 72, 72, 64, 64, 64, 64, 57]
+
+
+def test_bounds_clamp_the_result() -> None:
+    hpa = HpaController(min_replicas=3, max_replicas=6, target_utilization=0.5)
+    assert hpa.sync(0, 5, 50) == 6
+    assert HpaController(3, 6, 0.5, HpaBehavior(scale_down_window_seconds=0)).sync(0, 5, 1) == 3
+
+
+# ---------------------------------------------------------------- cluster model and metrics
+
+
+def test_pods_serve_only_after_the_start_up_delay_and_cost_while_starting() -> None:
+    demand = np.r_[np.full(5, 10.0), np.full(10, 50.0)]
+    target = np.r_[np.full(5, 1), np.full(10, 5)]
+    run = simulate(demand, 10.0, 2, 1, schedule_controller(target, through_hpa=False))
+    assert run.ready[5] == 1 and run.ready[6] == 1 and run.ready[7] == 5
+    assert run.actions == 1
+    assert run.pod_minutes == pytest.approx(5 * 1 + 10 * 5)  # starting pods are paid for
+    assert int(np.sum(demand > run.ready * 10.0)) == 2
+
+
+def test_oracle_target_one_delay_ahead_is_never_short() -> None:
+    rng = np.random.default_rng(3)
+    demand = rng.uniform(0, 300, 120)
+    need = np.ceil(demand / 10.0).astype(np.int64).clip(1)
+    delay = 5
+    oracle = pd.Series(need[::-1]).rolling(delay + 1, min_periods=1).max().to_numpy()[::-1]
+    run = simulate(demand, 10.0, delay, int(oracle[0]), schedule_controller(oracle, False))
+    assert (demand <= run.ready * 10.0 + 1e-9).all()
+
+
+def test_scale_down_removes_starting_pods_first() -> None:
+    target = np.array([2, 6, 3, 3, 3, 3])
+    run = simulate(np.zeros(6), 1.0, 3, 2, schedule_controller(target, False))
+    assert list(run.ready) == [2, 2, 2, 2, 3, 3]
+
+
+def test_holt_winters_predicts_a_repeating_season() -> None:
+    season = np.array([2, 2, 3, 5, 8, 8, 5, 3], dtype=float)
+    model = HoltWintersReplicas(np.tile(season, 6), len(season), alpha=0.5, beta=0.01, gamma=0.5)
+    assert model.predict() == 2
+    for value in season[:3]:
+        model.update(value)
+    assert model.predict() == 5
+
+
+def test_surge_onset_and_lead() -> None:
+    demand = np.r_[np.full(120, 10.0), np.full(60, 100.0)]
+    onsets = surge_onsets(demand)
+    assert len(onsets) == 1
+    onset, level = onsets[0]
+    assert 120 <= onset <= 125 and level == pytest.approx(100.0)
+    early = np.r_[np.full(100, 10.0), np.full(80, 100.0)]
+    late = np.r_[np.full(onset + 4, 10.0), np.full(180 - onset - 4, 100.0)]
+    assert surge_lead(early, onset, level) == onset - 100
+    assert surge_lead(late, onset, level) == -4
+
+
+def test_served_per_minute_matches_served_value() -> None:
+    schedule = pd.DataFrame(
+        {
+            "service": "a",
+            "ts": START + pd.Timedelta(minutes=5) * np.arange(6),
+            "replicas": [3, 7, 2, 2, 9, 1],
+        }
+    )
+    stamps = START + pd.to_timedelta(np.arange(-2, 32), unit="min")
+    fast = served_per_minute(schedule, stamps, pd.Timedelta(minutes=2))
+    slow = [served_value(schedule, s, 120).get("a", 0) for s in stamps]
+    assert list(fast) == slow
+
+
+def test_traces_are_found_by_layout_not_by_file_name(tmp_path: Path) -> None:
+    minutes = pd.date_range("2020-01-01", periods=30, freq="min")
+    (tmp_path / "request_traces").mkdir()
+    (tmp_path / "cpu_traces").mkdir()
+    (tmp_path / "nab" / "data" / "x").mkdir(parents=True)
+    pd.DataFrame({"when": minutes.strftime("%Y-%m-%d %H:%M:%S"), "hits": np.arange(30)}).to_csv(
+        tmp_path / "request_traces" / "shop.csv", index=False
+    )
+    pd.DataFrame({"ts": minutes.astype("int64") // 10**9, "value": 1.5}).to_csv(
+        tmp_path / "cpu_traces" / "batch.csv", index=False
+    )
+    five = pd.date_range("2020-01-01", periods=6, freq="5min")
+    pd.DataFrame({"timestamp": five, "value": [5, 10, 5, 10, 5, 10]}).to_csv(
+        tmp_path / "nab" / "data" / "x" / "lb_request_total_1.csv", index=False
+    )
+    pd.DataFrame({"timestamp": five, "value": 1}).to_csv(
+        tmp_path / "nab" / "data" / "x" / "disk_bytes.csv", index=False
+    )
+    traces = discover_traces(tmp_path)
+    assert sorted(traces) == ["cpu_traces/batch", "request_traces/shop", "x/lb_request_total_1"]
+    assert len(traces["x/lb_request_total_1"]) == 26  # 5-minute values held for their step
+    assert traces["x/lb_request_total_1"].iloc[5] == 10
+    assert str(traces["cpu_traces/batch"].index.tz) == "UTC"
+
+
+def test_unparsable_trace_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "broken.csv"
+    pd.DataFrame({"when": ["not a time", "never"], "hits": [1, 2]}).to_csv(path, index=False)
+    with pytest.raises(ValueError, match="broken.csv.*'when'"):
+        read_trace(path)

@@ -1,0 +1,166 @@
+"""The one-shot pipeline end to end, champion promotion and live rollback (real MLflow, Feast)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from models.registry import PREVIOUS, champion, configure_mlflow, load_version
+from pipelines.run import run_pipeline
+from pipelines.schema import SERVICE, TS
+from pipelines.settings import REPO_ROOT, Settings, get_settings
+from serving.store import ScheduleStore
+
+pytestmark = pytest.mark.slow
+
+
+def _settings_with(home: Path, **sections: dict) -> Settings:
+    """Settings with a private params.yaml whose sections are updated from ``sections``."""
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    for name, values in sections.items():
+        params[name] = {**(params.get(name) or {}), **values}
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "params.yaml").write_text(yaml.safe_dump(params))
+    return get_settings(home=home, params_file=home / "params.yaml")
+
+
+FAST_TRAINING = {"backtest_folds": 2, "history_days": 10, "models": ["prophet", "lightgbm"]}
+
+
+@pytest.fixture(scope="module")
+def pipeline_home(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, list]:
+    settings = _settings_with(tmp_path_factory.mktemp("pipeline") / "home", training=FAST_TRAINING)
+    lines: list[str] = []
+    summaries = run_pipeline(
+        settings, services=2, days=9, step_minutes=5, seed=11, progress=lines.append
+    )
+    assert any("training" in line for line in lines) and any("feature" in line for line in lines)
+    return settings, summaries
+
+
+def test_every_service_gets_a_champion_and_a_served_schedule(pipeline_home) -> None:
+    settings, summaries = pipeline_home
+    assert [s.service for s in summaries] == ["checkout", "search"]
+    configure_mlflow(settings)
+    store = ScheduleStore(settings.schedule_db)
+    for summary in summaries:
+        assert summary.family in {"prophet", "lightgbm"} and summary.promoted
+        current = champion(summary.service)
+        assert current is not None and current.label == summary.model_version
+        schedule = store.latest(summary.service)
+        assert schedule is not None and schedule.model_version == summary.model_version
+        assert len(schedule.steps) == 24 * 12
+        assert max(step.replicas for step in schedule.steps) == summary.peak_replicas
+        assert summary.backtest_error > 0
+
+
+def test_the_published_schedule_comes_with_an_explanation_in_words(pipeline_home) -> None:
+    settings, summaries = pipeline_home
+    version, explanation = ScheduleStore(settings.schedule_db).get_explanation(summaries[0].service)
+    assert version == summaries[0].schedule_version
+    assert explanation["model_version"] == summaries[0].model_version
+    assert len(explanation["peaks"]) == 3
+    for peak in explanation["peaks"]:
+        assert peak["drivers"] and "peak" in peak["text"] and "%" in peak["text"]
+
+
+def test_the_champion_forecasts_from_fresh_history(pipeline_home) -> None:
+    settings, summaries = pipeline_home
+    from pipelines.publish import recent_history
+
+    model = load_version(summaries[1].model_version)
+    history = recent_history(settings, ["search"], pd.Timestamp.now(tz="UTC"))
+    forecast = model.predict(12, (0.5, 0.9), history=history)
+    assert forecast[TS].min() > history[TS].max()
+    assert (forecast["p90"] >= forecast["p50"]).all() and (forecast["p50"] >= 0).all()
+
+
+def test_a_retrain_that_loses_is_registered_but_not_promoted(pipeline_home, tmp_path) -> None:
+    settings, summaries = pipeline_home
+    from pipelines.training import train_shard
+
+    home = tmp_path / "home"
+    shutil.copytree(settings.home, home)
+    weaker = _settings_with(home, training={**FAST_TRAINING, "models": ["naive"]})
+    result = json.loads(train_shard(weaker, ["checkout"], reason="drift").read_text())
+    row = result["services"][0]
+    assert result["reason"] == "drift"
+    assert row["family"] == "naive" and row["promoted"] is False
+    assert row["champion_error"] < row["backtest_error"]
+    configure_mlflow(weaker)
+    assert champion("checkout").label == summaries[0].model_version
+    assert int(row["version"]) == int(summaries[0].model_version.split("/")[1]) + 1
+
+
+def _served(
+    settings: Settings, label: str, issued: pd.Timestamp, actual: pd.DataFrame, factor: float
+) -> None:
+    """Write a forecast file as forecast_shard would, with p50 = factor x what really came."""
+    rows = actual[actual[TS] >= issued].assign(model_version=label)
+    rows = rows.assign(p50=rows["requests"] * factor, p90=rows["requests"] * factor * 1.2)
+    folder = settings.artifacts_dir / "forecasts" / f"{issued:%Y%m%dT%H%M}"
+    folder.mkdir(parents=True, exist_ok=True)
+    rows[[SERVICE, TS, "p50", "p90", "model_version"]].to_parquet(folder / "checkout.parquet")
+
+
+def test_live_rollback_moves_the_champion_back(pipeline_home, tmp_path) -> None:
+    settings, summaries = pipeline_home
+    from models.registry import RegisteredVersion, promote
+    from pipelines.publish import recent_history
+    from pipelines.rollback import check_rollbacks
+    from pipelines.telemetry import telemetry_span
+    from pipelines.training import train_shard
+
+    home = tmp_path / "home"
+    shutil.copytree(settings.home, home)
+    copy = _settings_with(
+        home,
+        training={**FAST_TRAINING, "models": ["naive"]},
+        rollback={"window_hours": 6, "margin": 0.2, "min_points": 12},
+    )
+    first = summaries[0].model_version
+    row = json.loads(train_shard(copy, ["checkout"]).read_text())["services"][0]
+    name = first.split("/")[0]
+    promote(RegisteredVersion(name, row["version"], "naive", row["backtest_error"], None))
+    bad = f"{name}/{row['version']}"
+    assert champion("checkout").label == bad
+
+    now = telemetry_span(copy)[1]
+    issued = now - pd.Timedelta(hours=6)
+    actual = recent_history(copy, ["checkout"], now, days=1)
+    _served(copy, bad, issued, actual, factor=3.0)
+    decision = json.loads(check_rollbacks(copy, ["checkout"], now=now).read_text())[0]
+    assert decision["rolled_back"] is True and decision["points"] == 72, decision
+    assert decision["live_error"] > decision["previous_backtest_error"] * 1.2
+    assert champion("checkout").label == first
+    assert champion("checkout", PREVIOUS).label == bad
+    events = (copy.artifacts_dir / "rollbacks.jsonl").read_text().splitlines()
+    assert json.loads(events[-1])["previous"] == first
+
+
+def test_no_rollback_while_the_live_error_is_within_the_margin(pipeline_home, tmp_path) -> None:
+    settings, summaries = pipeline_home
+    from models.registry import RegisteredVersion, promote
+    from pipelines.publish import recent_history
+    from pipelines.rollback import check_rollbacks
+    from pipelines.telemetry import telemetry_span
+    from pipelines.training import train_shard
+
+    home = tmp_path / "home"
+    shutil.copytree(settings.home, home)
+    copy = _settings_with(home, training={**FAST_TRAINING, "models": ["naive"]})
+    row = json.loads(train_shard(copy, ["checkout"]).read_text())["services"][0]
+    name = summaries[0].model_version.split("/")[0]
+    promote(RegisteredVersion(name, row["version"], "naive", row["backtest_error"], None))
+    label = f"{name}/{row['version']}"
+    now = telemetry_span(copy)[1]
+    actual = recent_history(copy, ["checkout"], now, days=1)
+    _served(copy, label, now - pd.Timedelta(hours=6), actual, factor=1.0)
+    decision = json.loads(check_rollbacks(copy, ["checkout"], now=now).read_text())[0]
+    assert decision["rolled_back"] is False and decision["live_error"] == 0.0
+    assert champion("checkout").label == label

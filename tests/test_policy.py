@@ -1,0 +1,204 @@
+"""Invariants of the scaling policy: forecast quantiles -> replicas."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines.policy import (
+    PREWARM_MINUTES,
+    SCALE_DOWN_FRACTION,
+    calibrated_utilization,
+    plan_replicas,
+    quantile_at,
+    reactive_floor,
+    served_value,
+)
+from pipelines.service_config import ServiceConfig
+
+START = pd.Timestamp("2026-11-16 00:00", tz="UTC")
+STEP = pd.Timedelta(minutes=5)
+
+
+def config(**overrides: object) -> ServiceConfig:
+    base = {
+        "capacity_per_replica": 10.0,
+        "target_utilization": 0.5,
+        "min_replicas": 2,
+        "max_replicas": 40,
+        "startup_seconds": 120,
+        "scale_down_delay_minutes": 15,
+        "max_surge_per_step": 5,
+        "risk": 0.1,
+    }
+    base.update(overrides)
+    return ServiceConfig(**base)
+
+
+def forecast(p50: np.ndarray, p90: np.ndarray | None = None, service: str = "api") -> pd.DataFrame:
+    p50 = np.asarray(p50, dtype=float)
+    return pd.DataFrame(
+        {
+            "service": service,
+            "ts": START + STEP * np.arange(len(p50)),
+            "p50": p50,
+            "p90": p50 if p90 is None else np.asarray(p90, dtype=float),
+        }
+    )
+
+
+def random_forecast(rng: np.random.Generator, steps: int = 60) -> pd.DataFrame:
+    p50 = np.abs(np.cumsum(rng.normal(0, 20, steps))) + rng.uniform(0, 50)
+    return forecast(p50, p50 + rng.uniform(0, 40, steps))
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_more_forecast_load_never_yields_fewer_replicas(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    base = random_forecast(rng)
+    more = base.copy()
+    extra = rng.uniform(0, 60, len(base)) * (rng.random(len(base)) < 0.3)
+    more["p50"] += extra
+    more["p90"] += extra + rng.uniform(0, 10, len(base))
+    low = plan_replicas(base, config())["replicas"].to_numpy()
+    high = plan_replicas(more, config())["replicas"].to_numpy()
+    assert (high >= low).all()
+    assert (high > low).any()
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_bounds_surge_and_step_down_limits_hold(seed: int) -> None:
+    rng = np.random.default_rng(100 + seed)
+    cfg = config(max_replicas=25)
+    replicas = plan_replicas(random_forecast(rng), cfg)["replicas"].to_numpy()
+    assert replicas.min() >= cfg.min_replicas
+    assert replicas.max() <= cfg.max_replicas
+    steps = np.diff(replicas)
+    assert steps.max() <= cfg.max_surge_per_step
+    allowed_down = np.maximum(1, np.ceil(replicas[:-1] * SCALE_DOWN_FRACTION - 1e-9))
+    assert (-steps <= allowed_down).all()
+
+
+def test_replicas_are_ceil_of_quantile_over_capacity() -> None:
+    # flat p90 of 101 req/s at 10 req/s x 0.5 -> ceil(20.2) = 21 pods everywhere
+    plan = plan_replicas(forecast(np.full(12, 80.0), np.full(12, 101.0)), config())
+    assert (plan["replicas"] == 21).all()
+    assert np.allclose(plan["quantile_used"], 0.9)
+    assert list(plan.columns) == [
+        "service",
+        "ts",
+        "replicas",
+        "forecast_p50",
+        "forecast_p90",
+        "quantile_used",
+    ]
+
+
+def test_rise_is_pre_warmed_at_the_median_and_reached_one_lead_earlier() -> None:
+    # Low until step 20, then p50 = 100 and p90 = 150 req/s (20 and 30 pods at 5 req/s per pod).
+    p50 = np.r_[np.full(20, 10.0), np.full(20, 100.0)]
+    p90 = np.r_[np.full(20, 10.0), np.full(20, 150.0)]
+    cfg = config(max_surge_per_step=100)
+    replicas = plan_replicas(forecast(p50, p90), cfg)["replicas"].to_numpy()
+    lead_steps = math.ceil(cfg.startup_seconds / 300)  # 2 min -> 1 step
+    prewarm_steps = math.ceil((cfg.startup_seconds + PREWARM_MINUTES * 60) / 300)  # 17 min -> 4
+    assert replicas[20 - lead_steps] == 30  # the p90 level is requested one start-up lead early
+    assert replicas[20 - lead_steps - 1] == 20  # the median level is pre-warmed before that
+    assert replicas[20 - prewarm_steps] == 20
+    assert replicas[20 - prewarm_steps - 1] == 2  # nothing earlier than the pre-warm window
+
+
+def test_surge_larger_than_the_limit_starts_earlier() -> None:
+    p = np.r_[np.full(20, 10.0), np.full(10, 200.0)]  # 2 -> 40 pods at step 20
+    cfg = config(max_surge_per_step=5)
+    replicas = plan_replicas(forecast(p, p), cfg)["replicas"].to_numpy()
+    ready_step = 20 - math.ceil(cfg.startup_seconds / 300)
+    assert replicas[ready_step] == 40
+    assert np.diff(replicas).max() <= 5
+
+
+def test_scale_down_is_delayed_then_stepped() -> None:
+    p = np.r_[np.full(10, 150.0), np.full(30, 10.0)]  # 30 pods, then 2 pods from step 10
+    cfg = config()
+    replicas = plan_replicas(forecast(p, p), cfg)["replicas"].to_numpy()
+    hold = cfg.scale_down_delay_minutes // 5  # 3 steps
+    assert (replicas[: 10 + hold] == 30).all()
+    assert replicas[10 + hold] == 30 - math.ceil(30 * SCALE_DOWN_FRACTION)
+    assert replicas[-1] == cfg.min_replicas
+
+
+def test_live_floor_raises_the_plan_when_live_load_exceeds_the_forecast() -> None:
+    cfg = config()
+    plain = plan_replicas(forecast(np.full(12, 10.0)), cfg)
+    floored = plan_replicas(forecast(np.full(12, 10.0)), cfg, live_floor={"api": 12})
+    assert plain["replicas"].iloc[0] == 2
+    assert floored["replicas"].iloc[0] == 12
+    assert (floored["replicas"].to_numpy() >= plain["replicas"].to_numpy()).all()
+    assert reactive_floor(57.0, cfg) == 12  # ceil(57 / 5)
+
+
+def test_now_drops_finished_steps() -> None:
+    plan = plan_replicas(
+        forecast(np.full(12, 10.0)), config(), now=START + pd.Timedelta(minutes=12)
+    )
+    assert plan["ts"].iloc[0] == START + pd.Timedelta(minutes=10)  # the step holding now stays
+
+
+def test_quantile_interpolation_and_extrapolation() -> None:
+    frame = forecast(np.array([100.0]), np.array([200.0]))
+    assert quantile_at(frame, 0.9)[0] == pytest.approx(200.0)
+    assert quantile_at(frame, 0.8)[0] == pytest.approx(175.0)  # linear in probability
+    z90, z95 = 1.2815515655446004, 1.6448536269514722
+    assert quantile_at(frame, 0.95)[0] == pytest.approx(100.0 + 100.0 * z95 / z90)
+    plan = plan_replicas(frame, config(risk=0.2))
+    assert plan["quantile_used"].iloc[0] == pytest.approx(0.8)
+    assert plan["replicas"].iloc[0] == 35  # ceil(175 / 5)
+
+
+def test_configs_per_service() -> None:
+    frame = pd.concat([forecast(np.full(4, 50.0)), forecast(np.full(4, 50.0), service="db")])
+    plan = plan_replicas(frame, {"api": config(), "db": config(capacity_per_replica=5.0)})
+    by_service = plan.groupby("service")["replicas"].max()
+    assert by_service["api"] == 10 and by_service["db"] == 20
+    with pytest.raises(ValueError, match="'db'"):
+        plan_replicas(frame, {"api": config()})
+
+
+def test_bad_forecast_is_refused_naming_service_column_and_rows() -> None:
+    frame = forecast(np.array([10.0, 20.0, -1.0, 30.0]), service="checkout")
+    with pytest.raises(ValueError, match=r"'checkout'.*'p50'.*rows 2\.\.2"):
+        plan_replicas(frame, config())
+    with pytest.raises(ValueError, match="quantile column"):
+        plan_replicas(frame[["service", "ts"]], config())
+    with pytest.raises(ValueError, match="missing column"):
+        plan_replicas(frame.drop(columns="ts"), config())
+
+
+def test_served_value_is_the_max_over_now_and_the_lead() -> None:
+    schedule = pd.DataFrame(
+        {
+            "service": "api",
+            "ts": START + STEP * np.arange(4),
+            "replicas": [3, 9, 4, 20],
+        }
+    )
+    assert served_value(schedule, START + pd.Timedelta(minutes=1), 120) == {"api": 3}
+    assert served_value(schedule, START + pd.Timedelta(minutes=3), 120) == {"api": 9}
+    assert served_value(schedule, START + pd.Timedelta(minutes=6), pd.Timedelta(minutes=10)) == {
+        "api": 20
+    }
+    assert served_value(schedule, START - pd.Timedelta(hours=1), 60) == {}
+
+
+def test_calibrated_utilization_keeps_headroom_for_bursty_minutes() -> None:
+    rng = np.random.default_rng(0)
+    index = pd.date_range(START, periods=24 * 60, freq="min")
+    smooth = pd.Series(100.0 + rng.normal(0, 0.5, len(index)), index=index)
+    bursty = pd.Series(rng.exponential(100.0, len(index)), index=index)
+    assert calibrated_utilization(smooth, STEP, 0.1) == pytest.approx(0.95)
+    assert 0.5 <= calibrated_utilization(bursty, STEP, 0.1) < 0.8
+    with pytest.raises(ValueError, match="no positive load"):
+        calibrated_utilization(pd.Series(0.0, index=index, name="requests"), STEP, 0.1)
