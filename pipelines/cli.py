@@ -38,10 +38,18 @@ Services = Annotated[list[str] | None, typer.Option("--service", "-s",
                                                     help="Service to include (repeatable).")]
 
 
+QUIET_LOGGERS = ("mlflow", "feast", "great_expectations", "cmdstanpy", "prophet", "alembic")
+
+
 def _settings() -> Settings:
     settings = get_settings()
     os.environ.setdefault("AIRFLOW_HOME", str(settings.airflow_home))  # never ~/airflow
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")
+    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
     return settings
 
 
@@ -207,11 +215,12 @@ def pipeline_run(
     summaries = run_pipeline(settings, services, days, source, step_minutes, seed, _progress)
     table = Table(title=f"Forescale pipeline ({time.perf_counter() - began:.0f} s, "
                         f"state in {settings.home})")
-    for column in ("service", "model", "model version", "champion", "backtest rel. MAE",
+    for column in ("service", "model", "version", "champion", "backtest rel. MAE",
                    "peak replicas", "schedule"):
         table.add_column(column)
     for s in summaries:
-        table.add_row(s.service, s.family, s.model_version, "new" if s.promoted else "kept",
+        table.add_row(s.service, s.family, "v" + s.model_version.rpartition("/")[2],
+                      "new" if s.promoted else "kept",
                       f"{s.backtest_error:.3f}", str(s.peak_replicas), f"v{s.schedule_version}")
     out.print(table)
 

@@ -68,6 +68,7 @@ def run_pipeline(settings: Settings, services: int = 5, days: int = 14,
     Returns:
         One summary per service.
     """
+    from pipelines.anomalies import score_anomalies, train_anomaly_model
     from pipelines.features import apply_features, materialize_features, update_offline_features
     from pipelines.publish import build_schedules, forecast_shard, publish_schedules
     from pipelines.telemetry import FileSource, generate_fleet
@@ -89,6 +90,12 @@ def run_pipeline(settings: Settings, services: int = 5, days: int = 14,
     apply_features(settings)
     update_offline_features(settings)
     materialize_features(settings, end.to_pydatetime())
+
+    progress("anomaly detector: backtest, register, score the history")
+    train_anomaly_model(settings, as_of=end)
+    flagged = pd.read_parquet(score_anomalies(settings, start, end))
+    progress(f"{int(flagged['is_anomaly'].sum())} anomalous 5-minute points flagged "
+             "(excluded from training)")
 
     shards = plan_shards(settings)
     summaries: list[ServiceSummary] = []

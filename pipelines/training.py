@@ -207,7 +207,7 @@ def train_shard(settings: Settings, services: Sequence[str], reason: str = "sche
         for service in services:
             family = str(best_family[service])
             results.append(_register_service(
-                service, family, fitted[family], errors.loc[service].to_dict(),
+                settings, service, family, fitted[family], errors.loc[service].to_dict(),
                 backtests[family][0], history, config, reason, parent.info.run_id,
             ))
         mlflow.log_metric("services_promoted", sum(r.promoted for r in results))
@@ -219,7 +219,7 @@ def train_shard(settings: Settings, services: Sequence[str], reason: str = "sche
     return out
 
 
-def _register_service(service: str, family: str, model: Forecaster,
+def _register_service(settings: Settings, service: str, family: str, model: Forecaster,
                       errors_by_family: dict[str, float], forecasts: pd.DataFrame,
                       history: pd.DataFrame, config: TrainingConfig, reason: str,
                       parent_run_id: str) -> ServiceResult:
@@ -234,7 +234,8 @@ def _register_service(service: str, family: str, model: Forecaster,
         for column in scores.columns:
             if column not in ("fold", SERVICE, "train_end", "n"):
                 mlflow.log_metric(f"backtest_{column}", float(scores[column].mean()))
-        mlflow.log_figure(_forecast_plot(own, service, family), "forecast_vs_actual.png")
+        plot = _forecast_plot(own, service, family, flagged_points(settings, service, own))
+        mlflow.log_figure(plot, "forecast_vs_actual.png")
         mlflow.log_text(own.to_csv(index=False), "backtest_forecasts.csv")
         _log_explanation(model, history[history[SERVICE] == service])
         candidate = log_forecaster(model, service, error)
@@ -303,7 +304,19 @@ def _window_end(settings: Settings, as_of: datetime | None) -> pd.Timestamp:
     return span[1]
 
 
-def _forecast_plot(forecasts: pd.DataFrame, service: str, family: str) -> Any:
+def flagged_points(settings: Settings, service: str, forecasts: pd.DataFrame) -> pd.DataFrame:
+    """Anomalies flagged in the span of a backtest frame (``ts``, ``y``), for the plots."""
+    from serving.store import ScheduleStore
+
+    store = ScheduleStore(settings.schedule_db)
+    start, end = forecasts[TS].min(), forecasts[TS].max() + pd.Timedelta(seconds=1)
+    marks = [pd.Timestamp(a.ts) for a in store.anomalies(service, start.to_pydatetime(),
+                                                         end.to_pydatetime()) if a.is_anomaly]
+    return forecasts[forecasts[TS].isin(marks)][[TS, "y"]]
+
+
+def _forecast_plot(forecasts: pd.DataFrame, service: str, family: str,
+                   anomalies: pd.DataFrame | None = None) -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -316,6 +329,9 @@ def _forecast_plot(forecasts: pd.DataFrame, service: str, family: str) -> Any:
     if "p90" in last:
         ax.fill_between(last[TS], last["p50"], last["p90"], color="tab:blue", alpha=0.2,
                         label="p50–p90")
+    if anomalies is not None and not anomalies.empty:
+        ax.scatter(anomalies[TS], anomalies["y"], color="tab:red", marker="x", zorder=3,
+                   label="flagged anomaly")
     ax.set_title(f"{service}: last backtest fold")
     ax.set_ylabel("requests/s")
     ax.legend(loc="upper left")

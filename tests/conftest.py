@@ -25,6 +25,8 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{base / 'mlflow-default.db'}")
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 @pytest.fixture

