@@ -4,7 +4,7 @@
 Every 5 minutes: pull the interval's telemetry, validate it, store it, and refresh the features.
 
 `extract_batch` → `validate_batch` → `store_batch` → (`update_offline_features`,
-`apply_features`) → `materialize_features`.
+`apply_features`) → `materialize_features`; and `store_batch` → `score_anomalies`.
 
 * Each run works on its data interval (`data_interval_start`..`data_interval_end`): the staged
   batch is named after it and `store_batch` replaces exactly that interval, so a rerun gives the
@@ -13,6 +13,8 @@ Every 5 minutes: pull the interval's telemetry, validate it, store it, and refre
   fails without retrying (the error names the expectation, service and rows).
 * `apply_features` (idempotent `feast apply`) keeps a fresh deployment working without a manual
   setup step.
+* `score_anomalies` scores the interval's 5-minute points with the champion anomaly detector
+  (an empty file until a detector has been promoted); training drops the flagged points.
 * Only paths travel through XCom.
 """
 
@@ -104,7 +106,21 @@ def telemetry_ingest() -> None:
                               dag_run.run_after, INTERVAL_MINUTES)
         materialize_features(forescale_settings(), end)
 
+    @task
+    def score_anomalies(
+        stored_files: list[str],
+        data_interval_start: datetime | None = None,
+        data_interval_end: datetime | None = None,
+        dag_run=None,
+    ) -> str:
+        from pipelines.anomalies import score_anomalies
+
+        start, end = run_interval(data_interval_start, data_interval_end,
+                                  dag_run.run_after, INTERVAL_MINUTES)
+        return str(score_anomalies(forescale_settings(), start, end))
+
     stored = store_batch(validate_batch(extract_batch()))
+    score_anomalies(stored)
     applied = apply_features()
     stored >> applied
     applied >> materialize_features(update_offline_features(stored))

@@ -15,10 +15,20 @@ points never changes older scores. The score combines:
    ``log p / log(1 / (history + 1))`` (1 = larger than everything in the history). A rank does not
    depend on the metric's units or distribution, so one threshold transfers between series.
    The scale scores are averaged.
-3. **Range excursions.** A value beyond the range seen so far (by more than
-   ``range_tolerance`` of that range) scores at least ``range_score``.
-4. **Refractory damping.** A score is multiplied by ``1 - max(previous `refractory` scores)``,
-   so a lasting event is reported once, at its onset, instead of at every row.
+3. **Range excursions, graded.** A value beyond the range seen so far (by more than
+   ``range_tolerance`` of that range) scores ``range_score * min(1, excess / (range_full_steps *
+   typical_step))``, where ``typical_step`` is the median absolute one-row change over the last
+   ``history`` rows. A new high that is a step or two above the old one (trend growth, a slightly
+   busier evening) scores little; a value many typical steps outside the range scores
+   ``range_score``. A series that never moves (typical step 0) scores ``range_score`` for any
+   excursion.
+4. **Refractory damping, by comparable recent events only.** Each row has an event size, the
+   absolute deviation of its value from the median of the previous ``embedding`` values. A score
+   is multiplied by ``1 - max_k(raw[t-k] * min(1, size[t-k] / size[t]) * (1 - (k-1)/refractory))``
+   over ``k = 1..refractory``: a lasting event (whose later rows deviate less than its onset) is
+   reported once, at its onset; a clearly larger later event (a 6x spike after a small dip) is
+   damped only by the ratio of the sizes, and the damping fades out linearly over the
+   ``refractory`` rows, so an event long after another is judged nearly on its own.
 
 The detector is fitted per service on history (it keeps each service's recent values as the past
 for scoring newer batches) and flags a point when ``score >= threshold``.
@@ -51,9 +61,13 @@ class DetectorSettings:
         search_rows: How far back the nearest-neighbour search looks.
         history: Past distances a new distance is ranked against.
         warmup: Rows before any score is given (scores are 0 there).
-        refractory: Rows after a high score during which later scores are damped.
-        range_score: Minimum score of a value outside the range seen so far.
+        refractory: Rows after a high score during which later scores of comparable or smaller
+            size are damped (fading out linearly over these rows).
+        range_score: Score of a value far outside the range seen so far.
         range_tolerance: Margin, as a share of the seen range, before a value counts as outside.
+        range_full_steps: Excess beyond the seen range, in typical one-row changes (median
+            absolute change over the last ``history`` rows), at which a range excursion scores
+            ``range_score``; smaller excesses score proportionally less.
     """
 
     embedding: int = 6
@@ -64,6 +78,7 @@ class DetectorSettings:
     refractory: int = 150
     range_score: float = 0.99
     range_tolerance: float = 0.01
+    range_full_steps: float = 10.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scales", tuple(int(w) for w in self.scales))
@@ -78,6 +93,14 @@ class DetectorSettings:
             raise ValueError(
                 f"DetectorSettings.range_score must be in [0, 1], got {self.range_score}"
             )
+        if self.range_tolerance < 0:
+            raise ValueError(
+                f"DetectorSettings.range_tolerance must be >= 0, got {self.range_tolerance}"
+            )
+        if self.range_full_steps <= 0:
+            raise ValueError(
+                f"DetectorSettings.range_full_steps must be > 0, got {self.range_full_steps}"
+            )
 
     @property
     def context_rows(self) -> int:
@@ -88,7 +111,7 @@ class DetectorSettings:
 
 #: Threshold chosen on the NAB corpus (see ``pipelines/bench/nab.py``); about the
 #: leave-one-file-out choice of the standard profile.
-DEFAULT_THRESHOLD = 0.25
+DEFAULT_THRESHOLD = 0.3
 
 
 def _clean_values(values: np.ndarray, what: str) -> np.ndarray:
@@ -171,22 +194,50 @@ def _novelty_score(values: np.ndarray, settings: DetectorSettings) -> np.ndarray
 
 
 def _range_score(values: np.ndarray, settings: DetectorSettings) -> np.ndarray:
+    """Graded score of values outside the range seen so far (see the module docstring)."""
+    n = len(values)
     low = np.minimum.accumulate(values)
     high = np.maximum.accumulate(values)
-    margin = settings.range_tolerance * (high - low)
-    outside = np.zeros(len(values), dtype=bool)
-    outside[1:] = (values[1:] > high[:-1] + margin[:-1]) | (values[1:] < low[:-1] - margin[:-1])
+    excess = np.zeros(n)
+    excess[1:] = np.maximum(values[1:] - high[:-1], low[:-1] - values[1:]).clip(min=0.0)
+    spread = np.zeros(n)
+    spread[1:] = high[:-1] - low[:-1]
+    outside = excess > settings.range_tolerance * spread
     outside[: settings.warmup] = False
-    return np.where(outside, settings.range_score, 0.0)
+    steps = np.abs(np.diff(values, prepend=values[0]))
+    typical_step = (
+        pd.Series(steps).rolling(settings.history, min_periods=1).median().shift(1).fillna(0.0)
+    ).to_numpy()
+    full = settings.range_full_steps * typical_step
+    share = np.divide(excess, full, out=np.ones(n), where=full > 0).clip(max=1.0)
+    return np.where(outside, settings.range_score * share, 0.0)
 
 
-def _damp_after_events(raw: np.ndarray, refractory: int) -> np.ndarray:
-    if refractory == 0 or len(raw) == 0:
-        return raw
-    recent_max = (
-        pd.Series(raw).rolling(refractory, min_periods=1).max().shift(1).fillna(0.0).to_numpy()
+def _event_size(values: np.ndarray, settings: DetectorSettings) -> np.ndarray:
+    """Absolute deviation of each value from the median of the previous ``embedding`` values."""
+    baseline = (
+        pd.Series(values).rolling(settings.embedding, min_periods=1).median().shift(1).to_numpy()
     )
-    return raw * (1.0 - recent_max)
+    baseline[0] = values[0]
+    return np.abs(values - baseline)
+
+
+def _damp_after_events(raw: np.ndarray, size: np.ndarray, refractory: int) -> np.ndarray:
+    """Damp each raw score by the comparable earlier events of the last ``refractory`` rows.
+
+    ``score[t] = raw[t] * (1 - max_k raw[t-k] * min(1, size[t-k] / size[t]) * fade[k])`` for
+    ``k = 1..refractory``, with ``fade[k] = 1 - (k - 1) / refractory``.
+    """
+    n = len(raw)
+    damping = np.zeros(n)
+    for lag in range(1, min(refractory, n - 1) + 1):
+        earlier_raw, earlier_size, now_size = raw[:-lag], size[:-lag], size[lag:]
+        comparable = np.divide(
+            earlier_size, now_size, out=np.ones(n - lag), where=now_size > 0
+        ).clip(max=1.0)
+        fade = 1.0 - (lag - 1) / refractory
+        np.maximum(damping[lag:], earlier_raw * comparable * fade, out=damping[lag:])
+    return raw * (1.0 - damping)
 
 
 def score_series(
@@ -218,7 +269,8 @@ def score_series(
             raise ValueError(f"timestamps decrease at rows {back[0] + 1}..{back[-1] + 1}")
     clean = _clean_values(values, "series")
     raw = np.maximum(_novelty_score(clean, settings), _range_score(clean, settings))
-    return np.clip(_damp_after_events(raw, settings.refractory), 0.0, 1.0)
+    damped = _damp_after_events(raw, _event_size(clean, settings), settings.refractory)
+    return np.clip(damped, 0.0, 1.0)
 
 
 @dataclass

@@ -147,7 +147,8 @@ def robust_clip(values: np.ndarray, season: int, threshold: float = 6.0) -> np.n
 
     A Hampel filter: a point is an outlier when it deviates from the centred rolling median
     (window about 1/12 of a season, at least 5 points) by more than ``threshold`` robust
-    standard deviations (1.4826 MAD of all such deviations). Level shifts last longer than half a
+    standard deviations (1.4826 MAD of the first differences / sqrt 2, at least the mean
+    absolute deviation). Level shifts last longer than half a
     window and are kept; the newest window is never changed (a surge at the end is news).
 
     Args:
@@ -164,10 +165,13 @@ def robust_clip(values: np.ndarray, season: int, threshold: float = 6.0) -> np.n
         return x
     reference = pd.Series(x).rolling(window, center=True, min_periods=1).median().to_numpy()
     deviation = x - reference
-    mad = 1.4826 * np.median(np.abs(deviation - np.median(deviation)))
-    if not mad > 0:
+    steps = np.diff(x)
+    # Noise level from step-to-step changes (the deviations themselves are mostly exact zeros).
+    sigma = 1.4826 * np.median(np.abs(steps - np.median(steps))) / np.sqrt(2.0)
+    sigma = max(sigma, float(np.mean(np.abs(deviation))))
+    if not sigma > 0:
         return x
-    outliers = np.abs(deviation) > threshold * mad
+    outliers = np.abs(deviation) > threshold * sigma
     outliers[-window:] = False
     x[outliers] = reference[outliers]
     return x

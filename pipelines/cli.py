@@ -164,17 +164,13 @@ def train(
     as_of: Annotated[str | None, typer.Option(help="End of the training window (UTC).")] = None,
 ) -> None:
     """Backtest, register and promote models for every shard of services."""
-    import json
-
     from pipelines.training import plan_shards, train_shard
 
     settings = _settings()
     for shard in plan_shards(settings, service):
         _progress(f"training {', '.join(shard)}")
-        summary = json.loads(train_shard(settings, shard, reason, _parse_time(as_of)).read_text())
-        for row in summary["services"]:
-            out.print(f"{row['service']}: {row['family']} v{row['version']} "
-                      f"error {row['backtest_error']:.3f} promoted={row['promoted']}")
+        path = train_shard(settings, shard, reason, _parse_time(as_of), progress=_progress)
+        out.print(f"summary: {path}")
 
 
 @app.command("schedule")

@@ -641,10 +641,10 @@ def _log_to_mlflow(settings: Settings, result: DriftResult, report_path: Path) -
     client = mlflow.MlflowClient(tracking_uri=settings.tracking_uri)
     experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
     if experiment is None:
-        artifact_root = settings.mlflow_artifacts_dir / "drift"
-        artifact_root.mkdir(parents=True, exist_ok=True)
-        experiment_id = client.create_experiment(EXPERIMENT_NAME,
-                                                 artifact_location=artifact_root.as_uri())
+        location = None  # a tracking server chooses (and proxies) its own artifact store
+        if settings.tracking_uri.startswith("sqlite:"):
+            location = (settings.mlflow_artifacts_dir / EXPERIMENT_NAME).as_uri()
+        experiment_id = client.create_experiment(EXPERIMENT_NAME, artifact_location=location)
     else:
         experiment_id = experiment.experiment_id
     run = client.create_run(experiment_id, run_name=f"drift-{partition_name(_utc(result.end))}",

@@ -102,7 +102,8 @@ def run_pipeline(settings: Settings, services: int = 5, days: int = 14,
     trained: dict[str, dict] = {}
     for index, shard in enumerate(shards, 1):
         progress(f"training shard {index}/{len(shards)}: {', '.join(shard)}")
-        result = json.loads(train_shard(settings, shard, reason="manual", as_of=end).read_text())
+        result = json.loads(train_shard(settings, shard, reason="manual", as_of=end,
+                                             progress=progress).read_text())
         trained.update({r["service"]: r for r in result["services"]})
     for index, shard in enumerate(shards, 1):
         progress(f"scheduling shard {index}/{len(shards)}")

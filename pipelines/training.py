@@ -165,7 +165,8 @@ def _drop_anomalies(settings: Settings, history: pd.DataFrame) -> pd.DataFrame:
 
 
 def train_shard(settings: Settings, services: Sequence[str], reason: str = "schedule",
-                as_of: datetime | None = None, drift_report: str | None = None) -> Path:
+                as_of: datetime | None = None, drift_report: str | None = None,
+                progress: Callable[[str], None] | None = None) -> Path:
     """Train, backtest, register and maybe promote a model for every service of a shard.
 
     Args:
@@ -174,6 +175,7 @@ def train_shard(settings: Settings, services: Sequence[str], reason: str = "sche
         reason: Why training runs: ``schedule``, ``drift`` or ``manual``; recorded in MLflow.
         as_of: End of the training window (default: end of stored telemetry).
         drift_report: Path of the drift report that triggered the run, if any.
+        progress: Called with a line per backtested family and per registered service.
 
     Returns:
         Path of a JSON summary (one entry per service) under the artifacts folder.
@@ -197,8 +199,11 @@ def train_shard(settings: Settings, services: Sequence[str], reason: str = "sche
         mlflow.log_params({"families": ",".join(config.families), "folds": config.backtest_folds,
                            "horizon_steps": config.horizon_steps,
                            "history_days": config.history_days})
-        backtests = {family: _backtest_family(family, history, config)
-                     for family in config.families}
+        backtests = {}
+        for family in config.families:
+            backtests[family] = _backtest_family(family, history, config)
+            if progress:
+                progress(f"  backtested {family} on {len(services)} service(s)")
         errors = pd.DataFrame({family: scores.groupby(SERVICE)[ERROR_METRIC].mean()
                                for family, (_, scores) in backtests.items()})
         best_family = errors.idxmin(axis=1)
@@ -210,6 +215,10 @@ def train_shard(settings: Settings, services: Sequence[str], reason: str = "sche
                 settings, service, family, fitted[family], errors.loc[service].to_dict(),
                 backtests[family][0], history, config, reason, parent.info.run_id,
             ))
+            if progress:
+                r = results[-1]
+                progress(f"  {service}: {family} v{r.version}, backtest error "
+                         f"{r.backtest_error:.3f}, {'promoted' if r.promoted else 'not promoted'}")
         mlflow.log_metric("services_promoted", sum(r.promoted for r in results))
 
     out = settings.artifacts_dir / "training" / f"{end:%Y%m%dT%H%M}" / f"{services[0]}.json"

@@ -25,7 +25,8 @@ import yaml
 from pipelines.settings import REPO_ROOT, Settings, get_settings
 
 DAGS_FOLDER = REPO_ROOT / "dags"
-END = pd.Timestamp("2026-11-16 00:00", tz="UTC")  # a Monday midnight; history ends here
+FIXED_END = pd.Timestamp("2026-11-16 00:00", tz="UTC")  # the seeded fleet is generated up to here
+END = FIXED_END  # for the interval tests; the end-to-end fleet is moved to end near now
 DAG_IDS = {"telemetry_ingest", "forecast_retrain", "schedule_publish", "drift_monitor"}
 SHIFTED = "checkout"  # the two-service synthetic fleet is checkout and search
 STEADY = "search"
@@ -138,6 +139,8 @@ def _state(dag_run: Any) -> dict[str, str]:
 
 
 def _run(dag: Any, logical_date: pd.Timestamp, timings: dict[str, float], key: str) -> Any:
+    for task in dag.tasks:  # fail fast: dag.test() would otherwise sleep through retry delays
+        task.retries = 0
     started = time.monotonic()
     dag_run = dag.test(logical_date=logical_date.to_pydatetime())
     timings[key] = time.monotonic() - started
@@ -200,32 +203,36 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         resetdb(skip_init=False)
         timings: dict[str, float] = {}
         started = time.monotonic()
-        fleet = generate_fleet(2, 9, seed=42, end=END)
-        ingest_frame(settings, fleet, END - pd.Timedelta(days=9), END)
+        # The same seeded rows every time, moved in time to end at the current hour: published
+        # schedules must lie in the future, and drift results must not depend on the day.
+        end = pd.Timestamp.now(tz="UTC").floor("h")
+        fleet = generate_fleet(2, 9, seed=42, end=FIXED_END)
+        fleet["ts"] = fleet["ts"] + (end - FIXED_END)
+        ingest_frame(settings, fleet, end - pd.Timedelta(days=9), end)
         apply_features(settings)
         update_offline_features(settings)
-        materialize_features(settings, END.to_pydatetime())
+        materialize_features(settings, end.to_pydatetime())
         timings["seed"] = time.monotonic() - started
         logging.getLogger(__name__).info("seeded the tiny fleet in %.1f s", timings["seed"])
 
         dags = DagBag(dag_folder=str(DAGS_FOLDER)).dags
-        out: dict[str, Any] = {"settings": settings, "timings": timings}
+        out: dict[str, Any] = {"settings": settings, "timings": timings, "end": end}
         out["ingest"] = _run(
-            dags["telemetry_ingest"], END + pd.Timedelta(minutes=5), timings, "telemetry_ingest"
+            dags["telemetry_ingest"], end + pd.Timedelta(minutes=5), timings, "telemetry_ingest"
         )
-        out["retrain"] = _run(dags["forecast_retrain"], END, timings, "forecast_retrain")
+        out["retrain"] = _run(dags["forecast_retrain"], end, timings, "forecast_retrain")
         out["publish"] = _run(
-            dags["schedule_publish"], END + pd.Timedelta(hours=1), timings, "schedule_publish"
+            dags["schedule_publish"], end + pd.Timedelta(hours=1), timings, "schedule_publish"
         )
-        out["calm_monitor"] = _run(dags["drift_monitor"], END, timings, "drift_monitor_calm")
+        out["calm_monitor"] = _run(dags["drift_monitor"], end, timings, "drift_monitor_calm")
 
         with airflow_settings.Session() as session:
             out["events_before_shift"] = session.scalars(select(AssetEvent)).all()
-        last_day = fleet[fleet["ts"] >= END - pd.Timedelta(days=1)].copy()
+        last_day = fleet[fleet["ts"] >= end - pd.Timedelta(days=1)].copy()
         last_day.loc[last_day["service"] == SHIFTED, ["requests", "cpu"]] *= 2.0
-        write_telemetry(settings, last_day, END - pd.Timedelta(days=1), END)
+        write_telemetry(settings, last_day, end - pd.Timedelta(days=1), end)
         out["drift_monitor"] = _run(
-            dags["drift_monitor"], END + pd.Timedelta(hours=1), timings, "drift_monitor_drift"
+            dags["drift_monitor"], end + pd.Timedelta(hours=1), timings, "drift_monitor_drift"
         )
         with airflow_settings.Session() as session:
             out["events"] = [
@@ -235,7 +242,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         with _attach_queued_drift_events("forecast_retrain"):
             out["drift_retrain"] = _run(
                 dags["forecast_retrain"],
-                END + pd.Timedelta(hours=2),
+                end + pd.Timedelta(hours=2),
                 timings,
                 "forecast_retrain_drift",
             )
@@ -254,7 +261,8 @@ def test_ingest_validates_stores_and_materializes_the_interval(runs: dict[str, A
 
     assert set(_state(runs["ingest"]).values()) == {"success"}, _state(runs["ingest"])
     settings = runs["settings"]
-    stored = read_telemetry(settings, start=END, end=END + pd.Timedelta(minutes=5))
+    end = runs["end"]
+    stored = read_telemetry(settings, start=end, end=end + pd.Timedelta(minutes=5))
     assert len(stored) == 2 * 5 and set(stored["service"]) == {SHIFTED, STEADY}
     assert not list(settings.staging_dir.glob("*.parquet"))
 
@@ -342,20 +350,21 @@ def test_manual_runs_without_an_interval_work_on_the_last_whole_interval() -> No
         run_interval(None, None, None, 5)
 
 
-def test_local_stack_airflow_environment(tmp_path: Path) -> None:
-    from pipelines.local_stack import StackPorts, airflow_environment, service_commands
+def test_local_stack_environment(tmp_path: Path) -> None:
+    from pipelines.local_stack import StackPorts, service_commands, stack_environment
 
     ports = StackPorts.from_env({"FORESCALE_AIRFLOW_PORT": "18080"})
     assert (ports.airflow, ports.mlflow, ports.api) == (18080, 5000, 8000)
     with pytest.raises(ValueError, match="FORESCALE_API_PORT"):
         StackPorts.from_env({"FORESCALE_API_PORT": "http"})
     settings = get_settings(home=tmp_path / "home")
-    env = airflow_environment(settings, ports)
+    env = stack_environment(settings, ports)
     assert env["AIRFLOW_HOME"] == str(settings.airflow_home)
     assert env["AIRFLOW__CORE__DAGS_FOLDER"] == str(DAGS_FOLDER)
     assert env["AIRFLOW__CORE__LOAD_EXAMPLES"] == "False"
     assert env["AIRFLOW__CORE__PARALLELISM"] == "4" and env["AIRFLOW__API__HOST"] == "127.0.0.1"
     assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://127.0.0.1:18080/execution/"
     assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith(f"sqlite:///{settings.home}")
+    assert env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
     mlflow = service_commands(settings, ports)["mlflow"]
     assert mlflow[mlflow.index("--backend-store-uri") + 1] == settings.tracking_uri

@@ -194,3 +194,41 @@ def test_unparsable_trace_is_refused(tmp_path: Path) -> None:
     pd.DataFrame({"when": ["not a time", "never"], "hits": [1, 2]}).to_csv(path, index=False)
     with pytest.raises(ValueError, match="broken.csv.*'when'"):
         read_trace(path)
+
+
+def test_replay_bench_end_to_end_on_a_small_synthetic_trace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from pipelines.bench import replay
+
+    monkeypatch.setattr(replay, "WINDOW_MINUTES", 6 * 60)  # replay 6 hours after 2 days
+    rng = np.random.default_rng(7)
+    minutes = pd.date_range("2024-03-01", periods=(2 * 24 + 6) * 60, freq="min", tz="UTC")
+    hour = np.asarray(minutes.hour + minutes.minute / 60, dtype=float)
+    load = 200 + 150 * np.sin((hour - 6) / 24 * 2 * np.pi) + rng.normal(0, 10, len(minutes))
+    (tmp_path / "data" / "request_traces").mkdir(parents=True)
+    pd.DataFrame({"t": minutes.strftime("%Y-%m-%dT%H:%M:%SZ"), "n": load.clip(1)}).to_csv(
+        tmp_path / "data" / "request_traces" / "synthetic.csv", index=False
+    )
+    echoed: list[str] = []
+    result = replay.run_replay_bench(
+        tmp_path / "data",
+        json_path=tmp_path / "out" / "replay.json",
+        timeline_path=tmp_path / "out" / "timeline.csv",
+        plots_dir=tmp_path / "out" / "plots",
+        model="naive",
+        echo=echoed.append,
+    )
+    figures = result["traces"]["2"]["request_traces/synthetic"]
+    assert set(figures) == set(replay.policy_names())
+    assert figures["oracle"]["short_minutes"] == 0
+    assert figures["static_peak"]["pod_hours"] == pytest.approx(30 * 6)
+    assert figures["oracle"]["pod_hours"] <= figures["static_peak"]["pod_hours"]
+    assert json.loads((tmp_path / "out" / "replay.json").read_text())["model"] == "naive"
+    timeline = pd.read_csv(tmp_path / "out" / "timeline.csv")
+    assert len(timeline) == 2 * 6 * 60
+    assert {"trace", "minute", "demand", "hpa_desired", "forescale_ready"} <= set(timeline.columns)
+    assert (tmp_path / "out" / "plots" / "replay_request_traces_synthetic.png").is_file()
+    assert "| hpa |" in echoed[0] and "Pod start-up delay 5 min" in echoed[0]

@@ -116,3 +116,115 @@ def test_features_use_only_the_past() -> None:
     features_changed, _, _ = build_features(changed, origins, horizons, season=10, week=None)
     np.testing.assert_array_equal(features, features_changed)
     assert "season_lag_0" in names and "lag_0" in names
+
+
+# --------------------------------------------------------------------------- LightGBM
+def small_lightgbm(**overrides: object) -> Forecaster:
+    from models.lgbm_model import LightGBMForecaster
+
+    options: dict = {"n_estimators": 40, "samples_per_series": 600, "num_threads": 1, "seed": 3}
+    options.update(overrides)
+    return LightGBMForecaster(**options)
+
+
+def test_lightgbm_global_model_beats_seasonal_naive_on_noisy_series(tmp_path: Path) -> None:
+    fleet = synthetic_fleet(days=10)
+    cutoff = fleet["ts"].max() - pd.Timedelta(days=1)
+    history, truth = fleet[fleet["ts"] <= cutoff], fleet[fleet["ts"] > cutoff]
+    model = small_lightgbm().fit(history)
+    forecast = model.predict(SEASON)
+    assert_valid_forecast(forecast, history, SEASON)
+    naive = SeasonalNaiveForecaster().fit(history).predict(SEASON)
+    assert mae_against_truth(forecast, truth) < mae_against_truth(naive, truth)
+    # One global model: both services, 10x apart, are forecast at their own level.
+    levels = forecast.groupby("service")["p50"].mean()
+    assert 5 < levels["checkout"] / levels["search"] < 20
+    assert model.offsets_[0.9] != 0.0  # conformal calibration ran
+    roundtrip(model, tmp_path, 6)
+
+
+def test_lightgbm_uses_fresh_history_and_survives_a_spike_and_gaps() -> None:
+    fleet = synthetic_fleet(days=8)
+    spiky = fleet.copy()
+    spiky.loc[spiky.index[100], "requests"] = 1e6  # anomalous spike in the history
+    spiky = spiky.drop(index=spiky.index[200:230])  # and a gap
+    cutoff = spiky["ts"].max() - pd.Timedelta(days=1)
+    model = small_lightgbm(calibrate=False).fit(spiky[spiky["ts"] <= cutoff])
+    fresh = model.predict(4, history=spiky)
+    assert fresh["ts"].min() == spiky["ts"].max() + STEP
+    assert fresh["p90"].max() < 1000  # the spike did not leak into the forecast level
+    with pytest.raises(ValueError, match="not trained"):
+        model.predict(4, quantiles=(0.5, 0.99))
+
+
+# --------------------------------------------------------------------------- Prophet
+def test_prophet_fits_services_in_parallel_with_a_surge_calendar(tmp_path: Path) -> None:
+    from models.prophet_model import ProphetForecaster
+
+    fleet = synthetic_fleet(days=6)
+    surge_day = fleet["ts"].dt.normalize().unique()[3]
+    surge = (fleet["ts"] >= surge_day + pd.Timedelta(hours=12)) & (
+        fleet["ts"] < surge_day + pd.Timedelta(hours=14)
+    )
+    fleet.loc[surge, "requests"] *= 3
+    calendar = pd.DataFrame({"holiday": ["launch"], "ds": [surge_day + pd.Timedelta(hours=12)],
+                             "lower_window": [0], "upper_window": [0]})
+    model = ProphetForecaster(surge_calendar=calendar, n_jobs=2, clip_outliers=False).fit(fleet)
+    assert set(model.models_) == {"checkout", "search"}
+    assert "launch" in set(model.models_["checkout"].holidays["holiday"])
+    forecast = model.predict(12)
+    assert_valid_forecast(forecast, fleet, 12)
+    roundtrip(model, tmp_path, 4)
+    with pytest.raises(ValueError, match="surge_calendar"):
+        ProphetForecaster(surge_calendar=pd.DataFrame({"ds": []}))
+
+
+# --------------------------------------------------------------------------- Ensemble
+def test_ensemble_weights_members_per_service_and_falls_back_for_new_services(
+    tmp_path: Path,
+) -> None:
+    from models.ensemble import EnsembleForecaster
+
+    fleet = synthetic_fleet(days=6)
+    newcomer = fleet[fleet["service"] == "search"].tail(SEASON).assign(service="newcomer")
+    history = pd.concat([fleet, newcomer], ignore_index=True)
+    model = EnsembleForecaster(
+        members={"naive": SeasonalNaiveForecaster, "lightgbm": small_lightgbm}, refit=False
+    ).fit(history)
+    assert model.short_services_ == ["newcomer"]
+    weights = model.weights_.groupby("service")["weight"].sum()
+    np.testing.assert_allclose(weights, 1.0)
+    assert set(model.backtest_["member"]) == {"naive", "lightgbm"}
+    forecast = model.predict(10)
+    assert_valid_forecast(forecast, history, 10)
+    newcomer_forecast = forecast[forecast["service"] == "newcomer"]["p50"].to_numpy()
+    np.testing.assert_allclose(newcomer_forecast, newcomer["requests"].to_numpy()[:10])
+    roundtrip(model, tmp_path, 5)
+
+
+def test_ensemble_with_only_short_histories_is_seasonal_naive() -> None:
+    from models.ensemble import EnsembleForecaster
+
+    short = synthetic_fleet(days=1)
+    model = EnsembleForecaster(members={"lightgbm": small_lightgbm}).fit(short)
+    expected = SeasonalNaiveForecaster().fit(short).predict(6)
+    pd.testing.assert_frame_equal(model.predict(6), expected)
+
+
+def test_weights_from_errors_drop_bad_members() -> None:
+    from models.ensemble import weights_from_errors
+
+    errors = pd.DataFrame(
+        {"service": ["a", "a", "a"], "member": ["x", "y", "z"], "mae": [1.0, 1.2, 5.0]}
+    )
+    weights = weights_from_errors(errors, max_ratio=1.3).set_index("member")["weight"]
+    assert weights["z"] == 0.0
+    assert weights["x"] == pytest.approx(1 / (1 + 1 / 1.44))
+
+
+def test_catalog_maps_every_family() -> None:
+    from models.catalog import MODEL_FAMILIES
+
+    assert set(MODEL_FAMILIES) == {"naive", "prophet", "lightgbm", "ensemble"}
+    for name, family in MODEL_FAMILIES.items():
+        assert issubclass(family, Forecaster) and family.name == name

@@ -16,14 +16,24 @@ Cluster model (identical for every policy):
 * capacity per replica is set per trace so that the window's peak minute needs exactly 30 pods at
   100 % utilisation, the same for every policy.
 
-Policies: Kubernetes HPA (``pipelines.bench.hpa``, 70 % target), the Holt-Winters predictive HPA
-(jthomperoo/predictive-horizontal-pod-autoscaler: forecast the replica count one interval ahead,
-take the maximum with the HPA), static peak provisioning (30 pods), an oracle that knows the
-future (the lower bound: exactly the pods the coming minutes need, requested one start-up delay
-ahead) and Forescale (the pipeline's forecaster refitted daily on history only, re-forecast every
-15 minutes from fresh history, :func:`pipelines.policy.plan_replicas` on the forecast,
-:func:`pipelines.policy.served_value` at every minute, ``max`` with the reactive floor of the live
-load, driven through an HPA with default behaviour as KEDA does).
+Policies, all in the same run on the same trace:
+
+* ``hpa``: the Kubernetes HPA (:mod:`pipelines.bench.hpa`, 70 % target, metric one minute old);
+* ``holt_winters``: the Holt-Winters predictive HPA of jthomperoo/predictive-horizontal-pod-
+  autoscaler (the HPA's replica evaluations are stored every interval, Holt-Winters predicts the
+  next one, the decision is ``max(hpa, prediction)``; interval 1 minute, season 1 day, warmed up
+  on the 4 days before the window);
+* ``static_peak``: 30 pods all the time (the window's peak at 100 %);
+* ``oracle``: knows the future; requests exactly the pods the next start-up delay's minutes need
+  at 100 % (the lower bound);
+* ``forescale*``: the pipeline's forecaster (LightGBM by default) refitted every day of the window
+  on the 28 days before it, re-forecasting every 15 minutes from the complete 5-minute bins before
+  that instant (no later data); :func:`pipelines.policy.plan_replicas` plans each forecast, the
+  value served at each minute is the most planned over ``[now, now + start-up delay]`` (as
+  :func:`pipelines.policy.served_value`), raised to the reactive floor of the live load (seen one
+  minute late, held 5 minutes); KEDA drives the pods through an HPA, so the HPA's default
+  scale-up rate limits apply (no scale-down window: the schedule delays scale-downs itself). See
+  :data:`FORESCALE_VARIANTS` for the variants.
 
 Surge (for the lead figure): on the 10-minute trailing mean ``s`` of the demand, minute ``t`` is a
 surge onset when ``s(t) >= 1.5 * b`` and ``s(t) - b >= 0.15 * peak``, with ``b`` the minimum of
@@ -66,14 +76,14 @@ REFIT_MINUTES = 24 * 60
 TRAIN_DAYS = 28
 PREDICT_HISTORY_DAYS = 15
 HOLT_WINTERS = {"alpha": 0.9, "beta": 0.01, "gamma": 0.3, "stored_seasons": 4}
-POLICIES: tuple[str, ...] = (
-    "hpa",
-    "holt_winters",
-    "static_peak",
-    "oracle",
-    "forescale",
-    "forescale_u70",
-)
+BASELINES: tuple[str, ...] = ("hpa", "holt_winters", "static_peak", "oracle")
+
+
+def policy_names() -> list[str]:
+    """Every replayed policy: the baselines, then the Forescale variants."""
+    return [*BASELINES, *FORESCALE_VARIANTS]
+
+
 SURGE_SMOOTH_MINUTES = 10
 SURGE_RATIO = 1.5
 SURGE_MIN_RISE = 0.15
@@ -424,12 +434,39 @@ def five_minute_frame(name: str, load: pd.Series) -> pd.DataFrame:
     return pd.DataFrame({SERVICE: name, TS: means.index, TARGET: means.to_numpy()})
 
 
-FORESCALE_VARIANTS: tuple[str, ...] = ("forescale", "forescale_u70")
-"""``forescale``: the ``params.yaml`` risk budget split evenly (union bound) between the 5-minute
-forecast and the bursts inside a 5-minute step: plan on the ``1 - risk/2`` forecast quantile at a
-target utilisation calibrated per trace on the week before the window
-(:func:`pipelines.policy.calibrated_utilization` at ``risk/2``). ``forescale_u70``: the
-``params.yaml`` defaults as they are (``1 - risk`` quantile at 70 %), everything else equal."""
+@dataclass(frozen=True)
+class ForescaleVariant:
+    """How the benchmark deploys Forescale.
+
+    Attributes:
+        risk_share: Share of the ``params.yaml`` risk given to the forecast quantile; the rest
+            goes to bursts inside a step through the calibrated utilisation.
+        calibrate: Calibrate the target utilisation on the week before the window
+            (:func:`pipelines.policy.calibrated_utilization`); otherwise the ``params.yaml``
+            target utilisation.
+        overrides: Other ``ServiceConfig`` fields to change.
+    """
+
+    risk_share: float = 1.0
+    calibrate: bool = False
+    overrides: tuple[tuple[str, Any], ...] = ()
+
+
+FORESCALE_VARIANTS: dict[str, ForescaleVariant] = {
+    "forescale": ForescaleVariant(risk_share=0.5, calibrate=True),
+    "forescale_r10": ForescaleVariant(risk_share=1.0, calibrate=True),
+    "forescale_u70": ForescaleVariant(),
+}
+"""Forescale as deployed in the benchmark (``params.yaml`` risk 0.1, target utilisation 0.7):
+
+* ``forescale`` (headline): the risk budget split evenly (union bound) between the 5-minute
+  forecast and the bursts inside a 5-minute step: plan on the ``1 - risk/2`` forecast quantile
+  (p95, extrapolated from p50/p90) at a target utilisation calibrated per trace on the week
+  before the window at ``risk/2``;
+* ``forescale_r10``: the whole risk on the forecast (p90) with the utilisation calibrated at
+  ``risk``, i.e. no budget left for bursts: cheaper, more short minutes;
+* ``forescale_u70``: the ``params.yaml`` defaults as they are (p90 at 70 %).
+"""
 
 
 def forescale_targets(
@@ -464,13 +501,15 @@ def forescale_targets(
     family_name, family = forecaster_factory(model)
     defaults = default_service_config(params_file or REPO_ROOT / "params.yaml")
     utilization = {
-        "forescale": {
+        variant: {
             t.name: calibrated_utilization(
-                t.history.iloc[-WINDOW_MINUTES:], FORECAST_STEP, defaults.risk / 2
+                t.history.iloc[-WINDOW_MINUTES:], FORECAST_STEP, defaults.risk * spec.risk_share
             )
+            if spec.calibrate
+            else defaults.target_utilization
             for t in traces
-        },
-        "forescale_u70": {t.name: defaults.target_utilization for t in traces},
+        }
+        for variant, spec in FORESCALE_VARIANTS.items()
     }
     full = {t.name: pd.concat([t.history, t.window]) for t in traces}
     frames = {name: five_minute_frame(name, load) for name, load in full.items()}
@@ -481,15 +520,16 @@ def forescale_targets(
                 update={
                     "capacity_per_replica": t.capacity,
                     "target_utilization": utilization[variant][t.name],
-                    "risk": defaults.risk / 2 if variant == "forescale" else defaults.risk,
+                    "risk": defaults.risk * spec.risk_share,
                     "min_replicas": MIN_REPLICAS,
                     "max_replicas": MAX_REPLICAS,
                     "startup_seconds": delay * 60,
+                    **dict(spec.overrides),
                 }
             )
             for t in traces
         }
-        for variant in FORESCALE_VARIANTS
+        for variant, spec in FORESCALE_VARIANTS.items()
         for delay in delays
     }
     targets = {
@@ -687,7 +727,7 @@ def summarize(per_delay: dict[int, dict[str, dict[str, dict[str, float]]]]) -> d
     summary: dict[str, Any] = {}
     for delay, traces in per_delay.items():
         totals: dict[str, dict[str, float]] = {}
-        for policy in POLICIES:
+        for policy in policy_names():
             rows = [figures[policy] for figures in traces.values()]
             leads = [
                 r["median_lead_minutes"] for r in rows if not math.isnan(r["median_lead_minutes"])
@@ -731,7 +771,7 @@ def markdown_table(
             "|---|---|---:|---:|---:|---:|---:|",
         ]
         for trace, figures in traces.items():
-            for policy in POLICIES:
+            for policy in policy_names():
                 f = figures[policy]
                 lines.append(
                     f"| {trace} | {policy} | {f['short_minutes']} | {f['pod_hours']:.1f} | "
@@ -739,8 +779,10 @@ def markdown_table(
                 )
         lines += [
             "",
-            "| total | short min | % of HPA short | pod-hours | % of HPA pod-hours | actions "
-            "| median lead |",
+            (
+                "| total | short min | % of HPA short | pod-hours | % of HPA pod-hours | actions "
+                "| median lead |"
+            ),
             "|---|---:|---:|---:|---:|---:|---:|",
         ]
         for policy, f in summary[str(delay)]["totals"].items():
@@ -802,7 +844,7 @@ def run_replay_bench(
         model: Forecaster family for Forescale (a ``models.catalog`` key; default lightgbm).
         params_file: ``params.yaml`` for the Forescale service defaults.
         delays: Start-up delays in minutes to report.
-        echo: Where to write the table (the CLI passes ``typer.echo``); not written when ``None``.
+        echo: Where to write the table; a rich console on standard output when ``None``.
 
     Returns:
         The figures: ``{"traces": {delay: {trace: {policy: figures}}}, "summary": ..., "markdown":
@@ -860,6 +902,10 @@ def run_replay_bench(
     if json_path is not None:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(result, indent=2, default=float, allow_nan=True))
-    if echo is not None:
+    if echo is None:
+        from rich.console import Console
+
+        Console().print(table, markup=False, highlight=False, soft_wrap=True)
+    else:
         echo(table)
     return result
