@@ -113,8 +113,9 @@ def backtest_forecasts(
         naive_parts = []
         for service, group in train.sort_values(TS).groupby(SERVICE):
             path = seasonal_naive_path(group[target].to_numpy(float), season, horizon)
-            naive_parts.append(pd.DataFrame({SERVICE: service, "naive_index": range(horizon),
-                                             "naive": path}))
+            naive_parts.append(
+                pd.DataFrame({SERVICE: service, "naive_index": range(horizon), "naive": path})
+            )
         naive = pd.concat(naive_parts, ignore_index=True)
         forecast_index = forecast.assign(naive_index=forecast.groupby(SERVICE).cumcount())
         joined = joined.merge(
@@ -127,7 +128,9 @@ def backtest_forecasts(
     return pd.concat(rows, ignore_index=True)
 
 
-def score_forecasts(forecasts: pd.DataFrame, quantiles: Sequence[float] = (0.5, 0.9)) -> pd.DataFrame:
+def score_forecasts(
+    forecasts: pd.DataFrame, quantiles: Sequence[float] = (0.5, 0.9)
+) -> pd.DataFrame:
     """Per-fold per-service errors of a :func:`backtest_forecasts` frame.
 
     Returns:

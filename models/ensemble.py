@@ -2,7 +2,8 @@
 
 At fit time every member is backtested on the training history only (``n_folds`` origins, each
 ``backtest_horizon`` steps, see :mod:`models.backtest`); each service then weights its members by
-inverse squared MAE (members much worse than the service's best get weight 0), so a service
+inverse squared MAE, per horizon bucket (members much worse than the service's best get
+weight 0), so a service
 whose pattern LightGBM captures uses LightGBM, a noisy one leans on the seasonal naive, and so
 on. Services with fewer than ``min_seasons`` seasons of history (new services) fall back to the
 seasonal naive forecaster instead of failing.
@@ -17,7 +18,7 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 
-from models.backtest import backtest_forecasts
+from models.backtest import rolling_origin_splits
 from models.base import DEFAULT_QUANTILES, Forecaster, infer_step
 from models.features import check_quantiles, finalize_quantiles, season_steps_for
 from models.naive import SeasonalNaiveForecaster
@@ -46,7 +47,10 @@ class EnsembleForecaster(Forecaster):
         max_ratio: Members whose backtest MAE exceeds ``max_ratio`` x the best get no weight.
         quantiles: Quantile levels to produce.
         refit: Refit members on the full history after the backtest; when ``False`` the
-            backtest-fold models are kept and forecast from the fresh history (faster).
+            latest backtest-fold models are kept and forecast from the fresh history (faster).
+        bucket_edges: Horizon buckets as fractions of ``backtest_horizon``; members are weighted
+            per service and bucket (the best model one hour ahead is often not the best one
+            day ahead).
     """
 
     name: ClassVar[str] = "ensemble"
@@ -60,6 +64,7 @@ class EnsembleForecaster(Forecaster):
         max_ratio: float = 1.3,
         quantiles: Sequence[float] = DEFAULT_QUANTILES,
         refit: bool = True,
+        bucket_edges: Sequence[float] = (1 / 24, 1 / 4),
     ) -> None:
         chosen = dict(members) if members is not None else default_members()
         chosen.setdefault(NAIVE, SeasonalNaiveForecaster)
@@ -70,12 +75,15 @@ class EnsembleForecaster(Forecaster):
         self.max_ratio = max_ratio
         self.quantiles = check_quantiles(quantiles)
         self.refit = refit
+        self.bucket_edges = tuple(bucket_edges)
+        self.horizon_: int = 1
         self.target_: str = TARGET
         self.fitted_: dict[str, Forecaster] = {}
         self.fallback_: SeasonalNaiveForecaster | None = None
         self.weights_: pd.DataFrame = pd.DataFrame()
         self.backtest_: pd.DataFrame = pd.DataFrame()
         self.short_services_: list[str] = []
+        self.history_: pd.DataFrame | None = None
 
     def fit(self, history: pd.DataFrame, target: str = TARGET) -> EnsembleForecaster:
         """Backtest the members on ``history``, weight them per service, and fit them.
@@ -90,37 +98,59 @@ class EnsembleForecaster(Forecaster):
         self.target_ = target
         step = infer_step(history) if len(history) > 1 else pd.Timedelta(hours=1)
         season = season_steps_for(step)
-        horizon = self.backtest_horizon or season
+        self.horizon_ = self.backtest_horizon or season
         self.fallback_ = SeasonalNaiveForecaster().fit(history, target)
         counts = history.groupby(SERVICE)[TS].nunique()
-        needed = max(self.min_seasons * season, 2 * season + self.n_folds * horizon)
+        needed = max(self.min_seasons * season, 2 * season + self.n_folds * self.horizon_)
         long_services = sorted(str(s) for s in counts[counts >= needed].index)
         self.short_services_ = sorted(str(s) for s in counts.index if str(s) not in long_services)
         self.fitted_ = {}
         if not long_services:
-            self.weights_ = pd.DataFrame(columns=[SERVICE, "member", "weight"])
+            self.weights_ = pd.DataFrame(columns=[SERVICE, "member", "bucket", "weight"])
             return self
         long_history = history[history[SERVICE].astype(str).isin(long_services)]
+        splits = rolling_origin_splits(long_history, self.n_folds, self.horizon_)
         errors = []
-        for member, factory in self.members.items():
-            forecasts = backtest_forecasts(
-                factory, long_history, self.n_folds, horizon, target=target,
-                quantiles=self.quantiles,
-            )
-            per_service = (
-                forecasts.assign(abs_error=(forecasts["y"] - forecasts["p50"]).abs())
-                .groupby(SERVICE)["abs_error"]
-                .mean()
-                .rename("mae")
-                .reset_index()
-            )
-            per_service["member"] = member
-            errors.append(per_service)
-        self.backtest_ = pd.concat(errors, ignore_index=True)
-        self.weights_ = weights_from_errors(self.backtest_, self.max_ratio)
-        for member, factory in self.members.items():
-            self.fitted_[member] = factory().fit(long_history, target)
+        for train_end, test_start, test_end in splits:
+            train = long_history[long_history[TS] <= train_end]
+            test = long_history[(long_history[TS] >= test_start) & (long_history[TS] <= test_end)]
+            actual = test[[SERVICE, TS, target]].rename(columns={target: "y"})
+            for member, factory in self.members.items():
+                model = factory().fit(train, target)
+                forecast = model.predict(self.horizon_, self.quantiles)
+                forecast["horizon_step"] = forecast.groupby(SERVICE).cumcount() + 1
+                joined = forecast.merge(actual, on=[SERVICE, TS], how="inner")
+                joined["abs_error"] = (joined["y"] - joined[quantile_column(0.5)]).abs()
+                joined["bucket"] = self._bucket(joined["horizon_step"].to_numpy())
+                joined["member"] = member
+                joined["train_end"] = train_end
+                errors.append(joined[[SERVICE, "member", "bucket", "train_end", "abs_error"]])
+                if not self.refit:
+                    self.fitted_[member] = model  # the latest fold's model
+        self.backtest_ = (
+            pd.concat(errors, ignore_index=True)
+            .groupby([SERVICE, "member", "bucket"], as_index=False)["abs_error"]
+            .mean()
+            .rename(columns={"abs_error": "mae"})
+        )
+        self.weights_ = pd.concat(
+            [
+                weights_from_errors(group, self.max_ratio).assign(bucket=bucket)
+                for bucket, group in self.backtest_.groupby("bucket")
+            ],
+            ignore_index=True,
+        )
+        if self.refit:
+            for member, factory in self.members.items():
+                self.fitted_[member] = factory().fit(long_history, target)
+        else:
+            self.history_ = long_history  # fold models forecast from the full history
         return self
+
+    def _bucket(self, horizon_steps: np.ndarray) -> np.ndarray:
+        """Horizon bucket of each step: 0 up to the first edge, 1 up to the next, ..."""
+        edges = [max(1, round(edge * self.horizon_)) for edge in self.bucket_edges]
+        return np.searchsorted(np.asarray(edges), horizon_steps, side="left")
 
     def predict(
         self,
@@ -128,7 +158,7 @@ class EnsembleForecaster(Forecaster):
         quantiles: Sequence[float] = DEFAULT_QUANTILES,
         history: pd.DataFrame | None = None,
     ) -> pd.DataFrame:
-        """Weighted member forecasts per service; naive fallback for short histories."""
+        """Weighted member forecasts per service and horizon bucket; naive for short histories."""
         if self.fallback_ is None:
             raise ValueError("EnsembleForecaster.predict called before fit")
         levels = check_quantiles(quantiles)
@@ -141,25 +171,26 @@ class EnsembleForecaster(Forecaster):
             fresh_short = history[~history[SERVICE].astype(str).isin(long_services)]
         else:
             services = long_services | set(self.short_services_)
-            fresh_long = fresh_short = None
-        if long_services & services:
-            combined = None
+            fresh_long, fresh_short = self.history_, None
+        if long_services & services and self.fitted_:
+            weighted_parts = []
             for member, model in self.fitted_.items():
                 forecast = model.predict(horizon, levels, history=fresh_long)
+                forecast["bucket"] = self._bucket(
+                    (forecast.groupby(SERVICE).cumcount() + 1).to_numpy()
+                )
                 weighted = forecast.merge(
-                    self.weights_[self.weights_["member"] == member][[SERVICE, "weight"]],
-                    on=SERVICE,
+                    self.weights_[self.weights_["member"] == member][[SERVICE, "bucket", "weight"]],
+                    on=[SERVICE, "bucket"],
                     how="inner",
                 )
                 weighted[columns] = weighted[columns].mul(weighted["weight"], axis=0)
-                weighted = weighted[[SERVICE, TS, *columns]]
-                combined = (
-                    weighted
-                    if combined is None
-                    else pd.concat([combined, weighted]).groupby([SERVICE, TS], as_index=False).sum()
-                )
-            if combined is not None:
-                parts.append(combined)
+                weighted_parts.append(weighted[[SERVICE, TS, *columns]])
+            parts.append(
+                pd.concat(weighted_parts, ignore_index=True)
+                .groupby([SERVICE, TS], as_index=False)[columns]
+                .sum()
+            )
         short = sorted(services - long_services)
         if short:
             if fresh_short is not None and not fresh_short.empty:
@@ -168,7 +199,9 @@ class EnsembleForecaster(Forecaster):
                 naive = self.fallback_.predict(horizon, levels)
             parts.append(naive[naive[SERVICE].isin(short)][[SERVICE, TS, *columns]])
         result = pd.concat(parts, ignore_index=True).sort_values([SERVICE, TS], kind="stable")
-        return finalize_quantiles(result.reset_index(drop=True), levels)
+        result = result.reset_index(drop=True)
+        result[TS] = result[TS].astype(self.fallback_.history_[TS].dtype)
+        return finalize_quantiles(result, levels)
 
     def save(self, path: Path) -> None:
         """Pickle the ensemble (members included) into ``path``."""

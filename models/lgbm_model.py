@@ -151,7 +151,7 @@ class LightGBMForecaster(Forecaster):
         features, scale, _ = build_features(
             clean, origins, horizons, self.season_, self.week_, target_times
         )
-        target = values[origins + horizons] / scale - self._anchor(features)
+        target = clean[origins + horizons] / scale - self._anchor(features)
         return features, scale, target, horizons
 
     def _anchor(self, features: np.ndarray) -> np.ndarray:
@@ -171,7 +171,9 @@ class LightGBMForecaster(Forecaster):
         if self.anchor == "last":
             return np.nan_to_num(features[:, names.index("lag_0")], nan=0.0)
         seasonal = features[:, names.index(f"season_lag_{kind}")]
-        deviation = features[:, names.index("deviation_now" + ("_median" if kind == "median" else ""))]
+        deviation = features[
+            :, names.index("deviation_now" + ("_median" if kind == "median" else ""))
+        ]
         last = features[:, names.index("lag_0")]
         anchor = np.where(np.isfinite(seasonal), seasonal + np.nan_to_num(deviation), last)
         return np.nan_to_num(anchor, nan=0.0)
@@ -192,7 +194,11 @@ class LightGBMForecaster(Forecaster):
         if self.max_history:
             frame = frame.groupby(SERVICE, sort=True).tail(self.max_history)
         _, _, self.feature_names_ = build_features(
-            np.ones(3), np.array([2]), np.array([1]), self.season_, self.week_,
+            np.ones(3),
+            np.array([2]),
+            np.array([1]),
+            self.season_,
+            self.week_,
             pd.DatetimeIndex([pd.Timestamp("2000-01-01")]) if self.use_calendar else None,
         )
         rng = np.random.default_rng(self.seed)
@@ -305,7 +311,11 @@ class LightGBMForecaster(Forecaster):
             future = future_timestamps(group[TS].iloc[-1], self.step_, horizon)
             clean = robust_clip(values, self.season_) if self.clip_outliers else values
             features, scale, _ = build_features(
-                clean, origins, horizons, self.season_, self.week_,
+                clean,
+                origins,
+                horizons,
+                self.season_,
+                self.week_,
                 future if self.use_calendar else None,
             )
             blocks.append(features)

@@ -31,9 +31,7 @@ def smape(actual: ArrayLike, forecast: ArrayLike) -> float:
     """Symmetric MAPE in percent: mean of ``200 |y - f| / (|y| + |f|)``; 0/0 counts as 0."""
     y, f = _pair(actual, forecast)
     denominator = np.abs(y) + np.abs(f)
-    ratio = np.divide(
-        2.0 * np.abs(y - f), denominator, out=np.zeros_like(y), where=denominator > 0
-    )
+    ratio = np.divide(2.0 * np.abs(y - f), denominator, out=np.zeros_like(y), where=denominator > 0)
     return float(100.0 * np.mean(ratio))
 
 

@@ -160,7 +160,10 @@ def seasonality_test(values: np.ndarray, season: int) -> bool:
     if denominator == 0.0:
         return False
     acf = np.array(
-        [np.sum(centred[lag:] * centred[: x.size - lag]) / denominator for lag in range(1, season + 1)]
+        [
+            np.sum(centred[lag:] * centred[: x.size - lag]) / denominator
+            for lag in range(1, season + 1)
+        ]
     )
     limit = 1.645 / np.sqrt(x.size) * np.sqrt(1.0 + 2.0 * np.sum(acf[: season - 1] ** 2))
     return bool(abs(acf[season - 1]) > limit)

@@ -50,7 +50,8 @@ def load_object(path: Path, expected: type[T]) -> T:
     if not file.exists():
         raise ValueError(f"no saved forecaster at {file}")
     with open(file, "rb") as handle:
-        obj = pickle.load(handle)  # noqa: S301 - our own artefact
+        obj = pickle.load(handle)
     if not isinstance(obj, expected):
-        raise ValueError(f"{file} holds a {type(obj).__name__}, expected {expected.__name__}")
+        message = f"{file} holds a {type(obj).__name__}, expected {expected.__name__}"
+        raise ValueError(message)  # noqa: TRY004 - a wrong artefact is bad input, not a bug
     return obj

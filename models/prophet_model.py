@@ -135,9 +135,7 @@ class ProphetForecaster(Forecaster):
         for service, group in prepared.groupby(SERVICE, sort=True):
             values = group[Y].to_numpy(dtype=float)
             cleaned = robust_clip(values, season) if self.clip_outliers else values
-            frame = pd.DataFrame(
-                {"ds": group[TS].dt.tz_localize(None).to_numpy(), "y": values}
-            )
+            frame = pd.DataFrame({"ds": group[TS].dt.tz_localize(None).to_numpy(), "y": values})
             drop = group[FILLED].to_numpy() | (cleaned != values)
             frame.loc[drop, "y"] = np.nan  # Prophet skips missing rows
             if frame["y"].notna().sum() < 2:
@@ -196,9 +194,11 @@ class ProphetForecaster(Forecaster):
         parts = []
         for service, last in sorted(last_ts.items()):
             future = future_timestamps(last, self.step_, horizon)
-            yhat = self.models_[service].predict(
-                pd.DataFrame({"ds": future.tz_localize(None)})
-            )["yhat"].to_numpy()
+            yhat = (
+                self.models_[service]
+                .predict(pd.DataFrame({"ds": future.tz_localize(None)}))["yhat"]
+                .to_numpy()
+            )
             out = pd.DataFrame({SERVICE: service, TS: future})
             for q in levels:
                 out[quantile_column(q)] = yhat + self.offsets_[service][q]

@@ -154,6 +154,33 @@ def features_update(end: Annotated[str | None, typer.Option(help="Materialize up
     out.print(f"offline features at {path}; materialized up to {stop}")
 
 
+# --------------------------------------------------------------------------- anomalies
+
+
+@app.command("anomalies")
+def anomalies(
+    start: Annotated[str | None, typer.Option(help="Score from (UTC; default: all history).")] = None,
+    end: Annotated[str | None, typer.Option(help="Score until (UTC; default: end of data).")] = None,
+    train: Annotated[bool, typer.Option(help="Backtest and register the detector first.")] = True,
+) -> None:
+    """Train/register the anomaly detector and score telemetry (flagged points skip training)."""
+    import pandas as pd
+
+    from pipelines.anomalies import score_anomalies, train_anomaly_model
+    from pipelines.telemetry import telemetry_span
+
+    settings = _settings()
+    span = telemetry_span(settings)
+    if span is None:
+        raise typer.BadParameter(f"no telemetry under {settings.telemetry_dir}")
+    if train:
+        out.print(Path(train_anomaly_model(settings)).read_text())
+    begin = _parse_time(start) or span[0].to_pydatetime()
+    stop = _parse_time(end) or span[1].to_pydatetime()
+    scores = pd.read_parquet(score_anomalies(settings, begin, stop))
+    out.print(f"scored {len(scores):,} points, {int(scores['is_anomaly'].sum())} flagged")
+
+
 # --------------------------------------------------------------------------- train and schedule
 
 

@@ -68,6 +68,49 @@ def test_normal_rows_are_not_flagged(anomalous_scores: np.ndarray) -> None:
     assert (clean[300:] >= DEFAULT_THRESHOLD).mean() < 0.002
 
 
+def trending_series(seed: int, days: int = 12) -> np.ndarray:
+    """Traffic growing 0.4 % a day with a morning and an evening peak, 3 % noise, 5-minute steps."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(days * 288)
+    hours = (t % 288) / 12
+    shape = (
+        0.3
+        + np.exp(-0.5 * ((hours - 11.5) / 2.5) ** 2)
+        + 0.6 * np.exp(-0.5 * ((hours - 19.5) / 2.0) ** 2)
+    )
+    return 100 * 1.004 ** (t / 288) * shape * rng.lognormal(0.0, 0.03, len(t))
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+def test_slight_new_high_from_trend_growth_is_not_an_anomaly(seed: int) -> None:
+    values = trending_series(seed)
+    peak = len(values) - 288 + int(np.argmax(values[-288:]))  # the last day's peak
+    highs = np.maximum.accumulate(values)
+    natural = np.flatnonzero(values[1:] > highs[:-1]) + 1
+    natural = natural[natural > 288]  # the running maximum grows with the trend
+    assert len(natural) >= 3
+    assert score_series(values)[natural].max() < DEFAULT_THRESHOLD
+
+    slightly = values[: peak + 1].copy()
+    slightly[peak] = 1.02 * values[:peak].max()  # 2 % above any earlier value
+    assert score_series(slightly)[peak] < DEFAULT_THRESHOLD
+    surge = values[: peak + 1].copy()
+    surge[peak] = 1.5 * values[:peak].max()  # far outside the range: still an anomaly
+    assert score_series(surge)[peak] >= DEFAULT_THRESHOLD
+
+
+@pytest.mark.parametrize("seed", [7, 8, 9])
+def test_larger_event_soon_after_an_event_is_not_hidden(seed: int) -> None:
+    values = seasonal_series(seed=seed)
+    dip = 2000
+    values[dip : dip + 12] *= 0.5  # an hour at half the traffic
+    values[dip + 24 : dip + 27] *= 6  # a 6x spike an hour after the dip began
+    scores = score_series(values)
+    assert scores[dip : dip + 3].max() >= DEFAULT_THRESHOLD
+    assert scores[dip + 3 : dip + 24].max() < DEFAULT_THRESHOLD  # the dip is reported once
+    assert scores[dip + 24] >= DEFAULT_THRESHOLD
+
+
 def test_scores_are_in_unit_interval_and_zero_during_warmup(anomalous_scores: np.ndarray) -> None:
     assert anomalous_scores.min() >= 0.0 and anomalous_scores.max() <= 1.0
     assert np.all(anomalous_scores[: DetectorSettings().warmup] == 0.0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -82,7 +84,7 @@ def test_rolling_origin_splits_are_disjoint_and_leak_free() -> None:
 class _RecordingNaive(SeasonalNaiveForecaster):
     """Seasonal naive that records the last timestamp it was fitted on."""
 
-    seen_until: list[pd.Timestamp] = []
+    seen_until: ClassVar[list[pd.Timestamp]] = []
 
     def fit(self, history: pd.DataFrame, target: str = "requests") -> Forecaster:
         _RecordingNaive.seen_until.append(history["ts"].max())

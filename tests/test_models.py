@@ -167,8 +167,14 @@ def test_prophet_fits_services_in_parallel_with_a_surge_calendar(tmp_path: Path)
         fleet["ts"] < surge_day + pd.Timedelta(hours=14)
     )
     fleet.loc[surge, "requests"] *= 3
-    calendar = pd.DataFrame({"holiday": ["launch"], "ds": [surge_day + pd.Timedelta(hours=12)],
-                             "lower_window": [0], "upper_window": [0]})
+    calendar = pd.DataFrame(
+        {
+            "holiday": ["launch"],
+            "ds": [surge_day + pd.Timedelta(hours=12)],
+            "lower_window": [0],
+            "upper_window": [0],
+        }
+    )
     model = ProphetForecaster(surge_calendar=calendar, n_jobs=2, clip_outliers=False).fit(fleet)
     assert set(model.models_) == {"checkout", "search"}
     assert "launch" in set(model.models_["checkout"].holidays["holiday"])
@@ -192,8 +198,9 @@ def test_ensemble_weights_members_per_service_and_falls_back_for_new_services(
         members={"naive": SeasonalNaiveForecaster, "lightgbm": small_lightgbm}, refit=False
     ).fit(history)
     assert model.short_services_ == ["newcomer"]
-    weights = model.weights_.groupby("service")["weight"].sum()
+    weights = model.weights_.groupby(["service", "bucket"])["weight"].sum()
     np.testing.assert_allclose(weights, 1.0)
+    assert set(model.weights_["bucket"]) == {0, 1, 2}  # 1 h, 1-6 h, 6-24 h of a daily season
     assert set(model.backtest_["member"]) == {"naive", "lightgbm"}
     forecast = model.predict(10)
     assert_valid_forecast(forecast, history, 10)

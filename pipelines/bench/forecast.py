@@ -30,6 +30,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +43,7 @@ import psutil
 from models.base import Forecaster
 from models.ensemble import EnsembleForecaster
 from models.lgbm_model import LightGBMForecaster
-from models.metrics import coverage, mape, mase, mase_scale, relative_mae, smape
+from models.metrics import coverage, mape, mase, relative_mae, smape
 from models.naive import SeasonalNaiveForecaster, naive2_path, seasonal_naive_path
 from models.prophet_model import ProphetForecaster
 from pipelines.schema import SERVICE, TS
@@ -182,7 +183,8 @@ def m4_methods(quick: bool) -> dict[str, Callable[[], Forecaster]]:
     lgbm_options: dict[str, Any] = {
         "max_horizon": M4_HORIZON,
         "use_calendar": False,
-        "samples_per_series": 600 if quick else 1500,
+        "anchor": "median",
+        "samples_per_series": 600 if quick else 1000,
         "n_estimators": 150 if quick else 300,
         "num_threads": 2,
     }
@@ -207,8 +209,9 @@ def ops_methods(step: pd.Timedelta, quick: bool) -> dict[str, Callable[[], Forec
     """Forecaster factories for one ops trace (single series, so one model per trace)."""
     cap = int(OPS_HISTORY_CAP / step)
     lgbm_options: dict[str, Any] = {
-        "samples_per_series": 3000 if quick else 6000,
+        "samples_per_series": 3000 if quick else 5000,
         "n_estimators": 150,
+        "anchor": "last",
         "min_data_in_leaf": 30,
         "num_threads": 1,
         "max_history": cap,
@@ -244,8 +247,11 @@ def run_m4(train_path: Path, test_path: Path, quick: bool) -> tuple[list[dict], 
             rows = []
             for service, values in series_values.items():
                 path = builder(values, M4_SEASON, M4_HORIZON)
-                rows.append(pd.DataFrame({SERVICE: service, "horizon_step": range(1, 49),
-                                          "p50": path, "p90": np.nan}))
+                rows.append(
+                    pd.DataFrame(
+                        {SERVICE: service, "horizon_step": range(1, 49), "p50": path, "p90": np.nan}
+                    )
+                )
             frame = pd.concat(rows, ignore_index=True)
         forecasts[name] = (frame, meter)
     for name, factory in m4_methods(quick).items():
@@ -264,12 +270,20 @@ def run_m4(train_path: Path, test_path: Path, quick: bool) -> tuple[list[dict], 
             m_values.append(mase(y, p50, series_values[service], M4_SEASON))
             if group["p90"].notna().all():
                 covered.append(coverage(y, group["p90"].to_numpy()))
-            long_rows.append(pd.DataFrame({
-                "dataset": dataset, "series": service,
-                "ds": test.loc[test[SERVICE] == service, TS].to_numpy(),
-                "method": name, "horizon_step": group["horizon_step"].to_numpy(),
-                "y": y, "p50": p50, "p90": group["p90"].to_numpy(),
-            }))
+            long_rows.append(
+                pd.DataFrame(
+                    {
+                        "dataset": dataset,
+                        "series": service,
+                        "ds": test.loc[test[SERVICE] == service, TS].to_numpy(),
+                        "method": name,
+                        "horizon_step": group["horizon_step"].to_numpy(),
+                        "y": y,
+                        "p50": p50,
+                        "p90": group["p90"].to_numpy(),
+                    }
+                )
+            )
         n = len(s_values)
         scores[name] = {
             "smape": float(np.mean(s_values)),
@@ -291,7 +305,7 @@ def run_m4(train_path: Path, test_path: Path, quick: bool) -> tuple[list[dict], 
 # --------------------------------------------------------------------------- ops traces
 def trace_origins(index: pd.DatetimeIndex) -> tuple[pd.Timestamp, list[pd.Timestamp]]:
     """Start of the test period (last 20 %) and the forecast origins inside it."""
-    test_start = index[int(math.floor(len(index) * (1 - OPS_TEST_SHARE)))]
+    test_start = index[math.floor(len(index) * (1 - OPS_TEST_SHARE))]
     test_length = index[-1] - test_start
     every = pd.Timedelta(hours=24) if test_length > pd.Timedelta(days=7) else pd.Timedelta(hours=12)
     origins = []
@@ -342,8 +356,13 @@ def run_trace(path: Path, quick: bool) -> tuple[list[dict], pd.DataFrame]:
     results = []
     for method, group in scored.groupby("method", sort=False):
         hour = group[group["horizon_step"] <= steps_hour]
-        record: dict[str, Any] = {"dataset": "ops", "trace": name, "method": method,
-                                  "origins": int(group["origin"].nunique()), "step": str(step)}
+        record: dict[str, Any] = {
+            "dataset": "ops",
+            "trace": name,
+            "method": method,
+            "origins": int(group["origin"].nunique()),
+            "step": str(step),
+        }
         for label, part in (("1h", hour), ("24h", group)):
             y, p50 = part["y"].to_numpy(), part["p50"].to_numpy()
             record[f"relative_mae_{label}"] = relative_mae(y, p50, part["naive"].to_numpy())
@@ -351,20 +370,30 @@ def run_trace(path: Path, quick: bool) -> tuple[list[dict], pd.DataFrame]:
         record["coverage_p90"] = coverage(group["y"], group["p90"])
         seconds = [m.seconds for m in meters[method]]
         peaks = [m.peak_mib for m in meters[method]]
-        record.update({
-            "wall_seconds": float(np.sum(seconds)),
-            "wall_seconds_per_fit_median": float(np.median(seconds)),
-            "wall_seconds_per_fit_mean": float(np.mean(seconds)),
-            "peak_mib": float(np.max(peaks)),
-            "peak_mib_median": float(np.median(peaks)),
-            "peak_mib_mean": float(np.mean(peaks)),
-        })
+        record.update(
+            {
+                "wall_seconds": float(np.sum(seconds)),
+                "wall_seconds_per_fit_median": float(np.median(seconds)),
+                "wall_seconds_per_fit_mean": float(np.mean(seconds)),
+                "peak_mib": float(np.max(peaks)),
+                "peak_mib_median": float(np.median(peaks)),
+                "peak_mib_mean": float(np.mean(peaks)),
+            }
+        )
         results.append(record)
-    long = pd.DataFrame({
-        "dataset": "ops", "series": name, "ds": scored[TS], "method": scored["method"],
-        "horizon_step": scored["horizon_step"], "y": scored["y"], "p50": scored["p50"],
-        "p90": scored["p90"], "origin": scored["origin"],
-    })
+    long = pd.DataFrame(
+        {
+            "dataset": "ops",
+            "series": name,
+            "ds": scored[TS],
+            "method": scored["method"],
+            "horizon_step": scored["horizon_step"],
+            "y": scored["y"],
+            "p50": scored["p50"],
+            "p90": scored["p90"],
+            "origin": scored["origin"],
+        }
+    )
     return results, long
 
 
@@ -372,25 +401,27 @@ def summarize_ops(per_trace: pd.DataFrame) -> list[dict]:
     """Median relative MAE over traces, share beating seasonal naive, coverage, time, memory."""
     out = []
     for method, group in per_trace.groupby("method", sort=False):
-        out.append({
-            "dataset": "ops",
-            "method": method,
-            "traces": int(len(group)),
-            "relative_mae_1h_median": float(group["relative_mae_1h"].median()),
-            "relative_mae_24h_median": float(group["relative_mae_24h"].median()),
-            "share_beating_snaive_1h": float((group["relative_mae_1h"] < 1).mean()),
-            "share_beating_snaive_24h": float((group["relative_mae_24h"] < 1).mean()),
-            "mape_1h_median": float(group["mape_1h"].median()),
-            "mape_24h_median": float(group["mape_24h"].median()),
-            "coverage_p90_median": float(group["coverage_p90"].median()),
-            "coverage_p90_mean": float(group["coverage_p90"].mean()),
-            "wall_seconds": float(group["wall_seconds"].sum()),
-            "wall_seconds_per_trace_median": float(group["wall_seconds"].median()),
-            "wall_seconds_per_trace_mean": float(group["wall_seconds"].mean()),
-            "peak_mib": float(group["peak_mib"].max()),
-            "peak_mib_per_trace_median": float(group["peak_mib"].median()),
-            "peak_mib_per_trace_mean": float(group["peak_mib"].mean()),
-        })
+        out.append(
+            {
+                "dataset": "ops",
+                "method": method,
+                "traces": len(group),
+                "relative_mae_1h_median": float(group["relative_mae_1h"].median()),
+                "relative_mae_24h_median": float(group["relative_mae_24h"].median()),
+                "share_beating_snaive_1h": float((group["relative_mae_1h"] < 1).mean()),
+                "share_beating_snaive_24h": float((group["relative_mae_24h"] < 1).mean()),
+                "mape_1h_median": float(group["mape_1h"].median()),
+                "mape_24h_median": float(group["mape_24h"].median()),
+                "coverage_p90_median": float(group["coverage_p90"].median()),
+                "coverage_p90_mean": float(group["coverage_p90"].mean()),
+                "wall_seconds": float(group["wall_seconds"].sum()),
+                "wall_seconds_per_trace_median": float(group["wall_seconds"].median()),
+                "wall_seconds_per_trace_mean": float(group["wall_seconds"].mean()),
+                "peak_mib": float(group["peak_mib"].max()),
+                "peak_mib_per_trace_median": float(group["peak_mib"].median()),
+                "peak_mib_per_trace_mean": float(group["peak_mib"].mean()),
+            }
+        )
     return out
 
 
@@ -423,9 +454,11 @@ def markdown_report(m4: list[dict], ops: list[dict]) -> str:
         lines += [
             "### Ops traces (median over traces; relative MAE vs seasonal naive one day earlier)",
             "",
-            "| method | traces | relMAE 1h | relMAE 24h | beats sNaive 1h | beats sNaive 24h | "
-            "MAPE 1h | MAPE 24h | p90 cov (median / mean) | wall s total | s/trace median / mean | "
-            "peak MiB median / mean |",
+            (
+                "| method | traces | relMAE 1h | relMAE 24h | beats sNaive 1h | beats sNaive 24h"
+                " | MAPE 1h | MAPE 24h | p90 cov (median / mean) | wall s total"
+                " | s/trace median / mean | peak MiB median / mean |"
+            ),
             "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in ops:
@@ -458,6 +491,7 @@ def run_forecast_bench(
     json_path: Path | None = None,
     forecasts_path: Path | None = None,
     quick: bool = False,
+    n_jobs: int = 2,
 ) -> dict:
     """Run both protocols, print the Markdown table, optionally write JSON and forecasts.
 
@@ -467,6 +501,7 @@ def run_forecast_bench(
         json_path: Where to write the figures as JSON.
         forecasts_path: Where to write every scored forecast (``.parquet`` or ``.csv``).
         quick: Smaller run (40 M4 series, 3 origins per trace, lighter models) for smoke tests.
+        n_jobs: Processes running ops traces in parallel (each method is timed inside them).
 
     Returns:
         ``{"m4": [...], "ops": [...], "ops_per_trace": [...], "wall_seconds": ...}``.
@@ -489,10 +524,10 @@ def run_forecast_bench(
         results, long = run_m4(train_path, test_path, quick)
         m4_results.extend(results)
         long_frames.append(long)
-    for path in traces:
-        results, long = run_trace(path, quick)
-        per_trace.extend(results)
-        long_frames.append(long)
+    with ProcessPoolExecutor(max_workers=max(1, n_jobs)) as pool:
+        for results, long in pool.map(run_trace, traces, [quick] * len(traces)):
+            per_trace.extend(results)
+            long_frames.append(long)
     ops_summary = summarize_ops(pd.DataFrame(per_trace)) if per_trace else []
     report = {
         "m4": m4_results,
@@ -502,8 +537,9 @@ def run_forecast_bench(
         "data_dir": str(data_dir),
         "quick": quick,
     }
-    Console().print(markdown_report(m4_results, ops_summary), markup=False, highlight=False,
-                    soft_wrap=True)
+    Console().print(
+        markdown_report(m4_results, ops_summary), markup=False, highlight=False, soft_wrap=True
+    )
     if json_path is not None:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(_json_safe(report), indent=2, default=str))
