@@ -195,9 +195,16 @@ def m4_methods(quick: bool) -> dict[str, Callable[[], Forecaster]]:
     def prophet() -> Forecaster:
         return ProphetForecaster(n_jobs=2)
 
+    def lightgbm_last() -> Forecaster:
+        return LightGBMForecaster(**{**lgbm_options, "anchor": "last", "seed": 1})
+
     def ensemble() -> Forecaster:
         return EnsembleForecaster(
-            members={"naive": SeasonalNaiveForecaster, "lightgbm": lightgbm},
+            members={
+                "naive": SeasonalNaiveForecaster,
+                "lightgbm": lightgbm,
+                "lightgbm_last": lightgbm_last,
+            },
             backtest_horizon=M4_HORIZON,
             refit=False,
         )
@@ -223,9 +230,17 @@ def ops_methods(step: pd.Timedelta, quick: bool) -> dict[str, Callable[[], Forec
     def prophet() -> Forecaster:
         return ProphetForecaster(max_history=cap)
 
+    def lightgbm_median() -> Forecaster:
+        return LightGBMForecaster(**{**lgbm_options, "anchor": "median", "seed": 1})
+
     def ensemble() -> Forecaster:
         return EnsembleForecaster(
-            members={"naive": SeasonalNaiveForecaster, "lightgbm": lightgbm}, refit=False
+            members={
+                "naive": SeasonalNaiveForecaster,
+                "lightgbm": lightgbm,
+                "lightgbm_median": lightgbm_median,
+            },
+            refit=False,
         )
 
     return {"Prophet": prophet, "LightGBM": lightgbm, "Forescale ensemble": ensemble}

@@ -655,7 +655,7 @@ def surge_lead(capacity: np.ndarray, onset: int, level: float) -> int:
 def policy_figures(
     result: ReplayResult, demand: np.ndarray, capacity: float, onsets: list[tuple[int, float]]
 ) -> dict[str, float]:
-    """Under-provisioned minutes, pod-hours, scaling actions and median surge lead."""
+    """Under-provisioned minutes, pod-hours, scaling actions and surge leads (with their median)."""
     ready_capacity = result.ready * capacity
     leads = [surge_lead(ready_capacity, t, level) for t, level in onsets]
     return {
@@ -664,6 +664,7 @@ def policy_figures(
         "scaling_actions": int(result.actions),
         "median_lead_minutes": float(np.median(leads)) if leads else float("nan"),
         "surges": len(onsets),
+        "leads_minutes": leads,
     }
 
 
@@ -723,15 +724,16 @@ def replay_trace(
 
 
 def summarize(per_delay: dict[int, dict[str, dict[str, dict[str, float]]]]) -> dict[str, Any]:
-    """Totals over the traces per delay and policy, ratios to HPA, and the targets' verdicts."""
+    """Totals over the traces per delay and policy, ratios to HPA, and the targets' verdicts.
+
+    The total median lead is the median over every surge of every trace (pooled).
+    """
     summary: dict[str, Any] = {}
     for delay, traces in per_delay.items():
         totals: dict[str, dict[str, float]] = {}
         for policy in policy_names():
             rows = [figures[policy] for figures in traces.values()]
-            leads = [
-                r["median_lead_minutes"] for r in rows if not math.isnan(r["median_lead_minutes"])
-            ]
+            leads = [lead for r in rows for lead in r["leads_minutes"]]  # every surge pooled
             totals[policy] = {
                 "short_minutes": int(sum(r["short_minutes"] for r in rows)),
                 "pod_hours": round(sum(r["pod_hours"] for r in rows), 2),
