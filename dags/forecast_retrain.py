@@ -5,7 +5,8 @@ Retrains the forecasters weekly (Monday 03:00 UTC) **or** as soon as `drift_moni
 `forescale_drift` asset event, whichever comes first (an asset-or-time schedule).
 
 `resolve_trigger` → `plan_shards` → `train_shard` (one mapped task instance per shard of
-`training.shard_size` services) → `summarize`.
+`training.shard_size` services) → `summarize`; and `train_anomaly_model` (backtest the anomaly
+detector on injected events, register `forescale-anomaly`, promote it if it beats the champion).
 
 * The run records why it started: reason `drift` (asset-triggered: only the drifted services
   are retrained and the drift report path from the event's extra is recorded in MLflow) or
@@ -65,6 +66,12 @@ def forecast_retrain() -> None:
         return str(train_shard(forescale_settings(), services, reason=retrain_reason,
                                as_of=data_interval_end, drift_report=drift_report))
 
+    @task(retries=1)
+    def train_anomaly_model(data_interval_end: datetime | None = None) -> str:
+        from pipelines.anomalies import train_anomaly_model
+
+        return str(train_anomaly_model(forescale_settings(), as_of=data_interval_end))
+
     @task
     def summarize(shard_summaries: list[str], trigger: dict, run_id: str | None = None) -> str:
         from pipelines.drift import summarize_retrain
@@ -77,6 +84,7 @@ def forecast_retrain() -> None:
         retrain_reason=trigger["reason"], drift_report=trigger["report"]
     ).expand(services=shards)
     summarize(summaries, trigger)
+    trigger >> train_anomaly_model()
 
 
 forecast_retrain()

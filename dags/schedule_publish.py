@@ -4,8 +4,14 @@
 Every hour: forecast the next hours with each service's champion, turn the forecast into a
 replica schedule and publish it to the serving API's store (read by KEDA `metrics-api`).
 
-`plan_shards` → `forecast_shard` → `build_schedules` → `publish_schedules`, each of the last
-three mapped over the shards (one task instance per shard of `training.shard_size` services).
+`check_rollbacks` → `plan_shards` → `forecast_shard` → `build_schedules` → `publish_schedules`,
+each of the last three mapped over the shards (one task instance per shard of
+`training.shard_size` services).
+
+* `check_rollbacks` first compares each champion's live error (the forecasts it served over the
+  last `rollback.window_hours`) with the previous champion's backtest error and moves the
+  `champion` alias back when it is worse by more than `rollback.margin`; the event is logged to
+  MLflow (experiment `forescale-rollbacks`).
 
 * The forecast origin and the publication time are the run's `data_interval_end`, and outputs
   are partitioned by it, so a rerun writes the same files and schedules.
@@ -35,6 +41,18 @@ INTERVAL_MINUTES = 60
 )
 def schedule_publish() -> None:
     """Hourly champion forecast → replica schedule → publication, mapped over shards."""
+
+    @task
+    def check_rollbacks(
+        data_interval_start: datetime | None = None,
+        data_interval_end: datetime | None = None,
+        dag_run=None,
+    ) -> str:
+        from pipelines.rollback import check_rollbacks
+
+        _, now = run_interval(data_interval_start, data_interval_end,
+                              dag_run.run_after, INTERVAL_MINUTES)
+        return str(check_rollbacks(forescale_settings(), now=now))
 
     @task
     def plan_shards() -> list[list[str]]:
@@ -74,7 +92,9 @@ def schedule_publish() -> None:
                                        dag_run.run_after, INTERVAL_MINUTES)
         return str(publish_schedules(forescale_settings(), schedules_path, as_of=published_at))
 
-    forecasts = forecast_shard.expand(services=plan_shards())
+    shards = plan_shards()
+    check_rollbacks() >> shards
+    forecasts = forecast_shard.expand(services=shards)
     schedules = build_schedules.expand(forecast_path=forecasts)
     publish_schedules.expand(schedules_path=schedules)
 

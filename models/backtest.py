@@ -109,7 +109,6 @@ def backtest_forecasts(
         forecast = model.predict(horizon, quantiles=quantiles)
         actual = test[[SERVICE, TS, target]].rename(columns={target: "y"})
         joined = forecast.merge(actual, on=[SERVICE, TS], how="inner")
-        joined["horizon_step"] = joined.groupby(SERVICE).cumcount() + 1
         naive_parts = []
         for service, group in train.sort_values(TS).groupby(SERVICE):
             path = seasonal_naive_path(group[target].to_numpy(float), season, horizon)

@@ -276,6 +276,7 @@ def test_scheduled_retrain_trains_every_shard_and_records_the_reason(runs: dict[
         "train_shard[0]": "success",
         "train_shard[1]": "success",
         "summarize": "success",
+        "train_anomaly_model": "success",
     }, states
     summary = json.loads(Path(_xcom(runs["retrain"], "summarize")).read_text())
     assert summary["reason"] == "schedule" and summary["services"] is None
@@ -289,7 +290,11 @@ def test_scheduled_retrain_trains_every_shard_and_records_the_reason(runs: dict[
 def test_publication_serves_a_schedule_per_service(runs: dict[str, Any]) -> None:
     from serving.store import ScheduleStore
 
-    assert set(_state(runs["publish"]).values()) == {"success"}, _state(runs["publish"])
+    states = _state(runs["publish"])
+    assert set(states.values()) == {"success"} and "check_rollbacks" in states, states
+    rollbacks = json.loads(Path(_xcom(runs["publish"], "check_rollbacks")).read_text())
+    assert {d["service"] for d in rollbacks} == {SHIFTED, STEADY}
+    assert not any(d["rolled_back"] for d in rollbacks)  # first champions: nothing to go back to
     store = ScheduleStore(runs["settings"].schedule_db)
     for service in (SHIFTED, STEADY):
         schedule = store.latest(service)
@@ -326,6 +331,7 @@ def test_drift_triggered_retrain_trains_only_the_drifted_service(runs: dict[str,
         "plan_shards": "success",
         "train_shard[0]": "success",
         "summarize": "success",
+        "train_anomaly_model": "success",
     }, states
     summary = json.loads(Path(_xcom(runs["drift_retrain"], "summarize")).read_text())
     [(_, extra)] = runs["events"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -112,3 +113,34 @@ def test_backtest_never_shows_the_model_a_future_point() -> None:
     scores = backtest(SeasonalNaiveForecaster, history, n_folds=3, horizon=12)
     assert len(scores) == 6
     np.testing.assert_allclose(scores["relative_mae"], 1.0)
+
+
+def test_log_backtest_writes_overall_and_per_series_metrics(tmp_path: Path) -> None:
+    import mlflow
+
+    from models.tracking import log_backtest
+
+    ts = pd.date_range("2026-01-01", periods=24 * 5, freq="h", tz="UTC")
+    values = 50 + 20 * np.sin(np.arange(ts.size) * 2 * np.pi / 24)
+    history = pd.concat(
+        [
+            pd.DataFrame({"service": "a", "ts": ts, "requests": values}),
+            pd.DataFrame({"service": "b", "ts": ts, "requests": values * 2 + 1}),
+        ]
+    )
+    scores = backtest(SeasonalNaiveForecaster, history, n_folds=2, horizon=6)
+    previous_uri = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+        experiment = mlflow.create_experiment("bt", artifact_location=(tmp_path / "a").as_uri())
+        with mlflow.start_run(experiment_id=experiment) as run:
+            overall = log_backtest(scores, prefix="naive")
+        logged = mlflow.get_run(run.info.run_id).data
+    finally:
+        mlflow.set_tracking_uri(previous_uri)
+    assert logged.metrics["naive.relative_mae"] == pytest.approx(1.0)
+    assert logged.metrics["naive.b.mae"] == pytest.approx(scores[scores.service == "b"].mae.mean())
+    assert "naive.coverage_p90" in overall
+    assert logged.params["naive.folds"] == "2"
+    with pytest.raises(ValueError, match="active MLflow run"):
+        log_backtest(scores)
