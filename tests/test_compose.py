@@ -46,11 +46,14 @@ def test_compose_file_is_valid_with_the_example_env() -> None:
 
 
 def test_missing_secrets_are_refused_by_name(tmp_path: Path) -> None:
-    empty = tmp_path / "empty.env"
-    empty.write_text("")
-    result = _compose("config", "-q", env_file=empty)
-    assert result.returncode != 0
-    assert "POSTGRES_PASSWORD" in result.stderr
+    required = sorted(set(re.findall(r"\$\{(\w+):\?", COMPOSE_FILE.read_text())))
+    assert "POSTGRES_PASSWORD" in required
+    for missing in required:
+        env = tmp_path / f"without-{missing}.env"
+        env.write_text("".join(f"{name}=x\n" for name in required if name != missing))
+        result = _compose("config", "-q", env_file=env)
+        assert result.returncode != 0, missing
+        assert missing in result.stderr, (missing, result.stderr)
 
 
 def test_env_example_sets_every_variable_the_file_requires() -> None:

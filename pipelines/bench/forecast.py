@@ -554,7 +554,8 @@ def run_forecast_bench(
     if forecasts_path is not None and long_frames:
         forecasts = pd.concat(long_frames, ignore_index=True)
         forecasts["ds"] = forecasts["ds"].astype(str)
-        forecasts["origin"] = forecasts.get("origin").astype(str)
+        if "origin" in forecasts.columns:  # ops rows only; M4 rows have no origin
+            forecasts["origin"] = forecasts["origin"].astype(str)
         Path(forecasts_path).parent.mkdir(parents=True, exist_ok=True)
         if str(forecasts_path).endswith(".csv"):
             forecasts.to_csv(forecasts_path, index=False)
