@@ -238,7 +238,11 @@ def pipeline_run(
 
     settings = _settings()
     began = time.perf_counter()
-    summaries = run_pipeline(settings, services, days, source, step_minutes, seed, _progress)
+
+    def progress(line: str) -> None:
+        _progress(f"[{time.perf_counter() - began:6.0f} s] {line}")
+
+    summaries = run_pipeline(settings, services, days, source, step_minutes, seed, progress)
     table = Table(title=f"Forescale pipeline ({time.perf_counter() - began:.0f} s, "
                         f"state in {settings.home})")
     for column in ("service", "model", "version", "champion", "backtest rel. MAE",
