@@ -251,7 +251,8 @@ def pipeline_run(
     for s in summaries:
         table.add_row(s.service, s.family, "v" + s.model_version.rpartition("/")[2],
                       "new" if s.promoted else "kept",
-                      f"{s.backtest_error:.3f}", str(s.peak_replicas), f"v{s.schedule_version}")
+                      f"{s.backtest_error:.3f}", str(s.peak_replicas),
+                      f"v{s.schedule_version}" if s.schedule_version else "not published")
     out.print(table)
 
 

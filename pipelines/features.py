@@ -176,12 +176,15 @@ def compute_service_features(telemetry: pd.DataFrame, step_minutes: int = 5) -> 
     Returns:
         ``service, event_timestamp`` (``timestamp[us, UTC]``) and the feature columns, sorted.
 
+    Metrics other than ``requests`` are optional (a request-rate trace has only that one); their
+    features are NaN for telemetry without them.
+
     Raises:
-        ValueError: If a column is missing.
+        ValueError: If ``service``, ``ts`` or ``requests`` is missing.
     """
-    require_columns(telemetry, (SERVICE, TS, *METRICS), "telemetry")
+    require_columns(telemetry, (SERVICE, TS, REQUESTS), "telemetry")
     step = pd.Timedelta(minutes=step_minutes)
-    raw = telemetry[[SERVICE, TS, *METRICS]].copy()
+    raw = telemetry.reindex(columns=[SERVICE, TS, *METRICS])
     raw[SERVICE] = raw[SERVICE].astype(str)
     raw[EVENT_TIMESTAMP] = pd.to_datetime(raw[TS], utc=True).dt.floor(step) + step
     aggregates = (

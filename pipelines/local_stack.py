@@ -189,8 +189,7 @@ def seed_demo_fleet(settings: Settings, services: int, days: int, progress: Prog
     """
     import pandas as pd
 
-    from pipelines.features import apply_features, materialize_features, update_offline_features
-    from pipelines.run import ingest_frame
+    from pipelines.run import store_and_featurize
     from pipelines.telemetry import generate_fleet, list_services
 
     settings.ensure_dirs()
@@ -198,14 +197,7 @@ def seed_demo_fleet(settings: Settings, services: int, days: int, progress: Prog
         progress(f"reusing the telemetry under {settings.telemetry_dir}")
         return
     progress(f"generating {services} synthetic services x {days} days of 1-minute telemetry")
-    frame = generate_fleet(services, days)
-    start, end = frame["ts"].min(), frame["ts"].max() + pd.Timedelta(minutes=1)
-    progress(f"validating and storing {len(frame):,} rows")
-    ingest_frame(settings, frame, start, end)
-    progress("feature store: apply, offline aggregates, materialize")
-    apply_features(settings)
-    update_offline_features(settings)
-    materialize_features(settings, end.to_pydatetime())
+    store_and_featurize(settings, generate_fleet(services, days), pd.Timedelta(minutes=1), progress)
 
 
 def start_children(

@@ -104,8 +104,8 @@ def load_validation_limits(settings: Settings) -> ValidationLimits:
                          f"{err}") from err
 
 
-def build_expectation_suite(start: datetime, end: datetime,
-                            limits: ValidationLimits) -> ExpectationSuite:
+def build_expectation_suite(start: datetime, end: datetime, limits: ValidationLimits,
+                            metrics: Sequence[str] = METRICS) -> ExpectationSuite:
     """Build the expectation suite for a batch covering ``[start, end)``.
 
     Every expectation carries ``meta["rule"]``, the name used in error messages and reports:
@@ -117,6 +117,8 @@ def build_expectation_suite(start: datetime, end: datetime,
         start: Inclusive start of the batch interval (naive values are taken as UTC).
         end: Exclusive end of the batch interval.
         limits: Plausibility limits.
+        metrics: The metric columns the batch must have and that are checked; ``requests``
+            is always among them (see :func:`batch_metrics`).
 
     Returns:
         An unsaved ``great_expectations`` ``ExpectationSuite``.
@@ -125,15 +127,17 @@ def build_expectation_suite(start: datetime, end: datetime,
 
     expect = gx.expectations
     start_utc, end_utc = _utc(start), _utc(end)
+    metrics = list(dict.fromkeys([REQUESTS, *metrics]))
     upper_bounds = {
         REQUESTS: limits.max_requests_per_second,
         CPU: limits.max_cpu_cores,
         LATENCY_P95: limits.max_latency_ms,
         ERRORS: limits.max_requests_per_second,
     }
+    upper_bounds = {metric: upper_bounds[metric] for metric in metrics if metric in upper_bounds}
     expectations: list[Any] = [
         expect.ExpectTableColumnsToMatchSet(
-            column_set=[*KEYS, *METRICS], exact_match=False, meta={"rule": "schema"}
+            column_set=[*KEYS, *metrics], exact_match=False, meta={"rule": "schema"}
         ),
         expect.ExpectColumnValuesToBeInTypeList(
             column=SERVICE, type_list=_SERVICE_TYPES, meta={"rule": "type"}
@@ -144,7 +148,7 @@ def build_expectation_suite(start: datetime, end: datetime,
         expect.ExpectColumnValuesToBeInTypeList(
             column=metric, type_list=_NUMERIC_TYPES, meta={"rule": "type"}
         )
-        for metric in METRICS
+        for metric in metrics
     ]
     expectations += [
         expect.ExpectColumnValuesToNotBeNull(column=key, meta={"rule": "not_null"})
@@ -154,7 +158,7 @@ def build_expectation_suite(start: datetime, end: datetime,
         expect.ExpectColumnValuesToBeBetween(
             column=metric, min_value=0, meta={"rule": "non_negative"}
         )
-        for metric in METRICS
+        for metric in metrics
     ]
     expectations += [
         expect.ExpectColumnValuesToBeBetween(
@@ -176,6 +180,15 @@ def build_expectation_suite(start: datetime, end: datetime,
         ),
     ]
     return gx.ExpectationSuite(name=SUITE_NAME, expectations=expectations)
+
+
+def batch_metrics(batch: pd.DataFrame) -> list[str]:
+    """The metric columns a batch is validated on: ``requests`` (always) and the others it has.
+
+    Sources such as a single request-rate trace carry only ``requests``; CPU, latency and errors
+    are checked whenever a batch has them.
+    """
+    return [REQUESTS, *(m for m in METRICS if m != REQUESTS and m in batch.columns)]
 
 
 def add_gap_column(batch: pd.DataFrame) -> pd.DataFrame:
@@ -231,7 +244,9 @@ def validate_batch(settings: Settings, batch_path: Path, start: datetime, end: d
         raise FileNotFoundError(f"batch file {batch_path} does not exist")
     batch = pd.read_parquet(batch_path).reset_index(drop=True)  # row labels = file positions
     frame = add_gap_column(batch)
-    result = run_suite(frame, build_expectation_suite(start, end, load_validation_limits(settings)))
+    suite = build_expectation_suite(start, end, load_validation_limits(settings),
+                                    batch_metrics(batch))
+    result = run_suite(frame, suite)
     if result.success:
         return batch_path
 

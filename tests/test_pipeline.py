@@ -164,3 +164,18 @@ def test_no_rollback_while_the_live_error_is_within_the_margin(pipeline_home, tm
     decision = json.loads(check_rollbacks(copy, ["checkout"], now=now).read_text())[0]
     assert decision["rolled_back"] is False and decision["live_error"] == 0.0
     assert champion("checkout").label == label
+
+
+def test_pipeline_on_historical_files_builds_but_does_not_publish(tmp_path, make_fleet) -> None:
+    trace = make_fleet(services=1, days=5, step_minutes=5, end=pd.Timestamp("2020-03-02", tz="UTC"))
+    source = tmp_path / "traces"
+    source.mkdir()
+    trace[[TS, "requests"]].rename(columns={TS: "timestamp", "requests": "value"}).to_csv(
+        source / "legacy-api.csv", index=False)
+    settings = _settings_with(tmp_path / "home", training={**FAST_TRAINING, "history_days": 5})
+    lines: list[str] = []
+    [summary] = run_pipeline(settings, source_dir=source, step_minutes=5, progress=lines.append)
+    assert summary.service == "legacy-api" and summary.schedule_version is None
+    assert summary.peak_replicas >= 2 and summary.model_version.startswith("forescale-legacy-api/")
+    assert any("not published" in line for line in lines)
+    assert ScheduleStore(settings.schedule_db).latest("legacy-api") is None

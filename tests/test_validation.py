@@ -208,3 +208,19 @@ def test_empty_interval_is_rejected(settings: Settings, clean_batch: pd.DataFram
     with pytest.raises(ValueError, match="interval is empty"):
         validate_batch(settings, path, END, START)
     assert path.exists()
+
+
+def test_a_request_only_trace_is_validated_on_requests(settings, make_fleet) -> None:
+    from pipelines.telemetry import stage_frame
+    from pipelines.validation import BatchValidationError, validate_batch
+
+    fleet = make_fleet(services=1, days=1)
+    trace = fleet[["service", "ts", "requests"]]
+    start, end = fleet["ts"].min(), fleet["ts"].max() + pd.Timedelta(minutes=1)
+    assert validate_batch(settings, stage_frame(settings, trace, start, end), start, end).exists()
+    broken = trace.assign(requests=trace["requests"].where(trace.index != 5, -3.0))
+    with pytest.raises(BatchValidationError, match="non_negative.*'requests'"):
+        validate_batch(settings, stage_frame(settings, broken, start, end), start, end)
+    with pytest.raises(BatchValidationError, match=r"schema.*missing column\(s\) \['requests'\]"):
+        validate_batch(settings, stage_frame(settings, fleet[["service", "ts", "cpu"]], start, end),
+                       start, end)
