@@ -22,10 +22,13 @@ def load_params(params_file: Path) -> dict[str, Any]:
     """
     if not params_file.is_file():
         raise ValueError(f"parameters file {params_file} does not exist")
-    with params_file.open() as handle:
-        params = yaml.safe_load(handle)
+    try:
+        params = yaml.safe_load(params_file.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"parameters file {params_file} is not valid YAML: {err}") from err
     if not isinstance(params, dict):
-        raise ValueError(f"parameters file {params_file} must hold a mapping at the top level")
+        raise ValueError(  # noqa: TRY004 - bad file content is bad input, not a caller's type error
+            f"parameters file {params_file} must hold a mapping at the top level")
     return params
 
 
@@ -44,5 +47,6 @@ def section(params_file: Path, name: str) -> dict[str, Any]:
     """
     value = load_params(params_file).get(name)
     if not isinstance(value, dict):
-        raise ValueError(f"{params_file} has no '{name}' section (or it is not a mapping)")
+        raise ValueError(  # noqa: TRY004 - bad file content is bad input
+            f"{params_file} has no '{name}' section (or it is not a mapping)")
     return value
