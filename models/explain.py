@@ -21,6 +21,7 @@ from models.base import Forecaster
 from pipelines.schema import SERVICE, TS
 
 TOP_DRIVERS = 3
+PEAK_SPACING = pd.Timedelta(hours=2)
 SHAP_SAMPLE_ROWS = 2000
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 
@@ -32,6 +33,10 @@ FEATURE_LABELS: dict[str, str] = {
     "season_lag_3": "same time 4 days ago",
     "season_lag_mean": "same time, mean of recent days",
     "season_lag_median": "same time, median of recent days",
+    "origin_profile": "usual level at this hour (recent days)",
+    "origin_profile_median": "usual level at this hour (median of recent days)",
+    "deviation_now": "today running above/below usual",
+    "deviation_now_median": "today running above/below usual (median)",
     "week_lag": "same time last week",
     "week_lag_2": "same time two weeks ago",
     "mean_short": "current level",
@@ -225,15 +230,20 @@ def explain_peaks(model: Forecaster, history: pd.DataFrame, schedule: pd.DataFra
         model: The forecaster that made the schedule's forecast.
         history: The history the forecast was made from (one service).
         schedule: The service's schedule: ``service, ts, replicas, forecast_p90, ...``.
-        n_peaks: How many peak steps to explain (distinct hours, highest forecast first).
+        n_peaks: How many peak steps to explain (at least two hours apart, highest first).
         quantile: The forecast quantile the schedule was sized on.
 
     Returns:
         ``{"family", "summary", "peaks": [{"ts", "replicas", "forecast", "drivers", "text"}]}``.
     """
     ranked = schedule.sort_values(["forecast_p90", TS], ascending=[False, True])
-    ranked = ranked.loc[~ranked[TS].dt.floor("h").duplicated()].head(n_peaks)
-    ranked = ranked.sort_values(TS)
+    chosen: list[int] = []
+    for index, ts in ranked[TS].items():  # distinct peaks: at least PEAK_SPACING apart
+        if all(abs(ts - ranked.at[other, TS]) >= PEAK_SPACING for other in chosen):
+            chosen.append(index)
+        if len(chosen) == n_peaks:
+            break
+    ranked = ranked.loc[chosen].sort_values(TS)
     if model.name == "lightgbm":
         drivers = _lightgbm_drivers(model, history, ranked, quantile)
         basis = "SHAP contributions relative to the model's baseline"

@@ -338,5 +338,15 @@ def bench_nab(
 
 
 def main() -> None:
-    """Entry point of the ``forescale`` script."""
-    app()
+    """Entry point of the ``forescale`` script.
+
+    Bad input (a ``ValueError``, a missing file) is reported as one readable message and exit
+    code 1; ``FORESCALE_DEBUG=1`` shows the full traceback instead.
+    """
+    try:
+        app()
+    except (ValueError, FileNotFoundError) as err:
+        if os.environ.get("FORESCALE_DEBUG"):
+            raise
+        console.print(f"[bold red]error:[/] {err}")
+        raise SystemExit(1) from err

@@ -412,6 +412,7 @@ def run_local_stack(
     log_dir = settings.home / "logs"
     progress(f"starting Airflow, MLflow and the API (logs in {log_dir})")
     children = start_children(service_commands(settings, ports), env, log_dir)
+    previous = _stop_on_signals()
     try:
         started = time.monotonic()
         healthy = wait_healthy(health_urls(ports), children, progress)
@@ -419,14 +420,15 @@ def run_local_stack(
         timings.update({f"healthy_{name}": seconds for name, seconds in healthy.items()})
 
         password = airflow_password(settings)
-        started = time.monotonic()
-        _first_runs(AirflowClient(ports.urls["airflow"], AIRFLOW_USER, password), progress)
-        timings["first_runs"] = time.monotonic() - started
-
         urls = ports.urls
         progress(f"Airflow  {urls['airflow']}  (login {AIRFLOW_USER} / {password})")
         progress(f"MLflow   {urls['mlflow']}")
-        progress(f"API      {urls['api']}/docs  (schedules: {urls['api']}/services)")
+        progress(f"API      {urls['api']}/docs  (services: {urls['api']}/v1/services)")
+        progress("running the DAGs once (a few minutes); the UIs are usable meanwhile")
+        started = time.monotonic()
+        _first_runs(AirflowClient(ports.urls["airflow"], AIRFLOW_USER, password), progress)
+        timings["first_runs"] = time.monotonic() - started
+        progress(f"first runs done in {timings['first_runs']:.0f} s: every UI has content")
         if stop_after_start:
             return timings
         progress("running; press Ctrl-C to stop")
@@ -440,6 +442,27 @@ def run_local_stack(
         return timings
     finally:
         stop_children(children)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _stop_on_signals() -> dict[signal.Signals, Any]:
+    """Make Ctrl-C, SIGTERM and SIGHUP all stop the stack cleanly (children included).
+
+    SIGINT is handled explicitly too: a process started in the background by a
+    non-interactive shell inherits it as ignored.
+
+    Returns:
+        The previous handlers, to restore.
+    """
+
+    def interrupt(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+    return {sig: signal.signal(sig, interrupt) for sig in STOP_SIGNALS}
 
 
 def _first_runs(client: AirflowClient, progress: Progress) -> None:

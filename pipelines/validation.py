@@ -183,12 +183,14 @@ def build_expectation_suite(start: datetime, end: datetime, limits: ValidationLi
 
 
 def batch_metrics(batch: pd.DataFrame) -> list[str]:
-    """The metric columns a batch is validated on: ``requests`` (always) and the others it has.
+    """The metric columns a batch must have: all of them, or ``requests`` alone.
 
-    Sources such as a single request-rate trace carry only ``requests``; CPU, latency and errors
-    are checked whenever a batch has them.
+    A request-rate trace (one ``time, value`` file) carries only ``requests``; any batch with
+    another metric is full telemetry and must have every metric, so a source that loses a column
+    fails the schema rule instead of passing silently.
     """
-    return [REQUESTS, *(m for m in METRICS if m != REQUESTS and m in batch.columns)]
+    others = [m for m in METRICS if m != REQUESTS]
+    return list(METRICS) if any(m in batch.columns for m in others) else [REQUESTS]
 
 
 def add_gap_column(batch: pd.DataFrame) -> pd.DataFrame:
@@ -252,8 +254,8 @@ def validate_batch(settings: Settings, batch_path: Path, start: datetime, end: d
 
     failures = [describe_failure(item, frame) for item in result.results if not item.success]
     settings.quarantine_dir.mkdir(parents=True, exist_ok=True)
-    quarantined = settings.quarantine_dir / batch_path.name
-    report_path = settings.quarantine_dir / f"{batch_path.stem}.report.json"
+    quarantined = _free_quarantine_path(settings.quarantine_dir, batch_path)
+    report_path = quarantined.with_suffix(".report.json")
     report = {
         "batch": batch_path.name,
         "source_path": str(batch_path),
@@ -270,6 +272,18 @@ def validate_batch(settings: Settings, batch_path: Path, start: datetime, end: d
         f"to {quarantined} (report {report_path}):\n" + "\n".join(f"- {f}" for f in failures)
     )
     raise BatchValidationError(message, quarantined, report_path, failures)
+
+
+def _free_quarantine_path(folder: Path, batch_path: Path) -> Path:
+    """Where a failed batch goes: its own name, or ``<stem>.<n>.parquet`` if that is taken.
+
+    Two bad batches for the same interval (e.g. two imports) must both be kept.
+    """
+    candidate, attempt = folder / batch_path.name, 1
+    while candidate.exists():
+        candidate = folder / f"{batch_path.stem}.{attempt}{batch_path.suffix}"
+        attempt += 1
+    return candidate
 
 
 def run_suite(frame: pd.DataFrame, suite: ExpectationSuite) -> ExpectationSuiteValidationResult:

@@ -221,6 +221,25 @@ def test_a_request_only_trace_is_validated_on_requests(settings, make_fleet) -> 
     broken = trace.assign(requests=trace["requests"].where(trace.index != 5, -3.0))
     with pytest.raises(BatchValidationError, match="non_negative.*'requests'"):
         validate_batch(settings, stage_frame(settings, broken, start, end), start, end)
-    with pytest.raises(BatchValidationError, match=r"schema.*missing column\(s\) \['requests'\]"):
+    with pytest.raises(BatchValidationError, match=r"schema.*missing column\(s\) \[.*'requests'"):
         validate_batch(settings, stage_frame(settings, fleet[["service", "ts", "cpu"]], start, end),
                        start, end)
+
+
+def test_two_bad_batches_for_the_same_interval_are_both_kept(settings, make_fleet) -> None:
+    from pipelines.telemetry import stage_frame
+    from pipelines.validation import BatchValidationError, validate_batch
+
+    fleet = make_fleet(services=1, days=1)
+    start, end = fleet["ts"].min(), fleet["ts"].max() + pd.Timedelta(minutes=1)
+    negative = fleet.assign(requests=-1.0)
+    duplicated = pd.concat([fleet, fleet.head(1)], ignore_index=True)
+    kept = []
+    for bad in (negative, duplicated):
+        with pytest.raises(BatchValidationError) as caught:
+            validate_batch(settings, stage_frame(settings, bad, start, end), start, end)
+        kept.append(caught.value.quarantined_path)
+    assert kept[0] != kept[1] and all(p.exists() for p in kept)
+    assert (pd.read_parquet(kept[0])["requests"] == -1.0).all()
+    assert len(pd.read_parquet(kept[1])) == len(fleet) + 1
+    assert len(list(settings.quarantine_dir.glob("*.report.json"))) == 2
