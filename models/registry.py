@@ -98,7 +98,10 @@ def configure_mlflow(settings: Settings, experiment: str = EXPERIMENT) -> str:
     location = (settings.mlflow_artifacts_dir / experiment).as_uri()
     if not settings.tracking_uri.startswith("sqlite:"):
         location = None  # a tracking server chooses its own artifact store
-    experiment_id = client.create_experiment(experiment, artifact_location=location)
+    # Classic ML experiment: the MLflow UI opens on runs and models, not on GenAI traces.
+    experiment_id = client.create_experiment(
+        experiment, artifact_location=location,
+        tags={"mlflow.experimentKind": "custom_model_development"})
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
 

@@ -638,15 +638,10 @@ def _log_to_mlflow(settings: Settings, result: DriftResult, report_path: Path) -
     """Log the run's figures and HTML report to MLflow; returns the MLflow run id."""
     import mlflow
 
+    from models.registry import configure_mlflow
+
+    experiment_id = configure_mlflow(settings, EXPERIMENT_NAME)
     client = mlflow.MlflowClient(tracking_uri=settings.tracking_uri)
-    experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
-    if experiment is None:
-        location = None  # a tracking server chooses (and proxies) its own artifact store
-        if settings.tracking_uri.startswith("sqlite:"):
-            location = (settings.mlflow_artifacts_dir / EXPERIMENT_NAME).as_uri()
-        experiment_id = client.create_experiment(EXPERIMENT_NAME, artifact_location=location)
-    else:
-        experiment_id = experiment.experiment_id
     run = client.create_run(experiment_id, run_name=f"drift-{partition_name(_utc(result.end))}",
                             tags={"forescale.window_end": result.end})
     run_id = run.info.run_id
