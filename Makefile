@@ -18,7 +18,7 @@ setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml uv.lock
 	@$(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet "uv==0.13.8"
-	$(UV) sync --frozen --extra dev --python $(PYTHON)
+	$(UV) sync --locked --extra dev --python $(PYTHON)
 	@touch $@
 
 ## Start Airflow, MLflow and the schedule API on localhost with a demo fleet; Ctrl-C stops it.
