@@ -39,7 +39,8 @@ Services = Annotated[list[str] | None, typer.Option("--service", "-s",
                                                     help="Service to include (repeatable).")]
 
 
-QUIET_LOGGERS = ("mlflow", "feast", "great_expectations", "cmdstanpy", "prophet", "alembic")
+QUIET_LOGGERS = ("mlflow", "feast", "great_expectations", "cmdstanpy", "prophet", "alembic",
+                 "py.warnings")
 
 
 def _settings() -> Settings:
