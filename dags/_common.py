@@ -62,6 +62,22 @@ def run_interval(
     return end.subtract(minutes=minutes), end
 
 
+def current_interval(minutes: int) -> tuple[datetime, datetime]:
+    """:func:`run_interval` of the task instance that is running (call it inside a task).
+
+    Args:
+        minutes: Interval length of the DAG's schedule.
+
+    Returns:
+        ``(start, end)`` as UTC datetimes.
+    """
+    from airflow.sdk import get_current_context
+
+    context = get_current_context()
+    return run_interval(context.get("data_interval_start"), context.get("data_interval_end"),
+                        context["dag_run"].run_after, minutes)
+
+
 def forescale_settings() -> Any:
     """``pipelines.settings.get_settings()``, read when a task runs (never at DAG parse time)."""
     from pipelines.settings import get_settings

@@ -18,11 +18,9 @@ Every hour: is the fleet still behaving like the data the champions learned from
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from airflow.sdk import CronDataIntervalTimetable, dag, task
 
-from dags._common import DEFAULT_ARGS, DRIFT_ASSET, START_DATE, forescale_settings, run_interval
+from dags._common import DEFAULT_ARGS, DRIFT_ASSET, START_DATE, current_interval, forescale_settings
 
 INTERVAL_MINUTES = 60
 
@@ -41,15 +39,10 @@ def drift_monitor() -> None:
     """Hourly Evidently drift check; emits the drift asset event only when a service drifted."""
 
     @task
-    def check_drift(
-        data_interval_start: datetime | None = None,
-        data_interval_end: datetime | None = None,
-        dag_run=None,
-    ) -> str:
+    def check_drift() -> str:
         from pipelines.drift import run_drift_monitor
 
-        _, end = run_interval(data_interval_start, data_interval_end,
-                              dag_run.run_after, INTERVAL_MINUTES)
+        _, end = current_interval(INTERVAL_MINUTES)
         return str(run_drift_monitor(forescale_settings(), end=end))
 
     @task.short_circuit

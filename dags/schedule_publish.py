@@ -20,11 +20,9 @@ each of the last three mapped over the shards (one task instance per shard of
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from airflow.sdk import CronDataIntervalTimetable, dag, task
 
-from dags._common import DEFAULT_ARGS, START_DATE, forescale_settings, run_interval
+from dags._common import DEFAULT_ARGS, START_DATE, current_interval, forescale_settings
 
 INTERVAL_MINUTES = 60
 
@@ -43,15 +41,10 @@ def schedule_publish() -> None:
     """Hourly champion forecast → replica schedule → publication, mapped over shards."""
 
     @task
-    def check_rollbacks(
-        data_interval_start: datetime | None = None,
-        data_interval_end: datetime | None = None,
-        dag_run=None,
-    ) -> str:
+    def check_rollbacks() -> str:
         from pipelines.rollback import check_rollbacks
 
-        _, now = run_interval(data_interval_start, data_interval_end,
-                              dag_run.run_after, INTERVAL_MINUTES)
+        _, now = current_interval(INTERVAL_MINUTES)
         return str(check_rollbacks(forescale_settings(), now=now))
 
     @task
@@ -62,15 +55,11 @@ def schedule_publish() -> None:
 
     @task
     def forecast_shard(
-        services: list[str],
-        data_interval_start: datetime | None = None,
-        data_interval_end: datetime | None = None,
-        dag_run=None,
+        services: list[str]
     ) -> str:
         from pipelines.publish import forecast_shard
 
-        _, origin = run_interval(data_interval_start, data_interval_end,
-                                 dag_run.run_after, INTERVAL_MINUTES)
+        _, origin = current_interval(INTERVAL_MINUTES)
         return str(forecast_shard(forescale_settings(), services, as_of=origin))
 
     @task
@@ -80,16 +69,10 @@ def schedule_publish() -> None:
         return str(build_schedules(forescale_settings(), forecast_path))
 
     @task
-    def publish_schedules(
-        schedules_path: str,
-        data_interval_start: datetime | None = None,
-        data_interval_end: datetime | None = None,
-        dag_run=None,
-    ) -> str:
+    def publish_schedules(schedules_path: str) -> str:
         from pipelines.publish import publish_schedules
 
-        _, published_at = run_interval(data_interval_start, data_interval_end,
-                                       dag_run.run_after, INTERVAL_MINUTES)
+        _, published_at = current_interval(INTERVAL_MINUTES)
         return str(publish_schedules(forescale_settings(), schedules_path, as_of=published_at))
 
     shards = plan_shards()

@@ -20,12 +20,10 @@ Every 5 minutes: pull the interval's telemetry, validate it, store it, and refre
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from airflow.sdk import CronDataIntervalTimetable, dag, task
 from airflow.sdk.exceptions import AirflowFailException
 
-from dags._common import DEFAULT_ARGS, START_DATE, forescale_settings, run_interval
+from dags._common import DEFAULT_ARGS, START_DATE, current_interval, forescale_settings
 
 INTERVAL_MINUTES = 5
 
@@ -44,30 +42,19 @@ def telemetry_ingest() -> None:
     """Telemetry → validation → raw store → feature store, every 5 minutes."""
 
     @task
-    def extract_batch(
-        data_interval_start: datetime | None = None,
-        data_interval_end: datetime | None = None,
-        dag_run=None,
-    ) -> str:
+    def extract_batch() -> str:
         from pipelines.telemetry import extract_batch
 
-        start, end = run_interval(data_interval_start, data_interval_end,
-                                  dag_run.run_after, INTERVAL_MINUTES)
+        start, end = current_interval(INTERVAL_MINUTES)
         return str(extract_batch(forescale_settings(), start, end))
 
     @task(retries=0)
-    def validate_batch(
-        batch_path: str,
-        data_interval_start: datetime | None = None,
-        data_interval_end: datetime | None = None,
-        dag_run=None,
-    ) -> str:
+    def validate_batch(batch_path: str) -> str:
         from pathlib import Path
 
         from pipelines.validation import BatchValidationError, validate_batch
 
-        start, end = run_interval(data_interval_start, data_interval_end,
-                                  dag_run.run_after, INTERVAL_MINUTES)
+        start, end = current_interval(INTERVAL_MINUTES)
         try:
             return str(validate_batch(forescale_settings(), Path(batch_path), start, end))
         except BatchValidationError as error:  # quarantined: a retry would find nothing
@@ -94,29 +81,19 @@ def telemetry_ingest() -> None:
         apply_features(forescale_settings())
 
     @task
-    def materialize_features(
-        offline_path: str,
-        data_interval_start: datetime | None = None,
-        data_interval_end: datetime | None = None,
-        dag_run=None,
-    ) -> None:
+    def materialize_features(offline_path: str) -> None:
         from pipelines.features import materialize_features
 
-        _, end = run_interval(data_interval_start, data_interval_end,
-                              dag_run.run_after, INTERVAL_MINUTES)
+        _, end = current_interval(INTERVAL_MINUTES)
         materialize_features(forescale_settings(), end)
 
     @task
     def score_anomalies(
-        stored_files: list[str],
-        data_interval_start: datetime | None = None,
-        data_interval_end: datetime | None = None,
-        dag_run=None,
+        stored_files: list[str]
     ) -> str:
         from pipelines.anomalies import score_anomalies
 
-        start, end = run_interval(data_interval_start, data_interval_end,
-                                  dag_run.run_after, INTERVAL_MINUTES)
+        start, end = current_interval(INTERVAL_MINUTES)
         return str(score_anomalies(forescale_settings(), start, end))
 
     stored = store_batch(validate_batch(extract_batch()))
