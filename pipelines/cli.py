@@ -31,8 +31,8 @@ app.add_typer(features_app, name="features")
 app.add_typer(pipeline_app, name="pipeline")
 app.add_typer(bench_app, name="bench")
 
-console = Console(stderr=True)
-out = Console()
+console = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data"
 
 Services = Annotated[list[str] | None, typer.Option("--service", "-s",

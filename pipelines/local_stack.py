@@ -390,7 +390,7 @@ def run_local_stack(
     if progress is None:
         from rich.console import Console
 
-        console = Console()
+        console = Console(soft_wrap=True)
 
         def progress(line: str) -> None:
             console.print(f"[bold cyan]forescale[/] {line}")
