@@ -338,6 +338,31 @@ def bench_nab(
     run_nab_bench(data, json_path, scores)
 
 
+@bench_app.command("features")
+def bench_features(
+    services: Annotated[int, typer.Option(help="Synthetic services.")] = 100,
+    days: Annotated[int, typer.Option(help="Days of telemetry.")] = 28,
+    step_minutes: Annotated[int, typer.Option(help="Telemetry resolution.")] = 5,
+    online_store: Annotated[str, typer.Option(help="sqlite | redis")] = "sqlite",
+    json_path: JsonOut = None,
+) -> None:
+    """Feature-store timings: feast apply, materialize, training_frame on a synthetic fleet."""
+    import json
+    import tempfile
+
+    from pipelines.bench.features import markdown, run
+
+    _settings()
+    home = Path(tempfile.mkdtemp(prefix="forescale-bench-features-")) / "home"
+    records = run(home, services, days, step_minutes, online_store)
+    out.print(markdown(records))
+    if json_path is not None:
+        json_path.write_text(json.dumps({"services": services, "days": days,
+                                         "step_minutes": step_minutes,
+                                         "online_store": online_store, "stages": records},
+                                        indent=2))
+
+
 def main() -> None:
     """Entry point of the ``forescale`` script.
 

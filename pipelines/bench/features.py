@@ -5,15 +5,12 @@ A benchmark, not a test. Builds a fresh Forescale home (default: a temporary fol
 stage of :mod:`pipelines.features` in this process and prints a Markdown table and the same
 figures as JSON. Peak memory is this process's resident set after each stage (``ru_maxrss``).
 
-Run: ``nice -n 10 .venv/bin/python -m pipelines.bench.features --services 100 --days 28``.
+Run: ``.venv/bin/forescale bench features --services 100 --days 28 [--json PATH]``.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import resource
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -85,25 +82,9 @@ def run(home: Path, services: int = 100, days: int = 28, step_minutes: int = 5,
     return records
 
 
-def main() -> None:
-    """Parse arguments, run the benchmark and print the Markdown table and the JSON."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--services", type=int, default=100)
-    parser.add_argument("--days", type=int, default=28)
-    parser.add_argument("--step-minutes", type=int, default=5)
-    parser.add_argument("--online-store", choices=["sqlite", "redis"], default="sqlite")
-    parser.add_argument("--home", type=Path, default=None)
-    args = parser.parse_args()
-    home = args.home or Path(tempfile.mkdtemp(prefix="forescale-bench-features-")) / "home"
-    records = run(home, args.services, args.days, args.step_minutes, args.online_store)
+def markdown(records: list[dict[str, Any]]) -> str:
+    """The records of :func:`run` as a Markdown table."""
     lines = ["| stage | seconds | rows | peak RSS MB |", "|---|---:|---:|---:|"]
     lines += [f"| {r['stage']} | {r['seconds']} | {r['rows']} | {r['peak_rss_mb']} |"
               for r in records]
-    summary = {"services": args.services, "days": args.days, "step_minutes": args.step_minutes,
-               "online_store": args.online_store, "stages": records}
-    print("\n".join(lines))
-    print(json.dumps(summary, indent=2))
-
-
-if __name__ == "__main__":
-    main()
+    return "\n".join(lines)
