@@ -18,10 +18,11 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Self
 
 import pandas as pd
 
+from models.persistence import load_object, save_object
 from pipelines.schema import SERVICE, TARGET, TS
 
 DEFAULT_QUANTILES: tuple[float, ...] = (0.5, 0.9)
@@ -69,14 +70,18 @@ class Forecaster(abc.ABC):
             A frame with ``service``, ``ts`` and one column per quantile.
         """
 
-    @abc.abstractmethod
     def save(self, path: Path) -> None:
-        """Write the fitted model to a directory."""
+        """Write the fitted model to a directory (a pickle plus a manifest naming the family)."""
+        save_object(self, path, self.name)
 
     @classmethod
-    @abc.abstractmethod
-    def load(cls, path: Path) -> Forecaster:
-        """Read a model written by :meth:`save`."""
+    def load(cls, path: Path) -> Self:
+        """Read a model written by :meth:`save`, checking it is an instance of this class.
+
+        Raises:
+            ValueError: If the directory holds no model or a model of another class.
+        """
+        return load_object(path, cls)
 
 
 def infer_step(history: pd.DataFrame) -> pd.Timedelta:

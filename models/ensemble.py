@@ -12,7 +12,6 @@ seasonal naive forecaster instead of failing.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -22,7 +21,6 @@ from models.backtest import rolling_origin_splits
 from models.base import DEFAULT_QUANTILES, Forecaster, infer_step
 from models.features import check_quantiles, finalize_quantiles, season_steps_for
 from models.naive import SeasonalNaiveForecaster
-from models.persistence import load_object, save_object
 from pipelines.schema import SERVICE, TARGET, TS, quantile_column
 
 NAIVE = "naive"
@@ -203,14 +201,6 @@ class EnsembleForecaster(Forecaster):
         result[TS] = result[TS].astype(self.fallback_.history_[TS].dtype)
         return finalize_quantiles(result, levels)
 
-    def save(self, path: Path) -> None:
-        """Pickle the ensemble (members included) into ``path``."""
-        save_object(self, path, self.name)
-
-    @classmethod
-    def load(cls, path: Path) -> EnsembleForecaster:
-        """Load an ensemble written by :meth:`save`."""
-        return load_object(path, cls)
 
 
 def weights_from_errors(errors: pd.DataFrame, max_ratio: float = 1.3) -> pd.DataFrame:

@@ -11,7 +11,6 @@ shift of the scaled residuals), so their empirical coverage matches their level.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, ClassVar
 
 import lightgbm as lgb
@@ -30,7 +29,6 @@ from models.features import (
     robust_clip,
     season_steps_for,
 )
-from models.persistence import load_object, save_object
 from pipelines.schema import SERVICE, TARGET, TS, quantile_column
 
 
@@ -325,11 +323,3 @@ class LightGBMForecaster(Forecaster):
         out[TS] = out[TS].astype(frame[TS].dtype)
         return out, np.vstack(blocks), np.concatenate(scales)
 
-    def save(self, path: Path) -> None:
-        """Pickle the forecaster (boosters included) into ``path``."""
-        save_object(self, path, self.name)
-
-    @classmethod
-    def load(cls, path: Path) -> LightGBMForecaster:
-        """Load a forecaster written by :meth:`save`."""
-        return load_object(path, cls)

@@ -6,7 +6,6 @@ It is the fallback of the ensemble for short histories and the yardstick of ever
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -21,7 +20,6 @@ from models.features import (
     prepare_history,
     season_steps_for,
 )
-from models.persistence import load_object, save_object
 from pipelines.schema import SERVICE, TARGET, TS, quantile_column
 
 
@@ -93,14 +91,6 @@ class SeasonalNaiveForecaster(Forecaster):
         result[TS] = result[TS].astype(frame[TS].dtype)
         return result
 
-    def save(self, path: Path) -> None:
-        """Pickle the forecaster into ``path``."""
-        save_object(self, path, self.name)
-
-    @classmethod
-    def load(cls, path: Path) -> SeasonalNaiveForecaster:
-        """Load a forecaster written by :meth:`save`."""
-        return load_object(path, cls)
 
 
 def seasonal_naive_path(values: np.ndarray, season: int, horizon: int) -> np.ndarray:

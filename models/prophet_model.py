@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -30,7 +29,6 @@ from models.features import (
     robust_clip,
     season_steps_for,
 )
-from models.persistence import load_object, save_object
 from pipelines.schema import SERVICE, TARGET, TS, quantile_column
 
 SURGE_COLUMNS = ("holiday", "ds")
@@ -207,11 +205,3 @@ class ProphetForecaster(Forecaster):
         result[TS] = result[TS].astype(self.ts_dtype_)
         return finalize_quantiles(result, levels)
 
-    def save(self, path: Path) -> None:
-        """Pickle the forecaster (one Prophet model per service) into ``path``."""
-        save_object(self, path, self.name)
-
-    @classmethod
-    def load(cls, path: Path) -> ProphetForecaster:
-        """Load a forecaster written by :meth:`save`."""
-        return load_object(path, cls)
