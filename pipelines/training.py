@@ -37,6 +37,7 @@ from models.registry import (
     log_forecaster,
     promote,
 )
+from models.tracking import log_backtest
 from pipelines.params import section
 from pipelines.schema import SERVICE, TARGET, TS, quantile_column
 from pipelines.settings import Settings
@@ -202,6 +203,7 @@ def train_shard(settings: Settings, services: Sequence[str], reason: str = "sche
         backtests = {}
         for family in config.families:
             backtests[family] = _backtest_family(family, history, config)
+            log_backtest(backtests[family][1], prefix=f"backtest_{family}")
             if progress:
                 progress(f"  backtested {family} on {len(services)} service(s)")
         errors = pd.DataFrame({family: scores.groupby(SERVICE)[ERROR_METRIC].mean()

@@ -179,3 +179,18 @@ def test_pipeline_on_historical_files_builds_but_does_not_publish(tmp_path, make
     assert summary.peak_replicas >= 2 and summary.model_version.startswith("forescale-legacy-api/")
     assert any("not published" in line for line in lines)
     assert ScheduleStore(settings.schedule_db).latest("legacy-api") is None
+
+
+def test_mlflow_holds_overall_and_per_series_backtest_metrics(pipeline_home) -> None:
+    import mlflow
+
+    settings, summaries = pipeline_home
+    configure_mlflow(settings)
+    runs = mlflow.search_runs(search_all_experiments=True, filter_string="tags.reason = 'manual'")
+    parent = runs[runs["tags.mlflow.parentRunId"].isna()].iloc[0]
+    for family in FAST_TRAINING["models"]:
+        assert parent[f"metrics.backtest_{family}.relative_mae"] > 0
+        assert f"metrics.backtest_{family}.checkout.coverage_p90" in runs.columns
+    children = runs[runs["tags.mlflow.parentRunId"] == parent["run_id"]]
+    assert sorted(children["tags.service"]) == [s.service for s in summaries]
+    assert (children["metrics.backtest_relative_mae"] > 0).all()
