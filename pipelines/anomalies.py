@@ -54,6 +54,7 @@ class AnomalyConfig:
     backtest_days: int
     detect_within: int
     false_alarm_cost: float
+    backfill_hours: float
 
     @classmethod
     def from_params(cls, settings: Settings) -> AnomalyConfig:
@@ -63,7 +64,8 @@ class AnomalyConfig:
                    context_days=int(params.get("context_days", 21)),
                    backtest_days=int(params.get("backtest_days", 2)),
                    detect_within=int(params.get("detect_within_steps", 6)),
-                   false_alarm_cost=float(params.get("false_alarm_cost", 0.05)))
+                   false_alarm_cost=float(params.get("false_alarm_cost", 0.05)),
+                   backfill_hours=float(params.get("backfill_hours", 24)))
 
 
 class DetectorPyfunc(mlflow.pyfunc.PythonModel):
@@ -208,7 +210,11 @@ def _load_detector(version: RegisteredVersion) -> AnomalyDetector:
 
 def score_anomalies(settings: Settings, start: datetime, end: datetime,
                     services: Sequence[str] | None = None) -> Path:
-    """Score the 5-minute points of ``[start, end)`` with the champion detector and store them.
+    """Score the 5-minute points up to ``end`` with the champion detector and store them.
+
+    Each service is scored from ``start``, or from earlier when it has unscored points: after
+    its last scored point, at most ``anomaly.backfill_hours`` back. So the first run after a
+    detector is promoted, or after downtime, catches up instead of leaving a hole.
 
     Args:
         settings: Runtime settings.
@@ -218,7 +224,7 @@ def score_anomalies(settings: Settings, start: datetime, end: datetime,
 
     Returns:
         Path of a Parquet file with ``service, ts, score, is_anomaly`` (empty when no detector
-        has been promoted yet; the file's metadata says so).
+        has been promoted yet).
     """
     from pipelines.publish import recent_history
     from pipelines.telemetry import list_services
@@ -227,26 +233,38 @@ def score_anomalies(settings: Settings, start: datetime, end: datetime,
     start_ts, end_ts = pd.Timestamp(start), pd.Timestamp(end)
     out = settings.artifacts_dir / "anomaly" / "scores" / f"{start_ts:%Y%m%dT%H%M}.parquet"
     out.parent.mkdir(parents=True, exist_ok=True)
+    empty = pd.DataFrame(columns=[SERVICE, TS, "score", IS_ANOMALY])
     configure_mlflow(settings, ANOMALY_EXPERIMENT)
     current = version_by_alias(ANOMALY_MODEL)
     if current is None:
-        pd.DataFrame(columns=[SERVICE, TS, "score", IS_ANOMALY]).to_parquet(out)
+        empty.to_parquet(out)
         return out
     detector = _load_detector(current)
     config = AnomalyConfig.from_params(settings)
     names = list(services) if services is not None else list_services(settings)
     history = recent_history(settings, names, end_ts, days=config.context_days)
-    context, fresh = history[history[TS] < start_ts], history[history[TS] >= start_ts]
-    if fresh.empty:
-        pd.DataFrame(columns=[SERVICE, TS, "score", IS_ANOMALY]).to_parquet(out)
-        return out
-    if not context.empty:
-        detector.fit(context)
-    scores = detector.score(fresh)
     store = ScheduleStore(settings.schedule_db)
-    for service, rows in scores.groupby(SERVICE, sort=True):
+    parts = []
+    for service, rows in history.groupby(SERVICE, sort=True):
+        begin = _first_unscored(store, str(service), start_ts, end_ts, config, settings)
+        fresh = rows[rows[TS] >= begin].reset_index(drop=True)
+        if fresh.empty:
+            continue
+        scores = _scored(detector, rows[rows[TS] < begin], fresh)
         store.record_anomalies(str(service), [
             {"ts": r.ts.to_pydatetime(), "score": float(r.score), "is_anomaly": bool(r.is_anomaly)}
-            for r in rows.itertuples()])
-    scores.to_parquet(out, index=False)
+            for r in scores.itertuples()])
+        parts.append(scores)
+    (pd.concat(parts, ignore_index=True) if parts else empty).to_parquet(out, index=False)
     return out
+
+
+def _first_unscored(store: Any, service: str, start: pd.Timestamp, end: pd.Timestamp,
+                    config: AnomalyConfig, settings: Settings) -> pd.Timestamp:
+    """Where scoring of a service starts: ``start``, or its first unscored point if earlier."""
+    earliest = end - pd.Timedelta(hours=config.backfill_hours)
+    scored = store.anomalies(service, earliest.to_pydatetime(), end.to_pydatetime())
+    if not scored:
+        return min(start, earliest)
+    last = pd.Timestamp(max(a.ts for a in scored))
+    return min(start, last + pd.Timedelta(minutes=settings.step_minutes))
