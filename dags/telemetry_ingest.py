@@ -72,7 +72,8 @@ def telemetry_ingest() -> None:
     def update_offline_features(stored_files: list[str]) -> str:
         from pipelines.features import update_offline_features
 
-        return str(update_offline_features(forescale_settings()))
+        start, _ = current_interval(INTERVAL_MINUTES)  # only the interval's rows are new
+        return str(update_offline_features(forescale_settings(), since=start))
 
     @task
     def apply_features() -> None:

@@ -252,3 +252,16 @@ def test_empty_requests_are_rejected(applied: tuple[Settings, list[str]]) -> Non
         training_frame(settings, ["x"], END, END)
     with pytest.raises(ValueError, match=r"no stored telemetry .* \['nope'\]"):
         update_offline_features(settings, services=["nope"])
+
+
+def test_incremental_update_gives_the_same_file_as_a_full_recompute(settings: Settings) -> None:
+    fleet = generate_fleet(2, 9, step_minutes=1, seed=5, end=FIXED_END)
+    cut = FIXED_END - pd.Timedelta(hours=2)
+    write_telemetry(settings, fleet[fleet["ts"] < cut], fleet["ts"].min(), cut)
+    path = update_offline_features(settings)
+    write_telemetry(settings, fleet[fleet["ts"] >= cut], cut, FIXED_END)
+    incremental = pd.read_parquet(update_offline_features(settings, since=cut))
+    full = pd.read_parquet(update_offline_features(settings))
+    assert path == offline_source_path(settings)
+    assert incremental["event_timestamp"].max() == FIXED_END
+    pd.testing.assert_frame_equal(incremental, full)
