@@ -95,9 +95,9 @@ def configure_mlflow(settings: Settings, experiment: str = EXPERIMENT) -> str:
     if found is not None:
         mlflow.set_experiment(experiment_id=found.experiment_id)
         return found.experiment_id
-    location = (settings.mlflow_artifacts_dir / experiment).as_uri()
-    if not settings.tracking_uri.startswith("sqlite:"):
-        location = None  # a tracking server chooses its own artifact store
+    location: str | None = (settings.mlflow_artifacts_dir / experiment).as_uri()
+    if settings.tracking_uri.startswith(("http://", "https://", "databricks")):
+        location = None  # a tracking server chooses (and proxies) its own artifact store
     # Classic ML experiment: the MLflow UI opens on runs and models, not on GenAI traces.
     experiment_id = client.create_experiment(
         experiment, artifact_location=location,

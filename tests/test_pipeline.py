@@ -194,3 +194,43 @@ def test_mlflow_holds_overall_and_per_series_backtest_metrics(pipeline_home) -> 
     children = runs[runs["tags.mlflow.parentRunId"] == parent["run_id"]]
     assert sorted(children["tags.service"]) == [s.service for s in summaries]
     assert (children["metrics.backtest_relative_mae"] > 0).all()
+
+
+@pytest.mark.integration
+def test_the_same_pipeline_runs_on_postgresql_and_redis(tmp_path) -> None:
+    """Production wiring by configuration alone: MLflow and schedules in PostgreSQL, Redis online."""
+    import uuid
+
+    psycopg = pytest.importorskip("psycopg")
+    redis = pytest.importorskip("redis")
+    database = f"forescale_{uuid.uuid4().hex[:8]}"
+    try:
+        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True,
+                             connect_timeout=3) as admin:
+            admin.execute(f"CREATE DATABASE {database}")
+        redis.Redis(host="127.0.0.1", port=6379, socket_connect_timeout=3).ping()
+    except (psycopg.OperationalError, redis.exceptions.ConnectionError) as error:
+        pytest.skip(f"local PostgreSQL or Redis unreachable: {error}")
+    url = f"postgresql://postgres@127.0.0.1:5432/{database}"
+    try:
+        base = _settings_with(tmp_path / "home", training={**FAST_TRAINING, "models": ["lightgbm"]})
+        settings = get_settings(home=base.home, params_file=base.params_file,
+                                schedule_db_url=url, online_store="redis",
+                                mlflow_tracking_uri=url.replace("postgresql://",
+                                                                "postgresql+psycopg://"))
+        summaries = run_pipeline(settings, services=2, days=9, step_minutes=5, seed=3)
+        store = ScheduleStore(url)
+        assert {s.service: store.latest(s.service).model_version for s in summaries} == {
+            s.service: s.model_version for s in summaries}
+        store.dispose()
+        configure_mlflow(settings)
+        assert champion(summaries[0].service).label == summaries[0].model_version
+        assert (settings.mlflow_artifacts_dir / "forescale-forecasting").is_dir()
+        assert not (REPO_ROOT / "mlruns").exists()
+    finally:
+        import mlflow
+
+        mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'detach.db'}")  # let the DB be dropped
+        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres",
+                             autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
