@@ -11,6 +11,7 @@ import pytest
 from pipelines.bench.hpa import HpaBehavior, HpaController, ScalingPolicy, usage_ratio_replicas
 from pipelines.bench.replay import (
     HoltWintersReplicas,
+    choose_quantile_risk,
     discover_traces,
     read_trace,
     schedule_controller,
@@ -227,8 +228,56 @@ def test_replay_bench_end_to_end_on_a_small_synthetic_trace(
     assert figures["static_peak"]["pod_hours"] == pytest.approx(30 * 6)
     assert figures["oracle"]["pod_hours"] <= figures["static_peak"]["pod_hours"]
     assert json.loads((tmp_path / "out" / "replay.json").read_text())["model"] == "naive"
+    # 6 hours of the 2 days before the window calibrate the quantile of forescale_qcal.
+    chosen = result["forescale_quantile_risk"]["forescale_qcal"]
+    candidates = replay.FORESCALE_VARIANTS["forescale_qcal"].quantile_risks
+    assert {chosen[str(d)]["request_traces/synthetic"][0] for d in (2, 5)} <= set(candidates)
     timeline = pd.read_csv(tmp_path / "out" / "timeline.csv")
     assert len(timeline) == 2 * 6 * 60
     assert {"trace", "minute", "demand", "hpa_desired", "forescale_ready"} <= set(timeline.columns)
     assert (tmp_path / "out" / "plots" / "replay_request_traces_synthetic.png").is_file()
     assert "| hpa |" in echoed[0] and "Pod start-up delay 5 min" in echoed[0]
+
+
+# ---------------------------------------------------------------- quantile calibration
+
+
+def _step_demand() -> np.ndarray:
+    """100 load units for 5 hours, then 200 (10 and 20 pods at capacity 10)."""
+    return np.r_[np.full(300, 100.0), np.full(300, 200.0)]
+
+
+def test_calibration_takes_the_cheapest_risk_that_stays_within_the_short_budget() -> None:
+    demand = _step_demand()
+    candidates = {
+        0.05: np.full(600, 25),  # never short, the most pods
+        0.1: np.full(600, 20),  # never short, fewer pods
+        0.3: np.full(600, 15),  # short for the whole second half
+    }
+    assert choose_quantile_risk(demand, 10.0, 2, candidates) == 0.1
+
+
+def test_calibration_budget_is_relative_to_the_hpa_short_minutes() -> None:
+    demand = _step_demand()
+    # Scales exactly at the step: 2 short minutes while the pods start (the HPA has 3 there).
+    just_in_time = np.r_[np.full(300, 10), np.full(300, 20)]
+    candidates = {0.05: np.full(600, 20), 0.3: just_in_time}
+    assert choose_quantile_risk(demand, 10.0, 2, candidates, budget=0.05) == 0.05
+    assert choose_quantile_risk(demand, 10.0, 2, candidates, budget=1.0) == 0.3
+
+
+def test_calibration_without_a_qualifying_risk_takes_the_fewest_short_minutes() -> None:
+    demand = np.full(600, 200.0)
+    candidates = {0.1: np.full(600, 15), 0.3: np.full(600, 12), 0.5: np.full(600, 15)}
+    assert choose_quantile_risk(demand, 10.0, 2, candidates) == 0.1
+
+
+def test_calibration_refuses_a_target_of_another_length() -> None:
+    with pytest.raises(ValueError, match="risk 0.2 has 5 minutes, the demand 600"):
+        choose_quantile_risk(_step_demand(), 10.0, 2, {0.2: np.full(5, 20)})
+
+
+def test_calibration_candidates_can_be_pairs_of_risks() -> None:
+    demand = _step_demand()
+    candidates = {(0.05, 0.05): np.full(600, 25), (0.05, 0.1): np.full(600, 20)}
+    assert choose_quantile_risk(demand, 10.0, 2, candidates) == (0.05, 0.1)

@@ -50,7 +50,7 @@ import json
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,6 +92,12 @@ SURGE_GAP_MINUTES = 60
 SURGE_LEVEL_MINUTES = 10
 LEAD_CAP_MINUTES = 60
 TARGETS = {"short_vs_hpa_max": 0.10, "pod_hours_vs_hpa_max": 1.05, "median_lead_min": 15.0}
+CALIBRATION_SHORT_BUDGET = 0.05
+"""Short minutes a calibrated variant may have on the week before the window, as a share of the
+HPA's there: half the 10 % target, a margin for the window being a different week."""
+CALIBRATION_MIN_TRAIN_MINUTES = 24 * 60
+"""History kept before the calibration period to train on; also its shortest length (unless the
+window is shorter)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -445,17 +451,34 @@ class ForescaleVariant:
             (:func:`pipelines.policy.calibrated_utilization`); otherwise the ``params.yaml``
             target utilisation.
         overrides: Other ``ServiceConfig`` fields to change.
+        quantile_risks: Candidate risks of the forecast quantile, the most cautious first; when
+            given, one is chosen per trace and start-up delay by replaying the week before the
+            window (:func:`choose_quantile_risk`), instead of ``risk * risk_share``.
+        burst_risks: With ``quantile_risks``: candidate risks for the utilisation calibration
+            (bursts inside a step), chosen jointly with the quantile's; ``risk * risk_share``
+            when empty.
     """
 
     risk_share: float = 1.0
     calibrate: bool = False
     overrides: tuple[tuple[str, Any], ...] = ()
+    quantile_risks: tuple[float, ...] = ()
+    burst_risks: tuple[float, ...] = ()
 
 
 FORESCALE_VARIANTS: dict[str, ForescaleVariant] = {
     "forescale": ForescaleVariant(risk_share=0.5, calibrate=True),
     "forescale_r10": ForescaleVariant(risk_share=1.0, calibrate=True),
     "forescale_u70": ForescaleVariant(),
+    "forescale_qcal": ForescaleVariant(
+        risk_share=0.5, calibrate=True, quantile_risks=(0.05, 0.1, 0.2, 0.3, 0.5)
+    ),
+    "forescale_qbcal": ForescaleVariant(
+        risk_share=0.5,
+        calibrate=True,
+        quantile_risks=(0.05, 0.1, 0.3, 0.5),
+        burst_risks=(0.05, 0.1),
+    ),
 }
 """Forescale as deployed in the benchmark (``params.yaml`` risk 0.1, target utilisation 0.7):
 
@@ -465,7 +488,15 @@ FORESCALE_VARIANTS: dict[str, ForescaleVariant] = {
   before the window at ``risk/2``;
 * ``forescale_r10``: the whole risk on the forecast (p90) with the utilisation calibrated at
   ``risk``, i.e. no budget left for bursts: cheaper, more short minutes;
-* ``forescale_u70``: the ``params.yaml`` defaults as they are (p90 at 70 %).
+* ``forescale_u70``: the ``params.yaml`` defaults as they are (p90 at 70 %);
+* ``forescale_qcal``: as ``forescale`` (utilisation calibrated at ``risk/2`` for the bursts), but
+  the forecast quantile's risk is chosen per trace and start-up delay among 0.05 (p95, the
+  headline's), 0.1, 0.2, 0.3 and 0.5 (p50) by replaying the week *before* the window (the
+  forecaster's own past) and taking the cheapest whose short minutes stay within
+  :data:`CALIBRATION_SHORT_BUDGET` of the HPA's there; noisy traces, where the upper quantile
+  buys little, drop to a lower quantile and lean on the reactive floor;
+* ``forescale_qbcal``: as ``forescale_qcal`` with the burst risk of the utilisation calibration
+  (0.05 or 0.1) chosen jointly with the quantile's (0.05, 0.1, 0.3 or 0.5) the same way.
 """
 
 
@@ -474,7 +505,12 @@ def forescale_targets(
     delays: Sequence[int],
     model: str | None,
     params_file: Path | None,
-) -> tuple[str, dict[str, dict[str, float]], dict[tuple[str, str, int], np.ndarray]]:
+) -> tuple[
+    str,
+    dict[str, dict[str, float]],
+    dict[str, dict[str, dict[str, float]]],
+    dict[tuple[str, str, int], np.ndarray],
+]:
     """Replica targets per minute of the Forescale variants for every trace and start-up delay.
 
     The forecaster is refitted every day of the window on the ``TRAIN_DAYS`` before that day and
@@ -492,8 +528,10 @@ def forescale_targets(
         params_file: ``params.yaml`` for the service defaults; the repository's when ``None``.
 
     Returns:
-        The family used, the target utilisation per variant and trace, and
-        ``(variant, trace, delay) -> target replicas per minute``.
+        The family used, the target utilisation per variant and trace, the forecast quantile's
+        risk chosen for the calibrated variants (``variant -> str(delay) -> trace -> risk``, see
+        :func:`_calibrate_quantile_risks`), and ``(variant, trace, delay) -> target replicas per
+        minute``.
     """
     from pipelines.service_config import default_service_config
     from pipelines.settings import REPO_ROOT
@@ -532,36 +570,236 @@ def forescale_targets(
         for variant, spec in FORESCALE_VARIANTS.items()
         for delay in delays
     }
-    targets = {
-        (variant, t.name, delay): np.zeros(WINDOW_MINUTES, dtype=np.int64)
-        for (variant, delay) in configs
-        for t in traces
-    }
+    quantile_risk = _calibrate_quantile_risks(traces, frames, family, configs)
+    history = {t.name: t.history.iloc[-WINDOW_MINUTES:] for t in traces}
+    for (variant, delay), per_trace in configs.items():
+        for name, (risk, burst) in quantile_risk.get(variant, {}).get(str(delay), {}).items():
+            per_trace[name] = per_trace[name].model_copy(
+                update={
+                    "risk": risk,
+                    "target_utilization": calibrated_utilization(
+                        history[name], FORECAST_STEP, burst
+                    ),
+                }
+            )
+    spans = {t.name: WINDOW_MINUTES for t in traces}
+    forecasts = _rolling_forecasts(frames, starts, spans, family)
+    targets = _planned_targets(forecasts, starts, spans, configs)
+    for (variant, delay), config in configs.items():
+        for trace in traces:
+            key = (variant, trace.name, delay)
+            targets[key] = _with_reactive_floor(
+                targets[key], trace.history, trace.window, config[trace.name]
+            )
+    return family_name, utilization, quantile_risk, targets
+
+
+def _rolling_forecasts(
+    frames: dict[str, pd.DataFrame],
+    starts: dict[str, pd.Timestamp],
+    spans: dict[str, int],
+    family: Callable[[], Any],
+) -> list[tuple[int, pd.DataFrame]]:
+    """The forecasts of a replayed period: ``(minute offset, forecast)`` every 15 minutes.
+
+    Each trace is replayed for ``spans[trace]`` minutes from ``starts[trace]``, and only while
+    it is: the forecaster is refitted every ``REFIT_MINUTES`` on the ``TRAIN_DAYS`` before the
+    instant of the traces still replayed and forecasts from their complete 5-minute bins of the
+    ``PREDICT_HISTORY_DAYS`` before it.
+    """
+    forecasts: list[tuple[int, pd.DataFrame]] = []
     model_obj = None
-    for offset in range(0, WINDOW_MINUTES, FORECAST_CADENCE_MINUTES):
-        origins = {name: start + pd.Timedelta(minutes=offset) for name, start in starts.items()}
+    for offset in range(0, max(spans.values(), default=0), FORECAST_CADENCE_MINUTES):
+        origins = {
+            name: start + pd.Timedelta(minutes=offset)
+            for name, start in starts.items()
+            if offset < spans[name]
+        }
+        active = {name: frames[name] for name in origins}
         if offset % REFIT_MINUTES == 0:
-            model_obj = family().fit(_history_before(frames, origins, TRAIN_DAYS), target=TARGET)
-        recent = _history_before(frames, origins, PREDICT_HISTORY_DAYS)
+            model_obj = family().fit(_history_before(active, origins, TRAIN_DAYS), target=TARGET)
+        recent = _history_before(active, origins, PREDICT_HISTORY_DAYS)
         forecast = model_obj.predict(FORECAST_HORIZON_STEPS, quantiles=(0.5, 0.9), history=recent)
-        minutes = np.arange(offset, min(offset + FORECAST_CADENCE_MINUTES, WINDOW_MINUTES))
+        forecasts.append((offset, forecast))
+    return forecasts
+
+
+def _planned_targets(
+    forecasts: list[tuple[int, pd.DataFrame]],
+    starts: dict[str, pd.Timestamp],
+    spans: dict[str, int],
+    configs: dict[tuple[str, int], dict[str, Any]],
+) -> dict[tuple[str, str, int], np.ndarray]:
+    """Plan every forecast with every configuration; the served value per replayed minute."""
+    targets = {
+        (variant, name, delay): np.zeros(spans[name], dtype=np.int64)
+        for (variant, delay), per_trace in configs.items()
+        for name in per_trace
+    }
+    for offset, forecast in forecasts:
         for (variant, delay), config in configs.items():
             # Every service's forecast starts at its own origin, so ``now`` is not needed here.
-            schedule = plan_replicas(forecast, config)
+            schedule = plan_replicas(forecast[forecast[SERVICE].isin(list(config))], config)
             for name, rows in schedule.groupby(SERVICE, sort=False):
+                end = min(offset + FORECAST_CADENCE_MINUTES, spans[name])
+                minutes = np.arange(offset, end)
                 stamps = starts[name] + pd.to_timedelta(minutes, unit="min")
                 targets[(variant, name, delay)][minutes] = served_per_minute(
                     rows, stamps, pd.Timedelta(minutes=delay)
                 )
-    for (variant, delay), config in configs.items():
-        for trace in traces:
-            demand = trace.window.to_numpy()
-            observed = np.r_[trace.history.to_numpy()[-1:], demand[:-1]]  # one minute of delay
-            floor = replicas_for_load(observed, config[trace.name])
-            held = pd.Series(floor).rolling(5, min_periods=1).max().to_numpy(dtype=np.int64)
-            key = (variant, trace.name, delay)
-            targets[key] = np.maximum(targets[key], held)
-    return family_name, utilization, targets
+    return targets
+
+
+def _with_reactive_floor(
+    target: np.ndarray, before: pd.Series, week: pd.Series, config: Any
+) -> np.ndarray:
+    """Raise a target to the reactive floor of the live load (one minute late, held 5 minutes)."""
+    demand = week.to_numpy()
+    observed = np.r_[before.to_numpy()[-1:], demand[:-1]]  # one minute of delay
+    floor = replicas_for_load(observed, config)
+    held = pd.Series(floor).rolling(5, min_periods=1).max().to_numpy(dtype=np.int64)
+    return np.maximum(target, held)
+
+
+def _calibrate_quantile_risks(
+    traces: Sequence[PreparedTrace],
+    frames: dict[str, pd.DataFrame],
+    family: Callable[[], Any],
+    configs: dict[tuple[str, int], dict[str, Any]],
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Choose the forecast quantile's risk of the calibrated variants before the window.
+
+    The calibration period is the week before the window, or as much of it as leaves
+    ``CALIBRATION_MIN_TRAIN_MINUTES`` of history before it to train on. It is replayed exactly
+    as the window is (same forecaster, cadence, planning, reactive floor and cluster model;
+    forecasts only from data before each instant, no data from the window) for every candidate
+    pair of :attr:`ForescaleVariant.quantile_risks` and :attr:`ForescaleVariant.burst_risks` (the
+    utilisation calibrated at the burst risk on the calibration period itself), and
+    :func:`choose_quantile_risk` picks per trace and start-up delay. A trace whose calibration period would be shorter than
+    ``CALIBRATION_MIN_TRAIN_MINUTES`` (or the window, when that is shorter) keeps the first (most
+    cautious) candidate.
+
+    Returns:
+        ``variant -> str(delay) -> trace -> (quantile risk, burst risk)`` for the calibrated
+        variants.
+    """
+    calibrated = {v: s for v, s in FORESCALE_VARIANTS.items() if s.quantile_risks}
+    if not calibrated:
+        return {}
+    delays = sorted({delay for (_, delay) in configs})
+    spans = {
+        t.name: min(WINDOW_MINUTES, len(t.history) - CALIBRATION_MIN_TRAIN_MINUTES) for t in traces
+    }
+    weeks = {
+        t.name: (t.history.iloc[: -spans[t.name]], t.history.iloc[-spans[t.name] :])
+        for t in traces
+        if spans[t.name] >= min(WINDOW_MINUTES, CALIBRATION_MIN_TRAIN_MINUTES)
+    }
+    pairs = {
+        variant: [
+            (risk, burst)
+            for risk in spec.quantile_risks
+            for burst in spec.burst_risks or (configs[(variant, delays[0])][traces[0].name].risk,)
+        ]
+        for variant, spec in calibrated.items()
+    }
+    chosen: dict[str, dict[str, dict[str, tuple[float, float]]]] = {
+        variant: {str(delay): {t.name: pairs[variant][0] for t in traces} for delay in delays}
+        for variant in calibrated
+    }
+    if not weeks:
+        return chosen
+    starts = {name: week.index[0] for name, (_, week) in weeks.items()}
+    spans = {name: len(week) for name, (_, week) in weeks.items()}
+    forecasts = _rolling_forecasts({name: frames[name] for name in weeks}, starts, spans, family)
+    candidates = {
+        (f"{variant}@{risk}@{burst}", delay): {
+            name: configs[(variant, delay)][name].model_copy(
+                update={
+                    "risk": risk,
+                    "target_utilization": calibrated_utilization(week, FORECAST_STEP, burst),
+                }
+            )
+            for name, (_, week) in weeks.items()
+        }
+        for variant in calibrated
+        for risk, burst in pairs[variant]
+        for delay in delays
+    }
+    targets = _planned_targets(forecasts, starts, spans, candidates)
+    capacity = {t.name: t.capacity for t in traces}
+    for variant in calibrated:
+        for delay in delays:
+            for name, (before, week) in weeks.items():
+                by_risk = {
+                    (risk, burst): _with_reactive_floor(
+                        targets[(f"{variant}@{risk}@{burst}", name, delay)],
+                        before,
+                        week,
+                        candidates[(f"{variant}@{risk}@{burst}", delay)][name],
+                    )
+                    for risk, burst in pairs[variant]
+                }
+                chosen[variant][str(delay)][name] = choose_quantile_risk(
+                    week.to_numpy(dtype=float), capacity[name], delay, by_risk
+                )
+    return chosen
+
+
+def choose_quantile_risk(
+    demand: np.ndarray,
+    capacity: float,
+    delay: int,
+    targets_by_risk: Mapping[Any, np.ndarray],
+    budget: float = CALIBRATION_SHORT_BUDGET,
+) -> Any:
+    """The cheapest candidate whose short minutes stay within a budget relative to the HPA's.
+
+    Each candidate's replica targets and the HPA are replayed on the same (past) demand with the
+    cluster model of :func:`simulate`. A candidate qualifies when its under-provisioned minutes
+    are at most ``budget`` times the HPA's; the one with the fewest pod-hours wins (ties: the
+    lower risk). When none qualifies, the candidate with the fewest short minutes wins (ties: the
+    lower risk).
+
+    Args:
+        demand: Load per minute of the calibration period.
+        capacity: Load one pod serves at 100 % utilisation.
+        delay: Pod start-up delay in minutes.
+        targets_by_risk: Candidate risk (a number or a tuple of risks; lower is more cautious)
+            -> replica target per minute of the period.
+        budget: Allowed short minutes as a share of the HPA's.
+
+    Returns:
+        The chosen risk.
+
+    Raises:
+        ValueError: If there is no candidate or a target's length differs from the demand's.
+    """
+    if not targets_by_risk:
+        raise ValueError("choose_quantile_risk: no candidate risk")
+    for risk, target in targets_by_risk.items():
+        if len(target) != len(demand):
+            raise ValueError(
+                f"choose_quantile_risk: target of risk {risk} has {len(target)} minutes, the "
+                f"demand {len(demand)}"
+            )
+    start_hpa = max(
+        MIN_REPLICAS, min(MAX_REPLICAS, math.ceil(demand[0] / (capacity * HPA_TARGET) - 1e-9))
+    )
+    hpa = simulate(demand, capacity, delay, start_hpa, hpa_controller(demand, capacity))
+    allowed = budget * _short_minutes(hpa, demand, capacity)
+    outcomes = []
+    for risk, target in sorted(targets_by_risk.items()):
+        run = simulate(demand, capacity, delay, int(target[0]), schedule_controller(target, True))
+        outcomes.append((risk, _short_minutes(run, demand, capacity), run.pod_minutes))
+    within = [o for o in outcomes if o[1] <= allowed]
+    if within:
+        return min(within, key=lambda o: (o[2], o[0]))[0]
+    return min(outcomes, key=lambda o: (o[1], o[0]))[0]
+
+
+def _short_minutes(result: ReplayResult, demand: np.ndarray, capacity: float) -> int:
+    return int(np.sum(demand > result.ready * capacity * (1 + 1e-12)))
 
 
 def _history_before(
@@ -854,7 +1092,9 @@ def run_replay_bench(
     """
     started = time.perf_counter()
     traces = [prepare_trace(name, load) for name, load in discover_traces(Path(data_dir)).items()]
-    family, utilization, targets = forescale_targets(traces, delays, model, params_file)
+    family, utilization, quantile_risk, targets = forescale_targets(
+        traces, delays, model, params_file
+    )
     per_delay: dict[int, dict[str, dict[str, dict[str, float]]]] = {d: {} for d in delays}
     timeline_parts: list[pd.DataFrame] = []
     for trace in traces:
@@ -890,6 +1130,7 @@ def run_replay_bench(
         "traces": {str(d): v for d, v in per_delay.items()},
         "capacity_per_replica": {t.name: t.capacity for t in traces},
         "forescale_target_utilization": utilization,
+        "forescale_quantile_risk": quantile_risk,
         "summary": summary,
         "markdown": table,
         "seconds": round(time.perf_counter() - started, 1),
