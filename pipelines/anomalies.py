@@ -159,11 +159,10 @@ def train_anomaly_model(settings: Settings, services: Sequence[str] | None = Non
         Path of a JSON summary.
     """
     from pipelines.publish import recent_history
-    from pipelines.telemetry import list_services
-    from pipelines.training import _window_end
+    from pipelines.telemetry import list_services, resolve_as_of
 
     config = AnomalyConfig.from_params(settings)
-    end = _window_end(settings, as_of)
+    end = resolve_as_of(settings, as_of)
     names = list(services) if services is not None else list_services(settings)
     history = recent_history(settings, names, end, days=config.context_days)
     candidate = AnomalyDetector(threshold=config.threshold)

@@ -26,14 +26,9 @@ from models.registry import champion, configure_mlflow, load_forecaster
 from pipelines.params import section
 from pipelines.schema import SERVICE, TARGET, TS
 from pipelines.settings import Settings
+from pipelines.telemetry import resolve_as_of
 
 HISTORY_DAYS_FOR_FORECAST = 8  # enough for weekly lags of the LightGBM features
-
-
-def _as_of(settings: Settings, as_of: datetime | None) -> pd.Timestamp:
-    from pipelines.training import _window_end
-
-    return _window_end(settings, as_of)
 
 
 def _run_dir(settings: Settings, kind: str, as_of: pd.Timestamp) -> Path:
@@ -81,7 +76,7 @@ def forecast_shard(settings: Settings, services: Sequence[str],
         ValueError: If a service has no champion or no recent telemetry.
     """
     configure_mlflow(settings)
-    origin = _as_of(settings, as_of)
+    origin = resolve_as_of(settings, as_of)
     params = section(settings.params_file, "schedule")
     horizon = int(params.get("horizon_hours", 24)) * 60 // settings.step_minutes
     quantiles = tuple(float(q) for q in section(settings.params_file, "training")

@@ -645,6 +645,20 @@ def telemetry_span(settings: Settings) -> tuple[pd.Timestamp, pd.Timestamp] | No
     return pd.Timestamp(first), pd.Timestamp(end)
 
 
+def resolve_as_of(settings: Settings, as_of: datetime | None) -> pd.Timestamp:
+    """The "as of" instant of a run: ``as_of`` in UTC, or the end of the stored telemetry.
+
+    Raises:
+        ValueError: If ``as_of`` is None and no telemetry is stored.
+    """
+    if as_of is not None:
+        return _utc(as_of)
+    span = telemetry_span(settings)
+    if span is None:
+        raise ValueError(f"no telemetry stored under {settings.telemetry_dir}")
+    return span[1]
+
+
 def _day_files(settings: Settings, services: Iterable[str] | None, start: datetime | None,
                end: datetime | None) -> list[tuple[str, Path]]:
     wanted = set(services) if services is not None else None

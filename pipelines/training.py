@@ -41,6 +41,7 @@ from models.tracking import log_backtest
 from pipelines.params import section
 from pipelines.schema import SERVICE, TARGET, TS, quantile_column
 from pipelines.settings import Settings
+from pipelines.telemetry import resolve_as_of
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +188,7 @@ def train_shard(settings: Settings, services: Sequence[str], reason: str = "sche
     if not services:
         raise ValueError("train_shard needs at least one service")
     config = TrainingConfig.from_params(settings)
-    end = _window_end(settings, as_of)
+    end = resolve_as_of(settings, as_of)
     history = training_history(settings, services, end, config.history_days)
     configure_mlflow(settings)
 
@@ -301,18 +302,6 @@ def _factory(family: str, config: TrainingConfig) -> Callable[[], Forecaster]:
     if "quantiles" in inspect.signature(cls).parameters:
         kwargs.setdefault("quantiles", config.quantiles)
     return functools.partial(cls, **kwargs)
-
-
-def _window_end(settings: Settings, as_of: datetime | None) -> pd.Timestamp:
-    from pipelines.telemetry import telemetry_span
-
-    if as_of is not None:
-        return pd.Timestamp(as_of).tz_convert("UTC") if pd.Timestamp(as_of).tzinfo else \
-            pd.Timestamp(as_of, tz="UTC")
-    span = telemetry_span(settings)
-    if span is None:
-        raise ValueError(f"no telemetry stored under {settings.telemetry_dir}")
-    return span[1]
 
 
 def flagged_points(settings: Settings, service: str, forecasts: pd.DataFrame) -> pd.DataFrame:

@@ -17,6 +17,7 @@ scales to zero because of missing data.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 from pipelines.service_config import ServiceConfig
 from serving.schemas import Recommendation, RecommendationSource, Schedule, SchedulePublish
@@ -61,6 +62,14 @@ def _clamp(value: int, config: ServiceConfig) -> int:
     return min(max(value, config.min_replicas), config.max_replicas)
 
 
+def _schedule_fields(schedule: Schedule | None) -> dict[str, Any]:
+    """The schedule's identity in a recommendation (all None without a schedule)."""
+    if schedule is None:
+        return {"valid_until": None, "schedule_version": None, "model_version": None}
+    return {"valid_until": schedule.valid_until, "schedule_version": schedule.version,
+            "model_version": schedule.model_version}
+
+
 def fallback_recommendation(
     service: str,
     config: ServiceConfig,
@@ -95,9 +104,7 @@ def fallback_recommendation(
         source="fallback",
         stale=True,
         ts=now,
-        valid_until=schedule.valid_until if schedule else None,
-        schedule_version=schedule.version if schedule else None,
-        model_version=schedule.model_version if schedule else None,
+        **_schedule_fields(schedule),
         reason=f"{reason}; serving max({floor_text}, min_replicas {config.min_replicas})",
     )
 
@@ -132,9 +139,7 @@ def recommend(
             source="dry_run",
             stale=stale,
             ts=now,
-            valid_until=schedule.valid_until if schedule else None,
-            schedule_version=schedule.version if schedule else None,
-            model_version=schedule.model_version if schedule else None,
+            **_schedule_fields(schedule),
             reason=(
                 f"{why}: serving the reactive floor only, max(live floor {floor_replicas}, "
                 f"min_replicas {config.min_replicas})"
@@ -186,9 +191,7 @@ def recommend(
         source=source,
         stale=False,
         ts=now,
-        valid_until=schedule.valid_until,
-        schedule_version=schedule.version,
-        model_version=schedule.model_version,
+        **_schedule_fields(schedule),
         reason=reason,
     )
 

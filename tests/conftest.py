@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
-from pipelines.settings import Settings, get_settings
+from pipelines.settings import REPO_ROOT, Settings, get_settings
 from pipelines.telemetry import generate_fleet
 
 FIXED_END = pd.Timestamp("2026-11-16 00:00", tz="UTC")  # a Monday
@@ -48,3 +49,21 @@ def make_fleet() -> FleetFactory:
         return generate_fleet(services, days, step_minutes=step_minutes, seed=seed, end=end)
 
     return factory
+
+
+def settings_with_params(home: Path, **sections: dict) -> Settings:
+    """Settings for ``home`` with a private params.yaml: the repository's, with ``sections`` merged.
+
+    Args:
+        home: The Forescale home (created).
+        **sections: Top-level sections whose keys replace the repository's values.
+
+    Returns:
+        Settings reading that params file.
+    """
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    for name, values in sections.items():
+        params[name] = {**(params.get(name) or {}), **values}
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "params.yaml").write_text(yaml.safe_dump(params))
+    return get_settings(home=home, params_file=home / "params.yaml")

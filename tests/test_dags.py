@@ -20,9 +20,9 @@ from unittest import mock
 
 import pandas as pd
 import pytest
-import yaml
+from conftest import settings_with_params
 
-from pipelines.settings import REPO_ROOT, Settings, get_settings
+from pipelines.settings import REPO_ROOT, get_settings
 
 DAGS_FOLDER = REPO_ROOT / "dags"
 FIXED_END = pd.Timestamp("2026-11-16 00:00", tz="UTC")  # the seeded fleet is generated up to here
@@ -121,13 +121,6 @@ TINY_PARAMS = {
 }
 
 
-def _tiny_settings(home: Path) -> Settings:
-    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    for name, values in TINY_PARAMS.items():
-        params[name] = {**(params.get(name) or {}), **values}
-    home.mkdir(parents=True, exist_ok=True)
-    (home / "params.yaml").write_text(yaml.safe_dump(params))
-    return get_settings(home=home, params_file=home / "params.yaml")
 
 
 def _state(dag_run: Any) -> dict[str, str]:
@@ -182,7 +175,7 @@ def _attach_queued_drift_events(dag_id: str) -> Any:
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """Seed a tiny fleet, then run every DAG once (and the drift path) with ``dag.test()``."""
     base = tmp_path_factory.mktemp("dags-e2e")
-    settings = _tiny_settings(base / "home")
+    settings = settings_with_params(base / "home", **TINY_PARAMS)
     env = {
         **_airflow_env(base / "airflow"),
         "FORESCALE_HOME": str(settings.home),

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
+from conftest import settings_with_params
 
 from models.registry import PREVIOUS, champion, configure_mlflow, load_version
 from pipelines.run import run_pipeline
@@ -19,14 +18,6 @@ from serving.store import ScheduleStore
 pytestmark = pytest.mark.slow
 
 
-def _settings_with(home: Path, **sections: dict) -> Settings:
-    """Settings with a private params.yaml whose sections are updated from ``sections``."""
-    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    for name, values in sections.items():
-        params[name] = {**(params.get(name) or {}), **values}
-    home.mkdir(parents=True, exist_ok=True)
-    (home / "params.yaml").write_text(yaml.safe_dump(params))
-    return get_settings(home=home, params_file=home / "params.yaml")
 
 
 FAST_TRAINING = {"backtest_folds": 2, "history_days": 10, "models": ["prophet", "lightgbm"]}
@@ -34,7 +25,8 @@ FAST_TRAINING = {"backtest_folds": 2, "history_days": 10, "models": ["prophet", 
 
 @pytest.fixture(scope="module")
 def pipeline_home(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, list]:
-    settings = _settings_with(tmp_path_factory.mktemp("pipeline") / "home", training=FAST_TRAINING)
+    settings = settings_with_params(tmp_path_factory.mktemp("pipeline") / "home",
+                                    training=FAST_TRAINING)
     lines: list[str] = []
     summaries = run_pipeline(
         settings, services=2, days=9, step_minutes=5, seed=11, progress=lines.append
@@ -86,7 +78,7 @@ def test_a_retrain_that_loses_is_registered_but_not_promoted(pipeline_home, tmp_
 
     home = tmp_path / "home"
     shutil.copytree(settings.home, home)
-    weaker = _settings_with(home, training={**FAST_TRAINING, "models": ["naive"]})
+    weaker = settings_with_params(home, training={**FAST_TRAINING, "models": ["naive"]})
     result = json.loads(train_shard(weaker, ["checkout"], reason="drift").read_text())
     row = result["services"][0]
     assert result["reason"] == "drift"
@@ -118,7 +110,7 @@ def test_live_rollback_moves_the_champion_back(pipeline_home, tmp_path) -> None:
 
     home = tmp_path / "home"
     shutil.copytree(settings.home, home)
-    copy = _settings_with(
+    copy = settings_with_params(
         home,
         training={**FAST_TRAINING, "models": ["naive"]},
         rollback={"window_hours": 6, "margin": 0.2, "min_points": 12},
@@ -153,7 +145,7 @@ def test_no_rollback_while_the_live_error_is_within_the_margin(pipeline_home, tm
 
     home = tmp_path / "home"
     shutil.copytree(settings.home, home)
-    copy = _settings_with(home, training={**FAST_TRAINING, "models": ["naive"]})
+    copy = settings_with_params(home, training={**FAST_TRAINING, "models": ["naive"]})
     row = json.loads(train_shard(copy, ["checkout"]).read_text())["services"][0]
     name = summaries[0].model_version.split("/")[0]
     promote(RegisteredVersion(name, row["version"], "naive", row["backtest_error"], None))
@@ -172,7 +164,8 @@ def test_pipeline_on_historical_files_builds_but_does_not_publish(tmp_path, make
     source.mkdir()
     trace[[TS, "requests"]].rename(columns={TS: "timestamp", "requests": "value"}).to_csv(
         source / "legacy-api.csv", index=False)
-    settings = _settings_with(tmp_path / "home", training={**FAST_TRAINING, "history_days": 5})
+    settings = settings_with_params(tmp_path / "home",
+                                    training={**FAST_TRAINING, "history_days": 5})
     lines: list[str] = []
     [summary] = run_pipeline(settings, source_dir=source, step_minutes=5, progress=lines.append)
     assert summary.service == "legacy-api" and summary.schedule_version is None
@@ -213,7 +206,8 @@ def test_the_same_pipeline_runs_on_postgresql_and_redis(tmp_path) -> None:
         pytest.skip(f"local PostgreSQL or Redis unreachable: {error}")
     url = f"postgresql://postgres@127.0.0.1:5432/{database}"
     try:
-        base = _settings_with(tmp_path / "home", training={**FAST_TRAINING, "models": ["lightgbm"]})
+        base = settings_with_params(tmp_path / "home",
+                                    training={**FAST_TRAINING, "models": ["lightgbm"]})
         settings = get_settings(home=base.home, params_file=base.params_file,
                                 schedule_db_url=url, online_store="redis",
                                 mlflow_tracking_uri=url.replace("postgresql://",
