@@ -49,6 +49,9 @@ class EnsembleForecaster(Forecaster):
         bucket_edges: Horizon buckets as fractions of ``backtest_horizon``; members are weighted
             per service and bucket (the best model one hour ahead is often not the best one
             day ahead).
+        shrinkage: Pull of each service's weights toward the fleet's (:func:`fleet_weights`):
+            0 keeps per-service weights, 1 uses the fleet's for every service. A service's
+            weights rest on a few backtest windows and are noisy; the fleet's on all of them.
     """
 
     name: ClassVar[str] = "ensemble"
@@ -63,7 +66,11 @@ class EnsembleForecaster(Forecaster):
         quantiles: Sequence[float] = DEFAULT_QUANTILES,
         refit: bool = True,
         bucket_edges: Sequence[float] = (1 / 24, 1 / 4),
+        shrinkage: float = 0.0,
     ) -> None:
+        if not 0.0 <= shrinkage <= 1.0:
+            raise ValueError(f"shrinkage must be within [0, 1], got {shrinkage}")
+        self.shrinkage = shrinkage
         chosen = dict(members) if members is not None else default_members()
         chosen.setdefault(NAIVE, SeasonalNaiveForecaster)
         self.members = chosen
@@ -114,8 +121,13 @@ class EnsembleForecaster(Forecaster):
             test = long_history[(long_history[TS] >= test_start) & (long_history[TS] <= test_end)]
             actual = test[[SERVICE, TS, target]].rename(columns={target: "y"})
             for member, factory in self.members.items():
-                model = factory().fit(train, target)
-                forecast = model.predict(self.horizon_, self.quantiles)
+                model = factory()
+                levels = self.quantiles
+                if self.refit and hasattr(model, "quantiles"):
+                    # Only the median is scored; the refit trains the other quantiles.
+                    model.quantiles = levels = (0.5,)
+                model = model.fit(train, target)
+                forecast = model.predict(self.horizon_, levels)
                 forecast["horizon_step"] = forecast.groupby(SERVICE).cumcount() + 1
                 joined = forecast.merge(actual, on=[SERVICE, TS], how="inner")
                 joined["abs_error"] = (joined["y"] - joined[quantile_column(0.5)]).abs()
@@ -131,19 +143,28 @@ class EnsembleForecaster(Forecaster):
             .mean()
             .rename(columns={"abs_error": "mae"})
         )
-        self.weights_ = pd.concat(
-            [
-                weights_from_errors(group, self.max_ratio).assign(bucket=bucket)
-                for bucket, group in self.backtest_.groupby("bucket")
-            ],
-            ignore_index=True,
-        )
+        self.weights_ = self.weights_from_backtest()
         if self.refit:
             for member, factory in self.members.items():
                 self.fitted_[member] = factory().fit(long_history, target)
         else:
             self.history_ = long_history  # fold models forecast from the full history
         return self
+
+    def weights_from_backtest(self) -> pd.DataFrame:
+        """Member weights per service and horizon bucket from ``backtest_`` (see ``fit``).
+
+        Per-service weights (:func:`weights_from_errors`) blended with the fleet's
+        (:func:`fleet_weights`) by ``shrinkage``.
+        """
+        parts = []
+        for bucket, group in self.backtest_.groupby("bucket"):
+            own = weights_from_errors(group, self.max_ratio)
+            fleet = fleet_weights(group, self.max_ratio).rename(columns={"weight": "fleet"})
+            both = own.merge(fleet, on="member", how="left").fillna({"fleet": 0.0})
+            both["weight"] = (1 - self.shrinkage) * both["weight"] + self.shrinkage * both["fleet"]
+            parts.append(both[[SERVICE, "member", "weight"]].assign(bucket=bucket))
+        return pd.concat(parts, ignore_index=True)
 
     def _bucket(self, horizon_steps: np.ndarray) -> np.ndarray:
         """Horizon bucket of each step: 0 up to the first edge, 1 up to the next, ..."""
@@ -229,3 +250,29 @@ def weights_from_errors(errors: pd.DataFrame, max_ratio: float = 1.3) -> pd.Data
         for member, weight in zip(group["member"], weights, strict=True):
             records.append({SERVICE: service, "member": member, "weight": float(weight)})
     return pd.DataFrame.from_records(records)
+
+
+def fleet_weights(errors: pd.DataFrame, max_ratio: float = 1.3) -> pd.DataFrame:
+    """Member weights of the whole fleet: each member's MAE relative to each service's best.
+
+    A member's fleet error is the mean over services of ``mae / best mae of the service``
+    (services whose best MAE is 0 are left out), so every service counts the same whatever its
+    size; the weights then follow :func:`weights_from_errors`.
+
+    Args:
+        errors: Rows ``service, member, mae``.
+        max_ratio: Tolerance relative to the best member.
+
+    Returns:
+        Rows ``member, weight`` (equal weights when no service has a positive best MAE).
+    """
+    table = errors.pivot_table(index=SERVICE, columns="member", values="mae", aggfunc="mean")
+    best = table.min(axis=1)
+    relative = table[best > 0].div(best[best > 0], axis=0)
+    if relative.empty:
+        members = list(table.columns)
+        return pd.DataFrame({"member": members, "weight": 1.0 / len(members)})
+    fleet = pd.DataFrame(
+        {SERVICE: "fleet", "member": relative.columns, "mae": relative.mean().to_numpy()}
+    )
+    return weights_from_errors(fleet, max_ratio)[["member", "weight"]]

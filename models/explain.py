@@ -27,10 +27,6 @@ WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", 
 
 FEATURE_LABELS: dict[str, str] = {
     "horizon": "forecast horizon",
-    "season_lag_0": "same time yesterday",
-    "season_lag_1": "same time 2 days ago",
-    "season_lag_2": "same time 3 days ago",
-    "season_lag_3": "same time 4 days ago",
     "season_lag_mean": "same time, mean of recent days",
     "season_lag_median": "same time, median of recent days",
     "origin_profile": "usual level at this hour (recent days)",
@@ -65,6 +61,9 @@ def feature_label(name: str, value: float | None = None) -> str:
         return WEEKDAYS[int(value) % 7]
     if name == "minute_of_day" and value is not None and np.isfinite(value):
         return f"{int(value) // 60:02d}:{int(value) % 60:02d} time of day"
+    if name.startswith("season_lag_") and name.removeprefix("season_lag_").isdigit():
+        days = int(name.removeprefix("season_lag_")) + 1
+        return "same time yesterday" if days == 1 else f"same time {days} days ago"
     if name.startswith("lag_"):
         lag = int(name.removeprefix("lag_"))
         return "latest value" if lag == 0 else f"value {lag} steps earlier"

@@ -31,6 +31,8 @@ from models.features import (
 )
 from pipelines.schema import SERVICE, TARGET, TS, quantile_column
 
+TRANSFORMS = ("none", "log")
+
 
 class LightGBMForecaster(Forecaster):
     """Global direct multi-horizon LightGBM with per-quantile models.
@@ -52,6 +54,13 @@ class LightGBMForecaster(Forecaster):
         calibrate: Shift upper quantiles by a split-conformal correction.
         num_threads: LightGBM threads.
         seed: Random seed for sampling and LightGBM.
+        anchor: Scaled baseline the trees correct (see :meth:`_anchor`): ``"median"`` or
+            ``"mean"`` of the same-phase lags plus the current deviation, or ``"last"`` value.
+        n_seasonal_lags: Same-phase lags (one per past season) among the features.
+        n_recent_lags: Most recent values among the features.
+        target_transform: ``"none"``, or ``"log"`` to model ``log1p(y)`` (multiplicative
+            patterns become additive; the forecast is transformed back, quantiles stay
+            quantiles).
     """
 
     name: ClassVar[str] = "lightgbm"
@@ -74,10 +83,25 @@ class LightGBMForecaster(Forecaster):
         num_threads: int = 2,
         seed: int = 0,
         anchor: str = "median",
+        n_seasonal_lags: int = 4,
+        n_recent_lags: int = 6,
+        target_transform: str = "none",
     ) -> None:
         if anchor not in ("median", "mean", "last"):
             raise ValueError(f"anchor must be 'median', 'mean' or 'last', got {anchor!r}")
+        if target_transform not in TRANSFORMS:
+            raise ValueError(
+                f"target_transform must be one of {TRANSFORMS}, got {target_transform!r}"
+            )
+        if n_seasonal_lags < 1 or n_recent_lags < 1:
+            raise ValueError(
+                f"n_seasonal_lags and n_recent_lags must be at least 1, got "
+                f"{n_seasonal_lags} and {n_recent_lags}"
+            )
         self.anchor = anchor
+        self.n_seasonal_lags = n_seasonal_lags
+        self.n_recent_lags = n_recent_lags
+        self.target_transform = target_transform
         self.quantiles = check_quantiles(quantiles)
         self.max_horizon = max_horizon
         self.season_steps = season_steps
@@ -121,12 +145,38 @@ class LightGBMForecaster(Forecaster):
             "verbosity": -1,
         }
 
-    def _series_values(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
-        out = {}
-        for service, group in frame.groupby(SERVICE, sort=True):
-            values = group[Y].to_numpy(dtype=float)
-            out[str(service)] = values
+    def _features(
+        self,
+        values: np.ndarray,
+        origins: np.ndarray,
+        horizons: np.ndarray,
+        target_times: pd.DatetimeIndex | None,
+    ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """:func:`build_features` with this model's season, week and lag counts."""
+        return build_features(
+            values,
+            origins,
+            horizons,
+            self.season_,
+            self.week_,
+            target_times if self.use_calendar else None,
+            n_seasonal_lags=self.n_seasonal_lags,
+            n_recent_lags=self.n_recent_lags,
+        )
+
+    def _transform(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Apply the target transform to ``frame[y]``."""
+        if self.target_transform == "none":
+            return frame
+        out = frame.copy()
+        out[Y] = np.log1p(out[Y].to_numpy(dtype=float))
         return out
+
+    def _untransform(self, values: np.ndarray) -> np.ndarray:
+        """Back from the transformed target to the target."""
+        if self.target_transform == "none":
+            return values
+        return np.expm1(np.clip(values, 0.0, 50.0))
 
     def _sample_rows(
         self, values: np.ndarray, times: pd.DatetimeIndex, rng: np.random.Generator, last: int
@@ -145,10 +195,7 @@ class LightGBMForecaster(Forecaster):
         keep = origins + horizons <= last
         origins, horizons = origins[keep], horizons[keep]
         clean = robust_clip(values[: last + 1], self.season_) if self.clip_outliers else values
-        target_times = times[origins + horizons] if self.use_calendar else None
-        features, scale, _ = build_features(
-            clean, origins, horizons, self.season_, self.week_, target_times
-        )
+        features, scale, _ = self._features(clean, origins, horizons, times[origins + horizons])
         target = clean[origins + horizons] / scale - self._anchor(features)
         return features, scale, target, horizons
 
@@ -191,13 +238,9 @@ class LightGBMForecaster(Forecaster):
         frame = prepare_history(history, target, self.step_)
         if self.max_history:
             frame = frame.groupby(SERVICE, sort=True).tail(self.max_history)
-        _, _, self.feature_names_ = build_features(
-            np.ones(3),
-            np.array([2]),
-            np.array([1]),
-            self.season_,
-            self.week_,
-            pd.DatetimeIndex([pd.Timestamp("2000-01-01")]) if self.use_calendar else None,
+        frame = self._transform(frame)
+        _, _, self.feature_names_ = self._features(
+            np.ones(3), np.array([2]), np.array([1]), pd.DatetimeIndex([pd.Timestamp("2000-01-01")])
         )
         rng = np.random.default_rng(self.seed)
         train_x, train_y, cut_x, cut_y, calib_x, calib_y = [], [], [], [], [], []
@@ -221,14 +264,7 @@ class LightGBMForecaster(Forecaster):
                 clean = values[: origin + 1]
                 if self.clip_outliers:
                     clean = robust_clip(clean, self.season_)
-                cx, cs, _ = build_features(
-                    clean,
-                    origins,
-                    horizons,
-                    self.season_,
-                    self.week_,
-                    times[origins + horizons] if self.use_calendar else None,
-                )
+                cx, cs, _ = self._features(clean, origins, horizons, times[origins + horizons])
                 calib_x.append(cx)
                 calib_y.append(values[origins + horizons] / cs - self._anchor(cx))
         if not train_x:
@@ -275,7 +311,8 @@ class LightGBMForecaster(Forecaster):
         anchor = self._anchor(features)
         for q in levels:
             raw = self.models_[q].predict(features, num_threads=self.num_threads)
-            out[quantile_column(q)] = (raw + self.offsets_.get(q, 0.0) + anchor) * scale
+            scaled = (raw + self.offsets_.get(q, 0.0) + anchor) * scale
+            out[quantile_column(q)] = self._untransform(scaled)
         return finalize_quantiles(out, levels)
 
     def forecast_design(
@@ -297,7 +334,7 @@ class LightGBMForecaster(Forecaster):
         if self.step_ is None or self.history_ is None:
             raise ValueError("LightGBMForecaster.forecast_design called before fit")
         frame = (
-            prepare_history(history, self.target_, self.step_)
+            self._transform(prepare_history(history, self.target_, self.step_))
             if history is not None
             else self.history_
         )
@@ -308,14 +345,7 @@ class LightGBMForecaster(Forecaster):
             horizons = np.arange(1, horizon + 1)
             future = future_timestamps(group[TS].iloc[-1], self.step_, horizon)
             clean = robust_clip(values, self.season_) if self.clip_outliers else values
-            features, scale, _ = build_features(
-                clean,
-                origins,
-                horizons,
-                self.season_,
-                self.week_,
-                future if self.use_calendar else None,
-            )
+            features, scale, _ = self._features(clean, origins, horizons, future)
             blocks.append(features)
             scales.append(scale)
             keys.append(pd.DataFrame({SERVICE: service, TS: future}))

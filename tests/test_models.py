@@ -157,6 +157,33 @@ def test_lightgbm_uses_fresh_history_and_survives_a_spike_and_gaps() -> None:
         model.predict(4, quantiles=(0.5, 0.99))
 
 
+def test_lightgbm_log_target_forecasts_on_the_original_scale(tmp_path: Path) -> None:
+    fleet = synthetic_fleet(days=10)
+    cutoff = fleet["ts"].max() - pd.Timedelta(days=1)
+    history, truth = fleet[fleet["ts"] <= cutoff], fleet[fleet["ts"] > cutoff]
+    model = small_lightgbm(target_transform="log", n_seasonal_lags=5, n_recent_lags=12)
+    forecast = model.fit(history).predict(SEASON)
+    assert_valid_forecast(forecast, history, SEASON)
+    assert model.history_["y"].max() < np.log1p(fleet["requests"].max()) + 1e-9  # modelled in log
+    naive = SeasonalNaiveForecaster().fit(history).predict(SEASON)
+    assert mae_against_truth(forecast, truth) < mae_against_truth(naive, truth)
+    assert "season_lag_4" in model.feature_names_ and "lag_11" in model.feature_names_
+    roundtrip(model, tmp_path, 6)
+
+
+@pytest.mark.parametrize(
+    ("option", "match"),
+    [
+        ({"target_transform": "sqrt"}, "target_transform"),
+        ({"n_seasonal_lags": 0}, "n_seasonal_lags"),
+        ({"anchor": "mode"}, "anchor"),
+    ],
+)
+def test_lightgbm_rejects_unknown_settings(option: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        small_lightgbm(**option)
+
+
 # --------------------------------------------------------------------------- Prophet
 def test_prophet_fits_services_in_parallel_with_a_surge_calendar(tmp_path: Path) -> None:
     from models.prophet_model import ProphetForecaster
@@ -227,6 +254,47 @@ def test_weights_from_errors_drop_bad_members() -> None:
     weights = weights_from_errors(errors, max_ratio=1.3).set_index("member")["weight"]
     assert weights["z"] == 0.0
     assert weights["x"] == pytest.approx(1 / (1 + 1 / 1.44))
+
+
+def test_fleet_weights_count_every_service_the_same_whatever_its_size() -> None:
+    from models.ensemble import fleet_weights
+
+    errors = pd.DataFrame(
+        {
+            "service": ["big", "big", "small", "small"],
+            "member": ["x", "y", "x", "y"],
+            "mae": [100.0, 300.0, 2.0, 1.0],  # x best on the big service, y on the small one
+        }
+    )
+    weights = fleet_weights(errors, max_ratio=3.0).set_index("member")["weight"]
+    # relative errors: x (1 + 2) / 2 = 1.5, y (3 + 1) / 2 = 2 -> weights 1/1.5**2 : 1/2**2
+    assert weights["x"] == pytest.approx((1 / 2.25) / (1 / 2.25 + 1 / 4))
+    assert fleet_weights(errors, max_ratio=1.3).set_index("member")["weight"]["y"] == 0.0
+
+
+def test_ensemble_shrinkage_blends_service_weights_with_the_fleet() -> None:
+    from models.ensemble import EnsembleForecaster
+
+    backtest = pd.DataFrame(
+        {
+            "service": ["a", "a", "b", "b", "c", "c"],
+            "member": ["naive", "lightgbm"] * 3,
+            "bucket": 0,
+            "mae": [1.0, 2.0, 3.0, 1.0, 4.0, 1.0],  # naive best on a only
+        }
+    )
+    model = EnsembleForecaster(shrinkage=1.0, bucket_edges=())
+    model.backtest_ = backtest
+    fleet = model.weights_from_backtest().pivot(index="service", columns="member", values="weight")
+    assert (fleet["lightgbm"] == 1.0).all()  # naive is 2.33x worse than the best on average
+    model.shrinkage = 0.0
+    own = model.weights_from_backtest().pivot(index="service", columns="member", values="weight")
+    assert own.loc["a", "naive"] == 1.0 and own.loc["b", "lightgbm"] == 1.0
+    model.shrinkage = 0.5
+    half = model.weights_from_backtest().pivot(index="service", columns="member", values="weight")
+    assert half.loc["a", "naive"] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="shrinkage"):
+        EnsembleForecaster(shrinkage=1.5)
 
 
 def test_catalog_maps_every_family() -> None:
