@@ -35,6 +35,11 @@ Policies, all in the same run on the same trace:
   scale-up rate limits apply (no scale-down window: the schedule delays scale-downs itself). See
   :data:`FORESCALE_VARIANTS` for the variants.
 
+Blind development: ``shift_weeks`` (``--shift-weeks``) drops the last weeks of every trace before
+anything else, so that with 1 the replayed window is the penultimate week and the calibration week
+the one before it; a trace then too short (NAB ELB: 14 days, Crane input0: 8 days) is left out
+and listed. Settings are developed on ``--shift-weeks 1`` and reported on the last week.
+
 Surge (for the lead figure): on the 10-minute trailing mean ``s`` of the demand, minute ``t`` is a
 surge onset when ``s(t) >= 1.5 * b`` and ``s(t) - b >= 0.15 * peak``, with ``b`` the minimum of
 ``s`` over the 30 minutes before ``t`` and ``peak`` the window's peak demand; onsets are at least
