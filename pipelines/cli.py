@@ -317,12 +317,20 @@ def bench_replay(
     json_path: JsonOut = None,
     timeline: Annotated[Path | None, typer.Option(help="Write the minute-by-minute replay.")] = None,
     plots: Annotated[Path | None, typer.Option(help="Folder for one PNG per trace.")] = None,
+    shift_weeks: Annotated[
+        int, typer.Option(help="Drop the last N weeks of every trace first (blind development).")
+    ] = 0,
+    trace: Annotated[
+        list[str] | None, typer.Option(help="Replay only traces whose name contains this.")
+    ] = None,
 ) -> None:
     """Replay real traffic against HPA, Holt-Winters, static, oracle and Forescale policies."""
     from pipelines.bench.replay import run_replay_bench
 
     _settings()
-    run_replay_bench(data, json_path, timeline, plots)
+    run_replay_bench(
+        data, json_path, timeline, plots, shift_weeks=shift_weeks, only=tuple(trace or ())
+    )
 
 
 @bench_app.command("nab")

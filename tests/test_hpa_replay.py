@@ -10,11 +10,15 @@ import pytest
 
 from pipelines.bench.hpa import HpaBehavior, HpaController, ScalingPolicy, usage_ratio_replicas
 from pipelines.bench.replay import (
+    WINDOW_MINUTES,
     HoltWintersReplicas,
+    cheapest_within,
+    choose_fleet_settings,
     choose_quantile_risk,
     discover_traces,
     read_trace,
     schedule_controller,
+    select_traces,
     served_per_minute,
     simulate,
     surge_lead,
@@ -281,3 +285,60 @@ def test_calibration_candidates_can_be_pairs_of_risks() -> None:
     demand = _step_demand()
     candidates = {(0.05, 0.05): np.full(600, 25), (0.05, 0.1): np.full(600, 20)}
     assert choose_quantile_risk(demand, 10.0, 2, candidates) == (0.05, 0.1)
+
+
+def test_fleet_budget_goes_where_a_short_minute_saves_the_most_pods() -> None:
+    # Trace "a" saves 1000 pod-minutes for 10 short minutes, "b" only 100 for 10.
+    outcomes = {
+        "a": {0.05: (0, 5000.0), 0.5: (10, 4000.0)},
+        "b": {0.05: (0, 5000.0), 0.5: (10, 4900.0)},
+    }
+    hpa = {"a": 100, "b": 100}
+    assert choose_fleet_settings(outcomes, hpa, budget=0.05) == {"a": 0.5, "b": 0.05}
+    assert choose_fleet_settings(outcomes, hpa, budget=0.1) == {"a": 0.5, "b": 0.5}
+    assert choose_fleet_settings(outcomes, hpa, budget=0.0) == {"a": 0.05, "b": 0.05}
+
+
+def test_fleet_budget_out_of_reach_takes_the_fewest_short_minutes() -> None:
+    outcomes = {"a": {(0.05, 0.05): (30, 5000.0), (0.5, 0.1): (40, 4000.0)}}
+    assert choose_fleet_settings(outcomes, {"a": 100}, budget=0.1) == {"a": (0.05, 0.05)}
+
+
+def test_fleet_budget_refuses_a_trace_without_candidates_or_hpa_figure() -> None:
+    with pytest.raises(ValueError, match="'a' has no candidate"):
+        choose_fleet_settings({"a": {}}, {"a": 10}, 0.05)
+    with pytest.raises(ValueError, match="no HPA short minutes for trace 'b'"):
+        choose_fleet_settings({"b": {0.1: (0, 1.0)}}, {}, 0.05)
+
+
+def test_cheapest_within_the_allowance_else_fewest_short_minutes() -> None:
+    outcomes = {0.05: (2, 900.0), 0.3: (5, 700.0), 0.5: (9, 600.0)}
+    assert cheapest_within(outcomes, 5) == 0.3
+    assert cheapest_within(outcomes, 1) == 0.05
+    with pytest.raises(ValueError, match="no candidate"):
+        cheapest_within({}, 1)
+
+
+def _minutes(days: float) -> pd.Series:
+    index = pd.date_range(START, periods=int(days * 1440), freq="min")
+    return pd.Series(np.arange(len(index), dtype=float) + 1.0, index=index)
+
+
+def test_shifted_replay_window_is_the_week_before_the_last() -> None:
+    traces, skipped = select_traces({"long": _minutes(16), "short": _minutes(10)}, shift_weeks=1)
+    assert [t.name for t in traces] == ["long"] and set(skipped) == {"short"}
+    assert traces[0].window.index[-1] == START + pd.Timedelta(
+        minutes=16 * 1440 - 1 - WINDOW_MINUTES
+    )
+    assert len(traces[0].window) == WINDOW_MINUTES and len(traces[0].history) == 2 * 1440
+
+
+def test_unshifted_replay_refuses_a_short_trace_and_can_take_a_subset() -> None:
+    with pytest.raises(ValueError, match="trace 'short'"):
+        select_traces({"long": _minutes(9), "short": _minutes(7)})
+    traces, _ = select_traces({"long": _minutes(9), "short": _minutes(7)}, only=("lon",))
+    assert [t.name for t in traces] == ["long"]
+    with pytest.raises(ValueError, match="shift_weeks must be 0 or more"):
+        select_traces({"long": _minutes(9)}, shift_weeks=-1)
+    with pytest.raises(ValueError, match="no trace to replay"):
+        select_traces({"long": _minutes(9)}, only=("nothing",))

@@ -35,6 +35,11 @@ Policies, all in the same run on the same trace:
   scale-up rate limits apply (no scale-down window: the schedule delays scale-downs itself). See
   :data:`FORESCALE_VARIANTS` for the variants.
 
+Blind development: ``shift_weeks`` (``--shift-weeks``) drops the last weeks of every trace before
+anything else, so that with 1 the replayed window is the penultimate week and the calibration week
+the one before it; a trace then too short (NAB ELB: 14 days, Crane input0: 8 days) is left out
+and listed. Settings are developed on ``--shift-weeks 1`` and reported on the last week.
+
 Surge (for the lead figure): on the 10-minute trailing mean ``s`` of the demand, minute ``t`` is a
 surge onset when ``s(t) >= 1.5 * b`` and ``s(t) - b >= 0.15 * peak``, with ``b`` the minimum of
 ``s`` over the 30 minutes before ``t`` and ``peak`` the window's peak demand; onsets are at least
@@ -46,6 +51,7 @@ there until ``t`` (positive: early), or minus the minutes after ``t`` until it r
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
@@ -95,6 +101,9 @@ TARGETS = {"short_vs_hpa_max": 0.10, "pod_hours_vs_hpa_max": 1.05, "median_lead_
 CALIBRATION_SHORT_BUDGET = 0.05
 """Short minutes a calibrated variant may have on the week before the window, as a share of the
 HPA's there: half the 10 % target, a margin for the window being a different week."""
+CALIBRATION_FLEET_BUDGET = 0.05
+"""Short minutes the fleet-budget variants may have on the calibration periods, as a share of the
+HPA's summed over the traces (:func:`choose_fleet_settings`)."""
 CALIBRATION_MIN_TRAIN_MINUTES = 24 * 60
 """History kept before the calibration period to train on; also its shortest length (unless the
 window is shorter)."""
@@ -405,6 +414,47 @@ def forecaster_factory(model: str | None = "lightgbm") -> tuple[str, Callable[[]
     return model, family
 
 
+def select_traces(
+    loads: Mapping[str, pd.Series], shift_weeks: int = 0, only: Sequence[str] = ()
+) -> tuple[list[PreparedTrace], dict[str, str]]:
+    """Prepare the traces to replay, optionally a week or more before their end.
+
+    Args:
+        loads: Trace name -> load per minute (as from :func:`discover_traces`).
+        shift_weeks: Drop the last ``shift_weeks`` weeks of every trace before preparing it.
+            With a shift, a trace then too short to replay (:func:`prepare_trace`) is left out
+            and reported; without one, it is an error.
+        only: Keep only the traces whose name contains one of these strings (all when empty).
+
+    Returns:
+        The prepared traces and the left-out ones (name -> reason).
+
+    Raises:
+        ValueError: If ``shift_weeks`` is negative, if no trace is left, or (without a shift) if
+            a trace is too short.
+    """
+    if shift_weeks < 0:
+        raise ValueError(f"shift_weeks must be 0 or more, got {shift_weeks}")
+    traces: list[PreparedTrace] = []
+    skipped: dict[str, str] = {}
+    for name, load in loads.items():
+        if only and not any(part in name for part in only):
+            continue
+        kept = load.iloc[: len(load) - shift_weeks * WINDOW_MINUTES]
+        try:
+            traces.append(prepare_trace(name, kept))
+        except ValueError as err:
+            if not shift_weeks:
+                raise
+            skipped[name] = f"too short once {shift_weeks} week(s) are dropped ({err})"
+    if not traces:
+        raise ValueError(
+            f"no trace to replay (shift_weeks={shift_weeks}, only={list(only)}, "
+            f"left out: {sorted(skipped)})"
+        )
+    return traces, skipped
+
+
 @dataclass
 class PreparedTrace:
     """One trace split into history and replay window."""
@@ -457,6 +507,9 @@ class ForescaleVariant:
         burst_risks: With ``quantile_risks``: candidate risks for the utilisation calibration
             (bursts inside a step), chosen jointly with the quantile's; ``risk * risk_share``
             when empty.
+        fleet_budget: With ``quantile_risks``: spend the short-minute budget over all traces
+            together (:func:`choose_fleet_settings`) instead of trace by trace
+            (:func:`choose_quantile_risk`).
     """
 
     risk_share: float = 1.0
@@ -464,6 +517,7 @@ class ForescaleVariant:
     overrides: tuple[tuple[str, Any], ...] = ()
     quantile_risks: tuple[float, ...] = ()
     burst_risks: tuple[float, ...] = ()
+    fleet_budget: bool = False
 
 
 FORESCALE_VARIANTS: dict[str, ForescaleVariant] = {
@@ -478,6 +532,19 @@ FORESCALE_VARIANTS: dict[str, ForescaleVariant] = {
         calibrate=True,
         quantile_risks=(0.05, 0.1, 0.3, 0.5),
         burst_risks=(0.05, 0.1),
+    ),
+    "forescale_wide": ForescaleVariant(
+        risk_share=0.5,
+        calibrate=True,
+        quantile_risks=(0.05, 0.1, 0.2, 0.3, 0.5),
+        burst_risks=(0.05, 0.1, 0.2),
+    ),
+    "forescale_fleet": ForescaleVariant(
+        risk_share=0.5,
+        calibrate=True,
+        quantile_risks=(0.05, 0.1, 0.2, 0.3, 0.5),
+        burst_risks=(0.05, 0.1, 0.2),
+        fleet_budget=True,
     ),
 }
 """Forescale as deployed in the benchmark (``params.yaml`` risk 0.1, target utilisation 0.7):
@@ -496,7 +563,14 @@ FORESCALE_VARIANTS: dict[str, ForescaleVariant] = {
   :data:`CALIBRATION_SHORT_BUDGET` of the HPA's there; noisy traces, where the upper quantile
   buys little, drop to a lower quantile and lean on the reactive floor;
 * ``forescale_qbcal``: as ``forescale_qcal`` with the burst risk of the utilisation calibration
-  (0.05 or 0.1) chosen jointly with the quantile's (0.05, 0.1, 0.3 or 0.5) the same way.
+  (0.05 or 0.1) chosen jointly with the quantile's (0.05, 0.1, 0.3 or 0.5) the same way;
+* ``forescale_wide``: as ``forescale_qbcal`` over a wider grid (quantile risk 0.05, 0.1, 0.2,
+  0.3 or 0.5, burst risk 0.05, 0.1 or 0.2);
+* ``forescale_fleet``: the grid of ``forescale_wide``, but the short-minute budget is spent over
+  the traces together (:func:`choose_fleet_settings`, :data:`CALIBRATION_FLEET_BUDGET` of the
+  HPA's short minutes summed over the calibration periods): a short minute is priced in
+  pod-minutes, the lowest price that meets the budget decides every trace's setting, so traces
+  where the cautious settings buy few short minutes for many pods take cheaper ones.
 """
 
 
@@ -666,18 +740,20 @@ def _calibrate_quantile_risks(
     frames: dict[str, pd.DataFrame],
     family: Callable[[], Any],
     configs: dict[tuple[str, int], dict[str, Any]],
-) -> dict[str, dict[str, dict[str, float]]]:
-    """Choose the forecast quantile's risk of the calibrated variants before the window.
+) -> dict[str, dict[str, dict[str, tuple[float, float]]]]:
+    """Choose the risk settings of the calibrated variants before the window.
 
     The calibration period is the week before the window, or as much of it as leaves
     ``CALIBRATION_MIN_TRAIN_MINUTES`` of history before it to train on. It is replayed exactly
     as the window is (same forecaster, cadence, planning, reactive floor and cluster model;
     forecasts only from data before each instant, no data from the window) for every candidate
-    pair of :attr:`ForescaleVariant.quantile_risks` and :attr:`ForescaleVariant.burst_risks` (the
-    utilisation calibrated at the burst risk on the calibration period itself), and
-    :func:`choose_quantile_risk` picks per trace and start-up delay. A trace whose calibration period would be shorter than
+    ``(quantile risk, burst risk)`` of :attr:`ForescaleVariant.quantile_risks` and
+    :attr:`ForescaleVariant.burst_risks` (the utilisation calibrated at the burst risk on the
+    calibration period itself), and
+    :func:`choose_quantile_risk` (per trace) or :func:`choose_fleet_settings` (over the traces
+    together) picks per start-up delay. A trace whose calibration period would be shorter than
     ``CALIBRATION_MIN_TRAIN_MINUTES`` (or the window, when that is shorter) keeps the first (most
-    cautious) candidate.
+    cautious) candidate and does not count in a fleet budget.
 
     Returns:
         ``variant -> str(delay) -> trace -> (quantile risk, burst risk)`` for the calibrated
@@ -695,16 +771,12 @@ def _calibrate_quantile_risks(
         for t in traces
         if spans[t.name] >= min(WINDOW_MINUTES, CALIBRATION_MIN_TRAIN_MINUTES)
     }
-    pairs = {
-        variant: [
-            (risk, burst)
-            for risk in spec.quantile_risks
-            for burst in spec.burst_risks or (configs[(variant, delays[0])][traces[0].name].risk,)
-        ]
+    settings = {
+        variant: _candidate_settings(spec, configs[(variant, delays[0])][traces[0].name])
         for variant, spec in calibrated.items()
     }
     chosen: dict[str, dict[str, dict[str, tuple[float, float]]]] = {
-        variant: {str(delay): {t.name: pairs[variant][0] for t in traces} for delay in delays}
+        variant: {str(delay): {t.name: settings[variant][0] for t in traces} for delay in delays}
         for variant in calibrated
     }
     if not weeks:
@@ -712,65 +784,92 @@ def _calibrate_quantile_risks(
     starts = {name: week.index[0] for name, (_, week) in weeks.items()}
     spans = {name: len(week) for name, (_, week) in weeks.items()}
     forecasts = _rolling_forecasts({name: frames[name] for name in weeks}, starts, spans, family)
+    utilization = {
+        (name, burst): calibrated_utilization(week, FORECAST_STEP, burst)
+        for name, (_, week) in weeks.items()
+        for burst in {c[1] for candidates in settings.values() for c in candidates}
+    }
     candidates = {
-        (f"{variant}@{risk}@{burst}", delay): {
+        (_candidate_key(spec, setting), delay): {
             name: configs[(variant, delay)][name].model_copy(
                 update={
-                    "risk": risk,
-                    "target_utilization": calibrated_utilization(week, FORECAST_STEP, burst),
+                    "risk": setting[0],
+                    "target_utilization": utilization[(name, setting[1])],
                 }
             )
-            for name, (_, week) in weeks.items()
+            for name in weeks
         }
-        for variant in calibrated
-        for risk, burst in pairs[variant]
+        for variant, spec in calibrated.items()
+        for setting in settings[variant]
         for delay in delays
     }
     targets = _planned_targets(forecasts, starts, spans, candidates)
+    floored: dict[tuple[str, int], dict[str, np.ndarray]] = {}
+    for (key, delay), per_trace in candidates.items():
+        for name, (before, week) in weeks.items():
+            floored.setdefault((name, delay), {})[key] = _with_reactive_floor(
+                targets[(key, name, delay)], before, week, per_trace[name]
+            )
     capacity = {t.name: t.capacity for t in traces}
-    for variant in calibrated:
+    replayed = {
+        (name, delay): calibration_outcomes(
+            weeks[name][1].to_numpy(dtype=float), capacity[name], delay, by_key
+        )
+        for (name, delay), by_key in floored.items()
+    }
+    for variant, spec in calibrated.items():
         for delay in delays:
-            for name, (before, week) in weeks.items():
-                by_risk = {
-                    (risk, burst): _with_reactive_floor(
-                        targets[(f"{variant}@{risk}@{burst}", name, delay)],
-                        before,
-                        week,
-                        candidates[(f"{variant}@{risk}@{burst}", delay)][name],
-                    )
-                    for risk, burst in pairs[variant]
+            hpa_short = {name: replayed[(name, delay)][0] for name in weeks}
+            outcomes = {
+                name: {
+                    setting: replayed[(name, delay)][1][_candidate_key(spec, setting)]
+                    for setting in settings[variant]
                 }
-                chosen[variant][str(delay)][name] = choose_quantile_risk(
-                    week.to_numpy(dtype=float), capacity[name], delay, by_risk
-                )
+                for name in weeks
+            }
+            if spec.fleet_budget:
+                picks = choose_fleet_settings(outcomes, hpa_short, CALIBRATION_FLEET_BUDGET)
+            else:
+                picks = {
+                    name: cheapest_within(
+                        outcomes[name], CALIBRATION_SHORT_BUDGET * hpa_short[name]
+                    )
+                    for name in weeks
+                }
+            chosen[variant][str(delay)].update(picks)
     return chosen
 
 
-def choose_quantile_risk(
+def _candidate_settings(spec: ForescaleVariant, base: Any) -> list[tuple[float, float]]:
+    """A calibrated variant's candidates ``(quantile risk, burst risk)``, the most cautious first."""
+    return [
+        (risk, burst) for risk in spec.quantile_risks for burst in spec.burst_risks or (base.risk,)
+    ]
+
+
+def _candidate_key(spec: ForescaleVariant, setting: tuple[float, float]) -> str:
+    """One key per distinct candidate configuration (variants that differ only in their
+    candidate lists share the candidates they have in common)."""
+    return repr((spec.overrides, setting))
+
+
+def calibration_outcomes(
     demand: np.ndarray,
     capacity: float,
     delay: int,
     targets_by_risk: Mapping[Any, np.ndarray],
-    budget: float = CALIBRATION_SHORT_BUDGET,
-) -> Any:
-    """The cheapest candidate whose short minutes stay within a budget relative to the HPA's.
-
-    Each candidate's replica targets and the HPA are replayed on the same (past) demand with the
-    cluster model of :func:`simulate`. A candidate qualifies when its under-provisioned minutes
-    are at most ``budget`` times the HPA's; the one with the fewest pod-hours wins (ties: the
-    lower risk). When none qualifies, the candidate with the fewest short minutes wins (ties: the
-    lower risk).
+) -> tuple[int, dict[Any, tuple[int, float]]]:
+    """Replay the HPA and every candidate's replica targets on the same (past) demand.
 
     Args:
         demand: Load per minute of the calibration period.
         capacity: Load one pod serves at 100 % utilisation.
         delay: Pod start-up delay in minutes.
-        targets_by_risk: Candidate risk (a number or a tuple of risks; lower is more cautious)
-            -> replica target per minute of the period.
-        budget: Allowed short minutes as a share of the HPA's.
+        targets_by_risk: Candidate (a risk or a tuple of settings) -> replica target per minute.
 
     Returns:
-        The chosen risk.
+        The HPA's under-provisioned minutes, and candidate -> (under-provisioned minutes,
+        pod-minutes), with the cluster model of :func:`simulate`.
 
     Raises:
         ValueError: If there is no candidate or a target's length differs from the demand's.
@@ -787,15 +886,121 @@ def choose_quantile_risk(
         MIN_REPLICAS, min(MAX_REPLICAS, math.ceil(demand[0] / (capacity * HPA_TARGET) - 1e-9))
     )
     hpa = simulate(demand, capacity, delay, start_hpa, hpa_controller(demand, capacity))
-    allowed = budget * _short_minutes(hpa, demand, capacity)
-    outcomes = []
+    outcomes = {}
     for risk, target in sorted(targets_by_risk.items()):
         run = simulate(demand, capacity, delay, int(target[0]), schedule_controller(target, True))
-        outcomes.append((risk, _short_minutes(run, demand, capacity), run.pod_minutes))
-    within = [o for o in outcomes if o[1] <= allowed]
+        outcomes[risk] = (_short_minutes(run, demand, capacity), run.pod_minutes)
+    return _short_minutes(hpa, demand, capacity), outcomes
+
+
+def cheapest_within(outcomes: Mapping[Any, tuple[int, float]], allowed: float) -> Any:
+    """The candidate with the fewest pod-minutes among those with at most ``allowed`` short minutes.
+
+    When none qualifies, the one with the fewest short minutes. Ties go to the lower candidate
+    (the lower risk).
+
+    Args:
+        outcomes: Candidate -> (short minutes, pod-minutes).
+        allowed: Most short minutes a candidate may have.
+
+    Returns:
+        The chosen candidate.
+
+    Raises:
+        ValueError: If there is no candidate.
+    """
+    if not outcomes:
+        raise ValueError("cheapest_within: no candidate")
+    within = [(pods, c) for c, (short, pods) in outcomes.items() if short <= allowed]
     if within:
-        return min(within, key=lambda o: (o[2], o[0]))[0]
-    return min(outcomes, key=lambda o: (o[1], o[0]))[0]
+        return min(within)[1]
+    return min((short, c) for c, (short, _) in outcomes.items())[1]
+
+
+def choose_fleet_settings(
+    outcomes: Mapping[str, Mapping[Any, tuple[int, float]]],
+    hpa_short: Mapping[str, int],
+    budget: float,
+) -> dict[str, Any]:
+    """Per trace, the candidate that spends a fleet-wide short-minute budget where it saves most.
+
+    Short minutes are priced in pod-minutes: at price ``p`` every trace takes the candidate
+    minimising ``pod-minutes + p * short minutes`` (ties: fewer short minutes, then the lower
+    candidate). The price is the lowest (from 0, through every price at which some trace would
+    change candidate) at which the fleet's short minutes are at most ``budget`` times the HPA's
+    summed over the traces. A trace where a cautious candidate buys few short minutes for many
+    pods thus takes a cheaper one, and the budget goes to where it saves the most pods. When no
+    price meets the budget, every trace takes its fewest short minutes.
+
+    Args:
+        outcomes: Trace -> candidate -> (short minutes, pod-minutes) on the calibration period.
+        hpa_short: Trace -> the HPA's short minutes on the same period.
+        budget: Allowed fleet short minutes as a share of the HPA's.
+
+    Returns:
+        Trace -> chosen candidate.
+
+    Raises:
+        ValueError: If a trace has no candidate or no HPA figure.
+    """
+    for name, candidates in outcomes.items():
+        if not candidates:
+            raise ValueError(f"choose_fleet_settings: trace {name!r} has no candidate")
+        if name not in hpa_short:
+            raise ValueError(f"choose_fleet_settings: no HPA short minutes for trace {name!r}")
+    allowed = budget * sum(hpa_short[name] for name in outcomes)
+    prices = {0.0}
+    for candidates in outcomes.values():
+        for (short_a, pods_a), (short_b, pods_b) in itertools.permutations(candidates.values(), 2):
+            if short_a > short_b and pods_b > pods_a:
+                prices.add((pods_b - pods_a) / (short_a - short_b))
+    for price in sorted(prices):
+        picks = {
+            name: min(
+                candidates,
+                key=lambda c, o=candidates: (o[c][1] + price * o[c][0], o[c][0], c),
+            )
+            for name, candidates in outcomes.items()
+        }
+        if sum(outcomes[name][pick][0] for name, pick in picks.items()) <= allowed:
+            return picks
+    return {
+        name: min(candidates, key=lambda c, o=candidates: (o[c][0], o[c][1], c))
+        for name, candidates in outcomes.items()
+    }
+
+
+def choose_quantile_risk(
+    demand: np.ndarray,
+    capacity: float,
+    delay: int,
+    targets_by_risk: Mapping[Any, np.ndarray],
+    budget: float = CALIBRATION_SHORT_BUDGET,
+) -> Any:
+    """The cheapest candidate whose short minutes stay within a budget relative to the HPA's.
+
+    Each candidate's replica targets and the HPA are replayed on the same (past) demand with the
+    cluster model of :func:`simulate` (:func:`calibration_outcomes`). A candidate qualifies when
+    its under-provisioned minutes are at most ``budget`` times the HPA's; the one with the fewest
+    pod-hours wins (ties: the lower risk). When none qualifies, the candidate with the fewest
+    short minutes wins (ties: the lower risk) (:func:`cheapest_within`).
+
+    Args:
+        demand: Load per minute of the calibration period.
+        capacity: Load one pod serves at 100 % utilisation.
+        delay: Pod start-up delay in minutes.
+        targets_by_risk: Candidate risk (a number or a tuple of risks; lower is more cautious)
+            -> replica target per minute of the period.
+        budget: Allowed short minutes as a share of the HPA's.
+
+    Returns:
+        The chosen risk.
+
+    Raises:
+        ValueError: If there is no candidate or a target's length differs from the demand's.
+    """
+    hpa_short, outcomes = calibration_outcomes(demand, capacity, delay, targets_by_risk)
+    return cheapest_within(outcomes, budget * hpa_short)
 
 
 def _short_minutes(result: ReplayResult, demand: np.ndarray, capacity: float) -> int:
@@ -1072,6 +1277,8 @@ def run_replay_bench(
     params_file: Path | None = None,
     delays: Sequence[int] = STARTUP_DELAYS_MINUTES,
     echo: Callable[[str], None] | None = None,
+    shift_weeks: int = 0,
+    only: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Run the replay benchmark and report it as a Markdown table (and optional JSON/timeline/PNG).
 
@@ -1085,13 +1292,18 @@ def run_replay_bench(
         params_file: ``params.yaml`` for the Forescale service defaults.
         delays: Start-up delays in minutes to report.
         echo: Where to write the table; a rich console on standard output when ``None``.
+        shift_weeks: Drop the last ``shift_weeks`` weeks of every trace first (see
+            :func:`select_traces`): with 1 the replayed week is the penultimate one, for
+            developing the policy without looking at the reported windows.
+        only: Replay only the traces whose name contains one of these strings (all when empty).
 
     Returns:
         The figures: ``{"traces": {delay: {trace: {policy: figures}}}, "summary": ..., "markdown":
-        ..., "model": ..., "seconds": ...}``.
+        ..., "model": ..., "shift_weeks": ..., "skipped_traces": {trace: reason}, "seconds":
+        ...}``.
     """
     started = time.perf_counter()
-    traces = [prepare_trace(name, load) for name, load in discover_traces(Path(data_dir)).items()]
+    traces, skipped = select_traces(discover_traces(Path(data_dir)), shift_weeks, only)
     family, utilization, quantile_risk, targets = forescale_targets(
         traces, delays, model, params_file
     )
@@ -1125,12 +1337,16 @@ def run_replay_bench(
             )
     summary = summarize(per_delay)
     table = markdown_table(per_delay, summary)
+    if skipped:
+        table += "\n" + "\n".join(f"Left out {name}: {why}" for name, why in skipped.items())
     result: dict[str, Any] = {
         "model": family,
         "traces": {str(d): v for d, v in per_delay.items()},
         "capacity_per_replica": {t.name: t.capacity for t in traces},
         "forescale_target_utilization": utilization,
         "forescale_quantile_risk": quantile_risk,
+        "shift_weeks": shift_weeks,
+        "skipped_traces": skipped,
         "summary": summary,
         "markdown": table,
         "seconds": round(time.perf_counter() - started, 1),
