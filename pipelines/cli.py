@@ -303,12 +303,18 @@ def bench_forecast(
     json_path: JsonOut = None,
     forecasts: Annotated[Path | None, typer.Option(help="Write every scored forecast.")] = None,
     quick: Annotated[bool, typer.Option(help="A small subset, for a smoke run.")] = False,
+    training_part: Annotated[
+        bool,
+        typer.Option(
+            help="Score on the training data only (how settings are chosen); ignores the tests."
+        ),
+    ] = False,
 ) -> None:
     """M4 Hourly and ops-trace forecasting benchmark."""
     from pipelines.bench.forecast import run_forecast_bench
 
     _settings()
-    run_forecast_bench(data, json_path, forecasts, quick=quick)
+    run_forecast_bench(data, json_path, forecasts, quick=quick, training_part=training_part)
 
 
 @bench_app.command("replay")

@@ -226,9 +226,6 @@ def ops_methods(step: pd.Timedelta, quick: bool) -> dict[str, Callable[[], Forec
         "samples_per_series": 3000 if quick else 5000,
         "n_estimators": 150,
         "anchor": "last",
-        "num_leaves": 127,
-        "n_seasonal_lags": 7,
-        "n_recent_lags": 24,
         "min_data_in_leaf": 30,
         "num_threads": 1,
         "max_history": cap,
@@ -243,16 +240,25 @@ def ops_methods(step: pd.Timedelta, quick: bool) -> dict[str, Callable[[], Forec
     def ensemble() -> Forecaster:
         return EnsembleForecaster(
             members={"naive": SeasonalNaiveForecaster, "lightgbm": lightgbm},
-            refit=False,  # the backtest's model forecasts (from the fresh history): half the cost
+            refit=True,  # short traces: the last day before the origin matters too much
         )
 
     return {"Prophet": prophet, "LightGBM": lightgbm, "Forescale ensemble": ensemble}
 
 
 # --------------------------------------------------------------------------- M4
-def run_m4(train_path: Path, test_path: Path, quick: bool) -> tuple[list[dict], pd.DataFrame]:
-    """Score sNaive, Naive2 and every method on one M4 pair the M4 way."""
+def run_m4(
+    train_path: Path, test_path: Path, quick: bool, training_part: bool = False
+) -> tuple[list[dict], pd.DataFrame]:
+    """Score sNaive, Naive2 and every method on one M4 pair the M4 way.
+
+    With ``training_part`` the test file is ignored: the last 48 hours of each training series
+    are the test, the rest the history (how the settings were chosen).
+    """
     history, test = load_m4(train_path, test_path)
+    if training_part:
+        test = history.groupby(SERVICE, sort=True).tail(M4_HORIZON)
+        history = history.drop(index=test.index)
     if quick:
         keep = sorted(history[SERVICE].unique())[:40]
         history, test = history[history[SERVICE].isin(keep)], test[test[SERVICE].isin(keep)]
@@ -334,9 +340,16 @@ def trace_origins(index: pd.DatetimeIndex) -> tuple[pd.Timestamp, list[pd.Timest
     return test_start, origins
 
 
-def run_trace(path: Path, quick: bool) -> tuple[list[dict], pd.DataFrame]:
-    """Run the ops protocol on one trace for every method."""
+def run_trace(path: Path, quick: bool, training_part: bool = False) -> tuple[list[dict], pd.DataFrame]:
+    """Run the ops protocol on one trace for every method.
+
+    With ``training_part`` the protocol runs on the first 80 % of the trace only (its own last
+    20 % becoming the test period): the test period is never seen.
+    """
     series = load_trace(path)
+    if training_part:
+        test_start, _ = trace_origins(series.index)
+        series = series[series.index < test_start]
     step = pd.Timedelta(series.index.freq) if series.index.freq else OPS_STEP
     steps_day = int(pd.Timedelta(days=1) / step)
     steps_hour = max(1, int(pd.Timedelta(hours=1) / step))
@@ -510,6 +523,7 @@ def run_forecast_bench(
     forecasts_path: Path | None = None,
     quick: bool = False,
     n_jobs: int = 2,
+    training_part: bool = False,
 ) -> dict:
     """Run both protocols, print the Markdown table, optionally write JSON and forecasts.
 
@@ -519,6 +533,9 @@ def run_forecast_bench(
         json_path: Where to write the figures as JSON.
         forecasts_path: Where to write every scored forecast (``.parquet`` or ``.csv``).
         quick: Smaller run (40 M4 series, 3 origins per trace, lighter models) for smoke tests.
+        training_part: Run both protocols on the training data only (M4: the last 48 hours of
+            each training series as the test; ops: the first 80 % of each trace), the way the
+            settings were chosen; the test data is never used.
         n_jobs: Processes running the M4 pairs and ops traces in parallel (each method is
             timed inside them).
 
@@ -541,8 +558,12 @@ def run_forecast_bench(
     long_frames: list[pd.DataFrame] = []
     with ProcessPoolExecutor(max_workers=max(1, n_jobs)) as pool:
         # M4 (one long task) first, so the traces fill the other worker meanwhile.
-        m4_jobs = [pool.submit(run_m4, train, test, quick) for train, test in pairs]
-        for results, long in pool.map(run_trace, traces, [quick] * len(traces)):
+        m4_jobs = [
+            pool.submit(run_m4, train, test, quick, training_part) for train, test in pairs
+        ]
+        for results, long in pool.map(
+            run_trace, traces, [quick] * len(traces), [training_part] * len(traces)
+        ):
             per_trace.extend(results)
             long_frames.append(long)
         for job in m4_jobs:
@@ -557,6 +578,7 @@ def run_forecast_bench(
         "wall_seconds": time.perf_counter() - started,
         "data_dir": str(data_dir),
         "quick": quick,
+        "training_part": training_part,
     }
     Console().print(
         markdown_report(m4_results, ops_summary), markup=False, highlight=False, soft_wrap=True
