@@ -390,3 +390,7 @@ def main() -> None:
             raise
         console.print(f"[bold red]error:[/] {err}")
         raise SystemExit(1) from err
+
+
+if __name__ == "__main__":
+    main()
