@@ -160,6 +160,9 @@ class EnsembleForecaster(Forecaster):
         parts = []
         for bucket, group in self.backtest_.groupby("bucket"):
             own = weights_from_errors(group, self.max_ratio)
+            if not self.shrinkage:
+                parts.append(own.assign(bucket=bucket))
+                continue
             fleet = fleet_weights(group, self.max_ratio).rename(columns={"weight": "fleet"})
             both = own.merge(fleet, on="member", how="left").fillna({"fleet": 0.0})
             both["weight"] = (1 - self.shrinkage) * both["weight"] + self.shrinkage * both["fleet"]
@@ -221,7 +224,6 @@ class EnsembleForecaster(Forecaster):
         result = result.reset_index(drop=True)
         result[TS] = result[TS].astype(self.fallback_.history_[TS].dtype)
         return finalize_quantiles(result, levels)
-
 
 
 def weights_from_errors(errors: pd.DataFrame, max_ratio: float = 1.3) -> pd.DataFrame:

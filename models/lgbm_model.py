@@ -164,6 +164,10 @@ class LightGBMForecaster(Forecaster):
             n_recent_lags=self.n_recent_lags,
         )
 
+    def _times(self, times: pd.DatetimeIndex, positions: np.ndarray) -> pd.DatetimeIndex | None:
+        """Target timestamps for the calendar features, only when the model uses them."""
+        return times[positions] if self.use_calendar else None
+
     def _transform(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Apply the target transform to ``frame[y]``."""
         if self.target_transform == "none":
@@ -195,7 +199,9 @@ class LightGBMForecaster(Forecaster):
         keep = origins + horizons <= last
         origins, horizons = origins[keep], horizons[keep]
         clean = robust_clip(values[: last + 1], self.season_) if self.clip_outliers else values
-        features, scale, _ = self._features(clean, origins, horizons, times[origins + horizons])
+        features, scale, _ = self._features(
+            clean, origins, horizons, self._times(times, origins + horizons)
+        )
         target = clean[origins + horizons] / scale - self._anchor(features)
         return features, scale, target, horizons
 
@@ -264,7 +270,9 @@ class LightGBMForecaster(Forecaster):
                 clean = values[: origin + 1]
                 if self.clip_outliers:
                     clean = robust_clip(clean, self.season_)
-                cx, cs, _ = self._features(clean, origins, horizons, times[origins + horizons])
+                cx, cs, _ = self._features(
+                    clean, origins, horizons, self._times(times, origins + horizons)
+                )
                 calib_x.append(cx)
                 calib_y.append(values[origins + horizons] / cs - self._anchor(cx))
         if not train_x:
@@ -352,4 +360,3 @@ class LightGBMForecaster(Forecaster):
         out = pd.concat(keys, ignore_index=True)
         out[TS] = out[TS].astype(frame[TS].dtype)
         return out, np.vstack(blocks), np.concatenate(scales)
-
