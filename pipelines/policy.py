@@ -112,8 +112,27 @@ def quantile_at(forecast: pd.DataFrame, level: float) -> np.ndarray:
         raise ValueError(
             f"forecast has no quantile column (p50, p90, ...); it has {list(forecast.columns)}"
         )
-    levels = list(columns)
-    values = {q: forecast[c].to_numpy(dtype=float) for q, c in columns.items()}
+    return quantile_from_levels(
+        {q: forecast[c].to_numpy(dtype=float) for q, c in columns.items()}, level
+    )
+
+
+def quantile_from_levels(values: Mapping[float, np.ndarray], level: float) -> np.ndarray:
+    """:func:`quantile_at` on arrays: probability -> values per row, at least one level.
+
+    Args:
+        values: Quantile level -> forecast values (one array per level, same length).
+        level: Probability in (0, 1).
+
+    Returns:
+        One value per row (float array), as :func:`quantile_at` explains.
+
+    Raises:
+        ValueError: If no level is given.
+    """
+    if not values:
+        raise ValueError("no forecast quantile to read a level from")
+    levels = sorted(values)
     level = next((q for q in levels if math.isclose(q, level, abs_tol=1e-9)), level)
     if level in values:
         return values[level]
@@ -223,6 +242,32 @@ def plan_service(
     return np.clip(_step_down(held), config.min_replicas, config.max_replicas)
 
 
+def plan_quantiles(
+    quantiles: Mapping[float, np.ndarray],
+    step: pd.Timedelta,
+    config: ScalingSettings,
+    live_floor: int | None = None,
+) -> np.ndarray:
+    """Replicas per step for one service's forecast quantiles (the core of :func:`plan_replicas`).
+
+    Plans the ``1 - config.risk`` quantile (:func:`quantile_from_levels`) with
+    :func:`plan_service`, pre-warming on the median.
+
+    Args:
+        quantiles: Quantile level -> forecast per step, oldest first, at a regular ``step``.
+        step: Spacing of the steps.
+        config: Service settings.
+        live_floor: Pods needed by the live load now (see :func:`plan_service`).
+
+    Returns:
+        Integer replicas per step.
+    """
+    level = 1.0 - config.risk
+    load = quantile_from_levels(quantiles, level)
+    median = quantile_from_levels(quantiles, 0.5) if level > 0.5 else load
+    return plan_service(load, step, config, live_floor, median)
+
+
 def plan_replicas(
     forecast: pd.DataFrame,
     config: ScalingSettings | Mapping[str, ScalingSettings],
@@ -254,7 +299,7 @@ def plan_replicas(
             f"forecast has no quantile column (p50, p90, ...); it has {list(forecast.columns)}"
         )
     frame = forecast.copy()
-    frame[TS] = normalize_ts(frame[TS]).to_numpy()
+    frame[TS] = normalize_ts(frame[TS]).array
     frame = frame.sort_values([SERVICE, TS], kind="stable").reset_index(drop=True)
     parts = []
     for service, group in frame.groupby(SERVICE, sort=True):
@@ -269,10 +314,11 @@ def plan_replicas(
             if group.empty:
                 continue
         level = 1.0 - service_config.risk
-        load = quantile_at(group, level)
         floor = live_floor.get(str(service)) if isinstance(live_floor, Mapping) else live_floor
-        median = quantile_at(group, 0.5) if level > 0.5 else load
-        replicas = plan_service(load, step, service_config, floor, median)
+        quantiles = {
+            q: group[c].to_numpy(dtype=float) for q, c in forecast_quantiles(group).items()
+        }
+        replicas = plan_quantiles(quantiles, step, service_config, floor)
         parts.append(
             pd.DataFrame(
                 {
@@ -309,7 +355,8 @@ def _check_forecast(group: pd.DataFrame, service: str) -> None:
                 f"forecast for service {service!r}: column {column!r} is negative or not finite "
                 f"in rows {bad[0]}..{bad[-1]} ({bad.size} rows)"
             )
-    repeated = np.flatnonzero(group[TS].duplicated().to_numpy())
+    stamps = group[TS].to_numpy(dtype="datetime64[us]")
+    repeated = np.flatnonzero(pd.Index(stamps).duplicated())
     if repeated.size:
         raise ValueError(
             f"forecast for service {service!r}: column 'ts' repeats in rows "
@@ -320,9 +367,11 @@ def _check_forecast(group: pd.DataFrame, service: str) -> None:
 def _service_step(group: pd.DataFrame, service: str, config: ScalingSettings) -> pd.Timedelta:
     if len(group) < 2:
         return pd.Timedelta(minutes=5)
-    diffs = group[TS].diff().dropna()
-    step = pd.Timedelta(diffs.mode().iloc[0])
-    irregular = np.flatnonzero((diffs != step).to_numpy())
+    diffs = np.diff(group[TS].to_numpy(dtype="datetime64[us]").astype(np.int64))
+    values, counts = np.unique(diffs, return_counts=True)
+    step_us = int(values[np.argmax(counts)])  # the most common spacing (the smallest on a tie)
+    step = pd.Timedelta(microseconds=step_us)
+    irregular = np.flatnonzero(diffs != step_us)
     if irregular.size:
         first = int(irregular[0]) + 1
         raise ValueError(

@@ -53,8 +53,10 @@ def normalize_ts(values: pd.Series | pd.DatetimeIndex) -> pd.Series:
     Returns:
         A Series of UTC timestamps at microsecond precision.
     """
-    ts = pd.to_datetime(pd.Series(values), utc=True)
-    return ts.astype(TS_DTYPE)
+    ts = pd.Series(values)
+    if isinstance(ts.dtype, pd.DatetimeTZDtype):  # fast path: already tz-aware, no parsing
+        return ts.dt.tz_convert("UTC").astype(TS_DTYPE)
+    return pd.to_datetime(ts, utc=True).astype(TS_DTYPE)
 
 
 def require_columns(frame: pd.DataFrame, columns: Iterable[str], what: str = "frame") -> None:
@@ -94,8 +96,8 @@ def to_long(frame: pd.DataFrame, metrics: Sequence[str] | None = None) -> pd.Dat
     out = frame[[SERVICE, TS, *keep]].copy()
     out[SERVICE] = out[SERVICE].astype(str)
     try:
-        out[TS] = normalize_ts(out[TS]).to_numpy()
+        # ``.array`` keeps the UTC dtype; ``.to_numpy()`` would box every value as an object.
+        out[TS] = normalize_ts(out[TS]).array
     except (ValueError, TypeError) as err:
         raise ValueError(f"telemetry column 'ts' cannot be parsed as timestamps: {err}") from err
-    out[TS] = out[TS].astype(TS_DTYPE)
     return out.sort_values([SERVICE, TS], kind="stable").reset_index(drop=True)

@@ -12,6 +12,7 @@ from pipelines.bench.hpa import HpaBehavior, HpaController, ScalingPolicy, usage
 from pipelines.bench.replay import (
     WINDOW_MINUTES,
     HoltWintersReplicas,
+    _planned_targets,
     cheapest_within,
     choose_fleet_settings,
     choose_quantile_risk,
@@ -24,7 +25,8 @@ from pipelines.bench.replay import (
     surge_lead,
     surge_onsets,
 )
-from pipelines.policy import served_value
+from pipelines.policy import plan_replicas, served_value
+from pipelines.service_config import ServiceConfig
 
 START = pd.Timestamp("2026-11-16 00:00", tz="UTC")
 
@@ -167,6 +169,38 @@ def test_served_per_minute_matches_served_value() -> None:
     fast = served_per_minute(schedule, stamps, pd.Timedelta(minutes=2))
     slow = [served_value(schedule, s, 120).get("a", 0) for s in stamps]
     assert list(fast) == slow
+
+
+def test_planned_targets_equal_plan_replicas_then_served_value() -> None:
+    rng = np.random.default_rng(3)
+    origin = START + pd.Timedelta(minutes=30)
+    steps = origin + pd.Timedelta(minutes=5) * np.arange(1, 37)
+    p50 = {"a": rng.uniform(20, 200, 36), "b": rng.uniform(1, 30, 36)}
+    forecast = pd.concat(
+        [
+            pd.DataFrame({"service": s, "ts": steps, "p50": v, "p90": v * rng.uniform(1, 2, 36)})
+            for s, v in p50.items()
+        ],
+        ignore_index=True,
+    )
+    configs = {
+        ("x", delay): {
+            "a": ServiceConfig(capacity_per_replica=10, risk=risk, startup_seconds=delay * 60),
+            "b": ServiceConfig(capacity_per_replica=2, risk=0.3, max_surge_per_step=2),
+        }
+        for delay, risk in ((2, 0.05), (5, 0.1))
+    }
+    starts = {"a": origin, "b": origin}
+    spans = {"a": 60, "b": 45}
+    targets = _planned_targets([(0, forecast), (15, forecast)], starts, spans, configs)
+    for (variant, delay), per_service in configs.items():
+        for name, config in per_service.items():
+            schedule = plan_replicas(forecast[forecast["service"] == name], config)
+            for offset in (0, 15):
+                stamps = origin + pd.to_timedelta(np.arange(offset, offset + 15), unit="min")
+                expected = served_per_minute(schedule, stamps, pd.Timedelta(minutes=delay))
+                got = targets[(variant, name, delay)][offset : offset + 15]
+                assert list(got) == list(expected), (name, delay, offset)
 
 
 def test_traces_are_found_by_layout_not_by_file_name(tmp_path: Path) -> None:

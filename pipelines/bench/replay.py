@@ -51,12 +51,14 @@ there until ``t`` (positive: early), or minus the minutes after ``t`` until it r
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,7 +67,12 @@ import numpy as np
 import pandas as pd
 
 from pipelines.bench.hpa import METRIC_DELAY_SECONDS, SYNC_SECONDS, HpaBehavior, HpaController
-from pipelines.policy import calibrated_utilization, plan_replicas, replicas_for_load
+from pipelines.policy import (
+    calibrated_utilization,
+    forecast_quantiles,
+    plan_quantiles,
+    replicas_for_load,
+)
 from pipelines.schema import REPLICAS, SERVICE, TARGET, TS
 
 WINDOW_MINUTES = 7 * 24 * 60
@@ -410,7 +417,7 @@ def forecaster_factory(model: str | None = "lightgbm") -> tuple[str, Callable[[]
     family = MODEL_FAMILIES[model]
     if model == "lightgbm":
         # Re-forecast every 15 minutes: train on the horizons the replay uses.
-        return model, lambda: family(max_horizon=FORECAST_HORIZON_STEPS, num_threads=1)
+        return model, functools.partial(family, max_horizon=FORECAST_HORIZON_STEPS, num_threads=1)
     return model, family
 
 
@@ -564,6 +571,7 @@ def forescale_targets(
     delays: Sequence[int],
     model: str | None,
     params_file: Path | None,
+    pool: Executor | None = None,
 ) -> tuple[
     str,
     dict[str, dict[str, float]],
@@ -585,6 +593,8 @@ def forescale_targets(
         delays: Start-up delays in minutes.
         model: Forecaster family (see :func:`forecaster_factory`).
         params_file: ``params.yaml`` for the service defaults; the repository's when ``None``.
+        pool: Runs the window's forecasts beside the calibration, and the calibration replays
+            (in this process when ``None``).
 
     Returns:
         The family used, the target utilisation per variant and trace, the forecast quantile's
@@ -629,7 +639,9 @@ def forescale_targets(
         for variant, spec in FORESCALE_VARIANTS.items()
         for delay in delays
     }
-    quantile_risk = _calibrate_quantile_risks(traces, frames, family, configs)
+    spans = {t.name: WINDOW_MINUTES for t in traces}
+    window_forecasts = _submit(pool, _rolling_forecasts, frames, starts, spans, family)
+    quantile_risk = _calibrate_quantile_risks(traces, frames, family, configs, pool)
     history = {t.name: t.history.iloc[-WINDOW_MINUTES:] for t in traces}
     for (variant, delay), per_trace in configs.items():
         for name, (risk, burst) in quantile_risk.get(variant, {}).get(str(delay), {}).items():
@@ -641,9 +653,7 @@ def forescale_targets(
                     ),
                 }
             )
-    spans = {t.name: WINDOW_MINUTES for t in traces}
-    forecasts = _rolling_forecasts(frames, starts, spans, family)
-    targets = _planned_targets(forecasts, starts, spans, configs)
+    targets = _planned_targets(window_forecasts.result(), starts, spans, configs)
     for (variant, delay), config in configs.items():
         for trace in traces:
             key = (variant, trace.name, delay)
@@ -696,17 +706,55 @@ def _planned_targets(
         for name in per_trace
     }
     for offset, forecast in forecasts:
+        # What plan_replicas does per service, on arrays extracted once per forecast (the
+        # frame-level checks and sorting cost more than the planning when repeated for every
+        # configuration); tests/test_hpa_replay.py checks both give the same schedules.
+        levels = forecast_quantiles(forecast)
+        per_service = {
+            str(name): (
+                rows[TS].to_numpy(dtype="datetime64[us]").astype(np.int64),
+                {q: rows[c].to_numpy(dtype=float) for q, c in levels.items()},
+            )
+            for name, rows in forecast.groupby(SERVICE, sort=False)
+        }
         for (variant, delay), config in configs.items():
-            # Every service's forecast starts at its own origin, so ``now`` is not needed here.
-            schedule = plan_replicas(forecast[forecast[SERVICE].isin(list(config))], config)
-            for name, rows in schedule.groupby(SERVICE, sort=False):
+            lead_us = delay * 60_000_000
+            for name, service_config in config.items():
+                if name not in per_service:
+                    continue
+                stamps_us, quantiles = per_service[name]
+                replicas = plan_quantiles(quantiles, FORECAST_STEP, service_config)
                 end = min(offset + FORECAST_CADENCE_MINUTES, spans[name])
                 minutes = np.arange(offset, end)
-                stamps = starts[name] + pd.to_timedelta(minutes, unit="min")
-                targets[(variant, name, delay)][minutes] = served_per_minute(
-                    rows, stamps, pd.Timedelta(minutes=delay)
+                instants = _epoch_us(starts[name]) + minutes.astype(np.int64) * 60_000_000
+                targets[(variant, name, delay)][minutes] = _served_at(
+                    stamps_us, replicas, instants, lead_us
                 )
     return targets
+
+
+def _epoch_us(stamp: pd.Timestamp) -> int:
+    """Microseconds since the epoch of a UTC timestamp."""
+    return int(
+        stamp.tz_convert("UTC")
+        .tz_localize(None)
+        .to_datetime64()
+        .astype("datetime64[us]")
+        .astype(np.int64)
+    )
+
+
+def _served_at(
+    ts: np.ndarray, replicas: np.ndarray, instants: np.ndarray, lead_us: int
+) -> np.ndarray:
+    """:func:`pipelines.policy.served_value` of one sorted schedule at many instants (in µs)."""
+    served = np.zeros(len(instants), dtype=np.int64)
+    firsts = np.maximum(np.searchsorted(ts, instants, side="right") - 1, 0)
+    lasts = np.searchsorted(ts, instants + lead_us, side="right")
+    for i, (first, last) in enumerate(zip(firsts, lasts, strict=True)):
+        if last > first and ts[first] <= instants[i] + lead_us:
+            served[i] = replicas[first:last].max()
+    return served
 
 
 def _with_reactive_floor(
@@ -725,6 +773,7 @@ def _calibrate_quantile_risks(
     frames: dict[str, pd.DataFrame],
     family: Callable[[], Any],
     configs: dict[tuple[str, int], dict[str, Any]],
+    pool: Executor | None = None,
 ) -> dict[str, dict[str, dict[str, tuple[float, float]]]]:
     """Choose the risk settings of the calibrated variants before the window.
 
@@ -796,12 +845,18 @@ def _calibrate_quantile_risks(
                 targets[(key, name, delay)], before, week, per_trace[name]
             )
     capacity = {t.name: t.capacity for t in traces}
-    replayed = {
-        (name, delay): calibration_outcomes(
-            weeks[name][1].to_numpy(dtype=float), capacity[name], delay, by_key
+    jobs = {
+        (name, delay): _submit(
+            pool,
+            calibration_outcomes,
+            weeks[name][1].to_numpy(dtype=float),
+            capacity[name],
+            delay,
+            by_key,
         )
         for (name, delay), by_key in floored.items()
     }
+    replayed = {key: job.result() for key, job in jobs.items()}
     for variant, spec in calibrated.items():
         for delay in delays:
             hpa_short = {name: replayed[(name, delay)][0] for name in weeks}
@@ -1008,6 +1063,21 @@ def _history_before(
     )
 
 
+class _Done:
+    """The result of a call made at once (:func:`_submit` without a pool)."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def result(self) -> Any:
+        return self.value
+
+
+def _submit(pool: Executor | None, function: Callable[..., Any], *args: Any) -> Any:
+    """``pool.submit(function, *args)``, or the call made now when there is no pool."""
+    return pool.submit(function, *args) if pool is not None else _Done(function(*args))
+
+
 def served_per_minute(
     schedule: pd.DataFrame, stamps: pd.DatetimeIndex, lead: pd.Timedelta
 ) -> np.ndarray:
@@ -1024,18 +1094,12 @@ def served_per_minute(
     ts = schedule[TS].to_numpy(dtype="datetime64[us]").astype(np.int64)
     replicas = schedule[REPLICAS].to_numpy(dtype=np.int64)
     order = np.argsort(ts)
-    ts, replicas = ts[order], replicas[order]
     instants = (
         stamps.tz_convert("UTC").tz_localize(None).to_numpy(dtype="datetime64[us]").astype(np.int64)
     )
-    lead_us = int(lead / pd.Timedelta(microseconds=1))
-    served = np.zeros(len(instants), dtype=np.int64)
-    for i, now in enumerate(instants):
-        first = max(np.searchsorted(ts, now, side="right") - 1, 0)
-        last = np.searchsorted(ts, now + lead_us, side="right")
-        if last > first and ts[first] <= now + lead_us:
-            served[i] = replicas[first:last].max()
-    return served
+    return _served_at(
+        ts[order], replicas[order], instants, int(lead / pd.Timedelta(microseconds=1))
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -1264,6 +1328,7 @@ def run_replay_bench(
     echo: Callable[[str], None] | None = None,
     shift_weeks: int = 0,
     only: Sequence[str] = (),
+    n_jobs: int = 2,
 ) -> dict[str, Any]:
     """Run the replay benchmark and report it as a Markdown table (and optional JSON/timeline/PNG).
 
@@ -1281,6 +1346,8 @@ def run_replay_bench(
             :func:`select_traces`): with 1 the replayed week is the penultimate one, for
             developing the policy without looking at the reported windows.
         only: Replay only the traces whose name contains one of these strings (all when empty).
+        n_jobs: Worker processes (the window's forecasts beside the calibration, then the
+            replays of the traces); 1 runs everything in this process.
 
     Returns:
         The figures: ``{"traces": {delay: {trace: {policy: figures}}}, "summary": ..., "markdown":
@@ -1289,16 +1356,32 @@ def run_replay_bench(
     """
     started = time.perf_counter()
     traces, skipped = select_traces(discover_traces(Path(data_dir)), shift_weeks, only)
-    family, utilization, quantile_risk, targets = forescale_targets(
-        traces, delays, model, params_file
-    )
+    pool = ProcessPoolExecutor(max_workers=n_jobs) if n_jobs > 1 else None
+    try:
+        family, utilization, quantile_risk, targets = forescale_targets(
+            traces, delays, model, params_file, pool
+        )
+        replays = {
+            (trace.name, delay): _submit(
+                pool,
+                replay_trace,
+                trace,
+                delay,
+                {v: targets[(v, trace.name, delay)] for v in FORESCALE_VARIANTS},
+            )
+            for trace in traces
+            for delay in delays
+        }
+        replayed = {key: job.result() for key, job in replays.items()}
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     per_delay: dict[int, dict[str, dict[str, dict[str, float]]]] = {d: {} for d in delays}
     timeline_parts: list[pd.DataFrame] = []
     for trace in traces:
         runs_by_delay: dict[int, dict[str, ReplayResult]] = {}
         for delay in delays:
-            variants = {v: targets[(v, trace.name, delay)] for v in FORESCALE_VARIANTS}
-            figures, runs = replay_trace(trace, delay, variants)
+            figures, runs = replayed[(trace.name, delay)]
             per_delay[delay][trace.name] = figures
             runs_by_delay[delay] = runs
             if timeline_path is not None:
