@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 
 from pipelines.bench.hpa import HpaBehavior, HpaController, ScalingPolicy, usage_ratio_replicas
 from pipelines.bench.replay import (
+    KEDA_CPU_TARGET,
     WINDOW_MINUTES,
     HoltWintersReplicas,
     _planned_targets,
@@ -136,6 +138,24 @@ def test_scale_down_removes_starting_pods_first() -> None:
     assert list(run.ready) == [2, 2, 2, 2, 3, 3]
 
 
+def test_keda_cpu_trigger_raises_a_low_schedule_and_scale_downs_go_20_percent_a_minute() -> None:
+    # The schedule asks for 2 pods while 30 pods' worth of load arrives: the cpu trigger (90 %)
+    # proposes more, the HPA takes the larger proposal and the scale-up limits pace it.
+    demand = np.r_[np.full(3, 10.0), np.full(12, 300.0)]
+    target = np.full(15, 2)
+    run = simulate(demand, 10.0, 1, 2, schedule_controller(target, True, demand, 10.0))
+    assert run.desired[-1] >= math.ceil(300 / (10.0 * KEDA_CPU_TARGET))
+    assert run.desired[3] == 2  # the load of minute 3 is seen one minute late
+    assert run.desired[4] <= 24  # 2 -> 12 -> 24: at most max(+10 pods, +100 %) per 30 s
+    # Without the cpu trigger the schedule alone rules.
+    alone = simulate(demand, 10.0, 1, 2, schedule_controller(target, True))
+    assert (alone.desired == 2).all()
+    # A scale-down from 20 to 2 pods: 20 % a minute of the count at the period's start.
+    steps_down = np.r_[20, np.full(4, 2)]
+    down = simulate(np.zeros(5), 1.0, 1, 20, schedule_controller(steps_down, True))
+    assert list(down.desired) == [20, 16, 12, 9, 7]
+
+
 def test_holt_winters_predicts_a_repeating_season() -> None:
     season = np.array([2, 2, 3, 5, 8, 8, 5, 3], dtype=float)
     model = HoltWintersReplicas(np.tile(season, 6), len(season), alpha=0.5, beta=0.01, gamma=0.5)
@@ -192,7 +212,7 @@ def test_planned_targets_equal_plan_replicas_then_served_value() -> None:
     }
     starts = {"a": origin, "b": origin}
     spans = {"a": 60, "b": 45}
-    targets = _planned_targets([(0, forecast), (15, forecast)], starts, spans, configs)
+    targets = _planned_targets([(0, forecast), (15, forecast)], starts, spans, configs, 15)
     for (variant, delay), per_service in configs.items():
         for name, config in per_service.items():
             schedule = plan_replicas(forecast[forecast["service"] == name], config)
@@ -266,9 +286,9 @@ def test_replay_bench_end_to_end_on_a_small_synthetic_trace(
     assert figures["static_peak"]["pod_hours"] == pytest.approx(30 * 6)
     assert figures["oracle"]["pod_hours"] <= figures["static_peak"]["pod_hours"]
     assert json.loads((tmp_path / "out" / "replay.json").read_text())["model"] == "naive"
-    # 6 hours of the 2 days before the window calibrate the quantile of forescale_qcal.
-    chosen = result["forescale_quantile_risk"]["forescale_qcal"]
-    candidates = replay.FORESCALE_VARIANTS["forescale_qcal"].quantile_risks
+    # 6 hours of the 2 days before the window calibrate the quantile of forescale_cal.
+    chosen = result["forescale_quantile_risk"]["forescale_cal"]
+    candidates = replay.FORESCALE_VARIANTS["forescale_cal"].quantile_risks
     assert {chosen[str(d)]["request_traces/synthetic"][0] for d in (2, 5)} <= set(candidates)
     timeline = pd.read_csv(tmp_path / "out" / "timeline.csv")
     assert len(timeline) == 2 * 6 * 60

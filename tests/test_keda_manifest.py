@@ -130,6 +130,30 @@ def test_scaled_object_wiring(documents) -> None:
         assert secret_ref["key"] in secret.get("stringData", secret.get("data", {}))
 
 
+def test_scaled_object_behaviour_is_what_the_replay_benchmark_replays(documents) -> None:
+    from pipelines.bench.hpa import ScalingPolicy
+    from pipelines.bench.replay import KEDA_BEHAVIOR, KEDA_CPU_TARGET
+
+    def policies(rules: dict[str, Any]) -> tuple[ScalingPolicy, ...]:
+        return tuple(
+            ScalingPolicy(p["type"], int(p["value"]), int(p["periodSeconds"]))
+            for p in rules["policies"]
+        )
+
+    for scaled_object in of_kind(documents, "ScaledObject"):
+        spec = scaled_object["spec"]
+        behavior = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+        up, down = behavior["scaleUp"], behavior["scaleDown"]
+        assert up["selectPolicy"] == down["selectPolicy"] == "Max"  # what HpaController does
+        assert policies(up) == KEDA_BEHAVIOR.scale_up_policies
+        assert policies(down) == KEDA_BEHAVIOR.scale_down_policies
+        assert up["stabilizationWindowSeconds"] == KEDA_BEHAVIOR.scale_up_window_seconds
+        assert down["stabilizationWindowSeconds"] == KEDA_BEHAVIOR.scale_down_window_seconds
+        (cpu,) = [t for t in spec["triggers"] if t["type"] == "cpu"]
+        assert cpu["metricType"] == "Utilization"
+        assert float(cpu["metadata"]["value"]) / 100 == pytest.approx(KEDA_CPU_TARGET)
+
+
 def test_trigger_url_points_at_the_serving_service_and_route(documents, tmp_path: Path) -> None:
     service = find(documents, "Service", "forescale-serving", "forescale")
     deployment = find(documents, "Deployment", "forescale-serving", "forescale")

@@ -27,12 +27,15 @@ Policies, all in the same run on the same trace:
 * ``oracle``: knows the future; requests exactly the pods the next start-up delay's minutes need
   at 100 % (the lower bound);
 * ``forescale*``: the pipeline's forecaster (LightGBM by default) refitted every day of the window
-  on the 28 days before it, re-forecasting every 15 minutes from the complete 5-minute bins before
-  that instant (no later data); :func:`pipelines.policy.plan_replicas` plans each forecast, the
-  value served at each minute is the most planned over ``[now, now + start-up delay]`` (as
+  on the 28 days before it, re-forecasting every few minutes from the complete 5-minute bins
+  before that instant (no later data; :class:`ForecastSpec`: the headline forecasts the busiest
+  minute of each 5-minute step every 5 minutes); :func:`pipelines.policy.plan_quantiles` (the
+  core of :func:`pipelines.policy.plan_replicas`) plans each forecast, the value served at each
+  minute is the most planned over ``[now, now + start-up delay]`` (as
   :func:`pipelines.policy.served_value`), raised to the reactive floor of the live load (seen one
-  minute late, held 5 minutes); KEDA drives the pods through an HPA, so the HPA's default
-  scale-up rate limits apply (no scale-down window: the schedule delays scale-downs itself). See
+  minute late, held 5 minutes), as the API serves it. KEDA drives the pods through an HPA with
+  the ScaledObject's ``behavior`` and its ``cpu`` trigger (:data:`KEDA_BEHAVIOR`,
+  :data:`KEDA_CPU_TARGET`, the same as ``serving/deploy/scaledobject.yaml``). See
   :data:`FORESCALE_VARIANTS` for the variants.
 
 Blind development: ``shift_weeks`` (``--shift-weeks``) drops the last weeks of every trace before
@@ -66,7 +69,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines.bench.hpa import METRIC_DELAY_SECONDS, SYNC_SECONDS, HpaBehavior, HpaController
+from pipelines.bench.hpa import (
+    METRIC_DELAY_SECONDS,
+    SYNC_SECONDS,
+    HpaBehavior,
+    HpaController,
+    ScalingPolicy,
+)
 from pipelines.policy import (
     calibrated_utilization,
     forecast_quantiles,
@@ -83,8 +92,6 @@ TICKS_PER_MINUTE = 60 // SYNC_SECONDS
 MIN_REPLICAS = 1
 MAX_REPLICAS = 100
 FORECAST_STEP = pd.Timedelta(minutes=5)
-FORECAST_CADENCE_MINUTES = 15
-FORECAST_HORIZON_STEPS = 36  # 3 hours of 5-minute steps
 REFIT_MINUTES = 24 * 60
 TRAIN_DAYS = 28
 PREDICT_HISTORY_DAYS = 15
@@ -305,26 +312,52 @@ def hpa_controller(
     return control
 
 
-KEDA_BEHAVIOR = HpaBehavior(scale_down_window_seconds=0)
-"""The HPA behaviour of Forescale's KEDA ScaledObject: default scale-up limits, no scale-down
-window (the schedule already delays and steps scale-downs; the floor is held 5 minutes)."""
+KEDA_BEHAVIOR = HpaBehavior(
+    scale_up_policies=(ScalingPolicy("Percent", 100, 30), ScalingPolicy("Pods", 10, 30)),
+    scale_down_policies=(ScalingPolicy("Percent", 20, 60),),
+    scale_up_window_seconds=0,
+    scale_down_window_seconds=0,
+)
+"""The ``behavior`` of Forescale's KEDA ScaledObject (``serving/deploy/scaledobject.yaml``;
+``tests/test_keda_manifest.py`` checks they agree): up by 100 % or 10 pods per 30 s, down by
+20 % per minute, no stabilisation window (the schedule delays and steps its own scale-downs)."""
+KEDA_CPU_TARGET = 0.9
+"""The ScaledObject's ``cpu`` trigger (the reactive safety net), as a utilisation: above the
+schedule's own target, so it acts only when the pods run hot."""
 
 
-def schedule_controller(desired_per_minute: np.ndarray, through_hpa: bool) -> Controller:
+def schedule_controller(
+    desired_per_minute: np.ndarray,
+    through_hpa: bool,
+    demand: np.ndarray | None = None,
+    capacity: float | None = None,
+) -> Controller:
     """Apply a per-minute replica target, directly or through an HPA (as KEDA does).
+
+    Through the HPA, the target is the ``metrics-api`` trigger's proposal; with ``demand`` and
+    ``capacity`` the ``cpu`` trigger (:data:`KEDA_CPU_TARGET`, the load seen
+    ``METRIC_DELAY_SECONDS`` late) proposes too, and the HPA takes the larger of the two
+    (``autoscaling/v2`` ``HorizontalPodAutoscalerSpec.metrics``: "the maximum replica count
+    across all metrics will be used"), then applies :data:`KEDA_BEHAVIOR`.
 
     Args:
         desired_per_minute: Target replicas per minute.
-        through_hpa: Apply the HPA rate limits of :data:`KEDA_BEHAVIOR` to the target.
+        through_hpa: Apply the HPA rules of :data:`KEDA_BEHAVIOR` to the target.
+        demand: Load per minute (for the ``cpu`` trigger).
+        capacity: Load one pod serves at 100 % utilisation (for the ``cpu`` trigger).
 
     Returns:
         The controller.
     """
-    hpa = HpaController(MIN_REPLICAS, MAX_REPLICAS, HPA_TARGET, KEDA_BEHAVIOR)
+    hpa = HpaController(MIN_REPLICAS, MAX_REPLICAS, KEDA_CPU_TARGET, KEDA_BEHAVIOR)
     state = {"replicas": int(desired_per_minute[0])}
+    cpu_net = through_hpa and demand is not None and capacity is not None
 
     def control(tick: int, minute: int, ready: int, starting: int) -> int:
         target = int(desired_per_minute[minute])
+        if cpu_net:
+            utilization = observed_load(demand, tick) / (max(ready, 1) * capacity)
+            target = max(target, hpa.recommend(ready, starting, utilization))
         if through_hpa:
             state["replicas"] = hpa.sync(tick * SYNC_SECONDS, state["replicas"], target)
         else:
@@ -394,13 +427,16 @@ class HoltWintersReplicas:
 # Forescale
 
 
-def forecaster_factory(model: str | None = "lightgbm") -> tuple[str, Callable[[], Any]]:
+def forecaster_factory(
+    model: str | None = "lightgbm", horizon_steps: int = 12
+) -> tuple[str, Callable[[], Any]]:
     """The forecaster family used for Forescale: ``model``, or the best one available.
 
     Args:
         model: A key of ``models.catalog.MODEL_FAMILIES``; ``None`` takes the first available of
             ensemble, lightgbm, naive. The benchmark defaults to lightgbm: the ensemble
             backtests and fits every member each day and does not fit the 10-minute budget.
+        horizon_steps: The longest horizon the replay forecasts (LightGBM trains on these).
 
     Returns:
         The family's name and a constructor.
@@ -416,8 +452,8 @@ def forecaster_factory(model: str | None = "lightgbm") -> tuple[str, Callable[[]
         raise ValueError(f"unknown model family {model!r}; known: {sorted(MODEL_FAMILIES)}")
     family = MODEL_FAMILIES[model]
     if model == "lightgbm":
-        # Re-forecast every 15 minutes: train on the horizons the replay uses.
-        return model, functools.partial(family, max_horizon=FORECAST_HORIZON_STEPS, num_threads=1)
+        # Re-forecast every few minutes: train on the horizons the replay uses.
+        return model, functools.partial(family, max_horizon=horizon_steps, num_threads=1)
     return model, family
 
 
@@ -490,11 +526,54 @@ def prepare_trace(name: str, load: pd.Series) -> PreparedTrace:
     return PreparedTrace(name, load.iloc[:-WINDOW_MINUTES], window, peak / PEAK_REPLICAS)
 
 
-def five_minute_frame(name: str, load: pd.Series) -> pd.DataFrame:
-    """Long-format 5-minute mean load of one trace (complete bins only)."""
+def five_minute_frame(name: str, load: pd.Series, target: str = "mean") -> pd.DataFrame:
+    """Long-format 5-minute load of one trace (complete bins only).
+
+    Args:
+        name: The trace (becomes ``service``).
+        load: Load per minute.
+        target: ``"mean"`` (the step's mean load) or ``"peak"`` (its busiest minute).
+
+    Returns:
+        ``service, ts, requests`` per complete 5-minute step.
+
+    Raises:
+        ValueError: If ``target`` is neither.
+    """
+    if target not in FORECAST_TARGETS:
+        raise ValueError(f"forecast target must be one of {FORECAST_TARGETS}, got {target!r}")
     bins = load.resample(FORECAST_STEP)
-    means = bins.mean()[bins.count() == int(FORECAST_STEP / pd.Timedelta(minutes=1))]
-    return pd.DataFrame({SERVICE: name, TS: means.index, TARGET: means.to_numpy()})
+    values = bins.mean() if target == "mean" else bins.max()
+    values = values[bins.count() == int(FORECAST_STEP / pd.Timedelta(minutes=1))]
+    return pd.DataFrame({SERVICE: name, TS: values.index, TARGET: values.to_numpy()})
+
+
+FORECAST_TARGETS = ("mean", "peak")
+
+
+@dataclass(frozen=True)
+class ForecastSpec:
+    """What the Forescale forecaster predicts in the replay, and how often.
+
+    Attributes:
+        target: ``"mean"``: the 5-minute mean load (bursts inside a step are left to the
+            utilisation headroom); ``"peak"``: the busiest minute of each 5-minute step, so the
+            forecast quantile is directly the load a step's pods must absorb at the risk.
+        cadence_minutes: Minutes between two forecasts (each from the complete 5-minute steps
+            before its instant).
+        horizon_steps: 5-minute steps forecast (and trained on).
+    """
+
+    target: str = "peak"
+    cadence_minutes: int = 5
+    horizon_steps: int = 12
+
+
+MEAN_FORECAST = ForecastSpec(target="mean", cadence_minutes=15, horizon_steps=36)
+"""The earlier deployment: 5-minute means every 15 minutes, 3 hours ahead."""
+PEAK_FORECAST = ForecastSpec(target="peak", cadence_minutes=5, horizon_steps=12)
+"""Peak minute of each step, every 5 minutes, one hour ahead (what the served value uses:
+the start-up lead plus the 15-minute pre-warm)."""
 
 
 @dataclass(frozen=True)
@@ -502,24 +581,32 @@ class ForescaleVariant:
     """How the benchmark deploys Forescale.
 
     Attributes:
+        forecast: What is forecast and how often (:class:`ForecastSpec`).
+        risk: Risk of the forecast quantile; ``params.yaml``'s risk x ``risk_share`` when
+            ``None``.
         risk_share: Share of the ``params.yaml`` risk given to the forecast quantile; the rest
             goes to bursts inside a step through the calibrated utilisation.
+        utilization: A fixed target utilisation (plan and reactive floor); overrides
+            ``calibrate``.
         calibrate: Calibrate the target utilisation on the week before the window
             (:func:`pipelines.policy.calibrated_utilization`); otherwise the ``params.yaml``
             target utilisation.
         overrides: Other ``ServiceConfig`` fields to change.
         quantile_risks: Candidate risks of the forecast quantile, the most cautious first; when
             given, one is chosen per trace and start-up delay by replaying the week before the
-            window (:func:`choose_quantile_risk`), instead of ``risk * risk_share``.
-        burst_risks: With ``quantile_risks``: candidate risks for the utilisation calibration
-            (bursts inside a step), chosen jointly with the quantile's; ``risk * risk_share``
-            when empty.
+            window (:func:`choose_quantile_risk`), instead of ``risk``.
+        burst_risks: With ``quantile_risks`` and no fixed ``utilization``: candidate risks for
+            the utilisation calibration (bursts inside a step), chosen jointly with the
+            quantile's; ``params.yaml``'s risk x ``risk_share`` when empty.
         fleet_budget: With ``quantile_risks``: spend the short-minute budget over all traces
             together (:func:`choose_fleet_settings`) instead of trace by trace
             (:func:`choose_quantile_risk`).
     """
 
+    forecast: ForecastSpec = MEAN_FORECAST
+    risk: float | None = None
     risk_share: float = 1.0
+    utilization: float | None = None
     calibrate: bool = False
     overrides: tuple[tuple[str, Any], ...] = ()
     quantile_risks: tuple[float, ...] = ()
@@ -527,14 +614,19 @@ class ForescaleVariant:
     fleet_budget: bool = False
 
 
+PEAK_UTILIZATION = 0.95
+"""Target utilisation of the peak-forecast variants: the forecast already is the busiest minute,
+so only a 5 % margin is kept (the calibrated utilisation of the smoothest traces)."""
+
 FORESCALE_VARIANTS: dict[str, ForescaleVariant] = {
-    "forescale": ForescaleVariant(risk_share=0.5, calibrate=True),
-    "forescale_r10": ForescaleVariant(risk_share=1.0, calibrate=True),
-    "forescale_u70": ForescaleVariant(),
-    "forescale_qcal": ForescaleVariant(
-        risk_share=0.5, calibrate=True, quantile_risks=(0.05, 0.1, 0.2, 0.3, 0.5)
+    "forescale": ForescaleVariant(forecast=PEAK_FORECAST, risk=0.03, utilization=PEAK_UTILIZATION),
+    "forescale_cal": ForescaleVariant(
+        forecast=PEAK_FORECAST,
+        utilization=PEAK_UTILIZATION,
+        quantile_risks=(0.02, 0.05, 0.1, 0.2),
     ),
-    "forescale_qbcal": ForescaleVariant(
+    "forescale_mean": ForescaleVariant(risk_share=0.5, calibrate=True),
+    "forescale_mean_qbcal": ForescaleVariant(
         risk_share=0.5,
         calibrate=True,
         quantile_risks=(0.05, 0.1, 0.3, 0.5),
@@ -543,27 +635,37 @@ FORESCALE_VARIANTS: dict[str, ForescaleVariant] = {
 }
 """Forescale as deployed in the benchmark (``params.yaml`` risk 0.1, target utilisation 0.7):
 
-* ``forescale`` (headline): the risk budget split evenly (union bound) between the 5-minute
-  forecast and the bursts inside a 5-minute step: plan on the ``1 - risk/2`` forecast quantile
-  (p95, extrapolated from p50/p90) at a target utilisation calibrated per trace on the week
-  before the window at ``risk/2``;
-* ``forescale_r10``: the whole risk on the forecast (p90) with the utilisation calibrated at
-  ``risk``, i.e. no budget left for bursts: cheaper, more short minutes;
-* ``forescale_u70``: the ``params.yaml`` defaults as they are (p90 at 70 %);
-* ``forescale_qcal``: as ``forescale`` (utilisation calibrated at ``risk/2`` for the bursts), but
-  the forecast quantile's risk is chosen per trace and start-up delay among 0.05 (p95, the
-  headline's), 0.1, 0.2, 0.3 and 0.5 (p50) by replaying the week *before* the window (the
+* ``forescale`` (headline): forecasts the busiest minute of every 5-minute step
+  (:data:`PEAK_FORECAST`, every 5 minutes) and plans its ``1 - 0.03`` quantile (p97,
+  extrapolated from p50/p90) at :data:`PEAK_UTILIZATION`; the risk was chosen on the weeks
+  before the reported ones (``--shift-weeks 1``, see the README);
+* ``forescale_cal``: as ``forescale``, with the quantile's risk chosen per trace and start-up
+  delay among 0.02, 0.05, 0.1 and 0.2 by replaying the week *before* the window (the
   forecaster's own past) and taking the cheapest whose short minutes stay within
-  :data:`CALIBRATION_SHORT_BUDGET` of the HPA's there; noisy traces, where the upper quantile
-  buys little, drop to a lower quantile and lean on the reactive floor;
-* ``forescale_qbcal``: as ``forescale_qcal`` with the burst risk of the utilisation calibration
-  (0.05 or 0.1) chosen jointly with the quantile's (0.05, 0.1, 0.3 or 0.5) the same way;
+  :data:`CALIBRATION_SHORT_BUDGET` of the HPA's there;
+* ``forescale_mean`` (the earlier headline): forecasts 5-minute means every 15 minutes
+  (:data:`MEAN_FORECAST`) and splits the risk evenly (union bound) between the forecast and the
+  bursts inside a step: the ``1 - risk/2`` quantile (p95) at a target utilisation calibrated per
+  trace on the week before the window at ``risk/2``;
+* ``forescale_mean_qbcal``: as ``forescale_mean`` with the quantile's risk (0.05, 0.1, 0.3 or
+  0.5) and the burst risk of the utilisation calibration (0.05 or 0.1) chosen jointly per trace
+  and delay on the week before the window, as ``forescale_cal`` does.
 
-Two more were replayed once and left out of the default run (no gain for their run time, see the
-README): ``forescale_qbcal`` over a wider grid (quantile risk 0.05-0.5 x burst risk 0.05-0.2), and
-that grid with the short-minute budget spent over the traces together (``fleet_budget``,
-:func:`choose_fleet_settings`).
+Replayed once and left out of the default run (see the README): ``forescale_mean`` with the
+whole risk on the forecast or with the ``params.yaml`` defaults as they are (p90 at 70 %), the
+quantile calibration without the burst risk, a wider calibration grid, and a short-minute budget
+spent over the traces together (``fleet_budget``, :func:`choose_fleet_settings`).
 """
+
+
+def _variant_utilization(spec: ForescaleVariant, history: pd.Series, defaults: Any) -> float:
+    """A variant's target utilisation on a trace: fixed, calibrated on ``history`` (at the
+    ``params.yaml`` risk x ``risk_share``), or the ``params.yaml`` default."""
+    if spec.utilization is not None:
+        return spec.utilization
+    if spec.calibrate:
+        return calibrated_utilization(history, FORECAST_STEP, defaults.risk * spec.risk_share)
+    return defaults.target_utilization
 
 
 def forescale_targets(
@@ -580,10 +682,11 @@ def forescale_targets(
 ]:
     """Replica targets per minute of the Forescale variants for every trace and start-up delay.
 
-    The forecaster is refitted every day of the window on the ``TRAIN_DAYS`` before that day and
-    re-forecasts every ``FORECAST_CADENCE_MINUTES`` from the complete 5-minute bins before the
-    forecast instant (never later data). Each forecast is planned with
-    :func:`pipelines.policy.plan_replicas`; the value served at each minute is the maximum
+    For every :class:`ForecastSpec` the variants use, the forecaster is refitted every day of
+    the window on the ``TRAIN_DAYS`` before that day and re-forecasts every
+    ``cadence_minutes`` from the complete 5-minute steps before the forecast instant (never
+    later data). Each forecast is planned with :func:`pipelines.policy.plan_quantiles` (as
+    :func:`pipelines.policy.plan_replicas` does); the value served at each minute is the maximum
     planned over ``[minute, minute + start-up delay]`` (:func:`pipelines.policy.served_value`),
     raised to the reactive floor of the live load (held for 5 minutes, like an HPA's scale-down
     window).
@@ -605,29 +708,29 @@ def forescale_targets(
     from pipelines.service_config import default_service_config
     from pipelines.settings import REPO_ROOT
 
-    family_name, family = forecaster_factory(model)
     defaults = default_service_config(params_file or REPO_ROOT / "params.yaml")
     utilization = {
         variant: {
-            t.name: calibrated_utilization(
-                t.history.iloc[-WINDOW_MINUTES:], FORECAST_STEP, defaults.risk * spec.risk_share
-            )
-            if spec.calibrate
-            else defaults.target_utilization
+            t.name: _variant_utilization(spec, t.history.iloc[-WINDOW_MINUTES:], defaults)
             for t in traces
         }
         for variant, spec in FORESCALE_VARIANTS.items()
     }
     full = {t.name: pd.concat([t.history, t.window]) for t in traces}
-    frames = {name: five_minute_frame(name, load) for name, load in full.items()}
+    targets_used = {spec.forecast.target for spec in FORESCALE_VARIANTS.values()}
+    frames = {
+        target: {name: five_minute_frame(name, load, target) for name, load in full.items()}
+        for target in targets_used
+    }
     starts = {t.name: t.window.index[0] for t in traces}
+    spans = {t.name: WINDOW_MINUTES for t in traces}
     configs = {
         (variant, delay): {
             t.name: defaults.model_copy(
                 update={
                     "capacity_per_replica": t.capacity,
                     "target_utilization": utilization[variant][t.name],
-                    "risk": defaults.risk * spec.risk_share,
+                    "risk": spec.risk if spec.risk is not None else defaults.risk * spec.risk_share,
                     "min_replicas": MIN_REPLICAS,
                     "max_replicas": MAX_REPLICAS,
                     "startup_seconds": delay * 60,
@@ -639,21 +742,36 @@ def forescale_targets(
         for variant, spec in FORESCALE_VARIANTS.items()
         for delay in delays
     }
-    spans = {t.name: WINDOW_MINUTES for t in traces}
-    window_forecasts = _submit(pool, _rolling_forecasts, frames, starts, spans, family)
-    quantile_risk = _calibrate_quantile_risks(traces, frames, family, configs, pool)
+    family_name = ""
+    window_jobs = {}
+    for forecast in {spec.forecast for spec in FORESCALE_VARIANTS.values()}:
+        family_name, family = forecaster_factory(model, forecast.horizon_steps)
+        window_jobs[forecast] = _submit(
+            pool, _rolling_forecasts, frames[forecast.target], starts, spans, family, forecast
+        )
+    quantile_risk = _calibrate_quantile_risks(traces, frames, model, configs, pool)
     history = {t.name: t.history.iloc[-WINDOW_MINUTES:] for t in traces}
     for (variant, delay), per_trace in configs.items():
+        spec = FORESCALE_VARIANTS[variant]
         for name, (risk, burst) in quantile_risk.get(variant, {}).get(str(delay), {}).items():
             per_trace[name] = per_trace[name].model_copy(
                 update={
                     "risk": risk,
-                    "target_utilization": calibrated_utilization(
-                        history[name], FORECAST_STEP, burst
-                    ),
+                    "target_utilization": spec.utilization
+                    if spec.utilization is not None
+                    else calibrated_utilization(history[name], FORECAST_STEP, burst),
                 }
             )
-    targets = _planned_targets(window_forecasts.result(), starts, spans, configs)
+    targets: dict[tuple[str, str, int], np.ndarray] = {}
+    for forecast, job in window_jobs.items():
+        planned = {
+            key: config
+            for key, config in configs.items()
+            if FORESCALE_VARIANTS[key[0]].forecast == forecast
+        }
+        targets.update(
+            _planned_targets(job.result(), starts, spans, planned, forecast.cadence_minutes)
+        )
     for (variant, delay), config in configs.items():
         for trace in traces:
             key = (variant, trace.name, delay)
@@ -668,17 +786,18 @@ def _rolling_forecasts(
     starts: dict[str, pd.Timestamp],
     spans: dict[str, int],
     family: Callable[[], Any],
+    forecast: ForecastSpec,
 ) -> list[tuple[int, pd.DataFrame]]:
-    """The forecasts of a replayed period: ``(minute offset, forecast)`` every 15 minutes.
+    """The forecasts of a replayed period: ``(minute offset, forecast)`` every cadence.
 
     Each trace is replayed for ``spans[trace]`` minutes from ``starts[trace]``, and only while
     it is: the forecaster is refitted every ``REFIT_MINUTES`` on the ``TRAIN_DAYS`` before the
-    instant of the traces still replayed and forecasts from their complete 5-minute bins of the
-    ``PREDICT_HISTORY_DAYS`` before it.
+    instant of the traces still replayed and forecasts ``forecast.horizon_steps`` ahead from
+    their complete 5-minute bins of the ``PREDICT_HISTORY_DAYS`` before it.
     """
     forecasts: list[tuple[int, pd.DataFrame]] = []
     model_obj = None
-    for offset in range(0, max(spans.values(), default=0), FORECAST_CADENCE_MINUTES):
+    for offset in range(0, max(spans.values(), default=0), forecast.cadence_minutes):
         origins = {
             name: start + pd.Timedelta(minutes=offset)
             for name, start in starts.items()
@@ -688,8 +807,12 @@ def _rolling_forecasts(
         if offset % REFIT_MINUTES == 0:
             model_obj = family().fit(_history_before(active, origins, TRAIN_DAYS), target=TARGET)
         recent = _history_before(active, origins, PREDICT_HISTORY_DAYS)
-        forecast = model_obj.predict(FORECAST_HORIZON_STEPS, quantiles=(0.5, 0.9), history=recent)
-        forecasts.append((offset, forecast))
+        forecasts.append(
+            (
+                offset,
+                model_obj.predict(forecast.horizon_steps, quantiles=(0.5, 0.9), history=recent),
+            )
+        )
     return forecasts
 
 
@@ -698,8 +821,12 @@ def _planned_targets(
     starts: dict[str, pd.Timestamp],
     spans: dict[str, int],
     configs: dict[tuple[str, int], dict[str, Any]],
+    cadence_minutes: int,
 ) -> dict[tuple[str, str, int], np.ndarray]:
-    """Plan every forecast with every configuration; the served value per replayed minute."""
+    """Plan every forecast with every configuration; the served value per replayed minute.
+
+    Each forecast is served from its instant until the next one (``cadence_minutes``).
+    """
     targets = {
         (variant, name, delay): np.zeros(spans[name], dtype=np.int64)
         for (variant, delay), per_trace in configs.items()
@@ -724,7 +851,7 @@ def _planned_targets(
                     continue
                 stamps_us, quantiles = per_service[name]
                 replicas = plan_quantiles(quantiles, FORECAST_STEP, service_config)
-                end = min(offset + FORECAST_CADENCE_MINUTES, spans[name])
+                end = min(offset + cadence_minutes, spans[name])
                 minutes = np.arange(offset, end)
                 instants = _epoch_us(starts[name]) + minutes.astype(np.int64) * 60_000_000
                 targets[(variant, name, delay)][minutes] = _served_at(
@@ -770,8 +897,8 @@ def _with_reactive_floor(
 
 def _calibrate_quantile_risks(
     traces: Sequence[PreparedTrace],
-    frames: dict[str, pd.DataFrame],
-    family: Callable[[], Any],
+    frames: dict[str, dict[str, pd.DataFrame]],
+    model: str | None,
     configs: dict[tuple[str, int], dict[str, Any]],
     pool: Executor | None = None,
 ) -> dict[str, dict[str, dict[str, tuple[float, float]]]]:
@@ -779,15 +906,22 @@ def _calibrate_quantile_risks(
 
     The calibration period is the week before the window, or as much of it as leaves
     ``CALIBRATION_MIN_TRAIN_MINUTES`` of history before it to train on. It is replayed exactly
-    as the window is (same forecaster, cadence, planning, reactive floor and cluster model;
-    forecasts only from data before each instant, no data from the window) for every candidate
-    ``(quantile risk, burst risk)`` of :attr:`ForescaleVariant.quantile_risks` and
-    :attr:`ForescaleVariant.burst_risks` (the utilisation calibrated at the burst risk on the
-    calibration period itself), and
+    as the window is (same forecaster and :class:`ForecastSpec`, planning, reactive floor and
+    cluster model; forecasts only from data before each instant, no data from the window) for
+    every candidate ``(quantile risk, burst risk)`` of :attr:`ForescaleVariant.quantile_risks`
+    and :attr:`ForescaleVariant.burst_risks` (the utilisation calibrated at the burst risk on
+    the calibration period itself, unless the variant fixes its utilisation), and
     :func:`choose_quantile_risk` (per trace) or :func:`choose_fleet_settings` (over the traces
     together) picks per start-up delay. A trace whose calibration period would be shorter than
     ``CALIBRATION_MIN_TRAIN_MINUTES`` (or the window, when that is shorter) keeps the first (most
     cautious) candidate and does not count in a fleet budget.
+
+    Args:
+        traces: The prepared traces.
+        frames: Forecast target (``"mean"``/``"peak"``) -> trace -> its 5-minute frame.
+        model: Forecaster family (see :func:`forecaster_factory`).
+        configs: ``(variant, delay)`` -> trace -> the variant's service configuration.
+        pool: Runs the calibration replays (in this process when ``None``).
 
     Returns:
         ``variant -> str(delay) -> trace -> (quantile risk, burst risk)`` for the calibrated
@@ -817,33 +951,42 @@ def _calibrate_quantile_risks(
         return chosen
     starts = {name: week.index[0] for name, (_, week) in weeks.items()}
     spans = {name: len(week) for name, (_, week) in weeks.items()}
-    forecasts = _rolling_forecasts({name: frames[name] for name in weeks}, starts, spans, family)
     utilization = {
         (name, burst): calibrated_utilization(week, FORECAST_STEP, burst)
         for name, (_, week) in weeks.items()
-        for burst in {c[1] for candidates in settings.values() for c in candidates}
-    }
-    candidates = {
-        (_candidate_key(spec, setting), delay): {
-            name: configs[(variant, delay)][name].model_copy(
-                update={
-                    "risk": setting[0],
-                    "target_utilization": utilization[(name, setting[1])],
-                }
-            )
-            for name in weeks
-        }
         for variant, spec in calibrated.items()
-        for setting in settings[variant]
-        for delay in delays
+        if spec.utilization is None
+        for burst in {c[1] for c in settings[variant]}
     }
-    targets = _planned_targets(forecasts, starts, spans, candidates)
     floored: dict[tuple[str, int], dict[str, np.ndarray]] = {}
-    for (key, delay), per_trace in candidates.items():
-        for name, (before, week) in weeks.items():
-            floored.setdefault((name, delay), {})[key] = _with_reactive_floor(
-                targets[(key, name, delay)], before, week, per_trace[name]
-            )
+    for forecast in {spec.forecast for spec in calibrated.values()}:
+        _, family = forecaster_factory(model, forecast.horizon_steps)
+        forecasts = _rolling_forecasts(
+            {name: frames[forecast.target][name] for name in weeks}, starts, spans, family, forecast
+        )
+        candidates = {
+            (_candidate_key(spec, setting), delay): {
+                name: configs[(variant, delay)][name].model_copy(
+                    update={
+                        "risk": setting[0],
+                        "target_utilization": spec.utilization
+                        if spec.utilization is not None
+                        else utilization[(name, setting[1])],
+                    }
+                )
+                for name in weeks
+            }
+            for variant, spec in calibrated.items()
+            if spec.forecast == forecast
+            for setting in settings[variant]
+            for delay in delays
+        }
+        targets = _planned_targets(forecasts, starts, spans, candidates, forecast.cadence_minutes)
+        for (key, delay), per_trace in candidates.items():
+            for name, (before, week) in weeks.items():
+                floored.setdefault((name, delay), {})[key] = _with_reactive_floor(
+                    targets[(key, name, delay)], before, week, per_trace[name]
+                )
     capacity = {t.name: t.capacity for t in traces}
     jobs = {
         (name, delay): _submit(
@@ -881,16 +1024,19 @@ def _calibrate_quantile_risks(
 
 
 def _candidate_settings(spec: ForescaleVariant, base: Any) -> list[tuple[float, float]]:
-    """A calibrated variant's candidates ``(quantile risk, burst risk)``, the most cautious first."""
-    return [
-        (risk, burst) for risk in spec.quantile_risks for burst in spec.burst_risks or (base.risk,)
-    ]
+    """A calibrated variant's candidates ``(quantile risk, burst risk)``, the most cautious first.
+
+    The burst risk is that of the utilisation calibration; a variant with a fixed utilisation
+    has one candidate per quantile risk (its burst risk is then only a label).
+    """
+    bursts = spec.burst_risks if spec.burst_risks and spec.utilization is None else (base.risk,)
+    return [(risk, burst) for risk in spec.quantile_risks for burst in bursts]
 
 
 def _candidate_key(spec: ForescaleVariant, setting: tuple[float, float]) -> str:
     """One key per distinct candidate configuration (variants that differ only in their
     candidate lists share the candidates they have in common)."""
-    return repr((spec.overrides, setting))
+    return repr((spec.forecast, spec.utilization, spec.overrides, setting))
 
 
 def calibration_outcomes(
@@ -928,7 +1074,13 @@ def calibration_outcomes(
     hpa = simulate(demand, capacity, delay, start_hpa, hpa_controller(demand, capacity))
     outcomes = {}
     for risk, target in sorted(targets_by_risk.items()):
-        run = simulate(demand, capacity, delay, int(target[0]), schedule_controller(target, True))
+        run = simulate(
+            demand,
+            capacity,
+            delay,
+            int(target[0]),
+            schedule_controller(target, True, demand, capacity),
+        )
         outcomes[risk] = (_short_minutes(run, demand, capacity), run.pod_minutes)
     return _short_minutes(hpa, demand, capacity), outcomes
 
@@ -1209,7 +1361,7 @@ def replay_trace(
     }
     for variant, target in forescale_targets.items():
         runs[variant] = simulate(
-            demand, cap, delay, int(target[0]), schedule_controller(target, True)
+            demand, cap, delay, int(target[0]), schedule_controller(target, True, demand, cap)
         )
     onsets = surge_onsets(demand)
     return {name: policy_figures(run, demand, cap, onsets) for name, run in runs.items()}, runs
