@@ -35,7 +35,7 @@ from typing import Any
 
 import pandas as pd
 
-from pipelines.params import load_params
+from pipelines.params import FORECAST_TARGETS, forecast_target, load_params
 from pipelines.schema import CPU, LATENCY_P95, METRICS, REQUESTS, SERVICE, TS, quantile_column
 from pipelines.settings import Settings
 
@@ -240,18 +240,21 @@ def _failed_drift_columns(tests: Sequence[Mapping[str, Any]]) -> set[str]:
     return failed
 
 
-def forecast_errors(forecasts: pd.DataFrame, actuals: pd.DataFrame, step_minutes: int) -> dict[str, float]:
+def forecast_errors(forecasts: pd.DataFrame, actuals: pd.DataFrame, step_minutes: int,
+                    target: str = "mean") -> dict[str, float]:
     """Recent forecast error per service, in the metric the champion was backtested with.
 
     The error is ``relative_mae`` (see :mod:`models.metrics`): MAE of the ``p50`` forecast over
-    the MAE of the seasonal-naive forecast (the actual one day earlier). Actuals are averaged to
-    the forecast step first.
+    the MAE of the seasonal-naive forecast (the actual one day earlier). Actuals are aggregated
+    to the forecast step first, as the forecast target is (mean, or busiest minute for
+    ``peak``).
 
     Args:
         forecasts: Long frame ``service, ts, p50``.
         actuals: Long-format raw telemetry with ``requests``, covering the forecast steps and the
             day before them.
         step_minutes: Forecast resolution in minutes.
+        target: ``training.target`` (``mean`` or ``peak``).
 
     Returns:
         ``{service: relative MAE}`` for services with a finite error.
@@ -266,11 +269,14 @@ def forecast_errors(forecasts: pd.DataFrame, actuals: pd.DataFrame, step_minutes
         missing = [c for c in columns if c not in frame.columns]
         if missing:
             raise ValueError(f"{what} is missing column(s) {missing}")
+    if target not in FORECAST_TARGETS:
+        raise ValueError(f"forecast target must be one of {sorted(FORECAST_TARGETS)}, got {target!r}")
     if forecasts.empty or actuals.empty:
         return {}
     stepped = actuals[[SERVICE, TS, REQUESTS]].copy()
     stepped[TS] = pd.to_datetime(stepped[TS], utc=True).dt.floor(f"{step_minutes}min")
-    stepped = stepped.groupby([SERVICE, TS], as_index=False)[REQUESTS].mean()
+    stepped = stepped.groupby([SERVICE, TS], as_index=False)[REQUESTS].agg(
+        FORECAST_TARGETS[target])
     naive = stepped.assign(**{TS: stepped[TS] + pd.Timedelta(days=1)}).rename(
         columns={REQUESTS: "naive"})
     predicted = forecasts[[SERVICE, TS, FORECAST_COLUMN]].copy()
@@ -474,7 +480,8 @@ def run_drift_monitor(
             reference_errors = champion_errors(settings, sorted(forecasts[SERVICE].unique()))
         actuals = read_telemetry(settings, sorted(forecasts[SERVICE].unique()),
                                  start=current_start - pd.Timedelta(days=1), end=end_ts)
-        recent = forecast_errors(forecasts, actuals, settings.step_minutes)
+        recent = forecast_errors(forecasts, actuals, settings.step_minutes,
+                                 forecast_target(settings.params_file))
         error_drift = detect_error_drift(recent, reference_errors, config.error_tolerance)
 
     ledger_path = drift_dir(settings) / ANNOUNCEMENTS_FILE

@@ -358,13 +358,17 @@ def training_frame(settings: Settings, services: Sequence[str], start: datetime,
 
 def _labels(settings: Settings, services: Sequence[str], first: pd.Timestamp,
             stop: pd.Timestamp, step: pd.Timedelta) -> pd.DataFrame:
-    """The label of each step start ``ts`` in ``[first, stop)``: the step's mean request rate."""
+    """The label of each step start ``ts`` in ``[first, stop)``: the step's mean request rate, or
+    its busiest minute when ``training.target`` is ``peak``."""
+    from pipelines.params import forecast_target
+
+    column = "requests_max" if forecast_target(settings.params_file) == "peak" else "requests_mean"
     path = offline_source_path(settings)
     if not path.exists():
         raise ValueError(f"offline source {path} does not exist: run update_offline_features")
     rows = pd.read_parquet(
         path,
-        columns=[SERVICE, EVENT_TIMESTAMP, "requests_mean"],
+        columns=[SERVICE, EVENT_TIMESTAMP, column],
         filters=[
             (SERVICE, "in", [str(s) for s in services]),
             (EVENT_TIMESTAMP, ">", first.to_pydatetime()),
@@ -376,7 +380,7 @@ def _labels(settings: Settings, services: Sequence[str], first: pd.Timestamp,
         {
             SERVICE: rows[SERVICE].astype(str),
             EVENT_TIMESTAMP: starts.astype(TS_DTYPE),
-            REQUESTS: rows["requests_mean"].to_numpy(),
+            REQUESTS: rows[column].to_numpy(),
         }
     )
 

@@ -50,3 +50,29 @@ def section(params_file: Path, name: str) -> dict[str, Any]:
         raise ValueError(  # noqa: TRY004 - bad file content is bad input
             f"{params_file} has no '{name}' section (or it is not a mapping)")
     return value
+
+
+FORECAST_TARGETS: dict[str, str] = {"mean": "mean", "peak": "max"}
+"""What a forecast step's value is -> how 1-minute telemetry is aggregated to it: ``mean``, the
+step's mean request rate; ``peak``, its busiest minute (what the pods must absorb)."""
+
+
+def forecast_target(params_file: Path) -> str:
+    """``training.target`` of the parameters file: ``mean`` (default) or ``peak``.
+
+    Args:
+        params_file: Path of ``params.yaml``.
+
+    Returns:
+        The forecast target.
+
+    Raises:
+        ValueError: If the file has no training section or the target is unknown.
+    """
+    target = section(params_file, "training").get("target", "mean")
+    if target not in FORECAST_TARGETS:
+        raise ValueError(
+            f"{params_file}: training.target must be one of {sorted(FORECAST_TARGETS)}, "
+            f"got {target!r}"
+        )
+    return str(target)

@@ -48,15 +48,18 @@ def recent_history(settings: Settings, services: Sequence[str], as_of: pd.Timest
         days: How much history to read.
 
     Returns:
-        Long frame ``service, ts, requests`` at ``settings.step_minutes`` resolution.
+        Long frame ``service, ts, requests`` at ``settings.step_minutes`` resolution: each step's
+        mean, or its busiest minute when ``training.target`` is ``peak``.
     """
+    from pipelines.params import FORECAST_TARGETS, forecast_target
     from pipelines.telemetry import read_telemetry
 
     raw = read_telemetry(settings, services, as_of - pd.Timedelta(days=days), as_of)
     if raw.empty:
         return raw
     step = f"{settings.step_minutes}min"
-    return (raw.set_index(TS).groupby(SERVICE)[TARGET].resample(step).mean()
+    how = FORECAST_TARGETS[forecast_target(settings.params_file)]
+    return (raw.set_index(TS).groupby(SERVICE)[TARGET].resample(step).agg(how)
             .dropna().reset_index())
 
 

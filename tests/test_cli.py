@@ -38,8 +38,11 @@ def test_every_dvc_stage_runs_a_real_cli_command_with_existing_inputs() -> None:
         assert runner.invoke(app, [*command, "--help"]).exit_code == 0, name
         for dep in stage.get("deps", []):
             assert dep.startswith(".forescale/") or (REPO_ROOT / dep).exists(), dep
-        for section in stage.get("params", []):
-            assert section in params, section
+        for key in stage.get("params", []):  # a section, or a dotted key inside one
+            node = params
+            for part in key.split("."):
+                assert isinstance(node, dict) and part in node, key
+                node = node[part]
     dag = subprocess.run([str(Path(sys.executable).parent / "dvc"), "dag"],
                          check=False, cwd=REPO_ROOT, capture_output=True, text=True)
     assert dag.returncode == 0, dag.stderr

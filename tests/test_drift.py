@@ -92,6 +92,21 @@ def test_forecast_error_check_flags_only_the_degraded_service(fleet: pd.DataFram
         forecast_errors(forecasts.drop(columns="p50"), actual, step_minutes=5)
 
 
+def test_forecast_error_of_a_peak_forecast_is_measured_against_step_peaks(
+    fleet: pd.DataFrame,
+) -> None:
+    actual = fleet[(fleet["ts"] >= END - pd.Timedelta(days=2)) & (fleet["service"] == STEADY)]
+    stepped = actual.assign(ts=actual["ts"].dt.floor("5min")).groupby(["service", "ts"])
+    peaks = stepped["requests"].max().reset_index()
+    recent = peaks[peaks["ts"] >= END - pd.Timedelta(days=1)].rename(columns={"requests": "p50"})
+    as_peak = forecast_errors(recent, actual, step_minutes=5, target="peak")
+    as_mean = forecast_errors(recent, actual, step_minutes=5, target="mean")
+    assert as_peak[STEADY] == pytest.approx(0.0)
+    assert as_mean[STEADY] > 0.1
+    with pytest.raises(ValueError, match="'p99'"):
+        forecast_errors(recent, actual, step_minutes=5, target="p99")
+
+
 def test_cooldown_suppresses_a_second_announcement_but_not_a_rerun() -> None:
     ledger = {"a": "2026-11-16T00:00:00+00:00", "b": "2026-11-14T00:00:00+00:00"}
     later = END + pd.Timedelta(hours=1)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import FIXED_END
+from conftest import FIXED_END, settings_with_params
 from google.protobuf.message import Message
 
 from pipelines.features import (
@@ -211,6 +211,36 @@ def check_materialize_and_online_read(settings: Settings, services: list[str]) -
         view.materialization_intervals for view in feature_store(settings).list_feature_views()
     ]
     assert all(len(views) == 2 and views[1][1] == END for views in intervals)
+
+
+def test_peak_target_labels_each_step_with_its_busiest_minute(tmp_path: Path) -> None:
+    from pipelines.publish import recent_history
+
+    home = tmp_path / "home"
+    peak = settings_with_params(home, training={"target": "peak"})
+    fleet = generate_fleet(2, 2, step_minutes=1, seed=7, end=END)
+    write_telemetry(peak, fleet, START, END)
+    update_offline_features(peak)
+    apply_features(peak)
+    services = sorted(fleet["service"].unique())
+    frame = training_frame(peak, services, END - pd.Timedelta(hours=6), END)
+    raw = read_telemetry(peak, services=[services[0]])
+    busiest = raw.set_index("ts")["requests"].resample(STEP).max()
+    first = frame[frame["service"] == services[0]].set_index("ts")
+    np.testing.assert_allclose(first["requests"], busiest.reindex(first.index))
+    assert (first["requests"] > raw.set_index("ts")["requests"].resample(STEP).mean()
+            .reindex(first.index)).mean() > 0.9
+    # The history a schedule is forecast from uses the same target.
+    recent = recent_history(peak, [services[0]], END, days=1).set_index("ts")["requests"]
+    np.testing.assert_allclose(recent, busiest.reindex(recent.index))
+
+
+def test_unknown_forecast_target_is_refused(tmp_path: Path) -> None:
+    from pipelines.params import forecast_target
+
+    bad = settings_with_params(tmp_path / "home", training={"target": "p99"})
+    with pytest.raises(ValueError, match="training.target.*'p99'"):
+        forecast_target(bad.params_file)
 
 
 def test_materialize_then_online_read_sqlite(tmp_path: Path) -> None:
