@@ -19,6 +19,7 @@ from pipelines.bench.replay import (
     choose_fleet_settings,
     choose_quantile_risk,
     discover_traces,
+    five_minute_frame,
     read_trace,
     schedule_controller,
     select_traces,
@@ -221,6 +222,16 @@ def test_planned_targets_equal_plan_replicas_then_served_value() -> None:
                 expected = served_per_minute(schedule, stamps, pd.Timedelta(minutes=delay))
                 got = targets[(variant, name, delay)][offset : offset + 15]
                 assert list(got) == list(expected), (name, delay, offset)
+
+
+def test_five_minute_frames_hold_the_mean_or_the_busiest_minute_of_complete_steps() -> None:
+    load = pd.Series(np.arange(1.0, 13.0), index=START + pd.to_timedelta(np.arange(12), "min"))
+    mean = five_minute_frame("a", load, "mean")
+    peak = five_minute_frame("a", load, "peak")
+    assert list(mean["requests"]) == [3.0, 8.0]  # the last, incomplete step is left out
+    assert list(peak["requests"]) == [5.0, 10.0]
+    with pytest.raises(ValueError, match="'p99'"):
+        five_minute_frame("a", load, "p99")
 
 
 def test_traces_are_found_by_layout_not_by_file_name(tmp_path: Path) -> None:

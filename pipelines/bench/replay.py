@@ -76,6 +76,7 @@ from pipelines.bench.hpa import (
     HpaController,
     ScalingPolicy,
 )
+from pipelines.params import FORECAST_TARGETS
 from pipelines.policy import (
     calibrated_utilization,
     forecast_quantiles,
@@ -541,14 +542,13 @@ def five_minute_frame(name: str, load: pd.Series, target: str = "mean") -> pd.Da
         ValueError: If ``target`` is neither.
     """
     if target not in FORECAST_TARGETS:
-        raise ValueError(f"forecast target must be one of {FORECAST_TARGETS}, got {target!r}")
+        raise ValueError(
+            f"forecast target must be one of {sorted(FORECAST_TARGETS)}, got {target!r}"
+        )
     bins = load.resample(FORECAST_STEP)
-    values = bins.mean() if target == "mean" else bins.max()
+    values = bins.agg(FORECAST_TARGETS[target])  # the same aggregation as training.target's
     values = values[bins.count() == int(FORECAST_STEP / pd.Timedelta(minutes=1))]
     return pd.DataFrame({SERVICE: name, TS: values.index, TARGET: values.to_numpy()})
-
-
-FORECAST_TARGETS = ("mean", "peak")
 
 
 @dataclass(frozen=True)
