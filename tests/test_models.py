@@ -297,6 +297,83 @@ def test_ensemble_shrinkage_blends_service_weights_with_the_fleet() -> None:
         EnsembleForecaster(shrinkage=1.5)
 
 
+def test_ensemble_fixed_weights_skip_the_backtest_and_switch_members_per_bucket() -> None:
+    from models.ensemble import EnsembleForecaster
+
+    history = synthetic_fleet(days=4)
+    calls: list[str] = []
+
+    def spy(name: str, level: float):
+        class Constant(SeasonalNaiveForecaster):
+            def fit(self, frame: pd.DataFrame, target: str = "requests") -> Constant:
+                calls.append(name)
+                return super().fit(frame, target)
+
+            def predict(self, horizon, quantiles=(0.5, 0.9), history=None):
+                out = super().predict(horizon, quantiles, history)
+                for q in quantiles:
+                    out[f"p{round(q * 100)}"] = level + 10 * (q - 0.5)
+                return out
+
+        return Constant
+
+    model = EnsembleForecaster(
+        members={"short": spy("short", 1.0), "long": spy("long", 3.0), "unused": spy("x", 9.0)},
+        weights={"short": (1.0, 0.5), "long": (0.0, 0.5)},
+        bucket_edges=(1 / 24,),  # 2 steps of a 48-step season
+    ).fit(history)
+    assert sorted(calls) == ["long", "short"]  # fitted once each, no backtest, unused skipped
+    assert model.backtest_.empty
+    forecast = model.predict(4)
+    p50 = forecast.groupby("service")["p50"].apply(list)
+    assert p50["checkout"] == pytest.approx([1.0, 1.0, 2.0, 2.0])
+    assert (forecast["p90"] - forecast["p50"]).to_numpy() == pytest.approx(np.full(8, 4.0))
+
+
+def test_ensemble_interval_members_lend_their_spread_to_point_only_members() -> None:
+    from models.ensemble import EnsembleForecaster
+
+    history = synthetic_fleet(days=4)
+    median_only = lambda: small_lightgbm(quantiles=(0.5,), calibrate=False)
+    model = EnsembleForecaster(
+        members={"point": median_only, "naive": SeasonalNaiveForecaster},
+        weights={"point": 0.5, "naive": 0.5},
+        interval_members=["naive"],
+    ).fit(history)
+    forecast = model.predict(SEASON)
+    assert_valid_forecast(forecast, history, SEASON)
+    naive = SeasonalNaiveForecaster().fit(history).predict(SEASON)
+    point = model.fitted_["point"].predict(SEASON, (0.5,))
+    np.testing.assert_allclose(forecast["p50"], 0.5 * naive["p50"] + 0.5 * point["p50"])
+    np.testing.assert_allclose(
+        forecast["p90"] - forecast["p50"], naive["p90"] - naive["p50"], atol=1e-9
+    )
+    only_upper = model.predict(3, quantiles=(0.9,))
+    np.testing.assert_allclose(only_upper["p90"], forecast["p90"].to_numpy()[[0, 1, 2, 48, 49, 50]])
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"weights": {"prophet": 1.0}}, "unknown members"),
+        ({"weights": {"naive": -1.0}}, ">= 0"),
+        ({"weights": {"naive": (1.0, 1.0)}}, "one per horizon"),
+        ({"weights": {"naive": (1.0, 0.0, 1.0)}}, "sum to 0"),
+        ({"interval_members": ["prophet"]}, "unknown members"),
+        ({"interval_members": []}, "at least one"),
+        (
+            {"weights": {"naive": (1.0, 1.0, 0.0), "x": 1.0}, "interval_members": ["naive"]},
+            "bucket",
+        ),
+    ],
+)
+def test_ensemble_rejects_bad_fixed_weights(options: dict, match: str) -> None:
+    from models.ensemble import EnsembleForecaster
+
+    with pytest.raises(ValueError, match=match):
+        EnsembleForecaster(members={"x": SeasonalNaiveForecaster}, **options)
+
+
 def test_catalog_maps_every_family() -> None:
     from models.catalog import MODEL_FAMILIES
 
