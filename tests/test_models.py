@@ -118,6 +118,37 @@ def test_features_use_only_the_past() -> None:
     assert "season_lag_0" in names and "lag_0" in names
 
 
+def test_smooth_features_use_only_the_past_and_follow_the_level() -> None:
+    rng = np.random.default_rng(1)
+    values = 20.0 + rng.normal(0, 2.0, 200)
+    values[150:] += 10.0  # a level shift
+    origins, horizons = np.array([120, 199, 199]), np.array([1, 1, 5])
+    kwargs = {"season": 24, "week": None, "smooth_features": True}
+    features, scale, names = build_features(values, origins, horizons, **kwargs)
+    changed = values.copy()
+    changed[121:] = 0.0
+    before, _, _ = build_features(changed, origins[:1], horizons[:1], **kwargs)
+    np.testing.assert_array_equal(features[:1], before)
+    column = {name: features[:, i] * scale for i, name in enumerate(names)}
+    _, _, plain_names = build_features(values, origins, horizons, season=24, week=None)
+    assert set(names) - set(plain_names) == {
+        "ewm_3",
+        "ewm_12",
+        "ewm_48",
+        "median_short",
+        "season_change",
+    }
+    assert column["ewm_12"][1] == pytest.approx(
+        pd.Series(values).ewm(span=12).mean().iloc[199], rel=1e-9
+    )
+    assert column["median_short"][1] == pytest.approx(np.median(values[194:200]))
+    assert 28 < column["ewm_3"][1] and column["ewm_48"][1] < column["ewm_12"][1]
+    np.testing.assert_allclose(
+        features[:, names.index("season_change")],
+        features[:, names.index("season_lag_mean")] - features[:, names.index("origin_profile")],
+    )
+
+
 # --------------------------------------------------------------------------- LightGBM
 def small_lightgbm(**overrides: object) -> Forecaster:
     from models.lgbm_model import LightGBMForecaster
@@ -171,9 +202,50 @@ def test_lightgbm_log_target_forecasts_on_the_original_scale(tmp_path: Path) -> 
     roundtrip(model, tmp_path, 6)
 
 
+def test_lightgbm_recent_anchor_and_smooth_features_beat_seasonal_naive_on_noise() -> None:
+    # A noisy level with a mild daily cycle: one day earlier carries twice the noise.
+    rng = np.random.default_rng(5)
+    ts = pd.date_range("2026-03-02", periods=10 * SEASON, freq=STEP, tz="UTC")
+    level = 50.0 + 5.0 * np.sin(np.arange(ts.size) * 2 * np.pi / SEASON)
+    values = level + rng.normal(0.0, 8.0, ts.size)
+    fleet = pd.DataFrame({"service": "noisy", "ts": ts, "requests": values})
+    truth_level = pd.DataFrame({"service": "noisy", "ts": ts, "requests": level})
+    model = small_lightgbm(anchor="recent", smooth_features=True, max_horizon=6, n_estimators=80)
+    errors, naive_errors = [], []
+    for days in (3, 2, 1):
+        cutoff = ts[-1] - pd.Timedelta(days=days)
+        history = fleet[fleet["ts"] <= cutoff]
+        forecast = model.fit(history).predict(6)
+        assert_valid_forecast(forecast, history, 6)
+        naive = SeasonalNaiveForecaster().fit(history).predict(6)
+        errors.append(mae_against_truth(forecast, truth_level))
+        naive_errors.append(mae_against_truth(naive, truth_level))
+    assert "ewm_12" in model.feature_names_
+    assert np.mean(errors) < 0.7 * np.mean(naive_errors)
+    # The anchor is the mean of the last min(12, season / 4) = 12 scaled values.
+    _, features, scale = model.forecast_design(1)
+    recent = history["requests"].tail(12).mean()
+    np.testing.assert_allclose(model._anchor(features) * scale, [recent])
+
+
+def test_lightgbm_calibrates_on_several_windows() -> None:
+    fleet = synthetic_fleet(days=10)
+    one = small_lightgbm(max_horizon=6).fit(fleet)
+    several = small_lightgbm(max_horizon=6, calibration_windows=8, calibration_stride=6)
+    several = several.fit(fleet)
+    assert several.offsets_[0.9] != one.offsets_[0.9]
+    # One window is the default: the same offsets as before the option existed.
+    default = small_lightgbm(max_horizon=6, calibration_windows=1).fit(fleet)
+    assert default.offsets_ == one.offsets_
+    too_short = small_lightgbm(calibration_windows=30).fit(fleet)  # 30 days of windows
+    assert too_short.offsets_[0.9] == 0.0
+
+
 @pytest.mark.parametrize(
     ("option", "match"),
     [
+        ({"calibration_windows": 0}, "calibration_windows"),
+        ({"calibration_stride": 0}, "calibration_stride"),
         ({"target_transform": "sqrt"}, "target_transform"),
         ({"n_seasonal_lags": 0}, "n_seasonal_lags"),
         ({"anchor": "mode"}, "anchor"),
