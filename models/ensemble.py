@@ -64,13 +64,14 @@ class EnsembleForecaster(Forecaster):
             0 and are not fitted (the ``"naive"`` member too); weights are normalised per bucket.
         interval_members: Members whose quantiles other than the median are used: the
             combination's quantile ``q`` is its median plus the weighted mean (over these
-            members, per bucket) of ``member q - member median``; the other members are asked
-            for the median only. ``None``: every member's quantiles are combined directly.
+            members, per bucket; equal where they all have weight 0 in the bucket) of
+            ``member q - member median``; the other members are asked for the median only.
+            ``None``: every member's quantiles are combined directly.
 
     Raises:
         ValueError: For a shrinkage outside [0, 1], fixed weights that name unknown members,
             are negative, have the wrong number of buckets or sum to 0 in a bucket, or
-            interval members that are unknown or have no weight in some bucket.
+            interval members that are unknown or (with fixed weights) not among the weights.
     """
 
     name: ClassVar[str] = "ensemble"
@@ -224,11 +225,10 @@ class EnsembleForecaster(Forecaster):
         return {
             member: tuple(float(v) for v in np.asarray(values) / totals)
             for member, values in table.items()
-            if any(values)
         }
 
     def _check_interval_members(self) -> None:
-        """Interval members must be members, with weight in every bucket when weights are fixed."""
+        """Interval members must be members (and listed in the weights when these are fixed)."""
         if self.interval_members is None:
             return
         if not self.interval_members:
@@ -237,12 +237,11 @@ class EnsembleForecaster(Forecaster):
         if unknown:
             raise ValueError(f"interval_members names unknown members {unknown}")
         if self._fixed_weights is not None:
-            chosen = [self._fixed_weights.get(m) for m in self.interval_members]
-            totals = np.sum([w for w in chosen if w is not None], axis=0)
-            if np.ndim(totals) == 0 or np.any(np.asarray(totals) <= 0):
+            missing = sorted(set(self.interval_members) - set(self._fixed_weights))
+            if missing:
                 raise ValueError(
-                    f"interval_members {list(self.interval_members)} have no weight in some "
-                    "horizon bucket"
+                    f"interval_members {missing} are not in the fixed weights (give them a "
+                    "weight, 0 for a member that only lends its spread)"
                 )
 
     def weights_from_backtest(self) -> pd.DataFrame:

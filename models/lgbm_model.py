@@ -32,7 +32,7 @@ from models.features import (
 from pipelines.schema import SERVICE, TARGET, TS, quantile_column
 
 TRANSFORMS = ("none", "log")
-ANCHORS = ("median", "mean", "last", "recent")
+ANCHORS = ("median", "mean", "last", "recent", "week")
 
 
 class LightGBMForecaster(Forecaster):
@@ -246,11 +246,19 @@ class LightGBMForecaster(Forecaster):
         names = self.feature_names_ or []
         if not names:
             raise ValueError("feature names unknown before fit")
-        kind = "median" if self.anchor == "median" else "mean"
         if self.anchor == "last":
             return np.nan_to_num(features[:, names.index("lag_0")], nan=0.0)
         if self.anchor == "recent":
             return np.nan_to_num(features[:, names.index("mean_short")], nan=0.0)
+        if self.anchor == "week" and "week_lag" in names:
+            weekly = features[:, names.index("week_lag")] + features[:, names.index("dev_week")]
+            seasonal = self._seasonal_anchor(features, "mean")
+            return np.nan_to_num(np.where(np.isfinite(weekly), weekly, seasonal), nan=0.0)
+        return self._seasonal_anchor(features, "median" if self.anchor == "median" else "mean")
+
+    def _seasonal_anchor(self, features: np.ndarray, kind: str) -> np.ndarray:
+        """Mean or median of the same-phase lags plus the deviation now (else the last value)."""
+        names = self.feature_names_
         seasonal = features[:, names.index(f"season_lag_{kind}")]
         deviation = features[
             :, names.index("deviation_now" + ("_median" if kind == "median" else ""))

@@ -228,6 +228,20 @@ def test_lightgbm_recent_anchor_and_smooth_features_beat_seasonal_naive_on_noise
     np.testing.assert_allclose(model._anchor(features) * scale, [recent])
 
 
+def test_lightgbm_week_anchor_is_last_weeks_value_corrected_by_the_weekly_change() -> None:
+    fleet = synthetic_fleet(days=10)
+    model = small_lightgbm(anchor="week").fit(fleet)
+    _, features, _ = model.forecast_design(SEASON)
+    names = model.feature_names_
+    expected = features[:, names.index("week_lag")] + features[:, names.index("dev_week")]
+    np.testing.assert_allclose(model._anchor(features), expected)
+    # Without weekly lags the anchor falls back to the same-phase mean plus the deviation.
+    daily = small_lightgbm(anchor="week", weekly=False).fit(fleet)
+    mean = small_lightgbm(anchor="mean", weekly=False).fit(fleet)
+    _, daily_features, _ = daily.forecast_design(SEASON)
+    np.testing.assert_allclose(daily._anchor(daily_features), mean._anchor(daily_features))
+
+
 def test_lightgbm_calibrates_on_several_windows() -> None:
     fleet = synthetic_fleet(days=10)
     one = small_lightgbm(max_horizon=6).fit(fleet)
@@ -420,6 +434,15 @@ def test_ensemble_interval_members_lend_their_spread_to_point_only_members() -> 
     np.testing.assert_allclose(
         forecast["p90"] - forecast["p50"], naive["p90"] - naive["p50"], atol=1e-9
     )
+    # A member with weight 0 that only lends its spread.
+    lender = EnsembleForecaster(
+        members={"point": median_only, "naive": SeasonalNaiveForecaster},
+        weights={"point": 1.0, "naive": 0.0},
+        interval_members=["naive"],
+    ).fit(history)
+    lent = lender.predict(SEASON)
+    np.testing.assert_allclose(lent["p50"], point["p50"])
+    np.testing.assert_allclose(lent["p90"] - lent["p50"], naive["p90"] - naive["p50"], atol=1e-9)
     only_upper = model.predict(3, quantiles=(0.9,))
     np.testing.assert_allclose(only_upper["p90"], forecast["p90"].to_numpy()[[0, 1, 2, 48, 49, 50]])
 
@@ -433,10 +456,7 @@ def test_ensemble_interval_members_lend_their_spread_to_point_only_members() -> 
         ({"weights": {"naive": (1.0, 0.0, 1.0)}}, "sum to 0"),
         ({"interval_members": ["prophet"]}, "unknown members"),
         ({"interval_members": []}, "at least one"),
-        (
-            {"weights": {"naive": (1.0, 1.0, 0.0), "x": 1.0}, "interval_members": ["naive"]},
-            "bucket",
-        ),
+        ({"weights": {"naive": 1.0}, "interval_members": ["x"]}, "not in the fixed weights"),
     ],
 )
 def test_ensemble_rejects_bad_fixed_weights(options: dict, match: str) -> None:
