@@ -134,7 +134,9 @@ class EnsembleForecaster(Forecaster):
         self.horizon_ = self.backtest_horizon or season
         self.fallback_ = SeasonalNaiveForecaster().fit(history, target)
         counts = history.groupby(SERVICE)[TS].nunique()
-        needed = max(self.min_seasons * season, 2 * season + self.n_folds * self.horizon_)
+        needed = self.min_seasons * season
+        if self._fixed_weights is None:  # the backtest needs room for its folds too
+            needed = max(needed, 2 * season + self.n_folds * self.horizon_)
         long_services = sorted(str(s) for s in counts[counts >= needed].index)
         self.short_services_ = sorted(str(s) for s in counts.index if str(s) not in long_services)
         self.fitted_ = {}

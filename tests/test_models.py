@@ -416,6 +416,17 @@ def test_ensemble_fixed_weights_skip_the_backtest_and_switch_members_per_bucket(
     assert (forecast["p90"] - forecast["p50"]).to_numpy() == pytest.approx(np.full(8, 4.0))
 
 
+def test_ensemble_with_fixed_weights_needs_no_room_for_backtest_folds() -> None:
+    from models.ensemble import EnsembleForecaster
+
+    history = synthetic_fleet(days=2)  # min_seasons, but too short for a backtest fold
+    members = {"lightgbm": lambda: small_lightgbm(calibrate=False)}
+    fixed = EnsembleForecaster(members=members, weights={"lightgbm": 1.0}).fit(history)
+    assert fixed.short_services_ == [] and set(fixed.fitted_) == {"lightgbm"}
+    backtested = EnsembleForecaster(members=members).fit(history)
+    assert backtested.short_services_ == ["checkout", "search"]  # the naive fallback
+
+
 def test_ensemble_interval_members_lend_their_spread_to_point_only_members() -> None:
     from models.ensemble import EnsembleForecaster
 
