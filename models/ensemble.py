@@ -7,6 +7,13 @@ weight 0), so a service
 whose pattern LightGBM captures uses LightGBM, a noisy one leans on the seasonal naive, and so
 on. Services with fewer than ``min_seasons`` seasons of history (new services) fall back to the
 seasonal naive forecaster instead of failing.
+
+Alternatively the weights are fixed in advance (``weights``, per horizon bucket): no backtest,
+each member is fitted once. When one history holds a single series (the backtest would weight
+members on one window of that series) or the members are variants of one model, fixed weights
+chosen offline are less noisy than backtest weights and half the cost. ``interval_members``
+lets point-only members (trained for the median alone) join the combination: the upper and
+lower quantiles are the combined median plus the members' own spread around their medians.
 """
 
 from __future__ import annotations
@@ -52,6 +59,19 @@ class EnsembleForecaster(Forecaster):
         shrinkage: Pull of each service's weights toward the fleet's (:func:`fleet_weights`):
             0 keeps per-service weights, 1 uses the fleet's for every service. A service's
             weights rest on a few backtest windows and are noisy; the fleet's on all of them.
+        weights: Fixed weights instead of the backtest: member -> one weight, or one weight
+            per horizon bucket (``len(bucket_edges) + 1`` values). Members left out get weight
+            0 and are not fitted (the ``"naive"`` member too); weights are normalised per bucket.
+        interval_members: Members whose quantiles other than the median are used: the
+            combination's quantile ``q`` is its median plus the weighted mean (over these
+            members, per bucket; equal where they all have weight 0 in the bucket) of
+            ``member q - member median``; the other members are asked for the median only.
+            ``None``: every member's quantiles are combined directly.
+
+    Raises:
+        ValueError: For a shrinkage outside [0, 1], fixed weights that name unknown members,
+            are negative, have the wrong number of buckets or sum to 0 in a bucket, or
+            interval members that are unknown or (with fixed weights) not among the weights.
     """
 
     name: ClassVar[str] = "ensemble"
@@ -67,6 +87,8 @@ class EnsembleForecaster(Forecaster):
         refit: bool = True,
         bucket_edges: Sequence[float] = (1 / 24, 1 / 4),
         shrinkage: float = 0.0,
+        weights: Mapping[str, float | Sequence[float]] | None = None,
+        interval_members: Sequence[str] | None = None,
     ) -> None:
         if not 0.0 <= shrinkage <= 1.0:
             raise ValueError(f"shrinkage must be within [0, 1], got {shrinkage}")
@@ -74,13 +96,19 @@ class EnsembleForecaster(Forecaster):
         chosen = dict(members) if members is not None else default_members()
         chosen.setdefault(NAIVE, SeasonalNaiveForecaster)
         self.members = chosen
+        self.bucket_edges = tuple(bucket_edges)
+        self._fixed_weights = (
+            self._check_weights(weights, len(self.bucket_edges) + 1) if weights else None
+        )
+        self.weights = dict(weights) if weights else None
+        self.interval_members = tuple(interval_members) if interval_members is not None else None
+        self._check_interval_members()
         self.n_folds = n_folds
         self.backtest_horizon = backtest_horizon
         self.min_seasons = min_seasons
         self.max_ratio = max_ratio
         self.quantiles = check_quantiles(quantiles)
         self.refit = refit
-        self.bucket_edges = tuple(bucket_edges)
         self.horizon_: int = 1
         self.target_: str = TARGET
         self.fitted_: dict[str, Forecaster] = {}
@@ -106,7 +134,9 @@ class EnsembleForecaster(Forecaster):
         self.horizon_ = self.backtest_horizon or season
         self.fallback_ = SeasonalNaiveForecaster().fit(history, target)
         counts = history.groupby(SERVICE)[TS].nunique()
-        needed = max(self.min_seasons * season, 2 * season + self.n_folds * self.horizon_)
+        needed = self.min_seasons * season
+        if self._fixed_weights is None:  # the backtest needs room for its folds too
+            needed = max(needed, 2 * season + self.n_folds * self.horizon_)
         long_services = sorted(str(s) for s in counts[counts >= needed].index)
         self.short_services_ = sorted(str(s) for s in counts.index if str(s) not in long_services)
         self.fitted_ = {}
@@ -114,6 +144,20 @@ class EnsembleForecaster(Forecaster):
             self.weights_ = pd.DataFrame(columns=[SERVICE, "member", "bucket", "weight"])
             return self
         long_history = history[history[SERVICE].astype(str).isin(long_services)]
+        if self._fixed_weights is not None:
+            self.weights_ = pd.DataFrame(
+                [
+                    {SERVICE: service, "member": member, "bucket": bucket, "weight": weight}
+                    for service in long_services
+                    for member, per_bucket in self._fixed_weights.items()
+                    for bucket, weight in enumerate(per_bucket)
+                ]
+            )
+            self.backtest_ = pd.DataFrame(columns=[SERVICE, "member", "bucket", "mae"])
+            for member in self._fixed_weights:
+                self.fitted_[member] = self.members[member]().fit(long_history, target)
+            self.history_ = None  # every member forecasts from its own fit history
+            return self
         splits = rolling_origin_splits(long_history, self.n_folds, self.horizon_)
         errors = []
         for train_end, test_start, test_end in splits:
@@ -123,6 +167,8 @@ class EnsembleForecaster(Forecaster):
             for member, factory in self.members.items():
                 model = factory()
                 levels = self.quantiles
+                if self.interval_members is not None and member not in self.interval_members:
+                    levels = (0.5,)  # a point-only member
                 if self.refit and hasattr(model, "quantiles"):
                     # Only the median is scored; the refit trains the other quantiles.
                     model.quantiles = levels = (0.5,)
@@ -150,6 +196,55 @@ class EnsembleForecaster(Forecaster):
         else:
             self.history_ = long_history  # fold models forecast from the full history
         return self
+
+    def _check_weights(
+        self, weights: Mapping[str, float | Sequence[float]], n_buckets: int
+    ) -> dict[str, tuple[float, ...]]:
+        """Fixed weights as ``member -> per-bucket weights`` normalised per bucket."""
+        unknown = sorted(set(weights) - set(self.members))
+        if unknown:
+            raise ValueError(
+                f"weights name unknown members {unknown}; members: {list(self.members)}"
+            )
+        table: dict[str, tuple[float, ...]] = {}
+        for member, value in weights.items():
+            values = (
+                (float(value),) * n_buckets
+                if isinstance(value, int | float)
+                else tuple(float(v) for v in value)
+            )
+            if len(values) != n_buckets:
+                raise ValueError(
+                    f"weights of {member!r} need one value or {n_buckets} (one per horizon "
+                    f"bucket), got {len(values)}"
+                )
+            if any(not np.isfinite(v) or v < 0 for v in values):
+                raise ValueError(f"weights of {member!r} must be finite and >= 0, got {values}")
+            table[member] = values
+        totals = np.sum(list(table.values()), axis=0)
+        if np.any(totals <= 0):
+            raise ValueError(f"fixed weights sum to 0 in some horizon bucket: {weights}")
+        return {
+            member: tuple(float(v) for v in np.asarray(values) / totals)
+            for member, values in table.items()
+        }
+
+    def _check_interval_members(self) -> None:
+        """Interval members must be members (and listed in the weights when these are fixed)."""
+        if self.interval_members is None:
+            return
+        if not self.interval_members:
+            raise ValueError("interval_members must name at least one member (or be None)")
+        unknown = sorted(set(self.interval_members) - set(self.members))
+        if unknown:
+            raise ValueError(f"interval_members names unknown members {unknown}")
+        if self._fixed_weights is not None:
+            missing = sorted(set(self.interval_members) - set(self._fixed_weights))
+            if missing:
+                raise ValueError(
+                    f"interval_members {missing} are not in the fixed weights (give them a "
+                    "weight, 0 for a member that only lends its spread)"
+                )
 
     def weights_from_backtest(self) -> pd.DataFrame:
         """Member weights per service and horizon bucket from ``backtest_`` (see ``fit``).
@@ -195,24 +290,7 @@ class EnsembleForecaster(Forecaster):
             services = long_services | set(self.short_services_)
             fresh_long, fresh_short = self.history_, None
         if long_services & services and self.fitted_:
-            weighted_parts = []
-            for member, model in self.fitted_.items():
-                forecast = model.predict(horizon, levels, history=fresh_long)
-                forecast["bucket"] = self._bucket(
-                    (forecast.groupby(SERVICE).cumcount() + 1).to_numpy()
-                )
-                weighted = forecast.merge(
-                    self.weights_[self.weights_["member"] == member][[SERVICE, "bucket", "weight"]],
-                    on=[SERVICE, "bucket"],
-                    how="inner",
-                )
-                weighted[columns] = weighted[columns].mul(weighted["weight"], axis=0)
-                weighted_parts.append(weighted[[SERVICE, TS, *columns]])
-            parts.append(
-                pd.concat(weighted_parts, ignore_index=True)
-                .groupby([SERVICE, TS], as_index=False)[columns]
-                .sum()
-            )
+            parts.append(self._combine(horizon, levels, fresh_long))
         short = sorted(services - long_services)
         if short:
             if fresh_short is not None and not fresh_short.empty:
@@ -224,6 +302,58 @@ class EnsembleForecaster(Forecaster):
         result = result.reset_index(drop=True)
         result[TS] = result[TS].astype(self.fallback_.history_[TS].dtype)
         return finalize_quantiles(result, levels)
+
+    def _combine(
+        self, horizon: int, levels: tuple[float, ...], history: pd.DataFrame | None
+    ) -> pd.DataFrame:
+        """Weighted member forecasts of the long services (see ``interval_members``)."""
+        columns = [quantile_column(q) for q in levels]
+        median = quantile_column(0.5)
+        spread_levels = [q for q in levels if q != 0.5]
+        frames = []
+        for member, model in self.fitted_.items():
+            spread = self.interval_members is None or member in self.interval_members
+            if self.interval_members is None:
+                asked = levels
+            else:
+                asked = tuple(sorted(set(levels) | {0.5})) if spread else (0.5,)
+            forecast = model.predict(horizon, asked, history=history)
+            forecast["bucket"] = self._bucket((forecast.groupby(SERVICE).cumcount() + 1).to_numpy())
+            weights = self.weights_[self.weights_["member"] == member]
+            forecast = forecast.merge(
+                weights[[SERVICE, "bucket", "weight"]], on=[SERVICE, "bucket"], how="inner"
+            )
+            forecast["interval"] = spread
+            frames.append(forecast)
+        if self.interval_members is None:
+            weighted = pd.concat([f[[SERVICE, TS, "weight", *columns]] for f in frames])
+            weighted[columns] = weighted[columns].mul(weighted["weight"], axis=0)
+            return weighted.groupby([SERVICE, TS], as_index=False)[columns].sum()
+        # Median from every member; the other quantiles as the interval members' spread around
+        # their own medians, added to the combined median.
+        every = pd.concat([f[[SERVICE, TS, "weight", "interval", median]] for f in frames])
+        every["weighted"] = every[median] * every["weight"]
+        out = every.groupby([SERVICE, TS], as_index=False)["weighted"].sum()
+        out = out.rename(columns={"weighted": median})
+        if spread_levels:
+            spread_columns = [quantile_column(q) for q in spread_levels]
+            interval = pd.concat(
+                [
+                    f[[SERVICE, TS, "weight", median, *spread_columns]]
+                    for f in frames
+                    if f["interval"].all()
+                ]
+            )
+            total = interval.groupby([SERVICE, TS])["weight"].transform("sum")
+            count = interval.groupby([SERVICE, TS])["weight"].transform("size")
+            share = np.where(total > 0, interval["weight"] / total.where(total > 0, 1.0), 1 / count)
+            for column in spread_columns:
+                interval[column] = (interval[column] - interval[median]) * share
+            spreads = interval.groupby([SERVICE, TS], as_index=False)[spread_columns].sum()
+            out = out.merge(spreads, on=[SERVICE, TS], how="left")
+            for column in spread_columns:
+                out[column] = out[median] + out[column]
+        return out[[SERVICE, TS, *columns]]
 
 
 def weights_from_errors(errors: pd.DataFrame, max_ratio: float = 1.3) -> pd.DataFrame:

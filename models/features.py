@@ -19,6 +19,7 @@ Y = "y"
 FILLED = "filled"
 DAY = pd.Timedelta(days=1)
 WEEK = pd.Timedelta(days=7)
+SMOOTH_SPANS = (3, 12, 48)
 
 
 def season_steps_for(step: pd.Timedelta, period: pd.Timedelta = DAY) -> int:
@@ -193,6 +194,7 @@ def build_features(
     target_times: pd.DatetimeIndex | None = None,
     n_seasonal_lags: int = 4,
     n_recent_lags: int = 6,
+    smooth_features: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Direct multi-horizon design matrix for forecasting ``values[origin + horizon]``.
 
@@ -204,7 +206,11 @@ def build_features(
     target's phase of the season) with their mean; the weekly same-phase lag; the last
     ``n_recent_lags`` values; recent means and volatility; the current deviation from one season
     and one week earlier; and, when ``target_times`` is given, hour-of-day and day-of-week of the
-    target.
+    target. With ``smooth_features``, also smoothed levels at the origin (exponentially weighted
+    means of spans 3, 12 and 48 steps, the median of the last ``min(12, season / 4)`` steps) and
+    the seasonal change to expect from the origin to the target (same-phase mean minus the
+    origin's profile): trees average noisy lags badly, and short horizons on noisy series
+    depend on the level more than on the last value.
 
     Args:
         values: One series on a regular grid, oldest first.
@@ -215,6 +221,7 @@ def build_features(
         target_times: Timestamps of ``origin + horizon`` for calendar features.
         n_seasonal_lags: Same-phase lags to include.
         n_recent_lags: Recent lags to include.
+        smooth_features: Add the smoothed levels and the expected seasonal change.
 
     Returns:
         ``(features, scale, names)``: the matrix, the per-row scale, the column names.
@@ -274,6 +281,14 @@ def build_features(
     columns["dev_season"] = (window_mean(short) - _mean_at(cumsum, o - season, short)) / scale
     if week is not None:
         columns["dev_week"] = (window_mean(short) - _mean_at(cumsum, o - week, short)) / scale
+    if smooth_features:
+        series = pd.Series(x)
+        for span in SMOOTH_SPANS:
+            ewm = series.ewm(span=span, adjust=True).mean().to_numpy()
+            columns[f"ewm_{span}"] = _take(ewm, o) / scale
+        rolling = series.rolling(short, min_periods=1).median().to_numpy()
+        columns["median_short"] = _take(rolling, o) / scale
+        columns["season_change"] = columns["season_lag_mean"] - columns["origin_profile"]
     columns["log_scale"] = np.log1p(scale)
     if target_times is not None:
         minutes = target_times.hour * 60 + target_times.minute

@@ -32,6 +32,7 @@ from models.features import (
 from pipelines.schema import SERVICE, TARGET, TS, quantile_column
 
 TRANSFORMS = ("none", "log")
+ANCHORS = ("median", "mean", "last", "recent", "week")
 
 
 class LightGBMForecaster(Forecaster):
@@ -55,12 +56,27 @@ class LightGBMForecaster(Forecaster):
         num_threads: LightGBM threads.
         seed: Random seed for sampling and LightGBM.
         anchor: Scaled baseline the trees correct (see :meth:`_anchor`): ``"median"`` or
-            ``"mean"`` of the same-phase lags plus the current deviation, or ``"last"`` value.
+            ``"mean"`` of the same-phase lags plus the current deviation, the ``"last"`` value,
+            or the ``"recent"`` mean (of the last ``min(12, season / 4)`` steps: less noisy
+            than the last value, a better level for short horizons on noisy series).
         n_seasonal_lags: Same-phase lags (one per past season) among the features.
         n_recent_lags: Most recent values among the features.
         target_transform: ``"none"``, or ``"log"`` to model ``log1p(y)`` (multiplicative
             patterns become additive; the forecast is transformed back, quantiles stay
             quantiles).
+        calibration_windows: Held-out windows the upper quantiles are calibrated on: the
+            calibration model is fitted before the first and scored on each (origins
+            ``calibration_stride`` steps apart, ``max_horizon`` steps each). One window is noisy
+            (its residuals are strongly correlated); later windows are scored by a model that
+            is a little staler than the final one, which errs on the side of coverage.
+        calibration_stride: Steps between calibration origins (default ``max_horizon``).
+        smooth_features: Add smoothed levels (EWMAs, a short rolling median) and the expected
+            seasonal change from origin to target to the features (see
+            :func:`models.features.build_features`).
+
+    Raises:
+        ValueError: For an unknown anchor or transform, lag counts below 1, or calibration
+            windows / stride below 1.
     """
 
     name: ClassVar[str] = "lightgbm"
@@ -86,9 +102,20 @@ class LightGBMForecaster(Forecaster):
         n_seasonal_lags: int = 4,
         n_recent_lags: int = 6,
         target_transform: str = "none",
+        calibration_windows: int = 1,
+        calibration_stride: int | None = None,
+        smooth_features: bool = False,
     ) -> None:
-        if anchor not in ("median", "mean", "last"):
-            raise ValueError(f"anchor must be 'median', 'mean' or 'last', got {anchor!r}")
+        if anchor not in ANCHORS:
+            raise ValueError(f"anchor must be one of {ANCHORS}, got {anchor!r}")
+        if calibration_windows < 1 or (calibration_stride is not None and calibration_stride < 1):
+            raise ValueError(
+                f"calibration_windows and calibration_stride must be at least 1, got "
+                f"{calibration_windows} and {calibration_stride}"
+            )
+        self.calibration_windows = calibration_windows
+        self.calibration_stride = calibration_stride
+        self.smooth_features = smooth_features
         if target_transform not in TRANSFORMS:
             raise ValueError(
                 f"target_transform must be one of {TRANSFORMS}, got {target_transform!r}"
@@ -162,6 +189,7 @@ class LightGBMForecaster(Forecaster):
             target_times if self.use_calendar else None,
             n_seasonal_lags=self.n_seasonal_lags,
             n_recent_lags=self.n_recent_lags,
+            smooth_features=self.smooth_features,
         )
 
     def _times(self, times: pd.DatetimeIndex, positions: np.ndarray) -> pd.DatetimeIndex | None:
@@ -218,9 +246,19 @@ class LightGBMForecaster(Forecaster):
         names = self.feature_names_ or []
         if not names:
             raise ValueError("feature names unknown before fit")
-        kind = "median" if self.anchor == "median" else "mean"
         if self.anchor == "last":
             return np.nan_to_num(features[:, names.index("lag_0")], nan=0.0)
+        if self.anchor == "recent":
+            return np.nan_to_num(features[:, names.index("mean_short")], nan=0.0)
+        if self.anchor == "week" and "week_lag" in names:
+            weekly = features[:, names.index("week_lag")] + features[:, names.index("dev_week")]
+            seasonal = self._seasonal_anchor(features, "mean")
+            return np.nan_to_num(np.where(np.isfinite(weekly), weekly, seasonal), nan=0.0)
+        return self._seasonal_anchor(features, "median" if self.anchor == "median" else "mean")
+
+    def _seasonal_anchor(self, features: np.ndarray, kind: str) -> np.ndarray:
+        """Mean or median of the same-phase lags plus the deviation now (else the last value)."""
+        names = self.feature_names_
         seasonal = features[:, names.index(f"season_lag_{kind}")]
         deviation = features[
             :, names.index("deviation_now" + ("_median" if kind == "median" else ""))
@@ -257,24 +295,28 @@ class LightGBMForecaster(Forecaster):
             if x.size:
                 train_x.append(x)
                 train_y.append(y)
-            holdout = self.horizon_ if self.calibrate and values.size > 4 * self.horizon_ else 0
-            if holdout:
-                # Calibration: a model fitted before the last window, scored on that window.
-                origin = values.size - 1 - holdout
-                x, _, y, _ = self._sample_rows(values, times, rng, origin)
+            holdout = self.horizon_
+            stride = self.calibration_stride or self.horizon_
+            span = holdout + (self.calibration_windows - 1) * stride
+            if self.calibrate and values.size > 3 * self.horizon_ + span:
+                # Calibration: a model fitted before the held-out windows, scored on them.
+                cut = values.size - 1 - span
+                x, _, y, _ = self._sample_rows(values, times, rng, cut)
                 if x.size:
                     cut_x.append(x)
                     cut_y.append(y)
-                origins = np.full(holdout, origin)
-                horizons = np.arange(1, holdout + 1)
-                clean = values[: origin + 1]
-                if self.clip_outliers:
-                    clean = robust_clip(clean, self.season_)
-                cx, cs, _ = self._features(
-                    clean, origins, horizons, self._times(times, origins + horizons)
-                )
-                calib_x.append(cx)
-                calib_y.append(values[origins + horizons] / cs - self._anchor(cx))
+                for window in range(self.calibration_windows):
+                    origin = cut + window * stride
+                    origins = np.full(holdout, origin)
+                    horizons = np.arange(1, holdout + 1)
+                    clean = values[: origin + 1]
+                    if self.clip_outliers:
+                        clean = robust_clip(clean, self.season_)
+                    cx, cs, _ = self._features(
+                        clean, origins, horizons, self._times(times, origins + horizons)
+                    )
+                    calib_x.append(cx)
+                    calib_y.append(values[origins + horizons] / cs - self._anchor(cx))
         if not train_x:
             raise ValueError(
                 f"no service has enough history to train LightGBM (need more than "

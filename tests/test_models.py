@@ -118,6 +118,37 @@ def test_features_use_only_the_past() -> None:
     assert "season_lag_0" in names and "lag_0" in names
 
 
+def test_smooth_features_use_only_the_past_and_follow_the_level() -> None:
+    rng = np.random.default_rng(1)
+    values = 20.0 + rng.normal(0, 2.0, 200)
+    values[150:] += 10.0  # a level shift
+    origins, horizons = np.array([120, 199, 199]), np.array([1, 1, 5])
+    kwargs = {"season": 24, "week": None, "smooth_features": True}
+    features, scale, names = build_features(values, origins, horizons, **kwargs)
+    changed = values.copy()
+    changed[121:] = 0.0
+    before, _, _ = build_features(changed, origins[:1], horizons[:1], **kwargs)
+    np.testing.assert_array_equal(features[:1], before)
+    column = {name: features[:, i] * scale for i, name in enumerate(names)}
+    _, _, plain_names = build_features(values, origins, horizons, season=24, week=None)
+    assert set(names) - set(plain_names) == {
+        "ewm_3",
+        "ewm_12",
+        "ewm_48",
+        "median_short",
+        "season_change",
+    }
+    assert column["ewm_12"][1] == pytest.approx(
+        pd.Series(values).ewm(span=12).mean().iloc[199], rel=1e-9
+    )
+    assert column["median_short"][1] == pytest.approx(np.median(values[194:200]))
+    assert 28 < column["ewm_3"][1] and column["ewm_48"][1] < column["ewm_12"][1]
+    np.testing.assert_allclose(
+        features[:, names.index("season_change")],
+        features[:, names.index("season_lag_mean")] - features[:, names.index("origin_profile")],
+    )
+
+
 # --------------------------------------------------------------------------- LightGBM
 def small_lightgbm(**overrides: object) -> Forecaster:
     from models.lgbm_model import LightGBMForecaster
@@ -171,9 +202,64 @@ def test_lightgbm_log_target_forecasts_on_the_original_scale(tmp_path: Path) -> 
     roundtrip(model, tmp_path, 6)
 
 
+def test_lightgbm_recent_anchor_and_smooth_features_beat_seasonal_naive_on_noise() -> None:
+    # A noisy level with a mild daily cycle: one day earlier carries twice the noise.
+    rng = np.random.default_rng(5)
+    ts = pd.date_range("2026-03-02", periods=10 * SEASON, freq=STEP, tz="UTC")
+    level = 50.0 + 5.0 * np.sin(np.arange(ts.size) * 2 * np.pi / SEASON)
+    values = level + rng.normal(0.0, 8.0, ts.size)
+    fleet = pd.DataFrame({"service": "noisy", "ts": ts, "requests": values})
+    truth_level = pd.DataFrame({"service": "noisy", "ts": ts, "requests": level})
+    model = small_lightgbm(anchor="recent", smooth_features=True, max_horizon=6, n_estimators=80)
+    errors, naive_errors = [], []
+    for days in (3, 2, 1):
+        cutoff = ts[-1] - pd.Timedelta(days=days)
+        history = fleet[fleet["ts"] <= cutoff]
+        forecast = model.fit(history).predict(6)
+        assert_valid_forecast(forecast, history, 6)
+        naive = SeasonalNaiveForecaster().fit(history).predict(6)
+        errors.append(mae_against_truth(forecast, truth_level))
+        naive_errors.append(mae_against_truth(naive, truth_level))
+    assert "ewm_12" in model.feature_names_
+    assert np.mean(errors) < 0.7 * np.mean(naive_errors)
+    # The anchor is the mean of the last min(12, season / 4) = 12 scaled values.
+    _, features, scale = model.forecast_design(1)
+    recent = history["requests"].tail(12).mean()
+    np.testing.assert_allclose(model._anchor(features) * scale, [recent])
+
+
+def test_lightgbm_week_anchor_is_last_weeks_value_corrected_by_the_weekly_change() -> None:
+    fleet = synthetic_fleet(days=10)
+    model = small_lightgbm(anchor="week").fit(fleet)
+    _, features, _ = model.forecast_design(SEASON)
+    names = model.feature_names_
+    expected = features[:, names.index("week_lag")] + features[:, names.index("dev_week")]
+    np.testing.assert_allclose(model._anchor(features), expected)
+    # Without weekly lags the anchor falls back to the same-phase mean plus the deviation.
+    daily = small_lightgbm(anchor="week", weekly=False).fit(fleet)
+    mean = small_lightgbm(anchor="mean", weekly=False).fit(fleet)
+    _, daily_features, _ = daily.forecast_design(SEASON)
+    np.testing.assert_allclose(daily._anchor(daily_features), mean._anchor(daily_features))
+
+
+def test_lightgbm_calibrates_on_several_windows() -> None:
+    fleet = synthetic_fleet(days=10)
+    one = small_lightgbm(max_horizon=6).fit(fleet)
+    several = small_lightgbm(max_horizon=6, calibration_windows=8, calibration_stride=6)
+    several = several.fit(fleet)
+    assert several.offsets_[0.9] != one.offsets_[0.9]
+    # One window is the default: the same offsets as before the option existed.
+    default = small_lightgbm(max_horizon=6, calibration_windows=1).fit(fleet)
+    assert default.offsets_ == one.offsets_
+    too_short = small_lightgbm(calibration_windows=30).fit(fleet)  # 30 days of windows
+    assert too_short.offsets_[0.9] == 0.0
+
+
 @pytest.mark.parametrize(
     ("option", "match"),
     [
+        ({"calibration_windows": 0}, "calibration_windows"),
+        ({"calibration_stride": 0}, "calibration_stride"),
         ({"target_transform": "sqrt"}, "target_transform"),
         ({"n_seasonal_lags": 0}, "n_seasonal_lags"),
         ({"anchor": "mode"}, "anchor"),
@@ -295,6 +381,100 @@ def test_ensemble_shrinkage_blends_service_weights_with_the_fleet() -> None:
     assert half.loc["a", "naive"] == pytest.approx(0.5)
     with pytest.raises(ValueError, match="shrinkage"):
         EnsembleForecaster(shrinkage=1.5)
+
+
+def test_ensemble_fixed_weights_skip_the_backtest_and_switch_members_per_bucket() -> None:
+    from models.ensemble import EnsembleForecaster
+
+    history = synthetic_fleet(days=4)
+    calls: list[str] = []
+
+    def spy(name: str, level: float):
+        class Constant(SeasonalNaiveForecaster):
+            def fit(self, frame: pd.DataFrame, target: str = "requests") -> Constant:
+                calls.append(name)
+                return super().fit(frame, target)
+
+            def predict(self, horizon, quantiles=(0.5, 0.9), history=None):
+                out = super().predict(horizon, quantiles, history)
+                for q in quantiles:
+                    out[f"p{round(q * 100)}"] = level + 10 * (q - 0.5)
+                return out
+
+        return Constant
+
+    model = EnsembleForecaster(
+        members={"short": spy("short", 1.0), "long": spy("long", 3.0), "unused": spy("x", 9.0)},
+        weights={"short": (1.0, 0.5), "long": (0.0, 0.5)},
+        bucket_edges=(1 / 24,),  # 2 steps of a 48-step season
+    ).fit(history)
+    assert sorted(calls) == ["long", "short"]  # fitted once each, no backtest, unused skipped
+    assert model.backtest_.empty
+    forecast = model.predict(4)
+    p50 = forecast.groupby("service")["p50"].apply(list)
+    assert p50["checkout"] == pytest.approx([1.0, 1.0, 2.0, 2.0])
+    assert (forecast["p90"] - forecast["p50"]).to_numpy() == pytest.approx(np.full(8, 4.0))
+
+
+def test_ensemble_with_fixed_weights_needs_no_room_for_backtest_folds() -> None:
+    from models.ensemble import EnsembleForecaster
+
+    history = synthetic_fleet(days=2)  # min_seasons, but too short for a backtest fold
+    members = {"lightgbm": lambda: small_lightgbm(calibrate=False)}
+    fixed = EnsembleForecaster(members=members, weights={"lightgbm": 1.0}).fit(history)
+    assert fixed.short_services_ == [] and set(fixed.fitted_) == {"lightgbm"}
+    backtested = EnsembleForecaster(members=members).fit(history)
+    assert backtested.short_services_ == ["checkout", "search"]  # the naive fallback
+
+
+def test_ensemble_interval_members_lend_their_spread_to_point_only_members() -> None:
+    from models.ensemble import EnsembleForecaster
+
+    history = synthetic_fleet(days=4)
+    median_only = lambda: small_lightgbm(quantiles=(0.5,), calibrate=False)
+    model = EnsembleForecaster(
+        members={"point": median_only, "naive": SeasonalNaiveForecaster},
+        weights={"point": 0.5, "naive": 0.5},
+        interval_members=["naive"],
+    ).fit(history)
+    forecast = model.predict(SEASON)
+    assert_valid_forecast(forecast, history, SEASON)
+    naive = SeasonalNaiveForecaster().fit(history).predict(SEASON)
+    point = model.fitted_["point"].predict(SEASON, (0.5,))
+    np.testing.assert_allclose(forecast["p50"], 0.5 * naive["p50"] + 0.5 * point["p50"])
+    np.testing.assert_allclose(
+        forecast["p90"] - forecast["p50"], naive["p90"] - naive["p50"], atol=1e-9
+    )
+    # A member with weight 0 that only lends its spread.
+    lender = EnsembleForecaster(
+        members={"point": median_only, "naive": SeasonalNaiveForecaster},
+        weights={"point": 1.0, "naive": 0.0},
+        interval_members=["naive"],
+    ).fit(history)
+    lent = lender.predict(SEASON)
+    np.testing.assert_allclose(lent["p50"], point["p50"])
+    np.testing.assert_allclose(lent["p90"] - lent["p50"], naive["p90"] - naive["p50"], atol=1e-9)
+    only_upper = model.predict(3, quantiles=(0.9,))
+    np.testing.assert_allclose(only_upper["p90"], forecast["p90"].to_numpy()[[0, 1, 2, 48, 49, 50]])
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"weights": {"prophet": 1.0}}, "unknown members"),
+        ({"weights": {"naive": -1.0}}, ">= 0"),
+        ({"weights": {"naive": (1.0, 1.0)}}, "one per horizon"),
+        ({"weights": {"naive": (1.0, 0.0, 1.0)}}, "sum to 0"),
+        ({"interval_members": ["prophet"]}, "unknown members"),
+        ({"interval_members": []}, "at least one"),
+        ({"weights": {"naive": 1.0}, "interval_members": ["x"]}, "not in the fixed weights"),
+    ],
+)
+def test_ensemble_rejects_bad_fixed_weights(options: dict, match: str) -> None:
+    from models.ensemble import EnsembleForecaster
+
+    with pytest.raises(ValueError, match=match):
+        EnsembleForecaster(members={"x": SeasonalNaiveForecaster}, **options)
 
 
 def test_catalog_maps_every_family() -> None:

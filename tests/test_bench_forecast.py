@@ -1,0 +1,58 @@
+"""The forecast benchmark's summaries: medians and means over traces, M4 medians in the report."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from pipelines.bench.forecast import markdown_report, summarize_ops
+
+
+def per_trace_rows() -> pd.DataFrame:
+    """Three traces of one method; one outlier pulls the mean, not the median."""
+    rows = []
+    for trace, one_hour, day in (("a", 0.5, 0.7), ("b", 0.6, 0.8), ("c", 2.2, 1.5)):
+        rows.append(
+            {
+                "method": "LightGBM",
+                "trace": trace,
+                "relative_mae_1h": one_hour,
+                "relative_mae_24h": day,
+                "mape_1h": 10.0,
+                "mape_24h": 20.0,
+                "coverage_p90": 0.9,
+                "wall_seconds": 1.0,
+                "peak_mib": 5.0,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def test_ops_summary_reports_the_mean_next_to_the_median() -> None:
+    (summary,) = summarize_ops(per_trace_rows())
+    assert summary["relative_mae_1h_median"] == pytest.approx(0.6)
+    assert summary["relative_mae_1h_mean"] == pytest.approx(1.1)
+    assert summary["relative_mae_24h_median"] == pytest.approx(0.8)
+    assert summary["relative_mae_24h_mean"] == pytest.approx(1.0)
+    assert summary["share_beating_snaive_1h"] == pytest.approx(2 / 3)
+    report = markdown_report([], [summary])
+    assert "| LightGBM | 3 | 0.600 / 1.100 | 0.800 / 1.000 | 67% |" in report
+
+
+def test_m4_report_shows_the_median_over_series_next_to_the_mean() -> None:
+    record = {
+        "dataset": "m4_hourly",
+        "method": "LightGBM",
+        "series": 200,
+        "smape": 9.5,
+        "smape_median": 5.25,
+        "mase": 0.81,
+        "mase_median": 0.69,
+        "owa": 0.404,
+        "coverage_p90": 0.9,
+        "wall_seconds": 100.0,
+        "wall_seconds_per_series_mean": 0.5,
+        "peak_mib": 300.0,
+    }
+    report = markdown_report([record], [])
+    assert "| m4_hourly | LightGBM | 200 | 9.500 / 5.250 | 0.810 / 0.690 | 0.404 |" in report
