@@ -73,10 +73,13 @@ class LightGBMForecaster(Forecaster):
         smooth_features: Add smoothed levels (EWMAs, a short rolling median) and the expected
             seasonal change from origin to target to the features (see
             :func:`models.features.build_features`).
+        max_growth: Cap every forecast at this many times the largest value of the service's
+            history it is made from (``None``: no cap). A guard against an extrapolating
+            anchor: on the log scale a correction of a few units is a factor of a hundred.
 
     Raises:
-        ValueError: For an unknown anchor or transform, lag counts below 1, or calibration
-            windows / stride below 1.
+        ValueError: For an unknown anchor or transform, lag counts below 1, calibration
+            windows / stride below 1, or a ``max_growth`` that is not positive.
     """
 
     name: ClassVar[str] = "lightgbm"
@@ -105,7 +108,11 @@ class LightGBMForecaster(Forecaster):
         calibration_windows: int = 1,
         calibration_stride: int | None = None,
         smooth_features: bool = False,
+        max_growth: float | None = None,
     ) -> None:
+        if max_growth is not None and not max_growth > 0:
+            raise ValueError(f"max_growth must be positive, got {max_growth}")
+        self.max_growth = max_growth
         if anchor not in ANCHORS:
             raise ValueError(f"anchor must be one of {ANCHORS}, got {anchor!r}")
         if calibration_windows < 1 or (calibration_stride is not None and calibration_stride < 1):
@@ -359,11 +366,28 @@ class LightGBMForecaster(Forecaster):
             raise ValueError(f"quantiles {missing} were not trained; trained: {self.quantiles}")
         out, features, scale = self.forecast_design(horizon, history)
         anchor = self._anchor(features)
+        cap = self._growth_cap(out, history)
         for q in levels:
             raw = self.models_[q].predict(features, num_threads=self.num_threads)
             scaled = (raw + self.offsets_.get(q, 0.0) + anchor) * scale
-            out[quantile_column(q)] = self._untransform(scaled)
+            out[quantile_column(q)] = np.minimum(self._untransform(scaled), cap)
         return finalize_quantiles(out, levels)
+
+    def _growth_cap(self, rows: pd.DataFrame, history: pd.DataFrame | None) -> np.ndarray:
+        """Per forecast row: ``max_growth`` x the largest value of its service's history."""
+        if self.max_growth is None or self.history_ is None:
+            return np.full(len(rows), np.inf)
+        if history is not None:
+            largest = (
+                pd.to_numeric(history[self.target_], errors="coerce")
+                .groupby(history[SERVICE].astype(str))
+                .max()
+            )
+        else:
+            kept = self.history_.groupby(SERVICE)[Y].max()
+            largest = pd.Series(self._untransform(kept.to_numpy()), index=kept.index.astype(str))
+        found = rows[SERVICE].astype(str).map(largest).to_numpy(dtype=float)
+        return np.where(np.isfinite(found), self.max_growth * found, np.inf)
 
     def forecast_design(
         self, horizon: int, history: pd.DataFrame | None = None

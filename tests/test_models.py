@@ -202,6 +202,23 @@ def test_lightgbm_log_target_forecasts_on_the_original_scale(tmp_path: Path) -> 
     roundtrip(model, tmp_path, 6)
 
 
+def test_lightgbm_max_growth_caps_forecasts_at_a_multiple_of_the_history_maximum() -> None:
+    fleet = synthetic_fleet(days=6)
+    free = small_lightgbm(target_transform="log").fit(fleet)
+    capped = small_lightgbm(target_transform="log", max_growth=0.5).fit(fleet)
+    uncapped_top = free.predict(SEASON)["p90"].max()
+    assert uncapped_top > 0.5 * fleet["requests"].max()  # so the cap below has work to do
+    forecast = capped.predict(SEASON)
+    assert_valid_forecast(forecast, fleet, SEASON)
+    top = forecast.groupby("service")["p90"].max()
+    assert (top <= 0.5 * fleet.groupby("service")["requests"].max() + 1e-6).all()
+    recent = fleet.groupby("service").tail(3 * SEASON)  # fresh history sets the cap
+    top = capped.predict(SEASON, history=recent).groupby("service")["p90"].max()
+    assert (top <= 0.5 * recent.groupby("service")["requests"].max() + 1e-6).all()
+    with pytest.raises(ValueError, match="max_growth"):
+        small_lightgbm(max_growth=0.0)
+
+
 def test_lightgbm_recent_anchor_and_smooth_features_beat_seasonal_naive_on_noise() -> None:
     # A noisy level with a mild daily cycle: one day earlier carries twice the noise.
     rng = np.random.default_rng(5)
