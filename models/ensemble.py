@@ -310,7 +310,7 @@ class EnsembleForecaster(Forecaster):
         columns = [quantile_column(q) for q in levels]
         median = quantile_column(0.5)
         spread_levels = [q for q in levels if q != 0.5]
-        frames = []
+        frames, interval_frames = [], []
         for member, model in self.fitted_.items():
             spread = self.interval_members is None or member in self.interval_members
             if self.interval_members is None:
@@ -323,26 +323,23 @@ class EnsembleForecaster(Forecaster):
             forecast = forecast.merge(
                 weights[[SERVICE, "bucket", "weight"]], on=[SERVICE, "bucket"], how="inner"
             )
-            forecast["interval"] = spread
             frames.append(forecast)
+            if spread:
+                interval_frames.append(forecast)
         if self.interval_members is None:
             weighted = pd.concat([f[[SERVICE, TS, "weight", *columns]] for f in frames])
             weighted[columns] = weighted[columns].mul(weighted["weight"], axis=0)
             return weighted.groupby([SERVICE, TS], as_index=False)[columns].sum()
         # Median from every member; the other quantiles as the interval members' spread around
         # their own medians, added to the combined median.
-        every = pd.concat([f[[SERVICE, TS, "weight", "interval", median]] for f in frames])
+        every = pd.concat([f[[SERVICE, TS, "weight", median]] for f in frames])
         every["weighted"] = every[median] * every["weight"]
         out = every.groupby([SERVICE, TS], as_index=False)["weighted"].sum()
         out = out.rename(columns={"weighted": median})
         if spread_levels:
             spread_columns = [quantile_column(q) for q in spread_levels]
             interval = pd.concat(
-                [
-                    f[[SERVICE, TS, "weight", median, *spread_columns]]
-                    for f in frames
-                    if f["interval"].all()
-                ]
+                [f[[SERVICE, TS, "weight", median, *spread_columns]] for f in interval_frames]
             )
             total = interval.groupby([SERVICE, TS])["weight"].transform("sum")
             count = interval.groupby([SERVICE, TS])["weight"].transform("size")

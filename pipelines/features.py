@@ -360,9 +360,10 @@ def _labels(settings: Settings, services: Sequence[str], first: pd.Timestamp,
             stop: pd.Timestamp, step: pd.Timedelta) -> pd.DataFrame:
     """The label of each step start ``ts`` in ``[first, stop)``: the step's mean request rate, or
     its busiest minute when ``training.target`` is ``peak``."""
-    from pipelines.params import forecast_target
+    from pipelines.params import FORECAST_TARGETS, forecast_target
 
-    column = "requests_max" if forecast_target(settings.params_file) == "peak" else "requests_mean"
+    # requests_mean / requests_max: the step aggregate of the target's aggregation
+    column = f"{REQUESTS}_{FORECAST_TARGETS[forecast_target(settings.params_file)]}"
     path = offline_source_path(settings)
     if not path.exists():
         raise ValueError(f"offline source {path} does not exist: run update_offline_features")

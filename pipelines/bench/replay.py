@@ -670,13 +670,17 @@ spent over the traces together (``fleet_budget``, :func:`choose_fleet_settings`)
 """
 
 
-def _variant_utilization(spec: ForescaleVariant, history: pd.Series, defaults: Any) -> float:
-    """A variant's target utilisation on a trace: fixed, calibrated on ``history`` (at the
-    ``params.yaml`` risk x ``risk_share``), or the ``params.yaml`` default."""
+def _variant_utilization(
+    spec: ForescaleVariant, history: pd.Series, defaults: Any, burst: float | None = None
+) -> float:
+    """A variant's target utilisation on a trace: fixed, calibrated on ``history`` at the burst
+    risk (a calibration candidate's, else the ``params.yaml`` risk x ``risk_share``), or the
+    ``params.yaml`` default."""
     if spec.utilization is not None:
         return spec.utilization
-    if spec.calibrate:
-        return calibrated_utilization(history, FORECAST_STEP, defaults.risk * spec.risk_share)
+    if burst is not None or spec.calibrate:
+        risk = burst if burst is not None else defaults.risk * spec.risk_share
+        return calibrated_utilization(history, FORECAST_STEP, risk)
     return defaults.target_utilization
 
 
@@ -754,12 +758,10 @@ def forescale_targets(
         for variant, spec in FORESCALE_VARIANTS.items()
         for delay in delays
     }
-    family_name = ""
+    family_name = forecaster_factory(model)[0]
     window_jobs = {}
     for forecast in {spec.forecast for spec in FORESCALE_VARIANTS.values()}:
-        family_name, family = forecaster_factory(
-            model, forecast.horizon_steps, dict(forecast.model_options)
-        )
+        _, family = forecaster_factory(model, forecast.horizon_steps, dict(forecast.model_options))
         window_jobs[forecast] = _submit(
             pool, _rolling_forecasts, frames[forecast.target], starts, spans, family, forecast
         )
@@ -771,9 +773,9 @@ def forescale_targets(
             per_trace[name] = per_trace[name].model_copy(
                 update={
                     "risk": risk,
-                    "target_utilization": spec.utilization
-                    if spec.utilization is not None
-                    else calibrated_utilization(history[name], FORECAST_STEP, burst),
+                    "target_utilization": _variant_utilization(
+                        spec, history[name], defaults, burst
+                    ),
                 }
             )
     targets: dict[tuple[str, str, int], np.ndarray] = {}
@@ -821,12 +823,8 @@ def _rolling_forecasts(
         if offset % REFIT_MINUTES == 0:
             model_obj = family().fit(_history_before(active, origins, TRAIN_DAYS), target=TARGET)
         recent = _history_before(active, origins, PREDICT_HISTORY_DAYS)
-        forecasts.append(
-            (
-                offset,
-                model_obj.predict(forecast.horizon_steps, quantiles=(0.5, 0.9), history=recent),
-            )
-        )
+        predicted = model_obj.predict(forecast.horizon_steps, quantiles=(0.5, 0.9), history=recent)
+        forecasts.append((offset, predicted))
     return forecasts
 
 
