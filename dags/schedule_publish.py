@@ -1,8 +1,10 @@
 """
 ### schedule_publish
 
-Every hour: forecast the next hours with each service's champion, turn the forecast into a
-replica schedule and publish it to the serving API's store (read by KEDA `metrics-api`).
+Every 5 minutes (each new telemetry interval): forecast the next hours with each service's
+champion, turn the forecast into a replica schedule and publish it to the serving API's store
+(read by KEDA `metrics-api`). A fresh forecast every 5 minutes is what `forescale bench replay`
+measures (an hourly one serves forecasts up to an hour old at the moment a surge starts).
 
 `check_rollbacks` → `plan_shards` → `forecast_shard` → `build_schedules` → `publish_schedules`,
 each of the last three mapped over the shards (one task instance per shard of
@@ -24,12 +26,12 @@ from airflow.sdk import CronDataIntervalTimetable, dag, task
 
 from dags._common import DEFAULT_ARGS, START_DATE, current_interval, forescale_settings
 
-INTERVAL_MINUTES = 60
+INTERVAL_MINUTES = 5
 
 
 @dag(
     dag_id="schedule_publish",
-    schedule=CronDataIntervalTimetable("0 * * * *", timezone="UTC"),
+    schedule=CronDataIntervalTimetable(f"*/{INTERVAL_MINUTES} * * * *", timezone="UTC"),
     start_date=START_DATE,
     catchup=False,
     max_active_runs=1,
@@ -38,7 +40,7 @@ INTERVAL_MINUTES = 60
     doc_md=__doc__,
 )
 def schedule_publish() -> None:
-    """Hourly champion forecast → replica schedule → publication, mapped over shards."""
+    """5-minute champion forecast → replica schedule → publication, mapped over shards."""
 
     @task
     def check_rollbacks() -> str:

@@ -73,7 +73,7 @@ def test_schedules(dagbag: Any) -> None:
 
     expected = {
         "telemetry_ingest": "*/5 * * * *",
-        "schedule_publish": "0 * * * *",
+        "schedule_publish": "*/5 * * * *",
         "drift_monitor": "0 * * * *",
     }
     for dag_id, cron in expected.items():
