@@ -31,6 +31,7 @@ from models.naive import SeasonalNaiveForecaster
 from pipelines.schema import SERVICE, TARGET, TS, quantile_column
 
 NAIVE = "naive"
+COMBINES = ("mean", "median")
 
 
 def default_members() -> dict[str, Callable[[], Forecaster]]:
@@ -67,11 +68,16 @@ class EnsembleForecaster(Forecaster):
             members, per bucket; equal where they all have weight 0 in the bucket) of
             ``member q - member median``; the other members are asked for the median only.
             ``None``: every member's quantiles are combined directly.
+        combine: ``"mean"`` (weighted mean of the members) or ``"median"`` (weighted median, see
+            :func:`weighted_median`): a member far from the others moves a median only as far
+            as the next member, so a weaker model of another kind can join the trees without
+            its misses dominating.
 
     Raises:
         ValueError: For a shrinkage outside [0, 1], fixed weights that name unknown members,
             are negative, have the wrong number of buckets or sum to 0 in a bucket, or
-            interval members that are unknown or (with fixed weights) not among the weights.
+            interval members that are unknown or (with fixed weights) not among the weights,
+            or an unknown ``combine``.
     """
 
     name: ClassVar[str] = "ensemble"
@@ -89,7 +95,11 @@ class EnsembleForecaster(Forecaster):
         shrinkage: float = 0.0,
         weights: Mapping[str, float | Sequence[float]] | None = None,
         interval_members: Sequence[str] | None = None,
+        combine: str = "mean",
     ) -> None:
+        if combine not in COMBINES:
+            raise ValueError(f"combine must be one of {COMBINES}, got {combine!r}")
+        self.combine = combine
         if not 0.0 <= shrinkage <= 1.0:
             raise ValueError(f"shrinkage must be within [0, 1], got {shrinkage}")
         self.shrinkage = shrinkage
@@ -327,15 +337,10 @@ class EnsembleForecaster(Forecaster):
             if spread:
                 interval_frames.append(forecast)
         if self.interval_members is None:
-            weighted = pd.concat([f[[SERVICE, TS, "weight", *columns]] for f in frames])
-            weighted[columns] = weighted[columns].mul(weighted["weight"], axis=0)
-            return weighted.groupby([SERVICE, TS], as_index=False)[columns].sum()
+            return self._pool(frames, columns)
         # Median from every member; the other quantiles as the interval members' spread around
         # their own medians, added to the combined median.
-        every = pd.concat([f[[SERVICE, TS, "weight", median]] for f in frames])
-        every["weighted"] = every[median] * every["weight"]
-        out = every.groupby([SERVICE, TS], as_index=False)["weighted"].sum()
-        out = out.rename(columns={"weighted": median})
+        out = self._pool(frames, [median])
         if spread_levels:
             spread_columns = [quantile_column(q) for q in spread_levels]
             interval = pd.concat(
@@ -351,6 +356,48 @@ class EnsembleForecaster(Forecaster):
             for column in spread_columns:
                 out[column] = out[median] + out[column]
         return out[[SERVICE, TS, *columns]]
+
+    def _pool(self, frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
+        """Weighted mean or median (``combine``) of the members' ``columns`` per service and ts."""
+        stacked = pd.concat(
+            [f[[SERVICE, TS, "weight", *columns]].assign(member=i) for i, f in enumerate(frames)]
+        )
+        if self.combine == "mean":
+            stacked[columns] = stacked[columns].mul(stacked["weight"], axis=0)
+            return stacked.groupby([SERVICE, TS], as_index=False)[columns].sum()
+        wide = stacked.pivot_table(
+            index=[SERVICE, TS], columns="member", values=["weight", *columns], aggfunc="first"
+        )
+        weights = wide["weight"].fillna(0.0).to_numpy(dtype=float)
+        out = wide.index.to_frame(index=False)
+        for column in columns:
+            out[column] = weighted_median(wide[column].to_numpy(dtype=float), weights)
+        return out
+
+
+def weighted_median(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Row-wise weighted median: the value where the sorted members' weights reach half.
+
+    When the cumulative weight is exactly one half at a member, the midpoint of that member and
+    the next (so equal weights give the usual median, the mean of the middle two for an even
+    count). Missing values (NaN) count with weight 0.
+
+    Args:
+        values: ``(rows, members)``.
+        weights: ``(rows, members)``, non-negative, a positive sum in every row.
+
+    Returns:
+        One value per row.
+    """
+    weights = np.where(np.isnan(values), 0.0, weights)
+    order = np.argsort(np.where(np.isnan(values), np.inf, values), axis=1, kind="stable")
+    ordered = np.take_along_axis(values, order, axis=1)
+    share = np.cumsum(np.take_along_axis(weights, order, axis=1), axis=1)
+    share = share / share[:, -1:]
+    low = np.argmax(share >= 0.5 - 1e-9, axis=1)[:, None]
+    high = np.argmax(share > 0.5 + 1e-9, axis=1)[:, None]
+    middle = np.take_along_axis(ordered, low, axis=1) + np.take_along_axis(ordered, high, axis=1)
+    return 0.5 * middle[:, 0]
 
 
 def weights_from_errors(errors: pd.DataFrame, max_ratio: float = 1.3) -> pd.DataFrame:

@@ -1,11 +1,14 @@
-"""The forecast benchmark's summaries: medians and means over traces, M4 medians in the report."""
+"""The forecast benchmark's summaries (medians and means over traces, M4 medians in the report)
+and its M4 loader."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from pipelines.bench.forecast import markdown_report, summarize_ops
+from pipelines.bench.forecast import load_m4, markdown_report, summarize_ops
 
 
 def per_trace_rows() -> pd.DataFrame:
@@ -56,3 +59,14 @@ def test_m4_report_shows_the_median_over_series_next_to_the_mean() -> None:
     }
     report = markdown_report([record], [])
     assert "| m4_hourly | LightGBM | 200 | 9.500 / 5.250 | 0.810 / 0.690 | 0.404 |" in report
+
+
+def test_load_m4_without_a_test_path_reads_the_training_file_only(tmp_path: Path) -> None:
+    train = tmp_path / "m4_train.csv"
+    pd.DataFrame({"unique_id": ["H1"] * 3 + ["H2"] * 2, "ds": [1, 2, 3, 1, 2], "y": 1.0}).to_csv(
+        train, index=False
+    )
+    history, test = load_m4(train, None)
+    assert test.empty and list(test.columns) == list(history.columns)
+    ends = history.groupby("service")["ts"].max()
+    assert ends["H1"] == ends["H2"]  # every training part ends at the same instant

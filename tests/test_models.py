@@ -500,3 +500,104 @@ def test_catalog_maps_every_family() -> None:
     assert set(MODEL_FAMILIES) == {"naive", "prophet", "lightgbm", "ensemble"}
     for name, family in MODEL_FAMILIES.items():
         assert issubclass(family, Forecaster) and family.name == name
+
+
+def test_holt_winters_repeats_an_exact_double_seasonal_pattern() -> None:
+    from models.holt_winters import smooth_double_seasonal
+
+    day, week = 4, 28
+    pattern = np.log1p(np.arange(week, dtype=float) + 5.0)  # weekly, not daily-periodic
+    values = np.tile(pattern, (2, 3))
+    values[1] += 1.0  # a second series, one log unit higher
+    forecast, errors = smooth_double_seasonal(values, day, 10, 0.3, 0.2, 0.2)
+    np.testing.assert_allclose(errors, 0.0, atol=1e-12)
+    np.testing.assert_allclose(forecast[0], pattern[:10], atol=1e-12)
+    np.testing.assert_allclose(forecast[1], pattern[:10] + 1.0, atol=1e-12)
+
+
+def test_holt_winters_follows_the_weekly_cycle(tmp_path: Path) -> None:
+    from models.holt_winters import DoubleSeasonalHoltWintersForecaster
+
+    fleet = synthetic_fleet(days=22)
+    cutoff = pd.Timestamp("2026-03-21", tz="UTC")  # history ends on a Friday, forecast: Saturday
+    history, truth = fleet[fleet["ts"] < cutoff], fleet[fleet["ts"] >= cutoff]
+    model = DoubleSeasonalHoltWintersForecaster().fit(history)
+    forecast = model.predict(SEASON)
+    assert_valid_forecast(forecast, history, SEASON)
+    naive = SeasonalNaiveForecaster().fit(history).predict(SEASON)
+    # Seasonal naive repeats a weekday on the Saturday; the weekly component knows better.
+    assert mae_against_truth(forecast, truth) < 0.5 * mae_against_truth(naive, truth)
+    assert (forecast["p90"] > forecast["p50"]).mean() > 0.9
+    fresh = model.predict(3, history=fleet)
+    assert fresh["ts"].min() == fleet["ts"].max() + STEP
+    roundtrip(model, tmp_path, 6)
+
+
+def test_holt_winters_uses_seasonal_naive_below_two_weeks_and_caps_growth() -> None:
+    from models.holt_winters import DoubleSeasonalHoltWintersForecaster
+
+    short = synthetic_fleet(days=10)
+    forecast = DoubleSeasonalHoltWintersForecaster().fit(short).predict(5, quantiles=(0.5,))
+    naive = SeasonalNaiveForecaster().fit(short).predict(5, quantiles=(0.5,))
+    np.testing.assert_allclose(forecast["p50"], naive["p50"])
+    ts = pd.date_range("2026-03-02", periods=15 * SEASON, freq=STEP, tz="UTC")
+    surge = pd.DataFrame({"service": "s", "ts": ts, "requests": np.exp(np.arange(ts.size) / 20)})
+    capped = DoubleSeasonalHoltWintersForecaster(alpha=1.0, max_growth=2.0).fit(surge)
+    assert capped.predict(SEASON)["p90"].max() <= 2.0 * surge["requests"].max() * (1 + 1e-9)
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [({"alpha": 1.5}, "alpha"), ({"gamma_week": -0.1}, "gamma_week"), ({"max_growth": 0}, "max")],
+)
+def test_holt_winters_rejects_bad_settings(options: dict, match: str) -> None:
+    from models.holt_winters import DoubleSeasonalHoltWintersForecaster
+
+    with pytest.raises(ValueError, match=match):
+        DoubleSeasonalHoltWintersForecaster(**options)
+
+
+def test_weighted_median_matches_the_median_and_splits_ties_at_the_midpoint() -> None:
+    from models.ensemble import weighted_median
+
+    rng = np.random.default_rng(5)
+    values = rng.normal(size=(20, 5))
+    ones = np.ones_like(values)
+    np.testing.assert_allclose(weighted_median(values, ones), np.median(values, axis=1))
+    np.testing.assert_allclose(
+        weighted_median(values[:, :4], ones[:, :4]), np.median(values[:, :4], axis=1)
+    )
+    row = np.array([[1.0, 2.0, 10.0, np.nan]])
+    assert weighted_median(row, np.array([[1.0, 1.0, 3.0, 5.0]]))[0] == 10.0  # NaN: no weight
+    assert weighted_median(row, np.array([[1.0, 1.0, 2.0, 0.0]]))[0] == 6.0  # 2 and 10 tie
+    assert weighted_median(row, np.array([[0.0, 1.0, 0.0, 1.0]]))[0] == 2.0  # 0-weight ignored
+
+
+def test_ensemble_median_combination_keeps_an_outlying_member_from_dominating() -> None:
+    from models.ensemble import EnsembleForecaster
+
+    history = synthetic_fleet(days=4)
+
+    def constant(level: float):
+        class Constant(SeasonalNaiveForecaster):
+            def predict(self, horizon, quantiles=(0.5, 0.9), history=None):
+                out = super().predict(horizon, quantiles, history)
+                for q in quantiles:
+                    out[f"p{round(q * 100)}"] = level + 10 * (q - 0.5)
+                return out
+
+        return Constant
+
+    members = {"a": constant(1.0), "b": constant(2.0), "far": constant(100.0)}
+    options = {"members": members, "weights": dict.fromkeys(members, 1.0), "bucket_edges": ()}
+    median = EnsembleForecaster(**options, combine="median").fit(history).predict(4)
+    mean = EnsembleForecaster(**options).fit(history).predict(4)
+    np.testing.assert_allclose(median["p50"], 2.0)
+    np.testing.assert_allclose(median["p90"], 6.0)  # each quantile is a median of members'
+    np.testing.assert_allclose(mean["p50"], 103.0 / 3)
+    spread = EnsembleForecaster(**options, combine="median", interval_members=["far"])
+    forecast = spread.fit(history).predict(4)
+    np.testing.assert_allclose(forecast["p50"], 2.0)
+    np.testing.assert_allclose(forecast["p90"], 6.0)  # the median plus far's spread (4)
+    with pytest.raises(ValueError, match="combine"):
+        EnsembleForecaster(**options, combine="mode")
