@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from models.base import Forecaster
 from models.ensemble import EnsembleForecaster
+from models.holt_winters import DoubleSeasonalHoltWintersForecaster
 from models.lgbm_model import LightGBMForecaster
 from models.naive import SeasonalNaiveForecaster
 from models.prophet_model import ProphetForecaster
@@ -13,4 +14,5 @@ MODEL_FAMILIES: dict[str, type[Forecaster]] = {
     ProphetForecaster.name: ProphetForecaster,
     LightGBMForecaster.name: LightGBMForecaster,
     EnsembleForecaster.name: EnsembleForecaster,
+    DoubleSeasonalHoltWintersForecaster.name: DoubleSeasonalHoltWintersForecaster,
 }

@@ -202,6 +202,24 @@ def _prophet_drivers(model: Any, peaks: pd.DataFrame) -> list[list[tuple[str, fl
     return out
 
 
+def _holt_winters_drivers(model: Any, history: pd.DataFrame,
+                          peaks: pd.DataFrame) -> list[list[tuple[str, float]]]:
+    """Daily and weekly pattern of a Holt-Winters forecast at each peak, in % of the level."""
+    step = model.step_
+    last = history[TS].max()
+    horizon = max(1, int(np.ceil((peaks[TS].max() - last) / step)))
+    components = model.components(horizon, history).set_index(TS)
+    out = []
+    for ts in peaks[TS]:
+        if ts not in components.index:  # seasonal-naive fallback: nothing to split
+            out.append([("same time last week", 0.0)])
+            continue
+        row = components.loc[ts]
+        out.append([("daily pattern", 100.0 * float(np.expm1(row["daily"]))),
+                    ("weekly pattern", 100.0 * float(np.expm1(row["weekly"])))])
+    return out
+
+
 # --------------------------------------------------------------------------- public API
 
 
@@ -249,6 +267,9 @@ def explain_peaks(model: Forecaster, history: pd.DataFrame, schedule: pd.DataFra
     elif model.name == "prophet":
         drivers = _prophet_drivers(model, ranked)
         basis = "Prophet components relative to the trend"
+    elif model.name == "holt_winters":
+        drivers = _holt_winters_drivers(model, history, ranked)
+        basis = "Holt-Winters seasonal components relative to the smoothed level"
     else:
         drivers = [[("same time yesterday", 0.0)] for _ in range(len(ranked))]
         basis = f"{model.name} repeats the same time of the previous day"

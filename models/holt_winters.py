@@ -62,6 +62,26 @@ def smooth_double_seasonal(
         ``(forecast, errors)``: ``(n_series, horizon)`` on the log scale and the one-step errors
         ``(n_series, n_steps - 7 * season)``.
     """
+    level, day, week, errors = double_seasonal_components(
+        log_values, season, horizon, alpha, gamma_day, gamma_week
+    )
+    return level[:, None] + day + week, errors
+
+
+def double_seasonal_components(
+    log_values: np.ndarray,
+    season: int,
+    horizon: int,
+    alpha: float,
+    gamma_day: float,
+    gamma_week: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The forecast of :func:`smooth_double_seasonal` split into its components (log scale).
+
+    Returns:
+        ``(level, day, week, errors)``: the final level ``(n_series,)``, the daily and weekly
+        components of each forecast step ``(n_series, horizon)``, and the one-step errors.
+    """
     y = np.asarray(log_values, dtype=float)
     n, steps = y.shape
     week = 7 * season
@@ -78,8 +98,7 @@ def smooth_double_seasonal(
         weekly[:, w] += gamma_week * error
         errors[:, t - week] = error
     future = np.arange(steps, steps + horizon)
-    forecast = level[:, None] + day[:, future % season] + weekly[:, future % week]
-    return forecast, errors
+    return level, day[:, future % season], weekly[:, future % week], errors
 
 
 class DoubleSeasonalHoltWintersForecaster(Forecaster):
@@ -177,6 +196,47 @@ class DoubleSeasonalHoltWintersForecaster(Forecaster):
         result = pd.concat(parts, ignore_index=True)
         result[TS] = result[TS].astype(frame[TS].dtype)
         return finalize_quantiles(result, levels)
+
+    def components(self, horizon: int, history: pd.DataFrame | None = None) -> pd.DataFrame:
+        """The median forecast's components per step, on the log scale (for explanations).
+
+        ``log1p(forecast) = level + daily + weekly`` before the growth cap, so
+        ``exp(daily) - 1`` is the daily pattern's effect relative to the level.
+
+        Args:
+            horizon: Steps to forecast.
+            history: Forecast from this history instead of the fitted one.
+
+        Returns:
+            ``service, ts, level, daily, weekly`` for every service with at least two weeks of
+            history (the others are forecast by seasonal naive and have no components).
+
+        Raises:
+            ValueError: If called before ``fit``.
+        """
+        if self.history_ is None or self.step_ is None:
+            raise ValueError("DoubleSeasonalHoltWintersForecaster.components called before fit")
+        frame = (
+            prepare_history(history, self.target_, self.step_)
+            if history is not None
+            else self.history_
+        )
+        parts = []
+        for service, group in frame.groupby(SERVICE, sort=True):
+            values = group[Y].to_numpy(dtype=float)
+            if values.size < 2 * 7 * self.season_:
+                continue
+            level, day, week, _ = double_seasonal_components(
+                np.log1p(values)[None, :], self.season_, horizon,
+                self.alpha, self.gamma_day, self.gamma_week,
+            )
+            parts.append(pd.DataFrame({
+                SERVICE: str(service),
+                TS: future_timestamps(group[TS].max(), self.step_, horizon),
+                "level": level[0], "daily": day[0], "weekly": week[0],
+            }))
+        columns = [SERVICE, TS, "level", "daily", "weekly"]
+        return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
 
     def _paths(
         self, series: dict[str, np.ndarray], horizon: int, levels: tuple[float, ...]

@@ -497,7 +497,7 @@ def test_ensemble_rejects_bad_fixed_weights(options: dict, match: str) -> None:
 def test_catalog_maps_every_family() -> None:
     from models.catalog import MODEL_FAMILIES
 
-    assert set(MODEL_FAMILIES) == {"naive", "prophet", "lightgbm", "ensemble"}
+    assert set(MODEL_FAMILIES) == {"naive", "prophet", "lightgbm", "ensemble", "holt_winters"}
     for name, family in MODEL_FAMILIES.items():
         assert issubclass(family, Forecaster) and family.name == name
 
@@ -531,6 +531,28 @@ def test_holt_winters_follows_the_weekly_cycle(tmp_path: Path) -> None:
     fresh = model.predict(3, history=fleet)
     assert fresh["ts"].min() == fleet["ts"].max() + STEP
     roundtrip(model, tmp_path, 6)
+
+
+def test_holt_winters_components_add_up_to_the_forecast_and_explain_its_peaks() -> None:
+    from models.explain import explain_peaks
+    from models.holt_winters import DoubleSeasonalHoltWintersForecaster
+
+    fleet = synthetic_fleet(days=22)
+    one = fleet[fleet["service"] == fleet["service"].iloc[0]]
+    model = DoubleSeasonalHoltWintersForecaster().fit(one)
+    forecast = model.predict(SEASON, quantiles=(0.5,))
+    parts = model.components(SEASON)
+    assert list(parts["ts"]) == list(forecast["ts"])
+    np.testing.assert_allclose(
+        np.expm1(parts["level"] + parts["daily"] + parts["weekly"]), forecast["p50"], rtol=1e-9
+    )
+    schedule = forecast.assign(replicas=1, forecast_p90=forecast["p50"])
+    explained = explain_peaks(model, one, schedule, n_peaks=2)
+    assert explained["family"] == "holt_winters" and len(explained["peaks"]) == 2
+    for peak in explained["peaks"]:
+        assert [d["input"] for d in peak["drivers"]] == ["daily pattern", "weekly pattern"]
+    # The peaks are daytime steps: the daily pattern lifts them above the level.
+    assert all(peak["drivers"][0]["effect_pct"] > 0 for peak in explained["peaks"])
 
 
 def test_holt_winters_uses_seasonal_naive_below_two_weeks_and_caps_growth() -> None:
