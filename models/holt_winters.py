@@ -171,14 +171,8 @@ class DoubleSeasonalHoltWintersForecaster(Forecaster):
         Raises:
             ValueError: If called before ``fit``.
         """
-        if self.history_ is None or self.step_ is None:
-            raise ValueError("DoubleSeasonalHoltWintersForecaster.predict called before fit")
+        frame = self._history(history, "predict")
         levels = check_quantiles(quantiles)
-        frame = (
-            prepare_history(history, self.target_, self.step_)
-            if history is not None
-            else self.history_
-        )
         series = {
             str(service): group[Y].to_numpy(dtype=float)
             for service, group in frame.groupby(SERVICE, sort=True)
@@ -214,17 +208,11 @@ class DoubleSeasonalHoltWintersForecaster(Forecaster):
         Raises:
             ValueError: If called before ``fit``.
         """
-        if self.history_ is None or self.step_ is None:
-            raise ValueError("DoubleSeasonalHoltWintersForecaster.components called before fit")
-        frame = (
-            prepare_history(history, self.target_, self.step_)
-            if history is not None
-            else self.history_
-        )
+        frame = self._history(history, "components")
         parts = []
         for service, group in frame.groupby(SERVICE, sort=True):
             values = group[Y].to_numpy(dtype=float)
-            if values.size < 2 * 7 * self.season_:
+            if not self._smoothable(values):
                 continue
             level, day, week, _ = double_seasonal_components(
                 np.log1p(values)[None, :], self.season_, horizon,
@@ -238,6 +226,18 @@ class DoubleSeasonalHoltWintersForecaster(Forecaster):
         columns = [SERVICE, TS, "level", "daily", "weekly"]
         return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
 
+    def _history(self, history: pd.DataFrame | None, caller: str) -> pd.DataFrame:
+        """The fitted history, or ``history`` on the fitted grid; an error before ``fit``."""
+        if self.history_ is None or self.step_ is None:
+            raise ValueError(f"DoubleSeasonalHoltWintersForecaster.{caller} called before fit")
+        if history is None:
+            return self.history_
+        return prepare_history(history, self.target_, self.step_)
+
+    def _smoothable(self, values: np.ndarray) -> bool:
+        """Two weeks at least: one initialises the state, the smoothing needs another."""
+        return values.size >= 2 * 7 * self.season_
+
     def _paths(
         self, series: dict[str, np.ndarray], horizon: int, levels: tuple[float, ...]
     ) -> dict[str, list[np.ndarray]]:
@@ -246,7 +246,7 @@ class DoubleSeasonalHoltWintersForecaster(Forecaster):
         by_length: dict[int, list[str]] = {}
         paths: dict[str, list[np.ndarray]] = {}
         for service, values in series.items():
-            if values.size < 2 * week:
+            if not self._smoothable(values):
                 point = seasonal_naive_path(values, self.season_, horizon)
                 paths[service] = [point for _ in levels]
             else:

@@ -400,6 +400,25 @@ def test_ensemble_shrinkage_blends_service_weights_with_the_fleet() -> None:
         EnsembleForecaster(shrinkage=1.5)
 
 
+
+def constant_member(level: float, on_fit=None) -> type[SeasonalNaiveForecaster]:
+    """An ensemble member forecasting ``level`` at the median (``+10 x (q - 0.5)`` elsewhere);
+    ``on_fit`` is called at every fit."""
+
+    class Constant(SeasonalNaiveForecaster):
+        def fit(self, frame: pd.DataFrame, target: str = "requests") -> Constant:
+            if on_fit is not None:
+                on_fit()
+            return super().fit(frame, target)
+
+        def predict(self, horizon, quantiles=(0.5, 0.9), history=None):
+            out = super().predict(horizon, quantiles, history)
+            for q in quantiles:
+                out[f"p{round(q * 100)}"] = level + 10 * (q - 0.5)
+            return out
+
+    return Constant
+
 def test_ensemble_fixed_weights_skip_the_backtest_and_switch_members_per_bucket() -> None:
     from models.ensemble import EnsembleForecaster
 
@@ -407,18 +426,7 @@ def test_ensemble_fixed_weights_skip_the_backtest_and_switch_members_per_bucket(
     calls: list[str] = []
 
     def spy(name: str, level: float):
-        class Constant(SeasonalNaiveForecaster):
-            def fit(self, frame: pd.DataFrame, target: str = "requests") -> Constant:
-                calls.append(name)
-                return super().fit(frame, target)
-
-            def predict(self, horizon, quantiles=(0.5, 0.9), history=None):
-                out = super().predict(horizon, quantiles, history)
-                for q in quantiles:
-                    out[f"p{round(q * 100)}"] = level + 10 * (q - 0.5)
-                return out
-
-        return Constant
+        return constant_member(level, on_fit=lambda: calls.append(name))
 
     model = EnsembleForecaster(
         members={"short": spy("short", 1.0), "long": spy("long", 3.0), "unused": spy("x", 9.0)},
@@ -599,18 +607,7 @@ def test_ensemble_median_combination_keeps_an_outlying_member_from_dominating() 
     from models.ensemble import EnsembleForecaster
 
     history = synthetic_fleet(days=4)
-
-    def constant(level: float):
-        class Constant(SeasonalNaiveForecaster):
-            def predict(self, horizon, quantiles=(0.5, 0.9), history=None):
-                out = super().predict(horizon, quantiles, history)
-                for q in quantiles:
-                    out[f"p{round(q * 100)}"] = level + 10 * (q - 0.5)
-                return out
-
-        return Constant
-
-    members = {"a": constant(1.0), "b": constant(2.0), "far": constant(100.0)}
+    members = {"a": constant_member(1.0), "b": constant_member(2.0), "far": constant_member(100.0)}
     options = {"members": members, "weights": dict.fromkeys(members, 1.0), "bucket_edges": ()}
     median = EnsembleForecaster(**options, combine="median").fit(history).predict(4)
     mean = EnsembleForecaster(**options).fit(history).predict(4)
