@@ -5,7 +5,10 @@ For every service and every forecast step the policy
 1. picks the demand level ``q`` the service must absorb so that the chance of running short is
    at most ``config.risk``: ``q`` is the forecast quantile at probability ``1 - risk``
    (:func:`quantile_at`, see there how quantiles between or beyond the forecast columns are
-   obtained);
+   obtained), or, when the service's own recent forecast errors are known, ``p50 + k * (p90 -
+   p50)`` with ``k`` the empirical ``1 - risk`` quantile of those errors per horizon step
+   (:func:`tail_factors`: the risk as the service's record says, not as the model's tail shape
+   says);
 2. converts it to pods: ``ceil(q / (capacity_per_replica * target_utilization))``, clamped to
    ``[min_replicas, max_replicas]``;
 3. scales up early: the replicas of a step are the largest need over the next
@@ -50,6 +53,8 @@ SCHEDULE_COLUMNS: tuple[str, ...] = (
     "forecast_p90",
     "quantile_used",
 )
+TAIL_MIN_ERRORS = 50  # fewest past errors of one horizon step to use that step's own quantile
+TAIL_MIN_TOTAL = 288  # fewest past errors to calibrate the tail at all (two hours of 12-step forecasts)
 _EPSILON = 1e-9  # absorbs float noise in ceil(): 2.0000000001 pods is 2 pods
 
 
@@ -247,25 +252,116 @@ def plan_quantiles(
     step: pd.Timedelta,
     config: ScalingSettings,
     live_floor: int | None = None,
+    tail: np.ndarray | None = None,
 ) -> np.ndarray:
     """Replicas per step for one service's forecast quantiles (the core of :func:`plan_replicas`).
 
-    Plans the ``1 - config.risk`` quantile (:func:`quantile_from_levels`) with
-    :func:`plan_service`, pre-warming on the median.
+    Plans the ``1 - config.risk`` quantile (:func:`quantile_from_levels`), or with ``tail``
+    ``p50 + tail * (p90 - p50)``, with :func:`plan_service`, pre-warming on the median.
 
     Args:
         quantiles: Quantile level -> forecast per step, oldest first, at a regular ``step``.
         step: Spacing of the steps.
         config: Service settings.
         live_floor: Pods needed by the live load now (see :func:`plan_service`).
+        tail: Empirical tail factors per horizon step (:func:`tail_factors` at ``1 - risk``);
+            the last one is repeated beyond its length. Needs the ``0.5`` and ``0.9`` levels.
 
     Returns:
         Integer replicas per step.
+
+    Raises:
+        ValueError: If ``tail`` is given without the ``0.5`` and ``0.9`` levels.
     """
     level = 1.0 - config.risk
-    load = quantile_from_levels(quantiles, level)
-    median = quantile_from_levels(quantiles, 0.5) if level > 0.5 else load
-    return plan_service(load, step, config, live_floor, median)
+    median = quantile_from_levels(quantiles, 0.5) if level > 0.5 else None
+    if tail is None:
+        load = quantile_from_levels(quantiles, level)
+    else:
+        if 0.5 not in quantiles or 0.9 not in quantiles:
+            raise ValueError(
+                f"empirical tail factors need the p50 and p90 forecasts; got {sorted(quantiles)}"
+            )
+        load = empirical_quantile(quantiles[0.5], quantiles[0.9], tail)
+    return plan_service(load, step, config, live_floor, load if median is None else median)
+
+
+def standardized_errors(actual: np.ndarray, p50: np.ndarray, p90: np.ndarray) -> np.ndarray:
+    """Forecast errors in units of the forecast's own spread: ``(actual - p50) / (p90 - p50)``.
+
+    A value of 1 is an actual at the p90. The spread is floored at a millionth of the median
+    (and 1e-9), so a collapsed interval gives large but finite values.
+
+    Args:
+        actual: What happened, per forecast step (NaN where unknown).
+        p50: The forecast median.
+        p90: The forecast p90.
+
+    Returns:
+        One value per step (NaN where ``actual`` is).
+    """
+    p50 = np.asarray(p50, dtype=float)
+    spread = np.maximum(np.asarray(p90, dtype=float) - p50, 1e-9 + 1e-6 * np.abs(p50))
+    return (np.asarray(actual, dtype=float) - p50) / spread
+
+
+def tail_factors(
+    errors: np.ndarray,
+    horizon_steps: np.ndarray,
+    level: float,
+    steps: int,
+    min_errors: int = TAIL_MIN_ERRORS,
+    min_total: int = TAIL_MIN_TOTAL,
+) -> np.ndarray | None:
+    """The empirical ``level`` quantile of standardized errors per horizon step.
+
+    Split conformal calibration of the forecast's upper tail on the service's own past: planning
+    ``p50 + k * (p90 - p50)`` with these ``k`` is short on ``1 - level`` of the steps of that
+    past. Horizon steps with fewer than ``min_errors`` errors use the quantile over all steps.
+
+    Args:
+        errors: :func:`standardized_errors` of past forecasts (NaNs are ignored).
+        horizon_steps: The horizon step (1 = the first step ahead) of each error.
+        level: Probability in (0, 1), ``1 - risk``.
+        steps: Horizon steps to return (1..steps).
+        min_errors: Fewest errors of a step to use its own quantile.
+        min_total: Fewest errors in all to calibrate at all.
+
+    Returns:
+        ``steps`` factors, at least 0; ``None`` when fewer than ``min_total`` errors are known
+        (too short a record: plan on the forecast's quantiles instead).
+
+    Raises:
+        ValueError: If ``level`` is outside (0, 1) or the arrays differ in length.
+    """
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    errors = np.asarray(errors, dtype=float)
+    horizon_steps = np.asarray(horizon_steps)
+    if errors.shape != horizon_steps.shape:
+        raise ValueError(
+            f"errors ({errors.shape}) and horizon_steps ({horizon_steps.shape}) differ in length"
+        )
+    known = np.isfinite(errors)
+    errors, horizon_steps = errors[known], horizon_steps[known]
+    if errors.size < max(min_total, 1):
+        return None
+    pooled = float(np.quantile(errors, level))
+    factors = np.full(steps, pooled)
+    for step_ahead in range(1, steps + 1):
+        own = errors[horizon_steps == step_ahead]
+        if own.size >= min_errors:
+            factors[step_ahead - 1] = float(np.quantile(own, level))
+    return np.maximum(factors, 0.0)
+
+
+def empirical_quantile(p50: np.ndarray, p90: np.ndarray, tail: np.ndarray) -> np.ndarray:
+    """``p50 + tail * (p90 - p50)`` per step, never below 0 (the last factor repeats)."""
+    p50 = np.asarray(p50, dtype=float)
+    p90 = np.asarray(p90, dtype=float)
+    tail = np.asarray(tail, dtype=float)
+    factors = tail[np.minimum(np.arange(len(p50)), len(tail) - 1)] if len(tail) else tail
+    return np.maximum(p50 + factors * np.maximum(p90 - p50, 0.0), 0.0)
 
 
 def plan_replicas(
@@ -273,6 +369,7 @@ def plan_replicas(
     config: ScalingSettings | Mapping[str, ScalingSettings],
     now: datetime | pd.Timestamp | None = None,
     live_floor: int | Mapping[str, int] | None = None,
+    tail: np.ndarray | Mapping[str, np.ndarray | None] | None = None,
 ) -> pd.DataFrame:
     """Turn forecast quantiles into a replica schedule.
 
@@ -283,6 +380,9 @@ def plan_replicas(
         now: Drop the steps that end before this instant (the step holding ``now`` stays).
         live_floor: Pods the live load needs now (``reactive_floor``); one value for every
             service or a mapping service -> pods. The first planned step is never below it.
+        tail: Empirical tail factors per horizon step (:func:`tail_factors`), for every service
+            or a mapping service -> factors (``None`` or absent: the forecast's quantiles); the
+            first factor is for the forecast's first step (before ``now`` drops any).
 
     Returns:
         ``service``, ``ts``, ``replicas`` (pods to request at ``ts``), ``forecast_p50``,
@@ -307,18 +407,24 @@ def plan_replicas(
         group = group.reset_index(drop=True)
         _check_forecast(group, str(service))
         step = _service_step(group, str(service), service_config)
+        dropped = 0
         if now is not None:
             start = pd.Timestamp(now)
             start = start.tz_localize("UTC") if start.tzinfo is None else start.tz_convert("UTC")
-            group = group[group[TS] + step > start].reset_index(drop=True)
+            kept = group[TS] + step > start
+            dropped = int((~kept).sum())
+            group = group[kept].reset_index(drop=True)
             if group.empty:
                 continue
         level = 1.0 - service_config.risk
         floor = live_floor.get(str(service)) if isinstance(live_floor, Mapping) else live_floor
+        factors = tail.get(str(service)) if isinstance(tail, Mapping) else tail
+        if factors is not None and dropped:
+            factors = np.asarray(factors)[min(dropped, len(factors) - 1) :]
         quantiles = {
             q: group[c].to_numpy(dtype=float) for q, c in forecast_quantiles(group).items()
         }
-        replicas = plan_quantiles(quantiles, step, service_config, floor)
+        replicas = plan_quantiles(quantiles, step, service_config, floor, factors)
         parts.append(
             pd.DataFrame(
                 {

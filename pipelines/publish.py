@@ -16,6 +16,7 @@ writes the same files.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -101,26 +102,114 @@ def forecast_shard(settings: Settings, services: Sequence[str],
     return out
 
 
-def build_schedules(settings: Settings, forecast_path: Path | str) -> Path:
-    """Turn a forecast file into replica schedules with each service's scaling settings.
+def issued_forecasts(settings: Settings, start: pd.Timestamp, end: pd.Timestamp,
+                     services: Sequence[str] | None = None) -> pd.DataFrame:
+    """The forecasts :func:`forecast_shard` issued in ``[start, end)``, as they were written.
 
     Args:
         settings: Runtime settings.
-        forecast_path: A file written by :func:`forecast_shard`.
+        start: Earliest issue time.
+        end: Latest issue time (exclusive).
+        services: Keep these services only (all when ``None``).
+
+    Returns:
+        The forecast rows plus ``issued`` and ``horizon_step`` (1 = the first step of its
+        forecast); empty (with those columns) when none was issued.
+    """
+    frames = []
+    for run_dir in sorted((settings.artifacts_dir / "forecasts").glob("*")):
+        try:
+            issued = pd.Timestamp(datetime.strptime(run_dir.name, "%Y%m%dT%H%M"), tz="UTC")
+        except ValueError:
+            continue
+        if not start <= issued < end:
+            continue
+        for path in sorted(run_dir.glob("*.parquet")):
+            frame = pd.read_parquet(path)
+            if services is not None:
+                frame = frame[frame[SERVICE].isin(list(services))]
+            if not frame.empty:
+                frame = frame.sort_values([SERVICE, TS], kind="stable")
+                frames.append(frame.assign(issued=issued,
+                                           horizon_step=frame.groupby(SERVICE).cumcount() + 1))
+    if not frames:
+        return pd.DataFrame(columns=[SERVICE, TS, "p50", "p90", "model_version", "issued",
+                                     "horizon_step"])
+    return pd.concat(frames, ignore_index=True)
+
+
+def forecast_errors(settings: Settings, services: Sequence[str], as_of: pd.Timestamp,
+                    days: float) -> pd.DataFrame:
+    """Standardized errors of the forecasts issued in the ``days`` before ``as_of``.
+
+    Each forecast step that ended by ``as_of`` is compared with the validated telemetry at the
+    forecast step (:func:`recent_history`): ``(actual - p50) / (p90 - p50)``
+    (:func:`pipelines.policy.standardized_errors`).
+
+    Args:
+        settings: Runtime settings.
+        services: Services to read.
+        as_of: The instant of the record (steps ending later are not known yet).
+        days: How far back forecasts count.
+
+    Returns:
+        ``service, model_version, horizon_step, error`` (empty when no forecast or no telemetry
+        overlaps).
+    """
+    from pipelines.policy import standardized_errors
+
+    columns = [SERVICE, "model_version", "horizon_step", "error"]
+    issued = issued_forecasts(settings, as_of - pd.Timedelta(days=days), as_of, services)
+    step = pd.Timedelta(minutes=settings.step_minutes)
+    issued = issued[issued[TS] + step <= as_of] if not issued.empty else issued
+    if issued.empty:
+        return pd.DataFrame(columns=columns)
+    actual = recent_history(settings, services, as_of, days=math.ceil(days) + 2)
+    if actual.empty:
+        return pd.DataFrame(columns=columns)
+    joined = issued.merge(actual[[SERVICE, TS, TARGET]], on=[SERVICE, TS], how="inner")
+    joined["error"] = standardized_errors(joined[TARGET].to_numpy(), joined["p50"].to_numpy(),
+                                          joined["p90"].to_numpy())
+    return joined[columns]
+
+
+def build_schedules(settings: Settings, forecast_path: Path | str) -> Path:
+    """Turn a forecast file into replica schedules with each service's scaling settings.
+
+    With ``schedule.tail_days`` above 0, each service's risk quantile is planned on the empirical
+    tail of its model's own errors over those days (:func:`forecast_errors`,
+    :func:`pipelines.policy.tail_factors`) once two hours of them are known; until then, and
+    with 0, on the forecast's quantiles.
+
+    Args:
+        settings: Runtime settings.
+        forecast_path: A file written by :func:`forecast_shard` (its folder names the issue
+            time).
 
     Returns:
         Path of a Parquet file ``service, ts, replicas, forecast_p50, forecast_p90, model_version``.
     """
-    from pipelines.policy import plan_replicas
+    from pipelines.policy import plan_replicas, tail_factors
     from pipelines.service_config import service_config
 
     forecast_path = Path(forecast_path)
     forecast = pd.read_parquet(forecast_path)
+    tail_days = float(section(settings.params_file, "schedule").get("tail_days", 0))
+    errors = None
+    if tail_days > 0:
+        as_of = pd.Timestamp(datetime.strptime(forecast_path.parent.name, "%Y%m%dT%H%M"), tz="UTC")
+        errors = forecast_errors(settings, sorted(forecast[SERVICE].unique()), as_of, tail_days)
     frames = []
     for service, rows in forecast.groupby(SERVICE, sort=True):
         config = service_config(settings.params_file, str(service))
-        plan = plan_replicas(rows.drop(columns="model_version"), config)
-        frames.append(plan.assign(model_version=rows["model_version"].iloc[0]))
+        version = rows["model_version"].iloc[0]
+        tail = None
+        if errors is not None:
+            own = errors[(errors[SERVICE] == service) & (errors["model_version"] == version)]
+            tail = tail_factors(own["error"].to_numpy(float), own["horizon_step"].to_numpy(),
+                                1.0 - config.risk, len(rows))
+        plan = plan_replicas(rows.drop(columns="model_version"), config, tail=tail)
+        frames.append(plan.assign(model_version=version))
     out = forecast_path.parent.parent.parent / "schedules" / forecast_path.parent.name
     out.mkdir(parents=True, exist_ok=True)
     path = out / forecast_path.name

@@ -24,7 +24,8 @@ from mlflow.tracking import MlflowClient
 from models.metrics import relative_mae
 from models.registry import CHAMPION, PREVIOUS, champion, configure_mlflow
 from pipelines.params import load_params
-from pipelines.schema import SERVICE, TARGET, TS, quantile_column
+from pipelines.publish import issued_forecasts
+from pipelines.schema import TARGET, TS, quantile_column
 from pipelines.settings import Settings
 
 ROLLBACK_EXPERIMENT = "forescale-rollbacks"
@@ -58,19 +59,10 @@ def served_forecasts(settings: Settings, service: str, model_label: str, start: 
     Returns:
         Rows ``ts, p50, issued`` (empty if none).
     """
-    frames = []
-    for run_dir in sorted((settings.artifacts_dir / "forecasts").glob("*")):
-        issued = pd.Timestamp(run_dir.name, tz="UTC")
-        if issued >= end or issued < start - pd.Timedelta(days=1):
-            continue
-        for path in run_dir.glob("*.parquet"):
-            frame = pd.read_parquet(path)
-            frame = frame[(frame[SERVICE] == service) & (frame["model_version"] == model_label)]
-            if not frame.empty:
-                frames.append(frame.assign(issued=issued))
-    if not frames:
+    forecasts = issued_forecasts(settings, start - pd.Timedelta(days=1), end, [service])
+    forecasts = forecasts[forecasts["model_version"] == model_label]
+    if forecasts.empty:
         return pd.DataFrame(columns=[TS, "p50", "issued"])
-    forecasts = pd.concat(frames, ignore_index=True)
     forecasts = forecasts[(forecasts[TS] >= start) & (forecasts[TS] < end)
                           & (forecasts[TS] >= forecasts["issued"])]
     newest = forecasts.sort_values("issued").groupby(TS, as_index=False).last()

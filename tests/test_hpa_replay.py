@@ -224,6 +224,42 @@ def test_planned_targets_equal_plan_replicas_then_served_value() -> None:
                 assert list(got) == list(expected), (name, delay, offset)
 
 
+def test_tail_factors_of_the_replay_use_only_errors_of_steps_already_over() -> None:
+    # A forecast (p50 100, p90 120) every 5 minutes for 8 hours; the actual load is 100 for 4
+    # hours, then 10000. Until errors of the jump are known (the hourly refresh after they end),
+    # the tail factor is 0 and the plan is p50's; a plan that saw the future would rise at once.
+    origin = START
+    step = pd.Timedelta(minutes=5)
+    forecasts = [
+        (
+            offset,
+            pd.DataFrame(
+                {
+                    "service": "a",
+                    "ts": origin + pd.Timedelta(minutes=offset) + step * np.arange(12),
+                    "p50": 100.0,
+                    "p90": 120.0,
+                }
+            ),
+        )
+        for offset in range(0, 8 * 60, 5)
+    ]
+    stamps = origin + step * np.arange(9 * 12)
+    jump = np.where(stamps < origin + pd.Timedelta(hours=4), 100.0, 1e4)
+    actual = pd.DataFrame({"service": "a", "ts": stamps, "requests": jump})
+    configs = {("x", 2): {"a": ServiceConfig(capacity_per_replica=10, risk=0.1)}}
+    plain = _planned_targets(forecasts, {"a": origin}, {"a": 8 * 60}, configs, 5)
+    tailed = _planned_targets(
+        forecasts, {"a": origin}, {"a": 8 * 60}, configs, 5, {"a": actual}, {("x", 2): 1.0}
+    )
+    assert (plain[("x", "a", 2)] == 18).all()  # the p90 (risk 0.1), 120 at 70 %: 18 pods
+    served = tailed[("x", "a", 2)]
+    # fewer than 288 known errors before the 3-hour refresh: the forecast's own p90
+    assert (served[: 3 * 60] == 18).all()
+    assert (served[3 * 60 : 5 * 60] == 15).all()  # factor 0 (p50: 100 at 70 %) until 5 hours
+    assert (served[5 * 60 :] > 18).all()
+
+
 def test_five_minute_frames_hold_the_mean_or_the_busiest_minute_of_complete_steps() -> None:
     load = pd.Series(np.arange(1.0, 13.0), index=START + pd.to_timedelta(np.arange(12), "min"))
     mean = five_minute_frame("a", load, "mean")

@@ -23,6 +23,13 @@ pytestmark = pytest.mark.slow
 FAST_TRAINING = {"backtest_folds": 2, "history_days": 10, "models": ["prophet", "lightgbm"]}
 
 
+def copy_of(settings: Settings, tmp_path, **sections: dict) -> Settings:
+    """A private copy of a pipeline home (its params.yaml with ``sections`` merged)."""
+    home = tmp_path / "home"
+    shutil.copytree(settings.home, home)
+    return settings_with_params(home, **sections)
+
+
 @pytest.fixture(scope="module")
 def pipeline_home(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, list]:
     settings = settings_with_params(tmp_path_factory.mktemp("pipeline") / "home",
@@ -79,9 +86,7 @@ def test_a_retrain_that_does_not_beat_the_champion_is_registered_but_not_promote
     from models.registry import RegisteredVersion, promote
     from pipelines.training import train_shard
 
-    home = tmp_path / "home"
-    shutil.copytree(settings.home, home)
-    naive = settings_with_params(home, training={**FAST_TRAINING, "models": ["naive"]})
+    naive = copy_of(settings, tmp_path, training={**FAST_TRAINING, "models": ["naive"]})
     # A seasonal-naive champion: the same family retrained on the same folds scores exactly
     # the same (relative MAE 1.0), and a tie is not a win. (Whether the tiny fleet's LightGBM
     # beats seasonal naive depends on the hour the fleet is generated at, so it is not used.)
@@ -102,9 +107,7 @@ def test_the_holt_winters_family_trains_registers_and_forecasts(pipeline_home, t
     settings, _ = pipeline_home
     from pipelines.training import train_shard
 
-    home = tmp_path / "home"
-    shutil.copytree(settings.home, home)
-    hw = settings_with_params(home, training={**FAST_TRAINING, "models": ["holt_winters"]})
+    hw = copy_of(settings, tmp_path, training={**FAST_TRAINING, "models": ["holt_winters"]})
     result = json.loads(train_shard(hw, ["search"], reason="drift").read_text())
     row = result["services"][0]
     assert row["family"] == "holt_winters" and row["backtest_error"] > 0
@@ -133,10 +136,9 @@ def test_live_rollback_moves_the_champion_back(pipeline_home, tmp_path) -> None:
     from pipelines.telemetry import telemetry_span
     from pipelines.training import train_shard
 
-    home = tmp_path / "home"
-    shutil.copytree(settings.home, home)
-    copy = settings_with_params(
-        home,
+    copy = copy_of(
+        settings,
+        tmp_path,
         training={**FAST_TRAINING, "models": ["naive"]},
         rollback={"window_hours": 6, "margin": 0.2, "min_points": 12},
     )
@@ -168,9 +170,7 @@ def test_no_rollback_while_the_live_error_is_within_the_margin(pipeline_home, tm
     from pipelines.telemetry import telemetry_span
     from pipelines.training import train_shard
 
-    home = tmp_path / "home"
-    shutil.copytree(settings.home, home)
-    copy = settings_with_params(home, training={**FAST_TRAINING, "models": ["naive"]})
+    copy = copy_of(settings, tmp_path, training={**FAST_TRAINING, "models": ["naive"]})
     row = json.loads(train_shard(copy, ["checkout"]).read_text())["services"][0]
     name = summaries[0].model_version.split("/")[0]
     promote(RegisteredVersion(name, row["version"], "naive", row["backtest_error"], None))
@@ -253,3 +253,46 @@ def test_the_same_pipeline_runs_on_postgresql_and_redis(tmp_path) -> None:
         with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres",
                              autocommit=True) as admin:
             admin.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+
+
+def test_schedules_are_planned_on_the_tail_of_the_models_own_recent_errors(
+    pipeline_home, tmp_path
+) -> None:
+    settings, _ = pipeline_home
+    import numpy as np
+
+    from pipelines.policy import plan_replicas
+    from pipelines.publish import build_schedules, forecast_errors, forecast_shard, recent_history
+    from pipelines.service_config import service_config
+    from pipelines.telemetry import telemetry_span
+
+    tailed = copy_of(settings, tmp_path, schedule={"tail_days": 3})
+    configure_mlflow(tailed)
+    now = telemetry_span(tailed)[1].floor("5min")
+    actual = recent_history(tailed, ["checkout"], now, days=1)
+    # pods sized so that the day's peak needs 10 at 100 %
+    sized = {"capacity_per_replica": float(actual["requests"].max()) / 10, "max_replicas": 1000}
+    tailed = settings_with_params(tailed.home, schedule={"tail_days": 3}, service_defaults=sized)
+    label = champion("checkout").label
+    # the champion's forecasts of the last 3 hours were half of what came, p90 at 0.6x: every
+    # standardized error is (1 - 0.5) / (0.6 - 0.5) = 5
+    for minutes in range(5, 3 * 60 + 1, 5):
+        issued = now - pd.Timedelta(minutes=minutes)
+        rows = actual[actual[TS] >= issued].assign(model_version=label)
+        rows = rows.assign(p50=rows["requests"] * 0.5, p90=rows["requests"] * 0.6)
+        folder = tailed.artifacts_dir / "forecasts" / f"{issued:%Y%m%dT%H%M}"
+        folder.mkdir(parents=True, exist_ok=True)
+        rows[[SERVICE, TS, "p50", "p90", "model_version"]].to_parquet(folder / "checkout.parquet")
+    errors = forecast_errors(tailed, ["checkout"], now, 3)
+    assert len(errors) >= 288 and np.allclose(errors["error"], 5.0)
+    assert set(errors["model_version"]) == {label}
+
+    forecast_path = forecast_shard(tailed, ["checkout"], as_of=now.to_pydatetime())
+    schedule = pd.read_parquet(build_schedules(tailed, forecast_path))
+    forecast = pd.read_parquet(forecast_path).drop(columns="model_version")
+    config = service_config(tailed.params_file, "checkout")
+    expected = plan_replicas(forecast, config, tail=np.full(len(forecast), 5.0))
+    assert schedule["replicas"].tolist() == expected["replicas"].tolist()
+    plain = plan_replicas(forecast, config)
+    assert (schedule["replicas"] >= plain["replicas"]).all()
+    assert (schedule["replicas"] > plain["replicas"]).any()

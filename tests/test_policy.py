@@ -12,10 +12,14 @@ from pipelines.policy import (
     PREWARM_MINUTES,
     SCALE_DOWN_FRACTION,
     calibrated_utilization,
+    empirical_quantile,
+    plan_quantiles,
     plan_replicas,
     quantile_at,
     reactive_floor,
     served_value,
+    standardized_errors,
+    tail_factors,
 )
 from pipelines.service_config import ServiceConfig
 
@@ -202,3 +206,70 @@ def test_calibrated_utilization_keeps_headroom_for_bursty_minutes() -> None:
     assert 0.5 <= calibrated_utilization(bursty, STEP, 0.1) < 0.8
     with pytest.raises(ValueError, match="no positive load"):
         calibrated_utilization(pd.Series(0.0, index=index, name="requests"), STEP, 0.1)
+
+
+def test_standardized_errors_are_in_units_of_the_forecast_spread() -> None:
+    errors = standardized_errors(
+        np.array([100.0, 150.0, 300.0, np.nan]),
+        np.array([100.0, 100.0, 100.0, 100.0]),
+        np.array([150.0, 150.0, 200.0, 150.0]),
+    )
+    assert errors[:3] == pytest.approx([0.0, 1.0, 2.0])
+    assert np.isnan(errors[3])
+    collapsed = standardized_errors(np.array([101.0]), np.array([100.0]), np.array([100.0]))
+    assert np.isfinite(collapsed).all() and collapsed[0] > 1e3
+
+
+def test_tail_factors_are_the_empirical_quantile_per_horizon_step() -> None:
+    # step 1: errors 0..99 (its 0.9 quantile is 89.1); step 2: 60 errors of 5; step 3: too few
+    errors = np.r_[np.arange(100.0), np.full(60, 5.0), np.full(10, 1000.0)]
+    horizon = np.r_[np.full(100, 1), np.full(60, 2), np.full(10, 3)]
+    factors = tail_factors(errors, horizon, 0.9, 4, min_errors=50, min_total=100)
+    pooled = np.quantile(errors, 0.9)
+    assert factors == pytest.approx([np.quantile(np.arange(100.0), 0.9), 5.0, pooled, pooled])
+    assert tail_factors(errors[:99], horizon[:99], 0.9, 4, min_errors=50, min_total=100) is None
+    assert (tail_factors(np.full(300, -3.0), np.ones(300), 0.9, 2) == 0.0).all()
+    with pytest.raises(ValueError, match="level"):
+        tail_factors(errors, horizon, 1.0, 4)
+    with pytest.raises(ValueError, match="length"):
+        tail_factors(errors, horizon[:-1], 0.9, 4)
+
+
+def test_a_tail_factor_of_the_past_record_makes_the_past_short_at_the_risk() -> None:
+    rng = np.random.default_rng(4)
+    p50, spread = np.full(2000, 100.0), np.full(2000, 20.0)
+    actual = p50 + spread * rng.standard_t(3, 2000)  # heavier tail than the forecast assumes
+    factors = tail_factors(standardized_errors(actual, p50, p50 + spread), np.ones(2000), 0.95, 1)
+    planned = empirical_quantile(p50, p50 + spread, factors)
+    assert np.mean(actual > planned) == pytest.approx(0.05, abs=0.002)
+    normal_p95 = quantile_at(forecast(p50, p50 + spread), 0.95)
+    assert np.mean(actual > normal_p95) > 0.06  # the normal tail would be short more often
+
+
+def test_planning_on_tail_factors_uses_p50_plus_factor_times_spread() -> None:
+    p50, p90 = np.array([40.0, 40.0, 40.0, 40.0]), np.array([60.0, 60.0, 60.0, 60.0])
+    settings = config(startup_seconds=0, scale_down_delay_minutes=0)
+    planned = plan_quantiles({0.5: p50, 0.9: p90}, STEP, settings, tail=np.array([0.5, 3.0]))
+    # step 1: 40 + 0.5 * 20 = 50 -> 10 pods; later steps: 40 + 3 * 20 = 100 -> 20 pods, reached
+    # by the surge limit (5 per step) from two steps before
+    assert list(planned) == [15, 20, 20, 20]
+    with pytest.raises(ValueError, match="p50 and p90"):
+        plan_quantiles({0.5: p50}, STEP, settings, tail=np.array([1.0]))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_more_forecast_load_never_yields_fewer_replicas_on_tail_factors(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    base = random_forecast(rng)
+    extra = rng.uniform(0, 60, len(base)) * (rng.random(len(base)) < 0.3)
+    tail = rng.uniform(0, 4, 12)
+    low = plan_quantiles(
+        {0.5: base["p50"].to_numpy(), 0.9: base["p90"].to_numpy()}, STEP, config(), tail=tail
+    )
+    high = plan_quantiles(
+        {0.5: base["p50"].to_numpy() + extra, 0.9: base["p90"].to_numpy() + extra + 5.0},
+        STEP,
+        config(),
+        tail=tail,
+    )
+    assert (high >= low).all() and (high > low).any()
