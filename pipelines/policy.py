@@ -52,6 +52,8 @@ SCHEDULE_COLUMNS: tuple[str, ...] = (
     "forecast_p50",
     "forecast_p90",
     "quantile_used",
+    "planned_load",
+    "tail_factor",
 )
 TAIL_MIN_ERRORS = 50  # fewest past errors of one horizon step to use that step's own quantile
 TAIL_MIN_TOTAL = 288  # fewest past errors to calibrate the tail at all (two hours of 12-step forecasts)
@@ -274,16 +276,35 @@ def plan_quantiles(
         ValueError: If ``tail`` is given without the ``0.5`` and ``0.9`` levels.
     """
     level = 1.0 - config.risk
-    median = quantile_from_levels(quantiles, 0.5) if level > 0.5 else None
+    load = risk_load(quantiles, level, tail)
+    median = quantile_from_levels(quantiles, 0.5) if level > 0.5 else load
+    return plan_service(load, step, config, live_floor, median)
+
+
+def risk_load(
+    quantiles: Mapping[float, np.ndarray], level: float, tail: np.ndarray | None = None
+) -> np.ndarray:
+    """The load to plan for at probability ``level``: what :func:`plan_quantiles` sizes pods on.
+
+    Args:
+        quantiles: Quantile level -> forecast per step.
+        level: Probability in (0, 1), ``1 - risk``.
+        tail: Empirical tail factors per horizon step (:func:`tail_factors`); without them the
+            forecast's own quantile at ``level`` (:func:`quantile_from_levels`).
+
+    Returns:
+        One load per step: the quantile, or ``p50 + tail * (p90 - p50)``.
+
+    Raises:
+        ValueError: If ``tail`` is given without the ``0.5`` and ``0.9`` levels.
+    """
     if tail is None:
-        load = quantile_from_levels(quantiles, level)
-    else:
-        if 0.5 not in quantiles or 0.9 not in quantiles:
-            raise ValueError(
-                f"empirical tail factors need the p50 and p90 forecasts; got {sorted(quantiles)}"
-            )
-        load = empirical_quantile(quantiles[0.5], quantiles[0.9], tail)
-    return plan_service(load, step, config, live_floor, load if median is None else median)
+        return quantile_from_levels(quantiles, level)
+    if 0.5 not in quantiles or 0.9 not in quantiles:
+        raise ValueError(
+            f"empirical tail factors need the p50 and p90 forecasts; got {sorted(quantiles)}"
+        )
+    return empirical_quantile(quantiles[0.5], quantiles[0.9], tail)
 
 
 def standardized_errors(actual: np.ndarray, p50: np.ndarray, p90: np.ndarray) -> np.ndarray:
@@ -358,10 +379,14 @@ def tail_factors(
 def empirical_quantile(p50: np.ndarray, p90: np.ndarray, tail: np.ndarray) -> np.ndarray:
     """``p50 + tail * (p90 - p50)`` per step, never below 0 (the last factor repeats)."""
     p50 = np.asarray(p50, dtype=float)
-    p90 = np.asarray(p90, dtype=float)
-    tail = np.asarray(tail, dtype=float)
-    factors = tail[np.minimum(np.arange(len(p50)), len(tail) - 1)] if len(tail) else tail
-    return np.maximum(p50 + factors * np.maximum(p90 - p50, 0.0), 0.0)
+    spread = np.maximum(np.asarray(p90, dtype=float) - p50, 0.0)
+    return np.maximum(p50 + per_step(tail, len(p50)) * spread, 0.0)
+
+
+def per_step(factors: np.ndarray, steps: int) -> np.ndarray:
+    """``factors`` stretched to ``steps`` values, the last one repeated (or cut)."""
+    factors = np.asarray(factors, dtype=float)
+    return factors[np.minimum(np.arange(steps), len(factors) - 1)]
 
 
 def plan_replicas(
@@ -386,8 +411,10 @@ def plan_replicas(
 
     Returns:
         ``service``, ``ts``, ``replicas`` (pods to request at ``ts``), ``forecast_p50``,
-        ``forecast_p90`` (NaN when absent) and ``quantile_used`` (the probability planned on,
-        ``1 - risk``).
+        ``forecast_p90`` (NaN when absent), ``quantile_used`` (the probability planned on,
+        ``1 - risk``), ``planned_load`` (the load the pods are sized for, :func:`risk_load`) and
+        ``tail_factor`` (the empirical tail factor used, NaN when planned on the forecast's
+        quantiles).
 
     Raises:
         ValueError: If a column is missing, a service has no config, a quantile is negative or
@@ -425,6 +452,7 @@ def plan_replicas(
             q: group[c].to_numpy(dtype=float) for q, c in forecast_quantiles(group).items()
         }
         replicas = plan_quantiles(quantiles, step, service_config, floor, factors)
+        load = risk_load(quantiles, level, factors)
         parts.append(
             pd.DataFrame(
                 {
@@ -434,6 +462,8 @@ def plan_replicas(
                     "forecast_p50": group["p50"].to_numpy(float) if "p50" in group else np.nan,
                     "forecast_p90": group["p90"].to_numpy(float) if "p90" in group else np.nan,
                     "quantile_used": level,
+                    "planned_load": load,
+                    "tail_factor": np.nan if factors is None else per_step(factors, len(group)),
                 }
             )
         )

@@ -285,4 +285,30 @@ def explain_schedule(settings: Settings, schedule: pd.DataFrame) -> dict:
     origin = schedule[TS].min()
     history = recent_history(settings, [service], origin)
     document = explain_peaks(load_version(label), history, schedule)
-    return {"service": service, "model_version": label, **document}
+    return {"service": service, "model_version": label, "sizing": sizing_in_words(schedule),
+            **document}
+
+
+def sizing_in_words(schedule: pd.DataFrame) -> str:
+    """What one service's pods were sized for, in words (from :func:`build_schedules` columns).
+
+    Args:
+        schedule: One service's rows with ``quantile_used``, ``tail_factor``, ``forecast_p50``,
+            ``forecast_p90`` and ``planned_load``.
+
+    Returns:
+        E.g. ``"risk 0.1: p50 + 1.70 x (p90 - p50) at the first step (the 90 % quantile of
+        its own errors, normal tail 1.00); 130.2 req/s at the first step"``.
+    """
+    from statistics import NormalDist
+
+    level = float(schedule["quantile_used"].iloc[0])
+    first = schedule.sort_values(TS).iloc[0]
+    factor = first["tail_factor"]
+    normal = NormalDist().inv_cdf(level) / NormalDist().inv_cdf(0.9)
+    if pd.isna(factor):
+        basis = f"the forecast's own {level:.0%} quantile"
+    else:
+        basis = (f"p50 + {factor:.2f} x (p90 - p50) at the first step (the {level:.0%} quantile "
+                 f"of its own recent errors; the forecast's tail would give {normal:.2f})")
+    return f"risk {1 - level:.3g}: {basis}; {first['planned_load']:.1f} req/s at the first step"

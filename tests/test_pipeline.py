@@ -64,6 +64,7 @@ def test_the_published_schedule_comes_with_an_explanation_in_words(pipeline_home
     assert version == summaries[0].schedule_version
     assert explanation["model_version"] == summaries[0].model_version
     assert len(explanation["peaks"]) == 3
+    assert explanation["sizing"].startswith("risk 0.1: the forecast's own 90% quantile")
     for peak in explanation["peaks"]:
         assert peak["drivers"] and "peak" in peak["text"] and "%" in peak["text"]
 
@@ -262,7 +263,13 @@ def test_schedules_are_planned_on_the_tail_of_the_models_own_recent_errors(
     import numpy as np
 
     from pipelines.policy import plan_replicas
-    from pipelines.publish import build_schedules, forecast_errors, forecast_shard, recent_history
+    from pipelines.publish import (
+        build_schedules,
+        forecast_errors,
+        forecast_shard,
+        recent_history,
+        sizing_in_words,
+    )
     from pipelines.service_config import service_config
     from pipelines.telemetry import telemetry_span
 
@@ -293,6 +300,8 @@ def test_schedules_are_planned_on_the_tail_of_the_models_own_recent_errors(
     config = service_config(tailed.params_file, "checkout")
     expected = plan_replicas(forecast, config, tail=np.full(len(forecast), 5.0))
     assert schedule["replicas"].tolist() == expected["replicas"].tolist()
+    assert np.allclose(schedule["tail_factor"], 5.0)
+    assert "p50 + 5.00 x (p90 - p50)" in sizing_in_words(schedule)
     plain = plan_replicas(forecast, config)
     assert (schedule["replicas"] >= plain["replicas"]).all()
     assert (schedule["replicas"] > plain["replicas"]).any()

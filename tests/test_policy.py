@@ -98,7 +98,10 @@ def test_replicas_are_ceil_of_quantile_over_capacity() -> None:
         "forecast_p50",
         "forecast_p90",
         "quantile_used",
+        "planned_load",
+        "tail_factor",
     ]
+    assert np.allclose(plan["planned_load"], 101.0) and plan["tail_factor"].isna().all()
 
 
 def test_rise_is_pre_warmed_at_the_median_and_reached_one_lead_earlier() -> None:
