@@ -23,8 +23,10 @@ For every service and every forecast step the policy
    (at least one) per step;
 6. never plans below the reactive floor when live metrics are given (``live_floor``).
 
-Every stage is a non-decreasing function of its input, so more forecast load never yields fewer
-replicas at any step (tested in ``tests/test_policy.py``).
+Every stage is a non-decreasing function of its input, so more forecast load (every quantile
+raised, the upper ones at least as much as the median) never yields fewer replicas at any step
+(tested in ``tests/test_policy.py``). A higher median under an unchanged p90 is a *narrower*
+forecast and may plan fewer pods, with the normal tail as with tail factors above 1.
 
 The schedule's ``replicas`` at ``ts`` are the pods to *request* at ``ts``. What the API serves at
 time ``now`` is :func:`served_value`: the most replicas planned over ``[now, now + lead]``.
@@ -56,7 +58,12 @@ SCHEDULE_COLUMNS: tuple[str, ...] = (
     "tail_factor",
 )
 TAIL_MIN_ERRORS = 50  # fewest past errors of one horizon step to use that step's own quantile
-TAIL_MIN_TOTAL = 288  # fewest past errors to calibrate the tail at all (two hours of 12-step forecasts)
+TAIL_MIN_TOTAL = 288  # fewest past errors to calibrate at all (2 h of 12-step forecasts)
+TAIL_MAX_FACTOR = 10.0
+"""Largest tail factor planned: ``p50 + 10 x (p90 - p50)``, about eight times the normal tail's
+p95 distance. A guard against forecasts whose interval collapsed (p90 = p50, e.g. clipped at
+zero load), whose errors are huge in units of that spread; it never binds in the replay (the
+largest factor there is 9.6)."""
 _EPSILON = 1e-9  # absorbs float noise in ceil(): 2.0000000001 pods is 2 pods
 
 
@@ -296,7 +303,8 @@ def risk_load(
         One load per step: the quantile, or ``p50 + tail * (p90 - p50)``.
 
     Raises:
-        ValueError: If ``tail`` is given without the ``0.5`` and ``0.9`` levels.
+        ValueError: If ``tail`` is given without the ``0.5`` and ``0.9`` levels, or is empty,
+            negative or not finite.
     """
     if tail is None:
         return quantile_from_levels(quantiles, level)
@@ -304,7 +312,14 @@ def risk_load(
         raise ValueError(
             f"empirical tail factors need the p50 and p90 forecasts; got {sorted(quantiles)}"
         )
-    return empirical_quantile(quantiles[0.5], quantiles[0.9], tail)
+    factors = np.asarray(tail, dtype=float)
+    bad = np.flatnonzero(~np.isfinite(factors) | (factors < 0))
+    if factors.size == 0 or bad.size:
+        raise ValueError(
+            f"tail factors must be finite and at least 0 (one per horizon step); got "
+            f"{factors.size} values, bad at steps {(bad + 1).tolist()[:5]}"
+        )
+    return empirical_quantile(quantiles[0.5], quantiles[0.9], factors)
 
 
 def standardized_errors(actual: np.ndarray, p50: np.ndarray, p90: np.ndarray) -> np.ndarray:
@@ -349,8 +364,8 @@ def tail_factors(
         min_total: Fewest errors in all to calibrate at all.
 
     Returns:
-        ``steps`` factors, at least 0; ``None`` when fewer than ``min_total`` errors are known
-        (too short a record: plan on the forecast's quantiles instead).
+        ``steps`` factors in ``[0, TAIL_MAX_FACTOR]``; ``None`` when fewer than ``min_total``
+        errors are known (too short a record: plan on the forecast's quantiles instead).
 
     Raises:
         ValueError: If ``level`` is outside (0, 1) or the arrays differ in length.
@@ -373,7 +388,7 @@ def tail_factors(
         own = errors[horizon_steps == step_ahead]
         if own.size >= min_errors:
             factors[step_ahead - 1] = float(np.quantile(own, level))
-    return np.maximum(factors, 0.0)
+    return np.clip(factors, 0.0, TAIL_MAX_FACTOR)
 
 
 def empirical_quantile(p50: np.ndarray, p90: np.ndarray, tail: np.ndarray) -> np.ndarray:

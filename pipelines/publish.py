@@ -16,6 +16,7 @@ writes the same files.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Sequence
 from datetime import datetime
@@ -29,11 +30,13 @@ from pipelines.schema import SERVICE, TARGET, TS
 from pipelines.settings import Settings
 from pipelines.telemetry import resolve_as_of
 
+LOG = logging.getLogger(__name__)
+RUN_FOLDER_FORMAT = "%Y%m%dT%H%M"  # artifacts/<kind>/<run time>/, e.g. a forecast's issue time
 HISTORY_DAYS_FOR_FORECAST = 8  # enough for weekly lags of the LightGBM features
 
 
 def _run_dir(settings: Settings, kind: str, as_of: pd.Timestamp) -> Path:
-    path = settings.artifacts_dir / kind / f"{as_of:%Y%m%dT%H%M}"
+    path = settings.artifacts_dir / kind / f"{as_of:{RUN_FOLDER_FORMAT}}"
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -119,15 +122,14 @@ def issued_forecasts(settings: Settings, start: pd.Timestamp, end: pd.Timestamp,
     frames = []
     for run_dir in sorted((settings.artifacts_dir / "forecasts").glob("*")):
         try:
-            issued = pd.Timestamp(datetime.strptime(run_dir.name, "%Y%m%dT%H%M"), tz="UTC")
+            issued = pd.Timestamp(datetime.strptime(run_dir.name, RUN_FOLDER_FORMAT), tz="UTC")
         except ValueError:
             continue
         if not start <= issued < end:
             continue
+        wanted = None if services is None else [(SERVICE, "in", list(services))]
         for path in sorted(run_dir.glob("*.parquet")):
-            frame = pd.read_parquet(path)
-            if services is not None:
-                frame = frame[frame[SERVICE].isin(list(services))]
+            frame = pd.read_parquet(path, filters=wanted)
             if not frame.empty:
                 frame = frame.sort_values([SERVICE, TS], kind="stable")
                 frames.append(frame.assign(issued=issued,
@@ -144,7 +146,8 @@ def forecast_errors(settings: Settings, services: Sequence[str], as_of: pd.Times
 
     Each forecast step that ended by ``as_of`` is compared with the validated telemetry at the
     forecast step (:func:`recent_history`): ``(actual - p50) / (p90 - p50)``
-    (:func:`pipelines.policy.standardized_errors`).
+    (:func:`pipelines.policy.standardized_errors`). (The replay counts the steps that *ended*
+    in the window instead; the two differ at the window's start by one forecast horizon.)
 
     Args:
         settings: Runtime settings.
@@ -187,7 +190,13 @@ def build_schedules(settings: Settings, forecast_path: Path | str) -> Path:
             time).
 
     Returns:
-        Path of a Parquet file ``service, ts, replicas, forecast_p50, forecast_p90, model_version``.
+        Path of a Parquet file: the columns of :func:`pipelines.policy.plan_replicas`
+        (``service, ts, replicas, forecast_p50, forecast_p90, quantile_used, planned_load,
+        tail_factor``) and ``model_version``.
+
+    Raises:
+        ValueError: If ``tail_days`` is on and the file is not in a folder named by its issue
+            time, as :func:`forecast_shard` writes it.
     """
     from pipelines.policy import plan_replicas, tail_factors
     from pipelines.service_config import service_config
@@ -196,9 +205,19 @@ def build_schedules(settings: Settings, forecast_path: Path | str) -> Path:
     forecast = pd.read_parquet(forecast_path)
     tail_days = float(section(settings.params_file, "schedule").get("tail_days", 0))
     errors = None
-    if tail_days > 0:
-        as_of = pd.Timestamp(datetime.strptime(forecast_path.parent.name, "%Y%m%dT%H%M"), tz="UTC")
-        errors = forecast_errors(settings, sorted(forecast[SERVICE].unique()), as_of, tail_days)
+    if tail_days > 0 and not {"p50", "p90"} <= set(forecast.columns):
+        LOG.warning("schedule.tail_days is %s but %s has no p50/p90 forecast "
+                    "(training.quantiles): planning on the forecast's quantiles",
+                    tail_days, forecast_path)
+    elif tail_days > 0:
+        try:
+            issued = datetime.strptime(forecast_path.parent.name, RUN_FOLDER_FORMAT)
+        except ValueError as err:
+            raise ValueError(
+                f"{forecast_path}: schedule.tail_days needs the forecast's issue time as its "
+                f"folder name ({RUN_FOLDER_FORMAT}, as forecast_shard writes it)") from err
+        errors = forecast_errors(settings, sorted(forecast[SERVICE].unique()),
+                                 pd.Timestamp(issued, tz="UTC"), tail_days)
     frames = []
     for service, rows in forecast.groupby(SERVICE, sort=True):
         config = service_config(settings.params_file, str(service))
@@ -297,8 +316,9 @@ def sizing_in_words(schedule: pd.DataFrame) -> str:
             ``forecast_p90`` and ``planned_load``.
 
     Returns:
-        E.g. ``"risk 0.1: p50 + 1.70 x (p90 - p50) at the first step (the 90 % quantile of
-        its own errors, normal tail 1.00); 130.2 req/s at the first step"``.
+        E.g. ``"risk 0.1: p50 + 1.70 x (p90 - p50) at the first step (the 90% quantile of its
+        own recent errors; the forecast's tail would give 1.00); 130.2 req/s at the first
+        step"``.
     """
     from statistics import NormalDist
 
@@ -307,8 +327,9 @@ def sizing_in_words(schedule: pd.DataFrame) -> str:
     factor = first["tail_factor"]
     normal = NormalDist().inv_cdf(level) / NormalDist().inv_cdf(0.9)
     if pd.isna(factor):
-        basis = f"the forecast's own {level:.0%} quantile"
+        basis = f"the forecast's own {100 * level:.3g}% quantile"
     else:
-        basis = (f"p50 + {factor:.2f} x (p90 - p50) at the first step (the {level:.0%} quantile "
-                 f"of its own recent errors; the forecast's tail would give {normal:.2f})")
+        basis = (f"p50 + {factor:.2f} x (p90 - p50) at the first step (the {100 * level:.3g}% "
+                 f"quantile of its own recent errors; the forecast's tail would give "
+                 f"{normal:.2f})")
     return f"risk {1 - level:.3g}: {basis}; {first['planned_load']:.1f} req/s at the first step"

@@ -257,7 +257,7 @@ def test_the_same_pipeline_runs_on_postgresql_and_redis(tmp_path) -> None:
 
 
 def test_schedules_are_planned_on_the_tail_of_the_models_own_recent_errors(
-    pipeline_home, tmp_path
+    pipeline_home, tmp_path, caplog
 ) -> None:
     settings, _ = pipeline_home
     import numpy as np
@@ -305,3 +305,10 @@ def test_schedules_are_planned_on_the_tail_of_the_models_own_recent_errors(
     plain = plan_replicas(forecast, config)
     assert (schedule["replicas"] >= plain["replicas"]).all()
     assert (schedule["replicas"] > plain["replicas"]).any()
+
+    # a model without a p90 forecast: planned on its quantiles, and the log says why
+    median_only = forecast_path.with_name("median-only.parquet")
+    pd.read_parquet(forecast_path).drop(columns="p90").to_parquet(median_only)
+    with caplog.at_level("WARNING", logger="pipelines.publish"):
+        fallback = pd.read_parquet(build_schedules(tailed, median_only))
+    assert fallback["tail_factor"].isna().all() and "no p50/p90" in caplog.text

@@ -11,6 +11,7 @@ import pytest
 from pipelines.policy import (
     PREWARM_MINUTES,
     SCALE_DOWN_FRACTION,
+    TAIL_MAX_FACTOR,
     calibrated_utilization,
     empirical_quantile,
     plan_quantiles,
@@ -224,14 +225,18 @@ def test_standardized_errors_are_in_units_of_the_forecast_spread() -> None:
 
 
 def test_tail_factors_are_the_empirical_quantile_per_horizon_step() -> None:
-    # step 1: errors 0..99 (its 0.9 quantile is 89.1); step 2: 60 errors of 5; step 3: too few
-    errors = np.r_[np.arange(100.0), np.full(60, 5.0), np.full(10, 1000.0)]
+    # step 1: errors 0, 0.05, ..., 4.95 (0.9 quantile 4.455); step 2: 60 errors of 0.25; step
+    # 3: too few of its own, so the quantile over all steps
+    errors = np.r_[np.arange(100.0) / 20, np.full(60, 0.25), np.full(10, 8.0)]
     horizon = np.r_[np.full(100, 1), np.full(60, 2), np.full(10, 3)]
     factors = tail_factors(errors, horizon, 0.9, 4, min_errors=50, min_total=100)
     pooled = np.quantile(errors, 0.9)
-    assert factors == pytest.approx([np.quantile(np.arange(100.0), 0.9), 5.0, pooled, pooled])
+    assert factors == pytest.approx([4.455, 0.25, pooled, pooled])
     assert tail_factors(errors[:99], horizon[:99], 0.9, 4, min_errors=50, min_total=100) is None
     assert (tail_factors(np.full(300, -3.0), np.ones(300), 0.9, 2) == 0.0).all()
+    # a collapsed interval (p90 == p50) makes huge errors; the factor stays at the guard
+    collapsed = standardized_errors(np.full(300, 5.0), np.zeros(300), np.zeros(300))
+    assert (tail_factors(collapsed, np.ones(300), 0.9, 1) == TAIL_MAX_FACTOR).all()
     with pytest.raises(ValueError, match="level"):
         tail_factors(errors, horizon, 1.0, 4)
     with pytest.raises(ValueError, match="length"):
@@ -258,6 +263,19 @@ def test_planning_on_tail_factors_uses_p50_plus_factor_times_spread() -> None:
     assert list(planned) == [15, 20, 20, 20]
     with pytest.raises(ValueError, match="p50 and p90"):
         plan_quantiles({0.5: p50}, STEP, settings, tail=np.array([1.0]))
+    for bad in (np.array([1.0, np.nan]), np.array([-0.5]), np.array([])):
+        with pytest.raises(ValueError, match="finite and at least 0"):
+            plan_quantiles({0.5: p50, 0.9: p90}, STEP, settings, tail=bad)
+
+
+def test_tail_factors_follow_the_steps_that_now_keeps() -> None:
+    frame = forecast(np.full(6, 40.0), np.full(6, 60.0))
+    settings = config(startup_seconds=0, scale_down_delay_minutes=0, max_surge_per_step=100)
+    tail = np.array([0.0, 0.0, 0.0, 3.0])  # 40 req/s for three steps, then 100
+    later = plan_replicas(frame, settings, now=START + 2 * STEP + pd.Timedelta(minutes=1), tail=tail)
+    assert list(later["ts"]) == list(frame["ts"].iloc[2:])
+    assert list(later["tail_factor"]) == [0.0, 3.0, 3.0, 3.0]
+    assert list(later["planned_load"]) == [40.0, 100.0, 100.0, 100.0]
 
 
 @pytest.mark.parametrize("seed", range(4))

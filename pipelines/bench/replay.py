@@ -674,8 +674,9 @@ FORESCALE_VARIANTS: dict[str, ForescaleVariant] = {
   forecaster's own past) and taking the cheapest whose short minutes stay within
   :data:`CALIBRATION_SHORT_BUDGET` of the HPA's there;
 * ``forescale_tail`` (the headline, :data:`HEADLINE_VARIANT`): as ``forescale``, planning
-  ``p50 + k * (p90 - p50)`` with ``k`` the empirical 96 % quantile of the forecaster's own standardized errors per horizon step over the
-  last 3 days (:attr:`ForescaleVariant.tail_days`); the risk is the largest of 0.02 ... 0.07 (in
+  ``p50 + k * (p90 - p50)`` with ``k`` the empirical 96 % quantile of the forecaster's own
+  standardized errors per horizon step over the last 3 days
+  (:attr:`ForescaleVariant.tail_days`); the risk is the largest of 0.02 ... 0.07 (in
   steps of 0.01) whose short minutes stayed within 10 % of the HPA's at both start-up delays on
   the development weeks, as for ``forescale``;
 * ``forescale_mean`` (the earlier headline): forecasts 5-minute means every 15 minutes
@@ -928,7 +929,7 @@ def _tail_factor_sources(
     """
     rows = pd.concat([f.assign(origin=o) for o, f in forecasts], ignore_index=True)
     rows["horizon_step"] = rows.groupby(["origin", SERVICE]).cumcount() + 1
-    sources = {}
+    sources: dict[str, Callable[[int, float, float, int], np.ndarray | None]] = {}
     for name, own in rows.groupby(SERVICE, sort=False):
         stamps = own[TS].to_numpy(dtype="datetime64[us]").astype(np.int64)
         actual = actuals[str(name)]
@@ -947,6 +948,7 @@ def _tail_factor_sources(
 def _memoised_tail(
     errors: np.ndarray, horizon: np.ndarray, ends: np.ndarray
 ) -> Callable[[int, float, float, int], np.ndarray | None]:
+    """:func:`pipelines.policy.tail_factors` of the errors whose steps ended by an instant."""
     memo: dict[tuple[int, float, float, int], np.ndarray | None] = {}
 
     def factors(instant: int, days: float, level: float, steps: int) -> np.ndarray | None:
@@ -1080,7 +1082,22 @@ def _calibrate_quantile_risks(
             for setting in settings[variant]
             for delay in delays
         }
-        targets = _planned_targets(forecasts, starts, spans, candidates, forecast.cadence_minutes)
+        tail_days = {
+            (_candidate_key(spec, setting), delay): spec.tail_days
+            for variant, spec in calibrated.items()
+            if spec.forecast == forecast
+            for setting in settings[variant]
+            for delay in delays
+        }
+        targets = _planned_targets(
+            forecasts,
+            starts,
+            spans,
+            candidates,
+            forecast.cadence_minutes,
+            {name: frames[forecast.target][name] for name in weeks},
+            tail_days,
+        )
         for (key, delay), per_trace in candidates.items():
             for name, (before, week) in weeks.items():
                 floored.setdefault((name, delay), {})[key] = _with_reactive_floor(
@@ -1504,7 +1521,7 @@ def summarize(per_delay: dict[int, dict[str, dict[str, dict[str, float]]]]) -> d
         }
         summary[str(delay)] = {
             "totals": totals,
-            "targets_met": verdicts.get(HEADLINE_VARIANT, {}),
+            "targets_met": verdicts[HEADLINE_VARIANT],
             "targets_met_by_variant": verdicts,
         }
     return summary
