@@ -280,7 +280,8 @@ def plan_quantiles(
         Integer replicas per step.
 
     Raises:
-        ValueError: If ``tail`` is given without the ``0.5`` and ``0.9`` levels.
+        ValueError: As :func:`risk_load` (a ``tail`` without the ``0.5`` and ``0.9`` levels,
+            or empty, negative or not finite).
     """
     level = 1.0 - config.risk
     load = risk_load(quantiles, level, tail)
