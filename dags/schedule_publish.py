@@ -6,10 +6,14 @@ champion, turn the forecast into a replica schedule and publish it to the servin
 (read by KEDA `metrics-api`). A fresh forecast every 5 minutes is what `forescale bench replay`
 measures (an hourly one serves forecasts up to an hour old at the moment a surge starts).
 
-`check_rollbacks` → `plan_shards` → `forecast_shard` → `build_schedules` → `publish_schedules`,
-each of the last three mapped over the shards (one task instance per shard of
+`check_rollbacks` → `plan_shards` → `forecast_shard` → `build_schedules` → `publish_schedules`
+→ `prune_runs`, the middle three mapped over the shards (one task instance per shard of
 `training.shard_size` services).
 
+* `build_schedules` plans each service's risk quantile on the tail of its champion's own
+  errors over the last `schedule.tail_days` (see the README's Configuration).
+* `prune_runs` finally deletes forecast and schedule run folders older than
+  `schedule.keep_days`.
 * `check_rollbacks` first compares each champion's live error (the forecasts it served over the
   last `rollback.window_hours`) with the previous champion's backtest error and moves the
   `champion` alias back when it is worse by more than `rollback.margin`; the event is logged to
@@ -77,11 +81,18 @@ def schedule_publish() -> None:
         _, published_at = current_interval(INTERVAL_MINUTES)
         return str(publish_schedules(forescale_settings(), schedules_path, as_of=published_at))
 
+    @task
+    def prune_runs() -> int:
+        from pipelines.publish import prune_runs
+
+        _, now = current_interval(INTERVAL_MINUTES)
+        return len(prune_runs(forescale_settings(), now=now))
+
     shards = plan_shards()
     check_rollbacks() >> shards
     forecasts = forecast_shard.expand(services=shards)
     schedules = build_schedules.expand(forecast_path=forecasts)
-    publish_schedules.expand(schedules_path=schedules)
+    publish_schedules.expand(schedules_path=schedules) >> prune_runs()
 
 
 schedule_publish()

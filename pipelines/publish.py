@@ -286,6 +286,50 @@ def publish_schedules(settings: Settings, schedules_path: Path | str,
     return out
 
 
+def prune_runs(settings: Settings, now: datetime | None = None) -> list[Path]:
+    """Delete forecast and schedule run folders older than ``schedule.keep_days``.
+
+    Publication writes one folder of each every 5 minutes; the tail calibration
+    (``schedule.tail_days``) and the rollback check (``rollback.window_hours`` plus a day) read
+    the recent ones, so ``keep_days`` must cover both.
+
+    Args:
+        settings: Runtime settings.
+        now: The reference instant (default: now).
+
+    Returns:
+        The deleted folders, oldest first.
+
+    Raises:
+        ValueError: If ``schedule.keep_days`` is shorter than what the tail calibration or the
+            rollback check reads.
+    """
+    import shutil
+
+    keep_days = float(section(settings.params_file, "schedule").get("keep_days", 7))
+    tail_days = float(section(settings.params_file, "schedule").get("tail_days", 0))
+    rollback_days = float(section(settings.params_file, "rollback").get("window_hours", 6)) / 24 + 1
+    if keep_days < max(tail_days, rollback_days):
+        raise ValueError(
+            f"schedule.keep_days is {keep_days}, but schedule.tail_days ({tail_days}) and the "
+            f"rollback check ({rollback_days:.2f} days) read older forecasts: keep at least "
+            f"{max(tail_days, rollback_days):.2f} days")
+    cutoff = (pd.Timestamp(now) if now is not None else pd.Timestamp.now(tz="UTC"))
+    cutoff = (cutoff.tz_localize("UTC") if cutoff.tzinfo is None else cutoff) - pd.Timedelta(
+        days=keep_days)
+    deleted = []
+    for kind in ("forecasts", "schedules"):
+        for run_dir in sorted((settings.artifacts_dir / kind).glob("*")):
+            try:
+                made = pd.Timestamp(datetime.strptime(run_dir.name, RUN_FOLDER_FORMAT), tz="UTC")
+            except ValueError:
+                continue
+            if run_dir.is_dir() and made < cutoff:
+                shutil.rmtree(run_dir)
+                deleted.append(run_dir)
+    return deleted
+
+
 def explain_schedule(settings: Settings, schedule: pd.DataFrame) -> dict:
     """Explain one service's schedule: the drivers of its forecast at the peak steps.
 

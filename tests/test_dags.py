@@ -96,6 +96,7 @@ def test_training_and_publication_are_mapped_over_shards(dagbag: Any) -> None:
     publish = dagbag.dags["schedule_publish"]
     for task_id in ("forecast_shard", "build_schedules", "publish_schedules"):
         assert isinstance(publish.get_task(task_id), MappedOperator), task_id
+    assert publish.get_task("prune_runs").upstream_task_ids == {"publish_schedules"}
 
 
 def test_only_the_drift_announcement_emits_the_asset(dagbag: Any) -> None:

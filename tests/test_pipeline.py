@@ -312,3 +312,24 @@ def test_schedules_are_planned_on_the_tail_of_the_models_own_recent_errors(
     with caplog.at_level("WARNING", logger="pipelines.publish"):
         fallback = pd.read_parquet(build_schedules(tailed, median_only))
     assert fallback["tail_factor"].isna().all() and "no p50/p90" in caplog.text
+
+
+def test_old_forecast_and_schedule_runs_are_pruned(tmp_path) -> None:
+    from pipelines.publish import prune_runs
+
+    settings = settings_with_params(tmp_path / "home", schedule={"keep_days": 4, "tail_days": 3})
+    now = pd.Timestamp("2026-11-16 12:00", tz="UTC")
+    made = {}
+    for kind in ("forecasts", "schedules"):
+        for age in (pd.Timedelta(days=5), pd.Timedelta(days=4, minutes=5), pd.Timedelta(days=3)):
+            folder = settings.artifacts_dir / kind / f"{now - age:%Y%m%dT%H%M}"
+            folder.mkdir(parents=True)
+            made[(kind, age.days)] = folder
+    (settings.artifacts_dir / "forecasts" / "notes").mkdir()
+    deleted = prune_runs(settings, now=now)
+    assert sorted(deleted) == sorted(f for (_, days), f in made.items() if days >= 4)
+    assert all(f.exists() for (_, days), f in made.items() if days < 4)
+    assert (settings.artifacts_dir / "forecasts" / "notes").exists()
+    short = settings_with_params(tmp_path / "short", schedule={"keep_days": 2, "tail_days": 3})
+    with pytest.raises(ValueError, match="keep_days is 2.0.*tail_days"):
+        prune_runs(short, now=now)
