@@ -36,7 +36,16 @@ from typing import Any
 import pandas as pd
 
 from pipelines.params import FORECAST_TARGETS, forecast_target, load_params
-from pipelines.schema import CPU, LATENCY_P95, METRICS, REQUESTS, SERVICE, TS, quantile_column
+from pipelines.schema import (
+    CPU,
+    LATENCY_P95,
+    METRICS,
+    REQUESTS,
+    SERVICE,
+    TS,
+    quantile_column,
+    utc_timestamp,
+)
 from pipelines.settings import Settings
 
 DRIFT_SECTION = "drift"
@@ -148,7 +157,7 @@ class DriftResult:
 
 def partition_name(end: datetime) -> str:
     """Folder name of a run's outputs, e.g. ``20240101T0500Z``."""
-    return f"{_utc(end):%Y%m%dT%H%M}Z"
+    return f"{utc_timestamp(end):%Y%m%dT%H%M}Z"
 
 
 def drift_dir(settings: Settings) -> Path:
@@ -306,7 +315,7 @@ def recent_forecasts(settings: Settings, start: datetime, end: datetime) -> pd.D
     Returns:
         Long frame ``service, ts, p50`` (empty if no forecast covers the window).
     """
-    start_ts, end_ts = _utc(start), _utc(end)
+    start_ts, end_ts = utc_timestamp(start), utc_timestamp(end)
     frames = []
     for folder in sorted((settings.artifacts_dir / "forecasts").glob("*T*")):
         try:
@@ -400,12 +409,12 @@ def apply_cooldown(
     Returns:
         ``(announced, suppressed)``, both sorted.
     """
-    end_ts = _utc(end)
+    end_ts = utc_timestamp(end)
     window = pd.Timedelta(hours=cooldown_hours)
     announced, suppressed = [], []
     for service in sorted(drifted):
         last = ledger.get(service)
-        if last is not None and end_ts - window < _utc(last) < end_ts:
+        if last is not None and end_ts - window < utc_timestamp(last) < end_ts:
             suppressed.append(service)
         else:
             announced.append(service)
@@ -440,7 +449,7 @@ def run_drift_monitor(
     from pipelines.telemetry import read_telemetry
 
     config = DriftConfig.from_params(settings.params_file)
-    end_ts = _utc(end) if end is not None else default_window_end(settings)
+    end_ts = utc_timestamp(end) if end is not None else default_window_end(settings)
     current_start = end_ts - pd.Timedelta(hours=config.current_hours)
     if reference_window is None:
         weeks = [pd.Timedelta(weeks=k) for k in range(1, config.reference_weeks + 1)]
@@ -450,7 +459,7 @@ def run_drift_monitor(
             ignore_index=True,
         )
     else:
-        ref_start, ref_end = _utc(reference_window[0]), _utc(reference_window[1])
+        ref_start, ref_end = utc_timestamp(reference_window[0]), utc_timestamp(reference_window[1])
         reference = read_telemetry(settings, start=ref_start, end=ref_end)
     current = read_telemetry(settings, start=current_start, end=end_ts)
     if current.empty:
@@ -649,7 +658,7 @@ def _log_to_mlflow(settings: Settings, result: DriftResult, report_path: Path) -
 
     experiment_id = configure_mlflow(settings, EXPERIMENT_NAME)
     client = mlflow.MlflowClient(tracking_uri=settings.tracking_uri)
-    run = client.create_run(experiment_id, run_name=f"drift-{partition_name(_utc(result.end))}",
+    run = client.create_run(experiment_id, run_name=f"drift-{partition_name(utc_timestamp(result.end))}",
                             tags={"forescale.window_end": result.end})
     run_id = run.info.run_id
     client.log_metric(run_id, "drifted_services", float(len(result.drifted_services)))
@@ -672,6 +681,3 @@ def _write_json(path: Path, payload: Any) -> None:
     tmp.replace(path)
 
 
-def _utc(value: datetime | pd.Timestamp | str) -> pd.Timestamp:
-    ts = pd.Timestamp(value)
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")

@@ -38,6 +38,7 @@ from pipelines.schema import (
     TS,
     TS_DTYPE,
     require_columns,
+    utc_timestamp,
 )
 from pipelines.settings import REPO_ROOT, Settings
 from pipelines.telemetry import read_telemetry
@@ -250,7 +251,7 @@ def update_offline_features(settings: Settings, services: Sequence[str] | None =
         ValueError: If there is no stored telemetry for the requested services.
     """
     path = offline_source_path(settings)
-    since_ts = _utc(since) if since is not None and path.exists() else None
+    since_ts = utc_timestamp(since) if since is not None and path.exists() else None
     telemetry = read_telemetry(settings, services=services,
                                start=None if since_ts is None else since_ts - FEATURE_LOOKBACK)
     if telemetry.empty:
@@ -296,7 +297,7 @@ def materialize_features(settings: Settings, end: datetime) -> None:
     Raises:
         ValueError: If the offline source does not exist or starts after ``end``.
     """
-    end_utc = _utc(end).to_pydatetime()
+    end_utc = utc_timestamp(end).to_pydatetime()
     store = feature_store(settings)
     already = any(view.materialization_intervals for view in store.list_feature_views())
     if already:
@@ -332,7 +333,7 @@ def training_frame(settings: Settings, services: Sequence[str], start: datetime,
     if not services:
         raise ValueError("training_frame needs at least one service")
     step = pd.Timedelta(minutes=settings.step_minutes)
-    first_step, end_utc = _utc(start).ceil(step), _utc(end)
+    first_step, end_utc = utc_timestamp(start).ceil(step), utc_timestamp(end)
     if first_step >= end_utc:
         raise ValueError(f"window [{start}, {end}) holds no {settings.step_minutes}-minute step")
     steps = pd.date_range(first_step, end_utc, freq=step, inclusive="left")
@@ -421,6 +422,3 @@ def _definitions_module() -> ModuleType:
     return module
 
 
-def _utc(value: datetime) -> pd.Timestamp:
-    stamp = pd.Timestamp(value)
-    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")

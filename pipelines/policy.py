@@ -43,7 +43,15 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 
-from pipelines.schema import REPLICAS, SERVICE, TS, normalize_ts, quantile_column, require_columns
+from pipelines.schema import (
+    REPLICAS,
+    SERVICE,
+    TS,
+    normalize_ts,
+    quantile_column,
+    require_columns,
+    utc_timestamp,
+)
 
 PREWARM_MINUTES = 15  # extra lead before a forecast rise, on top of the pod start-up time
 SCALE_DOWN_FRACTION = 0.2  # most pods removed per step once the scale-down delay has passed
@@ -283,10 +291,21 @@ def plan_quantiles(
         ValueError: As :func:`risk_load` (a ``tail`` without the ``0.5`` and ``0.9`` levels,
             or empty, negative or not finite).
     """
+    return _replicas_and_load(quantiles, step, config, live_floor, tail)[0]
+
+
+def _replicas_and_load(
+    quantiles: Mapping[float, np.ndarray],
+    step: pd.Timedelta,
+    config: ScalingSettings,
+    live_floor: int | None,
+    tail: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`plan_quantiles`'s replicas and the :func:`risk_load` they were sized on."""
     level = 1.0 - config.risk
     load = risk_load(quantiles, level, tail)
     median = quantile_from_levels(quantiles, 0.5) if level > 0.5 else load
-    return plan_service(load, step, config, live_floor, median)
+    return plan_service(load, step, config, live_floor, median), load
 
 
 def risk_load(
@@ -452,8 +471,7 @@ def plan_replicas(
         step = _service_step(group, str(service), service_config)
         dropped = 0
         if now is not None:
-            start = pd.Timestamp(now)
-            start = start.tz_localize("UTC") if start.tzinfo is None else start.tz_convert("UTC")
+            start = utc_timestamp(now)
             kept = group[TS] + step > start
             dropped = int((~kept).sum())
             group = group[kept].reset_index(drop=True)
@@ -467,8 +485,7 @@ def plan_replicas(
         quantiles = {
             q: group[c].to_numpy(dtype=float) for q, c in forecast_quantiles(group).items()
         }
-        replicas = plan_quantiles(quantiles, step, service_config, floor, factors)
-        load = risk_load(quantiles, level, factors)
+        replicas, load = _replicas_and_load(quantiles, step, service_config, floor, factors)
         parts.append(
             pd.DataFrame(
                 {
@@ -571,8 +588,7 @@ def served_value(
         if isinstance(startup_lead, pd.Timedelta)
         else pd.Timedelta(seconds=float(startup_lead))
     )
-    instant = pd.Timestamp(now)
-    instant = instant.tz_localize("UTC") if instant.tzinfo is None else instant.tz_convert("UTC")
+    instant = utc_timestamp(now)
     ts = normalize_ts(schedule[TS])
     served: dict[str, int] = {}
     for service, rows in schedule.assign(**{TS: ts.to_numpy()}).groupby(SERVICE, sort=True):

@@ -26,7 +26,7 @@ import pandas as pd
 
 from models.registry import champion, configure_mlflow, load_forecaster
 from pipelines.params import section
-from pipelines.schema import SERVICE, TARGET, TS
+from pipelines.schema import SERVICE, TARGET, TS, utc_timestamp
 from pipelines.settings import Settings
 from pipelines.telemetry import resolve_as_of
 
@@ -39,6 +39,14 @@ def _run_dir(settings: Settings, kind: str, as_of: pd.Timestamp) -> Path:
     path = settings.artifacts_dir / kind / f"{as_of:{RUN_FOLDER_FORMAT}}"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def _run_time(run_dir: Path) -> pd.Timestamp | None:
+    """The time a :func:`_run_dir` folder is named by (``None`` for any other name)."""
+    try:
+        return pd.Timestamp(datetime.strptime(run_dir.name, RUN_FOLDER_FORMAT), tz="UTC")
+    except ValueError:
+        return None
 
 
 def recent_history(settings: Settings, services: Sequence[str], as_of: pd.Timestamp,
@@ -121,11 +129,8 @@ def issued_forecasts(settings: Settings, start: pd.Timestamp, end: pd.Timestamp,
     """
     frames = []
     for run_dir in sorted((settings.artifacts_dir / "forecasts").glob("*")):
-        try:
-            issued = pd.Timestamp(datetime.strptime(run_dir.name, RUN_FOLDER_FORMAT), tz="UTC")
-        except ValueError:
-            continue
-        if not start <= issued < end:
+        issued = _run_time(run_dir)
+        if issued is None or not start <= issued < end:
             continue
         wanted = None if services is None else [(SERVICE, "in", list(services))]
         for path in sorted(run_dir.glob("*.parquet")):
@@ -210,14 +215,12 @@ def build_schedules(settings: Settings, forecast_path: Path | str) -> Path:
                     "(training.quantiles): planning on the forecast's quantiles",
                     tail_days, forecast_path)
     elif tail_days > 0:
-        try:
-            issued = datetime.strptime(forecast_path.parent.name, RUN_FOLDER_FORMAT)
-        except ValueError as err:
+        issued = _run_time(forecast_path.parent)
+        if issued is None:
             raise ValueError(
                 f"{forecast_path}: schedule.tail_days needs the forecast's issue time as its "
-                f"folder name ({RUN_FOLDER_FORMAT}, as forecast_shard writes it)") from err
-        errors = forecast_errors(settings, sorted(forecast[SERVICE].unique()),
-                                 pd.Timestamp(issued, tz="UTC"), tail_days)
+                f"folder name ({RUN_FOLDER_FORMAT}, as forecast_shard writes it)")
+        errors = forecast_errors(settings, sorted(forecast[SERVICE].unique()), issued, tail_days)
     frames = []
     for service, rows in forecast.groupby(SERVICE, sort=True):
         config = service_config(settings.params_file, str(service))
@@ -306,25 +309,22 @@ def prune_runs(settings: Settings, now: datetime | None = None) -> list[Path]:
     """
     import shutil
 
-    keep_days = float(section(settings.params_file, "schedule").get("keep_days", 7))
-    tail_days = float(section(settings.params_file, "schedule").get("tail_days", 0))
+    schedule = section(settings.params_file, "schedule")
+    keep_days = float(schedule.get("keep_days", 7))
+    tail_days = float(schedule.get("tail_days", 0))
     rollback_days = float(section(settings.params_file, "rollback").get("window_hours", 6)) / 24 + 1
     if keep_days < max(tail_days, rollback_days):
         raise ValueError(
             f"schedule.keep_days is {keep_days}, but schedule.tail_days ({tail_days}) and the "
             f"rollback check ({rollback_days:.2f} days) read older forecasts: keep at least "
             f"{max(tail_days, rollback_days):.2f} days")
-    cutoff = (pd.Timestamp(now) if now is not None else pd.Timestamp.now(tz="UTC"))
-    cutoff = (cutoff.tz_localize("UTC") if cutoff.tzinfo is None else cutoff) - pd.Timedelta(
-        days=keep_days)
+    cutoff = utc_timestamp(now if now is not None else pd.Timestamp.now(tz="UTC"))
+    cutoff -= pd.Timedelta(days=keep_days)
     deleted = []
     for kind in ("forecasts", "schedules"):
         for run_dir in sorted((settings.artifacts_dir / kind).glob("*")):
-            try:
-                made = pd.Timestamp(datetime.strptime(run_dir.name, RUN_FOLDER_FORMAT), tz="UTC")
-            except ValueError:
-                continue
-            if run_dir.is_dir() and made < cutoff:
+            made = _run_time(run_dir)
+            if made is not None and run_dir.is_dir() and made < cutoff:
                 shutil.rmtree(run_dir)
                 deleted.append(run_dir)
     return deleted

@@ -8,6 +8,7 @@ columns named ``p50``, ``p90``, ... (see :func:`quantile_column`).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 
 import pandas as pd
 
@@ -42,6 +43,19 @@ def quantile_column(quantile: float) -> str:
     if not 0.0 < quantile < 1.0:
         raise ValueError(f"quantile must be in (0, 1), got {quantile}")
     return f"p{quantile * 100:g}"
+
+
+def utc_timestamp(value: datetime | pd.Timestamp | str) -> pd.Timestamp:
+    """One instant as a UTC timestamp; a naive value is taken as UTC.
+
+    Args:
+        value: A datetime, timestamp or ISO text.
+
+    Returns:
+        The instant, tz-aware in UTC.
+    """
+    stamp = pd.Timestamp(value)
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
 
 
 def normalize_ts(values: pd.Series | pd.DatetimeIndex) -> pd.Series:

@@ -42,6 +42,7 @@ from pipelines.schema import (
     normalize_ts,
     require_columns,
     to_long,
+    utc_timestamp,
 )
 from pipelines.settings import Settings
 
@@ -206,7 +207,7 @@ class SyntheticFleetSource:
         Returns:
             Long-format telemetry.
         """
-        start, end = _utc(start), _utc(end)
+        start, end = utc_timestamp(start), utc_timestamp(end)
         days = pd.date_range(start.floor("D"), (end - pd.Timedelta(microseconds=1)).floor("D"),
                              freq="D")
         frames = [
@@ -227,7 +228,7 @@ class SyntheticFleetSource:
         Returns:
             Rows of ``service, start, end, magnitude``.
         """
-        start, end = _utc(start), _utc(end)
+        start, end = utc_timestamp(start), utc_timestamp(end)
         rows = []
         for profile in self.profiles:
             for day in pd.date_range(start.floor("D"), end.ceil("D"), freq="D"):
@@ -258,7 +259,7 @@ def generate_fleet(n_services: int, days: int, step_minutes: int = 1, seed: int 
     """
     if days < 1:
         raise ValueError(f"days must be at least 1, got {days}")
-    stop = _utc(end if end is not None else pd.Timestamp.now(tz="UTC")).floor(f"{step_minutes}min")
+    stop = utc_timestamp(end if end is not None else pd.Timestamp.now(tz="UTC")).floor(f"{step_minutes}min")
     source = SyntheticFleetSource(n_services, seed=seed, step_minutes=step_minutes)
     return source.fetch(stop - pd.Timedelta(days=days), stop)
 
@@ -317,7 +318,7 @@ class FileSource:
             Long-format telemetry.
         """
         frame = self.read_all()
-        frame = frame[(frame[TS] >= _utc(start)) & (frame[TS] < _utc(end))]
+        frame = frame[(frame[TS] >= utc_timestamp(start)) & (frame[TS] < utc_timestamp(end))]
         return frame.reset_index(drop=True)
 
     def _read_file(self, path: Path) -> pd.DataFrame:
@@ -402,7 +403,7 @@ class PrometheusSource:
             ValueError: If Prometheus answers with an error or a series lacks the service label.
             httpx.HTTPError: If Prometheus cannot be reached.
         """
-        start, end = _utc(start), _utc(end)
+        start, end = utc_timestamp(start), utc_timestamp(end)
         merged: pd.DataFrame | None = None
         for metric, query in self.queries.items():
             frame = self._query_range(metric, query, start, end)
@@ -480,7 +481,7 @@ def make_source(settings: Settings, source: str | None = None) -> TelemetrySourc
 
 def batch_name(start: pd.Timestamp, end: pd.Timestamp) -> str:
     """File name of the batch for an interval, e.g. ``batch-20240101T0000-20240101T0005.parquet``."""
-    return f"batch-{_utc(start):%Y%m%dT%H%M%S}-{_utc(end):%Y%m%dT%H%M%S}.parquet"
+    return f"batch-{utc_timestamp(start):%Y%m%dT%H%M%S}-{utc_timestamp(end):%Y%m%dT%H%M%S}.parquet"
 
 
 def extract_batch(settings: Settings, start: datetime, end: datetime,
@@ -499,7 +500,7 @@ def extract_batch(settings: Settings, start: datetime, end: datetime,
     Raises:
         ValueError: If the interval is empty.
     """
-    start_ts, end_ts = _utc(start), _utc(end)
+    start_ts, end_ts = utc_timestamp(start), utc_timestamp(end)
     if end_ts <= start_ts:
         raise ValueError(f"empty interval: start {start_ts} is not before end {end_ts}")
     telemetry_source = source if source is not None and not isinstance(source, str) else \
@@ -584,8 +585,8 @@ def stage_frame(settings: Settings, frame: pd.DataFrame, start: datetime | None 
     if frame.empty and (start is None or end is None):
         raise ValueError("cannot stage an empty frame without an explicit interval")
     ts = normalize_ts(frame[TS]) if len(frame) else pd.Series(dtype=TS_DTYPE)
-    start_ts = _utc(start) if start is not None else ts.min()
-    end_ts = _utc(end) if end is not None else ts.max() + pd.Timedelta(seconds=1)
+    start_ts = utc_timestamp(start) if start is not None else ts.min()
+    end_ts = utc_timestamp(end) if end is not None else ts.max() + pd.Timedelta(seconds=1)
     settings.staging_dir.mkdir(parents=True, exist_ok=True)
     path = settings.staging_dir / batch_name(start_ts, end_ts)
     _atomic_write(frame, path)
@@ -616,9 +617,9 @@ def read_telemetry(settings: Settings, services: Sequence[str] | None = None,
     frame = pd.concat(frames, ignore_index=True)
     frame[TS] = frame[TS].astype(TS_DTYPE)
     if start is not None:
-        frame = frame[frame[TS] >= _utc(start)]
+        frame = frame[frame[TS] >= utc_timestamp(start)]
     if end is not None:
-        frame = frame[frame[TS] < _utc(end)]
+        frame = frame[frame[TS] < utc_timestamp(end)]
     return frame.sort_values([SERVICE, TS], kind="stable").reset_index(drop=True)
 
 
@@ -652,7 +653,7 @@ def resolve_as_of(settings: Settings, as_of: datetime | None) -> pd.Timestamp:
         ValueError: If ``as_of`` is None and no telemetry is stored.
     """
     if as_of is not None:
-        return _utc(as_of)
+        return utc_timestamp(as_of)
     span = telemetry_span(settings)
     if span is None:
         raise ValueError(f"no telemetry stored under {settings.telemetry_dir}")
@@ -662,8 +663,8 @@ def resolve_as_of(settings: Settings, as_of: datetime | None) -> pd.Timestamp:
 def _day_files(settings: Settings, services: Iterable[str] | None, start: datetime | None,
                end: datetime | None) -> list[tuple[str, Path]]:
     wanted = set(services) if services is not None else None
-    first_day = _utc(start).strftime("%Y-%m-%d") if start is not None else None
-    last_day = _utc(end).strftime("%Y-%m-%d") if end is not None else None
+    first_day = utc_timestamp(start).strftime("%Y-%m-%d") if start is not None else None
+    last_day = utc_timestamp(end).strftime("%Y-%m-%d") if end is not None else None
     out = []
     for path in sorted(settings.telemetry_dir.glob("service=*/date=*/part.parquet")):
         service = path.parent.parent.name.removeprefix("service=")
@@ -691,6 +692,3 @@ def _atomic_write(frame: pd.DataFrame, path: Path) -> None:
     tmp.replace(path)
 
 
-def _utc(value: datetime | pd.Timestamp | str) -> pd.Timestamp:
-    ts = pd.Timestamp(value)
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")

@@ -23,7 +23,17 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from pipelines.params import section
-from pipelines.schema import CPU, ERRORS, KEYS, LATENCY_P95, METRICS, REQUESTS, SERVICE, TS
+from pipelines.schema import (
+    CPU,
+    ERRORS,
+    KEYS,
+    LATENCY_P95,
+    METRICS,
+    REQUESTS,
+    SERVICE,
+    TS,
+    utc_timestamp,
+)
 from pipelines.settings import Settings
 
 if TYPE_CHECKING:
@@ -126,7 +136,7 @@ def build_expectation_suite(start: datetime, end: datetime, limits: ValidationLi
     import great_expectations as gx
 
     expect = gx.expectations
-    start_utc, end_utc = _utc(start), _utc(end)
+    start_utc, end_utc = utc_timestamp(start), utc_timestamp(end)
     metrics = list(dict.fromkeys([REQUESTS, *metrics]))
     upper_bounds = {
         REQUESTS: limits.max_requests_per_second,
@@ -240,7 +250,7 @@ def validate_batch(settings: Settings, batch_path: Path, start: datetime, end: d
         FileNotFoundError: If the batch file does not exist.
     """
     batch_path = Path(batch_path)
-    if _utc(start) >= _utc(end):
+    if utc_timestamp(start) >= utc_timestamp(end):
         raise ValueError(f"validation interval is empty: start {start} is not before end {end}")
     if not batch_path.is_file():
         raise FileNotFoundError(f"batch file {batch_path} does not exist")
@@ -259,7 +269,7 @@ def validate_batch(settings: Settings, batch_path: Path, start: datetime, end: d
     report = {
         "batch": batch_path.name,
         "source_path": str(batch_path),
-        "interval": {"start": _utc(start).isoformat(), "end": _utc(end).isoformat()},
+        "interval": {"start": utc_timestamp(start).isoformat(), "end": utc_timestamp(end).isoformat()},
         "rows": len(batch),
         "failures": failures,
         "results": result.to_json_dict(),
@@ -267,8 +277,8 @@ def validate_batch(settings: Settings, batch_path: Path, start: datetime, end: d
     report_path.write_text(json.dumps(report, indent=2, default=str))
     shutil.move(batch_path, quarantined)
     message = (
-        f"batch {batch_path.name} ({len(batch)} rows, interval [{_utc(start).isoformat()}, "
-        f"{_utc(end).isoformat()})) failed {len(failures)} expectation(s) and was quarantined "
+        f"batch {batch_path.name} ({len(batch)} rows, interval [{utc_timestamp(start).isoformat()}, "
+        f"{utc_timestamp(end).isoformat()})) failed {len(failures)} expectation(s) and was quarantined "
         f"to {quarantined} (report {report_path}):\n" + "\n".join(f"- {f}" for f in failures)
     )
     raise BatchValidationError(message, quarantined, report_path, failures)
@@ -389,10 +399,6 @@ def _span(indices: Iterable[Any]) -> str:
 def _ts_text(value: Any) -> str:
     return "NaT" if pd.isna(value) else pd.Timestamp(value).isoformat()
 
-
-def _utc(value: datetime) -> pd.Timestamp:
-    stamp = pd.Timestamp(value)
-    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
 
 
 def _quiet_great_expectations() -> None:
