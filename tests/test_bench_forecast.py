@@ -5,10 +5,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.bench.forecast import load_m4, markdown_report, summarize_ops
+from pipelines.bench.forecast import (
+    hourly_level_oracle,
+    load_m4,
+    markdown_report,
+    summarize_ops,
+)
 
 
 def per_trace_rows() -> pd.DataFrame:
@@ -70,3 +76,23 @@ def test_load_m4_without_a_test_path_reads_the_training_file_only(tmp_path: Path
     assert test.empty and list(test.columns) == list(history.columns)
     ends = history.groupby("service")["ts"].max()
     assert ends["H1"] == ends["H2"]  # every training part ends at the same instant
+
+
+def test_level_oracle_forecasts_each_hour_as_the_median_of_its_actuals() -> None:
+    origin = pd.Timestamp("2026-01-01 00:00", tz="UTC")
+    step = pd.Timedelta(minutes=20)  # 3 steps per hour
+    stamps = origin + step * np.array([1, 2, 3, 4, 6])  # step 5 is missing
+    future = pd.DataFrame({"service": "t", "ts": stamps, "requests": [1.0, 5.0, 3.0, 10.0, 20.0]})
+    oracle = hourly_level_oracle(future, origin, step, steps_hour=3)
+    assert oracle["horizon_step"].tolist() == [1, 2, 3, 4, 6]
+    assert oracle["p50"].tolist() == [3.0, 3.0, 3.0, 15.0, 15.0]
+    assert oracle["p90"].isna().all()
+    assert oracle["ts"].tolist() == stamps.tolist()
+
+
+def test_a_method_without_p90_reports_no_coverage() -> None:
+    rows = per_trace_rows().assign(method="oracle", coverage_p90=float("nan"))
+    (summary,) = summarize_ops(rows)
+    assert np.isnan(summary["coverage_p90_median"]) and np.isnan(summary["coverage_p90_mean"])
+    assert summary["relative_mae_1h_median"] == pytest.approx(0.6)
+    assert "| — / — |" in markdown_report([], [summary])
