@@ -40,15 +40,17 @@ from models.naive import seasonal_naive_path
 from pipelines.schema import SERVICE, TARGET, TS, quantile_column
 
 
-def smooth_double_seasonal(
+def double_seasonal_components(
     log_values: np.ndarray,
     season: int,
     horizon: int,
     alpha: float,
     gamma_day: float,
     gamma_week: float,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Run the smoothing over series of equal length and forecast ``horizon`` steps.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Run the smoothing over series of equal length; the forecast's components (log scale).
+
+    The forecast of ``horizon`` steps is ``level[:, None] + day + week``.
 
     Args:
         log_values: ``(n_series, n_steps)`` on the log scale, ``n_steps >= 7 * season + 1``.
@@ -59,28 +61,9 @@ def smooth_double_seasonal(
         gamma_week: Weekly-component smoothing.
 
     Returns:
-        ``(forecast, errors)``: ``(n_series, horizon)`` on the log scale and the one-step errors
-        ``(n_series, n_steps - 7 * season)``.
-    """
-    level, day, week, errors = double_seasonal_components(
-        log_values, season, horizon, alpha, gamma_day, gamma_week
-    )
-    return level[:, None] + day + week, errors
-
-
-def double_seasonal_components(
-    log_values: np.ndarray,
-    season: int,
-    horizon: int,
-    alpha: float,
-    gamma_day: float,
-    gamma_week: float,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The forecast of :func:`smooth_double_seasonal` split into its components (log scale).
-
-    Returns:
         ``(level, day, week, errors)``: the final level ``(n_series,)``, the daily and weekly
-        components of each forecast step ``(n_series, horizon)``, and the one-step errors.
+        components of each forecast step ``(n_series, horizon)``, and the one-step errors
+        ``(n_series, n_steps - 7 * season)``.
     """
     y = np.asarray(log_values, dtype=float)
     n, steps = y.shape
@@ -133,7 +116,11 @@ class DoubleSeasonalHoltWintersForecaster(Forecaster):
         season_steps: int | None = None,
         max_growth: float = 3.0,
     ) -> None:
-        for label, value in (("alpha", alpha), ("gamma_day", gamma_day), ("gamma_week", gamma_week)):
+        for label, value in (
+            ("alpha", alpha),
+            ("gamma_day", gamma_day),
+            ("gamma_week", gamma_week),
+        ):
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{label} must be within [0, 1], got {value}")
         if not max_growth > 0:
@@ -148,7 +135,9 @@ class DoubleSeasonalHoltWintersForecaster(Forecaster):
         self.target_: str = TARGET
         self.history_: pd.DataFrame | None = None
 
-    def fit(self, history: pd.DataFrame, target: str = TARGET) -> DoubleSeasonalHoltWintersForecaster:
+    def fit(
+        self, history: pd.DataFrame, target: str = TARGET
+    ) -> DoubleSeasonalHoltWintersForecaster:
         """Store each service's history on a regular grid (see :meth:`Forecaster.fit`).
 
         The smoothing itself runs in :meth:`predict` (it takes well under a second), so a
@@ -215,14 +204,24 @@ class DoubleSeasonalHoltWintersForecaster(Forecaster):
             if not self._smoothable(values):
                 continue
             level, day, week, _ = double_seasonal_components(
-                np.log1p(values)[None, :], self.season_, horizon,
-                self.alpha, self.gamma_day, self.gamma_week,
+                np.log1p(values)[None, :],
+                self.season_,
+                horizon,
+                self.alpha,
+                self.gamma_day,
+                self.gamma_week,
             )
-            parts.append(pd.DataFrame({
-                SERVICE: str(service),
-                TS: future_timestamps(group[TS].max(), self.step_, horizon),
-                "level": level[0], "daily": day[0], "weekly": week[0],
-            }))
+            parts.append(
+                pd.DataFrame(
+                    {
+                        SERVICE: str(service),
+                        TS: future_timestamps(group[TS].max(), self.step_, horizon),
+                        "level": level[0],
+                        "daily": day[0],
+                        "weekly": week[0],
+                    }
+                )
+            )
         columns = [SERVICE, TS, "level", "daily", "weekly"]
         return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
 
@@ -253,9 +252,10 @@ class DoubleSeasonalHoltWintersForecaster(Forecaster):
                 by_length.setdefault(values.size, []).append(service)
         for services in by_length.values():
             log_values = np.log1p(np.vstack([series[s] for s in services]))
-            forecast, errors = smooth_double_seasonal(
+            level, day, week_part, errors = double_seasonal_components(
                 log_values, self.season_, horizon, self.alpha, self.gamma_day, self.gamma_week
             )
+            forecast = level[:, None] + day + week_part
             recent = errors[:, -2 * week :]
             for row, service in enumerate(services):
                 cap = self.max_growth * float(series[service].max())

@@ -511,13 +511,14 @@ def test_catalog_maps_every_family() -> None:
 
 
 def test_holt_winters_repeats_an_exact_double_seasonal_pattern() -> None:
-    from models.holt_winters import smooth_double_seasonal
+    from models.holt_winters import double_seasonal_components
 
     day, week = 4, 28
     pattern = np.log1p(np.arange(week, dtype=float) + 5.0)  # weekly, not daily-periodic
     values = np.tile(pattern, (2, 3))
     values[1] += 1.0  # a second series, one log unit higher
-    forecast, errors = smooth_double_seasonal(values, day, 10, 0.3, 0.2, 0.2)
+    level, daily, weekly, errors = double_seasonal_components(values, day, 10, 0.3, 0.2, 0.2)
+    forecast = level[:, None] + daily + weekly
     np.testing.assert_allclose(errors, 0.0, atol=1e-12)
     np.testing.assert_allclose(forecast[0], pattern[:10], atol=1e-12)
     np.testing.assert_allclose(forecast[1], pattern[:10] + 1.0, atol=1e-12)

@@ -482,9 +482,11 @@ def run_trace(
             joined["method"] = method
             joined["origin"] = origin
             rows.append(joined)
-        oracle = hourly_level_oracle(future, origin, step, steps_hour)
+        oracle = hourly_level_oracle(future, origin, step, steps_hour)  # a row per actual
         rows.append(
-            oracle.merge(future, on=[SERVICE, TS]).assign(method=LEVEL_ORACLE, origin=origin)
+            oracle.assign(
+                requests=future["requests"].to_numpy(), method=LEVEL_ORACLE, origin=origin
+            )
         )
         meters[LEVEL_ORACLE].append(Meter())
     scored = pd.concat(rows, ignore_index=True).rename(columns={"requests": "y"})
