@@ -240,7 +240,7 @@ def build_schedules(settings: Settings, forecast_path: Path | str) -> Path:
 
 
 def publish_schedules(settings: Settings, schedules_path: Path | str,
-                      as_of: datetime | None = None) -> Path:
+                      as_of: datetime | None = None, now: datetime | None = None) -> Path:
     """Publish the schedules of a file to the serving store, with their explanations.
 
     All services of the file are published in one transaction (each gets its next version), so a
@@ -251,6 +251,8 @@ def publish_schedules(settings: Settings, schedules_path: Path | str,
         schedules_path: A file written by :func:`build_schedules`.
         as_of: Publication time (default: now); a schedule is valid for
             ``schedule.validity_hours`` after it.
+        now: The instant the store checks that the schedules are not in the past (default: the
+            clock); a run on a pinned clock passes its own instant.
 
     Returns:
         Path of a JSON summary: per service the published version, model version and peak.
@@ -279,7 +281,7 @@ def publish_schedules(settings: Settings, schedules_path: Path | str,
             dry_run=bool(service_config(settings.params_file, name).dry_run), steps=steps)
         explanations[name] = explain_schedule(settings, rows)
     versions = publish_schedules_to_store(settings, bodies, explanations,
-                                          now=pd.Timestamp.now(tz="UTC").to_pydatetime())
+                                          now=now or pd.Timestamp.now(tz="UTC").to_pydatetime())
     summary = {name: {"version": versions[name], "model_version": body.model_version,
                       "peak_replicas": max(step.replicas for step in body.steps),
                       "steps": len(body.steps), "explanation": explanations[name]["summary"]}

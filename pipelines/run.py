@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipelines.schema import utc_timestamp
 from pipelines.settings import Settings
 
 Progress = Callable[[str], None]
@@ -78,7 +79,8 @@ def store_and_featurize(settings: Settings, frame: pd.DataFrame, step: pd.Timede
 
 def run_pipeline(settings: Settings, services: int = 5, days: int = 14,
                  source_dir: Path | None = None, step_minutes: int = 1, seed: int = 42,
-                 progress: Progress = lambda _: None) -> list[ServiceSummary]:
+                 progress: Progress = lambda _: None,
+                 run_end: pd.Timestamp | None = None) -> list[ServiceSummary]:
     """Run every stage once on a synthetic fleet (or on files) and publish the schedules.
 
     Args:
@@ -89,6 +91,8 @@ def run_pipeline(settings: Settings, services: int = 5, days: int = 14,
         step_minutes: Resolution of the synthetic telemetry.
         seed: Seed of the synthetic fleet.
         progress: Called with one line per step, for the terminal.
+        run_end: The instant the run acts at: the synthetic history ends there and the schedules are
+            published as of it (default: now). Tests pin it so that nothing depends on the hour.
 
     Returns:
         One summary per service.
@@ -104,7 +108,7 @@ def run_pipeline(settings: Settings, services: int = 5, days: int = 14,
         frame = FileSource(source_dir).read_all()
     else:
         progress(f"generating {services} services x {days} days at {step_minutes}-minute steps")
-        frame = generate_fleet(services, days, step_minutes=step_minutes, seed=seed)
+        frame = generate_fleet(services, days, step_minutes=step_minutes, seed=seed, end=run_end)
     end = store_and_featurize(settings, frame, pd.Timedelta(minutes=step_minutes), progress)
     start = frame["ts"].min()
 
@@ -114,7 +118,8 @@ def run_pipeline(settings: Settings, services: int = 5, days: int = 14,
     progress(f"{int(flagged['is_anomaly'].sum())} anomalous 5-minute points flagged "
              "(excluded from training)")
 
-    publishable = end > pd.Timestamp.now(tz="UTC") - pd.Timedelta(hours=1)
+    clock = utc_timestamp(run_end) if run_end is not None else pd.Timestamp.now(tz="UTC")
+    publishable = end > clock - pd.Timedelta(hours=1)
     if not publishable:
         progress(f"the data ends at {end}, in the past: schedules are built but not published "
                  "(the API only accepts schedules for the future)")
@@ -129,7 +134,8 @@ def run_pipeline(settings: Settings, services: int = 5, days: int = 14,
     for index, shard in enumerate(shards, 1):
         progress(f"scheduling shard {index}/{len(shards)}")
         schedules = build_schedules(settings, forecast_shard(settings, shard, as_of=end))
-        published = (json.loads(publish_schedules(settings, schedules).read_text())
+        published = (json.loads(publish_schedules(settings, schedules, as_of=clock,
+                                                  now=clock.to_pydatetime()).read_text())
                      if publishable else _unpublished_summary(schedules))
         for service in shard:
             t, p = trained[service], published[service]
