@@ -79,7 +79,7 @@ def current_interval(minutes: int) -> tuple[datetime, datetime]:
 
 
 def forescale_settings() -> Any:
-    """``pipelines.settings.get_settings()``, read when a task runs (never at DAG parse time)."""
-    from pipelines.settings import get_settings
+    """``core.settings.get_settings()``, read when a task runs (never at DAG parse time)."""
+    from core.settings import get_settings
 
     return get_settings()

@@ -45,7 +45,7 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 
-from pipelines.schema import SERVICE, TARGET, TS, TS_DTYPE, require_columns, to_long
+from core.schema import SERVICE, TARGET, TS, TS_DTYPE, require_columns, to_long
 
 SCORE = "score"
 IS_ANOMALY = "is_anomaly"
@@ -109,7 +109,7 @@ class DetectorSettings:
         return self.search_rows + self.history + span + self.refractory + 1
 
 
-#: Threshold chosen on the NAB corpus (see ``pipelines/bench/nab.py``): just under the
+#: Threshold chosen on the NAB corpus (see ``benchmarks/nab.py``): just under the
 #: leave-one-file-out choice of the standard profile (0.32 on 16 of 18 files).
 DEFAULT_THRESHOLD = 0.3
 

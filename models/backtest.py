@@ -13,10 +13,10 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from core.schema import SERVICE, TARGET, TS, quantile_column, require_columns
 from models.base import Forecaster
 from models.metrics import coverage, mae, pinball_loss, relative_mae, smape
 from models.naive import SeasonalNaiveForecaster
-from pipelines.schema import SERVICE, TARGET, TS, quantile_column, require_columns
 
 Split = tuple[pd.Timestamp, pd.Timestamp, pd.Timestamp]
 

@@ -22,8 +22,8 @@ from typing import ClassVar, Self
 
 import pandas as pd
 
+from core.schema import SERVICE, TARGET, TS
 from models.persistence import load_object, save_object
-from pipelines.schema import SERVICE, TARGET, TS
 
 DEFAULT_QUANTILES: tuple[float, ...] = (0.5, 0.9)
 

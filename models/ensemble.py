@@ -24,11 +24,11 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 
+from core.schema import SERVICE, TARGET, TS, quantile_column
 from models.backtest import rolling_origin_splits
 from models.base import DEFAULT_QUANTILES, Forecaster, infer_step
 from models.features import check_quantiles, finalize_quantiles, season_steps_for
 from models.naive import SeasonalNaiveForecaster
-from pipelines.schema import SERVICE, TARGET, TS, quantile_column
 
 NAIVE = "naive"
 COMBINES = ("mean", "median")

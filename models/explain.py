@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from core.schema import SERVICE, TS
 from models.base import Forecaster
-from pipelines.schema import SERVICE, TS
 
 TOP_DRIVERS = 3
 PEAK_SPACING = pd.Timedelta(hours=2)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from pipelines.schema import SERVICE, TS, quantile_column, require_columns, to_long
+from core.schema import SERVICE, TS, quantile_column, require_columns, to_long
 
 Y = "y"
 FILLED = "filled"

@@ -27,6 +27,7 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 
+from core.schema import SERVICE, TARGET, TS, quantile_column
 from models.base import DEFAULT_QUANTILES, Forecaster, infer_step
 from models.features import (
     Y,
@@ -37,7 +38,6 @@ from models.features import (
     season_steps_for,
 )
 from models.naive import seasonal_naive_path
-from pipelines.schema import SERVICE, TARGET, TS, quantile_column
 
 
 def double_seasonal_components(

@@ -17,6 +17,7 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
+from core.schema import SERVICE, TARGET, TS, quantile_column
 from models.base import DEFAULT_QUANTILES, Forecaster, infer_step
 from models.features import (
     DAY,
@@ -29,7 +30,6 @@ from models.features import (
     robust_clip,
     season_steps_for,
 )
-from pipelines.schema import SERVICE, TARGET, TS, quantile_column
 
 TRANSFORMS = ("none", "log")
 ANCHORS = ("median", "mean", "last", "recent", "week")

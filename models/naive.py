@@ -11,6 +11,7 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 
+from core.schema import SERVICE, TARGET, TS, quantile_column
 from models.base import DEFAULT_QUANTILES, Forecaster, infer_step
 from models.features import (
     Y,
@@ -20,7 +21,6 @@ from models.features import (
     prepare_history,
     season_steps_for,
 )
-from pipelines.schema import SERVICE, TARGET, TS, quantile_column
 
 
 class SeasonalNaiveForecaster(Forecaster):

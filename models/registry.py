@@ -17,9 +17,9 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from core.settings import Settings
 from models.base import Forecaster
 from models.persistence import load_object
-from pipelines.settings import Settings
 
 CHAMPION = "champion"
 PREVIOUS = "previous-champion"

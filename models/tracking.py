@@ -12,7 +12,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from pipelines.schema import SERVICE
+from core.schema import SERVICE
 
 WINDOW_COLUMNS = ("fold", "train_end")
 

@@ -29,6 +29,9 @@ import mlflow
 import numpy as np
 import pandas as pd
 
+from core.params import load_params
+from core.schema import SERVICE, TARGET, TS
+from core.settings import Settings
 from models.anomaly import IS_ANOMALY, AnomalyDetector
 from models.registry import (
     RegisteredVersion,
@@ -37,9 +40,6 @@ from models.registry import (
     tag_version,
     version_by_alias,
 )
-from pipelines.params import load_params
-from pipelines.schema import SERVICE, TARGET, TS
-from pipelines.settings import Settings
 
 ANOMALY_MODEL = "forescale-anomaly"
 ANOMALY_EXPERIMENT = "forescale-anomaly"

@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pipelines.settings import REPO_ROOT, Settings, get_settings
+from core.settings import REPO_ROOT, Settings, get_settings
 
 app = typer.Typer(help="Forescale: predictive scaling schedules for Kubernetes services.",
                   pretty_exceptions_enable=False,
@@ -311,7 +311,7 @@ def bench_forecast(
     ] = False,
 ) -> None:
     """M4 Hourly and ops-trace forecasting benchmark."""
-    from pipelines.bench.forecast import run_forecast_bench
+    from benchmarks.forecast import run_forecast_bench
 
     _settings()
     run_forecast_bench(data, json_path, forecasts, quick=quick, training_part=training_part)
@@ -332,7 +332,7 @@ def bench_replay(
     jobs: Annotated[int, typer.Option(help="Worker processes (1: all in this process).")] = 2,
 ) -> None:
     """Replay real traffic against HPA, Holt-Winters, static, oracle and Forescale policies."""
-    from pipelines.bench.replay import run_replay_bench
+    from benchmarks.replay import run_replay_bench
 
     _settings()
     run_replay_bench(
@@ -353,7 +353,7 @@ def bench_nab(
     scores: Annotated[Path | None, typer.Option(help="Write NAB-layout result files here.")] = None,
 ) -> None:
     """Numenta Anomaly Benchmark scores of the anomaly detector."""
-    from pipelines.bench.nab import run_nab_bench
+    from benchmarks.nab import run_nab_bench
 
     _settings()
     run_nab_bench(data, json_path, scores)
@@ -371,7 +371,7 @@ def bench_features(
     import json
     import tempfile
 
-    from pipelines.bench.features import markdown, run
+    from benchmarks.features import markdown, run
 
     _settings()
     home = Path(tempfile.mkdtemp(prefix="forescale-bench-features-")) / "home"

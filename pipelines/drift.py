@@ -35,8 +35,8 @@ from typing import Any
 
 import pandas as pd
 
-from pipelines.params import FORECAST_TARGETS, forecast_target, load_params
-from pipelines.schema import (
+from core.params import FORECAST_TARGETS, forecast_target, load_params
+from core.schema import (
     CPU,
     LATENCY_P95,
     METRICS,
@@ -46,7 +46,7 @@ from pipelines.schema import (
     quantile_column,
     utc_timestamp,
 )
-from pipelines.settings import Settings
+from core.settings import Settings
 
 DRIFT_SECTION = "drift"
 EXPERIMENT_NAME = "forescale-drift"

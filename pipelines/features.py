@@ -28,7 +28,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import yaml
 
-from pipelines.schema import (
+from core.schema import (
     CPU,
     ERRORS,
     LATENCY_P95,
@@ -40,7 +40,7 @@ from pipelines.schema import (
     require_columns,
     utc_timestamp,
 )
-from pipelines.settings import REPO_ROOT, Settings
+from core.settings import REPO_ROOT, Settings
 from pipelines.telemetry import read_telemetry
 
 if TYPE_CHECKING:
@@ -361,7 +361,7 @@ def _labels(settings: Settings, services: Sequence[str], first: pd.Timestamp,
             stop: pd.Timestamp, step: pd.Timedelta) -> pd.DataFrame:
     """The label of each step start ``ts`` in ``[first, stop)``: the step's mean request rate, or
     its busiest minute when ``training.target`` is ``peak``."""
-    from pipelines.params import FORECAST_TARGETS, forecast_target
+    from core.params import FORECAST_TARGETS, forecast_target
 
     # requests_mean / requests_max: the step aggregate of the target's aggregation
     column = f"{REQUESTS}_{FORECAST_TARGETS[forecast_target(settings.params_file)]}"

@@ -33,7 +33,7 @@ from typing import Any
 
 import httpx
 
-from pipelines.settings import REPO_ROOT, Settings
+from core.settings import REPO_ROOT, Settings
 
 Progress = Callable[[str], None]
 

@@ -5,7 +5,7 @@ Three steps, each one Airflow task of ``schedule_publish`` and one CLI command:
 1. :func:`forecast_shard` loads each service's ``champion`` from MLflow and forecasts the next
    ``schedule.horizon_hours`` from the latest validated telemetry (5-minute steps).
 2. :func:`build_schedules` turns the forecast quantiles into replicas with the per-service policy
-   (:mod:`pipelines.policy`).
+   (:mod:`core.policy`).
 3. :func:`publish_schedules` writes each schedule atomically into the store the serving API reads,
    versioned with the model version that made it, plus its explanation.
 
@@ -24,10 +24,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from core.params import section
+from core.schema import SERVICE, TARGET, TS, utc_timestamp
+from core.settings import Settings
 from models.registry import champion, configure_mlflow, load_forecaster
-from pipelines.params import section
-from pipelines.schema import SERVICE, TARGET, TS, utc_timestamp
-from pipelines.settings import Settings
 from pipelines.telemetry import resolve_as_of
 
 LOG = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ def recent_history(settings: Settings, services: Sequence[str], as_of: pd.Timest
         Long frame ``service, ts, requests`` at ``settings.step_minutes`` resolution: each step's
         mean, or its busiest minute when ``training.target`` is ``peak``.
     """
-    from pipelines.params import FORECAST_TARGETS, forecast_target
+    from core.params import FORECAST_TARGETS, forecast_target
     from pipelines.telemetry import read_telemetry
 
     raw = read_telemetry(settings, services, as_of - pd.Timedelta(days=days), as_of)
@@ -151,7 +151,7 @@ def forecast_errors(settings: Settings, services: Sequence[str], as_of: pd.Times
 
     Each forecast step that ended by ``as_of`` is compared with the validated telemetry at the
     forecast step (:func:`recent_history`): ``(actual - p50) / (p90 - p50)``
-    (:func:`pipelines.policy.standardized_errors`). (The replay counts the steps that *ended*
+    (:func:`core.policy.standardized_errors`). (The replay counts the steps that *ended*
     in the window instead; the two differ at the window's start by one forecast horizon.)
 
     Args:
@@ -164,7 +164,7 @@ def forecast_errors(settings: Settings, services: Sequence[str], as_of: pd.Times
         ``service, model_version, horizon_step, error`` (empty when no forecast or no telemetry
         overlaps).
     """
-    from pipelines.policy import standardized_errors
+    from core.policy import standardized_errors
 
     columns = [SERVICE, "model_version", "horizon_step", "error"]
     issued = issued_forecasts(settings, as_of - pd.Timedelta(days=days), as_of, services)
@@ -186,7 +186,7 @@ def build_schedules(settings: Settings, forecast_path: Path | str) -> Path:
 
     With ``schedule.tail_days`` above 0, each service's risk quantile is planned on the empirical
     tail of its model's own errors over those days (:func:`forecast_errors`,
-    :func:`pipelines.policy.tail_factors`) once two hours of them are known; until then, and
+    :func:`core.policy.tail_factors`) once two hours of them are known; until then, and
     with 0, on the forecast's quantiles.
 
     Args:
@@ -195,7 +195,7 @@ def build_schedules(settings: Settings, forecast_path: Path | str) -> Path:
             time).
 
     Returns:
-        Path of a Parquet file: the columns of :func:`pipelines.policy.plan_replicas`
+        Path of a Parquet file: the columns of :func:`core.policy.plan_replicas`
         (``service, ts, replicas, forecast_p50, forecast_p90, quantile_used, planned_load,
         tail_factor``) and ``model_version``.
 
@@ -203,8 +203,8 @@ def build_schedules(settings: Settings, forecast_path: Path | str) -> Path:
         ValueError: If ``tail_days`` is on and the file is not in a folder named by its issue
             time, as :func:`forecast_shard` writes it.
     """
-    from pipelines.policy import plan_replicas, tail_factors
-    from pipelines.service_config import service_config
+    from core.policy import plan_replicas, tail_factors
+    from core.service_config import service_config
 
     forecast_path = Path(forecast_path)
     forecast = pd.read_parquet(forecast_path)
@@ -257,7 +257,7 @@ def publish_schedules(settings: Settings, schedules_path: Path | str,
     Returns:
         Path of a JSON summary: per service the published version, model version and peak.
     """
-    from pipelines.service_config import service_config
+    from core.service_config import service_config
     from serving.client import publish_schedules_to_store
     from serving.schemas import SchedulePublish, ScheduleStep
 

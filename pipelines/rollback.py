@@ -21,12 +21,12 @@ import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
+from core.params import load_params
+from core.schema import TARGET, TS, quantile_column
+from core.settings import Settings
 from models.metrics import relative_mae
 from models.registry import CHAMPION, PREVIOUS, champion, configure_mlflow
-from pipelines.params import load_params
 from pipelines.publish import issued_forecasts
-from pipelines.schema import TARGET, TS, quantile_column
-from pipelines.settings import Settings
 
 ROLLBACK_EXPERIMENT = "forescale-rollbacks"
 

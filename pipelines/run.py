@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipelines.schema import utc_timestamp
-from pipelines.settings import Settings
+from core.schema import utc_timestamp
+from core.settings import Settings
 
 Progress = Callable[[str], None]
 

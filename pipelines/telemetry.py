@@ -29,7 +29,7 @@ import httpx
 import numpy as np
 import pandas as pd
 
-from pipelines.schema import (
+from core.schema import (
     CPU,
     ERRORS,
     LATENCY_P95,
@@ -44,7 +44,7 @@ from pipelines.schema import (
     to_long,
     utc_timestamp,
 )
-from pipelines.settings import Settings
+from core.settings import Settings
 
 SERVICE_NAMES: tuple[str, ...] = (
     "checkout", "search", "catalog", "payments", "auth", "cart", "recommendations", "inventory",
@@ -457,7 +457,7 @@ def make_source(settings: Settings, source: str | None = None) -> TelemetrySourc
     Raises:
         ValueError: If the name is unknown or Prometheus has no URL.
     """
-    from pipelines.params import load_params
+    from core.params import load_params
 
     params = load_params(settings.params_file)
     ingest = params.get("ingest", {}) or {}

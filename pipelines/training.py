@@ -25,6 +25,9 @@ import mlflow
 import numpy as np
 import pandas as pd
 
+from core.params import section
+from core.schema import SERVICE, TARGET, TS, quantile_column
+from core.settings import Settings
 from models.backtest import backtest_forecasts, rolling_origin_splits, score_forecasts
 from models.base import Forecaster, infer_step
 from models.catalog import MODEL_FAMILIES
@@ -38,9 +41,6 @@ from models.registry import (
     promote,
 )
 from models.tracking import log_backtest
-from pipelines.params import section
-from pipelines.schema import SERVICE, TARGET, TS, quantile_column
-from pipelines.settings import Settings
 from pipelines.telemetry import resolve_as_of
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """Stage 2: validate an extracted telemetry batch with Great Expectations before it is stored.
 
-A batch is a Parquet file in long format (see :mod:`pipelines.schema`) covering the interval
+A batch is a Parquet file in long format (see :mod:`core.schema`) covering the interval
 ``[start, end)``. :func:`validate_batch` checks it against the suite built by
 :func:`build_expectation_suite`; a failing batch is moved to ``settings.quarantine_dir`` with a
 JSON report beside it and :class:`BatchValidationError` is raised, so nothing downstream runs on it.
@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from pipelines.params import section
-from pipelines.schema import (
+from core.params import section
+from core.schema import (
     CPU,
     ERRORS,
     KEYS,
@@ -34,7 +34,7 @@ from pipelines.schema import (
     TS,
     utc_timestamp,
 )
-from pipelines.settings import Settings
+from core.settings import Settings
 
 if TYPE_CHECKING:
     from great_expectations.core.expectation_suite import ExpectationSuite

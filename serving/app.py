@@ -26,8 +26,8 @@ from prometheus_client import (
 )
 from sqlalchemy.exc import SQLAlchemyError
 
-from pipelines.service_config import ServiceConfig, default_service_config, load_service_configs
-from pipelines.settings import Settings, get_settings
+from core.service_config import ServiceConfig, default_service_config, load_service_configs
+from core.settings import Settings, get_settings
 from serving.recommend import fallback_recommendation, publish_problems, recommend
 from serving.schemas import (
     SERVICE_NAME_PATTERN,

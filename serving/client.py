@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from pipelines.settings import Settings
+from core.settings import Settings
 from serving.recommend import publish_problems
 from serving.schemas import SchedulePublish
 from serving.store import ScheduleStore

@@ -19,7 +19,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from pipelines.service_config import ServiceConfig
+from core.service_config import ServiceConfig
 from serving.schemas import Recommendation, RecommendationSource, Schedule, SchedulePublish
 from serving.store import FloorReading
 

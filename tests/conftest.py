@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipelines.settings import REPO_ROOT, Settings, get_settings
+from core.settings import REPO_ROOT, Settings, get_settings
 from pipelines.telemetry import generate_fleet
 
 FIXED_END = pd.Timestamp("2026-11-16 00:00", tz="UTC")  # a Monday

@@ -15,7 +15,7 @@ import yaml
 from fastapi import FastAPI
 from pydantic import SecretStr
 
-from pipelines.settings import Settings
+from core.settings import Settings
 
 TOKEN = "test-token"
 

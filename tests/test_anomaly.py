@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from core.schema import SERVICE, TS, TS_DTYPE
 from models.anomaly import (
     DEFAULT_THRESHOLD,
     IS_ANOMALY,
@@ -14,7 +15,6 @@ from models.anomaly import (
     DetectorSettings,
     score_series,
 )
-from pipelines.schema import SERVICE, TS, TS_DTYPE
 
 N_ROWS = 3000
 SPIKE, SHIFT, DROPOUT = 1500, 2000, 2600

@@ -7,6 +7,7 @@ import json
 import pandas as pd
 import pytest
 
+from core.schema import REQUESTS, SERVICE, TS
 from models.registry import configure_mlflow, version_by_alias
 from pipelines.anomalies import (
     ANOMALY_EXPERIMENT,
@@ -17,7 +18,6 @@ from pipelines.anomalies import (
     score_anomalies,
     train_anomaly_model,
 )
-from pipelines.schema import REQUESTS, SERVICE, TS
 from pipelines.telemetry import write_telemetry
 from pipelines.training import _drop_anomalies
 from serving.store import ScheduleStore

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.bench.forecast import (
+from benchmarks.forecast import (
     hourly_level_oracle,
     load_m4,
     markdown_report,

@@ -12,8 +12,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from core.settings import REPO_ROOT
 from pipelines.cli import app
-from pipelines.settings import REPO_ROOT
 from pipelines.telemetry import read_telemetry
 
 runner = CliRunner()

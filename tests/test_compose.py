@@ -14,7 +14,7 @@ from typing import Any
 import compose
 import pytest
 
-from pipelines.settings import REPO_ROOT
+from core.settings import REPO_ROOT
 
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 ENV_EXAMPLE = REPO_ROOT / ".env.example"

@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 from conftest import settings_with_params
 
-from pipelines.settings import REPO_ROOT, get_settings
+from core.settings import REPO_ROOT, get_settings
 
 DAGS_FOLDER = REPO_ROOT / "dags"
 FIXED_END = pd.Timestamp("2026-11-16 00:00", tz="UTC")  # the seeded fleet is generated up to here

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from core.settings import Settings
 from pipelines.drift import (
     DriftConfig,
     apply_cooldown,
@@ -22,7 +23,6 @@ from pipelines.drift import (
     resolve_retrain_trigger,
     run_drift_monitor,
 )
-from pipelines.settings import Settings
 from pipelines.telemetry import generate_fleet, write_telemetry
 
 END = pd.Timestamp("2026-11-16 00:00", tz="UTC")  # a Monday

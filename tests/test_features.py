@@ -12,6 +12,7 @@ import pytest
 from conftest import FIXED_END, settings_with_params
 from google.protobuf.message import Message
 
+from core.settings import Settings, get_settings
 from pipelines.features import (
     AGGREGATE_FEATURES,
     DEFINITIONS_DIR,
@@ -26,7 +27,6 @@ from pipelines.features import (
     training_frame,
     update_offline_features,
 )
-from pipelines.settings import Settings, get_settings
 from pipelines.telemetry import generate_fleet, read_telemetry, write_telemetry
 
 FEATURES = [*AGGREGATE_FEATURES, *ROLLING_FEATURES]
@@ -236,7 +236,7 @@ def test_peak_target_labels_each_step_with_its_busiest_minute(tmp_path: Path) ->
 
 
 def test_unknown_forecast_target_is_refused(tmp_path: Path) -> None:
-    from pipelines.params import forecast_target
+    from core.params import forecast_target
 
     bad = settings_with_params(tmp_path / "home", training={"target": "p99"})
     with pytest.raises(ValueError, match="training.target.*'p99'"):

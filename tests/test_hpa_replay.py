@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.bench.hpa import HpaBehavior, HpaController, ScalingPolicy, usage_ratio_replicas
-from pipelines.bench.replay import (
+from benchmarks.hpa import HpaBehavior, HpaController, ScalingPolicy, usage_ratio_replicas
+from benchmarks.replay import (
     KEDA_CPU_TARGET,
     WINDOW_MINUTES,
     HoltWintersReplicas,
@@ -28,8 +28,8 @@ from pipelines.bench.replay import (
     surge_lead,
     surge_onsets,
 )
-from pipelines.policy import plan_replicas, served_value
-from pipelines.service_config import ServiceConfig
+from core.policy import plan_replicas, served_value
+from core.service_config import ServiceConfig
 
 START = pd.Timestamp("2026-11-16 00:00", tz="UTC")
 
@@ -307,7 +307,7 @@ def test_replay_bench_end_to_end_on_a_small_synthetic_trace(
 ) -> None:
     import json
 
-    from pipelines.bench import replay
+    from benchmarks import replay
 
     monkeypatch.setattr(replay, "WINDOW_MINUTES", 6 * 60)  # replay 6 hours after 2 days
     rng = np.random.default_rng(7)

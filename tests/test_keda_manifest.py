@@ -131,8 +131,8 @@ def test_scaled_object_wiring(documents) -> None:
 
 
 def test_scaled_object_behaviour_is_what_the_replay_benchmark_replays(documents) -> None:
-    from pipelines.bench.hpa import ScalingPolicy
-    from pipelines.bench.replay import KEDA_BEHAVIOR, KEDA_CPU_TARGET
+    from benchmarks.hpa import ScalingPolicy
+    from benchmarks.replay import KEDA_BEHAVIOR, KEDA_CPU_TARGET
 
     def policies(rules: dict[str, Any]) -> tuple[ScalingPolicy, ...]:
         return tuple(

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.bench import nab_scoring as nab
+from benchmarks import nab_scoring as nab
 
 ONE_TO_ONE = nab.CostProfile("unit", tp_weight=1.0, fp_weight=1.0, fn_weight=1.0)
 STANDARD = nab.NAB_PROFILES["standard"]
@@ -192,7 +192,7 @@ def write_nab_folder(root, seed: int = 3) -> dict[str, list[list[str]]]:
 
 
 def test_run_nab_bench_on_a_synthetic_folder(tmp_path) -> None:
-    from pipelines.bench.nab import run_nab_bench
+    from benchmarks.nab import run_nab_bench
 
     write_nab_folder(tmp_path)
     results = run_nab_bench(tmp_path, tmp_path / "out" / "nab.json", tmp_path / "scores")

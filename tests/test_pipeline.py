@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 from conftest import FIXED_END, settings_with_params
 
+from core.schema import SERVICE, TS
+from core.settings import REPO_ROOT, Settings, get_settings
 from models.registry import PREVIOUS, champion, configure_mlflow, load_version
 from pipelines.run import run_pipeline
-from pipelines.schema import SERVICE, TS
-from pipelines.settings import REPO_ROOT, Settings, get_settings
 from serving.store import ScheduleStore
 
 pytestmark = pytest.mark.slow
@@ -264,7 +264,8 @@ def test_schedules_are_planned_on_the_tail_of_the_models_own_recent_errors(
     settings, _ = pipeline_home
     import numpy as np
 
-    from pipelines.policy import plan_replicas
+    from core.policy import plan_replicas
+    from core.service_config import service_config
     from pipelines.publish import (
         build_schedules,
         forecast_errors,
@@ -272,7 +273,6 @@ def test_schedules_are_planned_on_the_tail_of_the_models_own_recent_errors(
         recent_history,
         sizing_in_words,
     )
-    from pipelines.service_config import service_config
     from pipelines.telemetry import telemetry_span
 
     tailed = copy_of(settings, tmp_path, schedule={"tail_days": 3})

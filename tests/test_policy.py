@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.policy import (
+from core.policy import (
     PREWARM_MINUTES,
     SCALE_DOWN_FRACTION,
     TAIL_MAX_FACTOR,
@@ -22,7 +22,7 @@ from pipelines.policy import (
     standardized_errors,
     tail_factors,
 )
-from pipelines.service_config import ServiceConfig
+from core.service_config import ServiceConfig
 
 START = pd.Timestamp("2026-11-16 00:00", tz="UTC")
 STEP = pd.Timedelta(minutes=5)

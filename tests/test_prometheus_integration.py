@@ -12,7 +12,7 @@ import httpx
 import pandas as pd
 import pytest
 
-from pipelines.schema import CPU, REQUESTS, SERVICE, TS
+from core.schema import CPU, REQUESTS, SERVICE, TS
 from pipelines.telemetry import PrometheusSource
 
 pytestmark = pytest.mark.integration

@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import IntegrityError
 
-from pipelines.service_config import ServiceConfig, load_service_configs, service_config
+from core.service_config import ServiceConfig, load_service_configs, service_config
 from serving.app import create_app, get_now
 from serving.client import publish_schedule_http, publish_schedules_to_store
 from serving.recommend import FLOOR_MAX_AGE, planned_replicas, recommend

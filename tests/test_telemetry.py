@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.schema import METRICS, REQUESTS, SERVICE, TS, TS_DTYPE
+from core.schema import METRICS, REQUESTS, SERVICE, TS, TS_DTYPE
 from pipelines.telemetry import (
     FileSource,
     SyntheticFleetSource,

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from conftest import FIXED_END, FleetFactory
 
-from pipelines.settings import Settings
+from core.settings import Settings
 from pipelines.validation import (
     BatchValidationError,
     ValidationLimits,

@@ -43,7 +43,7 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 
-from pipelines.schema import (
+from core.schema import (
     REPLICAS,
     SERVICE,
     TS,
@@ -76,7 +76,7 @@ _EPSILON = 1e-9  # absorbs float noise in ceil(): 2.0000000001 pods is 2 pods
 
 
 class ScalingSettings(Protocol):
-    """What the policy reads from a service's configuration (``pipelines.service_config``)."""
+    """What the policy reads from a service's configuration (``core.service_config``)."""
 
     capacity_per_replica: float
     target_utilization: float

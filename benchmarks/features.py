@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from pipelines.settings import get_settings
+from core.settings import get_settings
 
 FIXED_END = pd.Timestamp("2026-11-16 00:00", tz="UTC")
 

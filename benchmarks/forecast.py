@@ -42,6 +42,7 @@ import numpy as np
 import pandas as pd
 import psutil
 
+from core.schema import SERVICE, TS
 from models.base import Forecaster
 from models.ensemble import NAIVE, EnsembleForecaster
 from models.holt_winters import DoubleSeasonalHoltWintersForecaster
@@ -49,7 +50,6 @@ from models.lgbm_model import LightGBMForecaster
 from models.metrics import coverage, mape, mase, relative_mae, smape
 from models.naive import SeasonalNaiveForecaster, naive2_path, seasonal_naive_path
 from models.prophet_model import ProphetForecaster
-from pipelines.schema import SERVICE, TS
 
 M4_HORIZON = 48
 M4_SEASON = 24

@@ -3,7 +3,7 @@
 ``run_nab_bench(data_dir)`` scores every NAB data file under ``data_dir/nab/data`` that has
 windows in ``data_dir/nab/labels/combined_windows.json`` with :func:`models.anomaly.score_series`
 (default settings, the same for every file), then scores the detector with
-:mod:`pipelines.bench.nab_scoring` for NAB's three cost profiles.
+:mod:`benchmarks.nab_scoring` for NAB's three cost profiles.
 
 Threshold protocol (headline figures): **leave one file out**. For each profile and each file,
 the threshold is the one that maximises the summed raw NAB score of the *other* files (NAB's own
@@ -38,8 +38,8 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks import nab_scoring as nab
 from models.anomaly import DetectorSettings, score_series
-from pipelines.bench import nab_scoring as nab
 
 DETECTOR_NAME = "forescale"
 PROFILE_LABELS = {

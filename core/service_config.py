@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from pipelines.params import load_params
+from core.params import load_params
 
 DEFAULTS_SECTION = "service_defaults"
 SERVICES_SECTION = "services"

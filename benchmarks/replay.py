@@ -18,7 +18,7 @@ Cluster model (identical for every policy):
 
 Policies, all in the same run on the same trace:
 
-* ``hpa``: the Kubernetes HPA (:mod:`pipelines.bench.hpa`, 70 % target, metric one minute old);
+* ``hpa``: the Kubernetes HPA (:mod:`benchmarks.hpa`, 70 % target, metric one minute old);
 * ``holt_winters``: the Holt-Winters predictive HPA of jthomperoo/predictive-horizontal-pod-
   autoscaler (the HPA's replica evaluations are stored every interval, Holt-Winters predicts the
   next one, the decision is ``max(hpa, prediction)``; interval 1 minute, season 1 day, warmed up
@@ -29,10 +29,10 @@ Policies, all in the same run on the same trace:
 * ``forescale*``: the pipeline's forecaster (LightGBM by default) refitted every day of the window
   on the 28 days before it, re-forecasting every few minutes from the complete 5-minute bins
   before that instant (no later data; :class:`ForecastSpec`: the headline forecasts the busiest
-  minute of each 5-minute step every 5 minutes); :func:`pipelines.policy.plan_quantiles` (the
-  core of :func:`pipelines.policy.plan_replicas`) plans each forecast, the value served at each
+  minute of each 5-minute step every 5 minutes); :func:`core.policy.plan_quantiles` (the
+  core of :func:`core.policy.plan_replicas`) plans each forecast, the value served at each
   minute is the most planned over ``[now, now + start-up delay]`` (as
-  :func:`pipelines.policy.served_value`), raised to the reactive floor of the live load (seen one
+  :func:`core.policy.served_value`), raised to the reactive floor of the live load (seen one
   minute late, held 5 minutes), as the API serves it. KEDA drives the pods through an HPA with
   the ScaledObject's ``behavior`` and its ``cpu`` trigger (:data:`KEDA_BEHAVIOR`,
   :data:`KEDA_CPU_TARGET`, the same as ``serving/deploy/scaledobject.yaml``). See
@@ -69,15 +69,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines.bench.hpa import (
+from benchmarks.hpa import (
     METRIC_DELAY_SECONDS,
     SYNC_SECONDS,
     HpaBehavior,
     HpaController,
     ScalingPolicy,
 )
-from pipelines.params import FORECAST_TARGETS
-from pipelines.policy import (
+from core.params import FORECAST_TARGETS
+from core.policy import (
     calibrated_utilization,
     forecast_quantiles,
     plan_quantiles,
@@ -85,7 +85,7 @@ from pipelines.policy import (
     standardized_errors,
     tail_factors,
 )
-from pipelines.schema import REPLICAS, SERVICE, TARGET, TS
+from core.schema import REPLICAS, SERVICE, TARGET, TS
 
 WINDOW_MINUTES = 7 * 24 * 60
 PEAK_REPLICAS = 30  # the window's peak minute needs this many pods at 100 % utilisation
@@ -602,7 +602,7 @@ class ForescaleVariant:
         utilization: A fixed target utilisation (plan and reactive floor); overrides
             ``calibrate``.
         calibrate: Calibrate the target utilisation on the week before the window
-            (:func:`pipelines.policy.calibrated_utilization`); otherwise the ``params.yaml``
+            (:func:`core.policy.calibrated_utilization`); otherwise the ``params.yaml``
             target utilisation.
         overrides: Other ``ServiceConfig`` fields to change.
         quantile_risks: Candidate risks of the forecast quantile, the most cautious first; when
@@ -616,7 +616,7 @@ class ForescaleVariant:
             (:func:`choose_quantile_risk`).
         tail_days: Plan ``p50 + k * (p90 - p50)`` with ``k`` the empirical ``1 - risk``
             quantile of the forecaster's own standardized errors per horizon step over the
-            last ``tail_days`` of the replay (:func:`pipelines.policy.tail_factors`, refreshed
+            last ``tail_days`` of the replay (:func:`core.policy.tail_factors`, refreshed
             every :data:`TAIL_REFRESH_MINUTES`; the forecast's own quantiles until two hours of
             errors are known); 0 plans the forecast's quantiles.
     """
@@ -725,9 +725,9 @@ def forescale_targets(
     For every :class:`ForecastSpec` the variants use, the forecaster is refitted every day of
     the window on the ``TRAIN_DAYS`` before that day and re-forecasts every
     ``cadence_minutes`` from the complete 5-minute steps before the forecast instant (never
-    later data). Each forecast is planned with :func:`pipelines.policy.plan_quantiles` (as
-    :func:`pipelines.policy.plan_replicas` does); the value served at each minute is the maximum
-    planned over ``[minute, minute + start-up delay]`` (:func:`pipelines.policy.served_value`),
+    later data). Each forecast is planned with :func:`core.policy.plan_quantiles` (as
+    :func:`core.policy.plan_replicas` does); the value served at each minute is the maximum
+    planned over ``[minute, minute + start-up delay]`` (:func:`core.policy.served_value`),
     raised to the reactive floor of the live load (held for 5 minutes, like an HPA's scale-down
     window).
 
@@ -745,8 +745,8 @@ def forescale_targets(
         :func:`_calibrate_quantile_risks`), and ``(variant, trace, delay) -> target replicas per
         minute``.
     """
-    from pipelines.service_config import default_service_config
-    from pipelines.settings import REPO_ROOT
+    from core.service_config import default_service_config
+    from core.settings import REPO_ROOT
 
     defaults = default_service_config(params_file or REPO_ROOT / "params.yaml")
     utilization = {
@@ -924,7 +924,7 @@ def _tail_factor_sources(
     """Per trace, its tail factors as known at an instant.
 
     Each is a function ``(instant in µs, days, level, steps) -> factors or None``
-    (:func:`pipelines.policy.tail_factors`) that uses only the errors of forecast steps that
+    (:func:`core.policy.tail_factors`) that uses only the errors of forecast steps that
     ended at or before the instant and within ``days`` of it, memoised per argument set.
     """
     rows = pd.concat([f.assign(origin=o) for o, f in forecasts], ignore_index=True)
@@ -948,7 +948,7 @@ def _tail_factor_sources(
 def _memoised_tail(
     errors: np.ndarray, horizon: np.ndarray, ends: np.ndarray
 ) -> Callable[[int, float, float, int], np.ndarray | None]:
-    """:func:`pipelines.policy.tail_factors` of the errors whose steps ended by an instant."""
+    """:func:`core.policy.tail_factors` of the errors whose steps ended by an instant."""
     memo: dict[tuple[int, float, float, int], np.ndarray | None] = {}
 
     def factors(instant: int, days: float, level: float, steps: int) -> np.ndarray | None:
@@ -975,7 +975,7 @@ def _epoch_us(stamp: pd.Timestamp) -> int:
 def _served_at(
     ts: np.ndarray, replicas: np.ndarray, instants: np.ndarray, lead_us: int
 ) -> np.ndarray:
-    """:func:`pipelines.policy.served_value` of one sorted schedule at many instants (in µs)."""
+    """:func:`core.policy.served_value` of one sorted schedule at many instants (in µs)."""
     served = np.zeros(len(instants), dtype=np.int64)
     firsts = np.maximum(np.searchsorted(ts, instants, side="right") - 1, 0)
     lasts = np.searchsorted(ts, instants + lead_us, side="right")
@@ -1349,7 +1349,7 @@ def _submit(pool: Executor | None, function: Callable[..., Any], *args: Any) -> 
 def served_per_minute(
     schedule: pd.DataFrame, stamps: pd.DatetimeIndex, lead: pd.Timedelta
 ) -> np.ndarray:
-    """:func:`pipelines.policy.served_value` of one service's schedule at many instants.
+    """:func:`core.policy.served_value` of one service's schedule at many instants.
 
     Args:
         schedule: One service's ``ts``/``replicas`` rows.
