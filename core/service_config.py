@@ -78,6 +78,24 @@ def _build(params_file: Path, name: str, defaults: dict[str, Any], override: Any
         ) from error
 
 
+def check_service_sections(
+    params_file: Path, defaults: dict[str, Any], services: dict[str, Any]
+) -> None:
+    """Validate ``service_defaults`` and every entry of ``services`` (called when parsing).
+
+    Args:
+        params_file: Path of ``params.yaml`` (for messages).
+        defaults: The ``service_defaults`` mapping.
+        services: The ``services`` mapping.
+
+    Raises:
+        ValueError: If a service's settings are invalid (names the service and the field).
+    """
+    _build(params_file, DEFAULTS_SECTION, defaults, {})
+    for name, override in services.items():
+        _build(params_file, str(name), defaults, override)
+
+
 def load_service_configs(params_file: Path) -> dict[str, ServiceConfig]:
     """Settings of every service named under ``services`` in the parameters file.
 

@@ -29,7 +29,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from core.params import load_params
+from core.params import load_config
 from core.schema import SERVICE, TARGET, TS
 from core.settings import Settings
 from models.anomaly import IS_ANOMALY, AnomalyDetector
@@ -59,13 +59,10 @@ class AnomalyConfig:
     @classmethod
     def from_params(cls, settings: Settings) -> AnomalyConfig:
         """Read the section (defaults where a key is absent)."""
-        params = load_params(settings.params_file).get("anomaly", {}) or {}
-        return cls(threshold=float(params.get("threshold", 0.25)),
-                   context_days=int(params.get("context_days", 21)),
-                   backtest_days=int(params.get("backtest_days", 2)),
-                   detect_within=int(params.get("detect_within_steps", 6)),
-                   false_alarm_cost=float(params.get("false_alarm_cost", 0.05)),
-                   backfill_hours=float(params.get("backfill_hours", 24)))
+        params = load_config(settings.params_file).anomaly
+        return cls(threshold=params.threshold, context_days=params.context_days,
+                   backtest_days=params.backtest_days, detect_within=params.detect_within_steps,
+                   false_alarm_cost=params.false_alarm_cost, backfill_hours=params.backfill_hours)
 
 
 class DetectorPyfunc(mlflow.pyfunc.PythonModel):
