@@ -42,8 +42,10 @@ bench: setup
 	$(BIN)/forescale bench replay --json bench-out/replay.json --plots bench-out/replay
 	$(BIN)/forescale bench nab --json bench-out/nab.json
 
+## Lint, format and type checks (what .ci/run and pre-commit run before the tests).
 lint: setup
-	$(BIN)/ruff check pipelines models serving dags tests
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(FORESCALE_HOME) .pytest_cache
