@@ -76,7 +76,7 @@ def test_airflow_runs_local_executor_after_the_migration(config: dict[str, Any])
     for name in ("airflow-api-server", "airflow-scheduler", "airflow-dag-processor",
                  "airflow-triggerer"):
         env = services[name]["environment"]
-        assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor", name
+        assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor", name  # AIRFLOW_EXECUTOR unset
         assert env["AIRFLOW__CORE__DAGS_FOLDER"] == "/opt/forescale/dags", name
         assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].endswith("@postgres:5432/airflow"), name
         depends = services[name]["depends_on"]
@@ -94,3 +94,18 @@ def test_mlflow_accepts_its_compose_host_name_and_runs_no_job_workers(
     assert mlflow["environment"]["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
     tracking = config["services"]["airflow-scheduler"]["environment"]
     assert tracking["FORESCALE_MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+
+
+def test_the_celery_profile_adds_scalable_workers_on_the_same_configuration() -> None:
+    result = _compose("--profile", "celery", "config", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    services = json.loads(result.stdout)["services"]
+    worker = services["airflow-worker"]
+    assert worker["profiles"] == ["celery"]
+    assert worker["command"][:3] == ["airflow", "celery", "worker"]
+    assert worker["deploy"]["replicas"] >= 2
+    env = worker["environment"]
+    assert env["AIRFLOW__CELERY__BROKER_URL"] == "redis://redis:6379/1"
+    assert env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql+psycopg://")
+    assert env["AIRFLOW__API_AUTH__JWT_SECRET"] == (
+        services["airflow-api-server"]["environment"]["AIRFLOW__API_AUTH__JWT_SECRET"])
