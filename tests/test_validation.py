@@ -186,14 +186,23 @@ def test_rule_failure_names_expectation_rows_and_quarantines(
 
 
 def test_missing_column_names_schema_rule(settings: Settings, clean_batch: pd.DataFrame) -> None:
-    path = stage(settings, clean_batch.drop(columns=["cpu"]))
+    path = stage(settings, clean_batch.drop(columns=["requests"]))
     with pytest.raises(BatchValidationError) as caught:
         validate_batch(settings, path, START, END)
     message = str(caught.value)
     assert "expect_table_columns_to_match_set [schema]" in message
-    assert "missing column(s) ['cpu']" in message
+    assert "missing column(s) ['requests']" in message
     assert (settings.quarantine_dir / path.name).exists()
     assert not path.exists()
+
+
+def test_optional_metrics_may_be_absent(settings: Settings, clean_batch: pd.DataFrame) -> None:
+    path = stage(settings, clean_batch.drop(columns=["cpu", "errors"]))
+    assert validate_batch(settings, path, START, END) == path
+    broken = clean_batch.drop(columns=["errors"])
+    broken.loc[rows_of(broken, "web")[3], "cpu"] = -1.0
+    with pytest.raises(BatchValidationError, match=r"\[non_negative\] column 'cpu'"):
+        validate_batch(settings, stage(settings, broken, "b2.parquet"), START, END)
 
 
 def test_naive_timestamps_fail_type_rule(settings: Settings, clean_batch: pd.DataFrame) -> None:
