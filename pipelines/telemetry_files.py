@@ -389,15 +389,13 @@ def _service_column(path: Path, column: pd.Series, problems: list[str]) -> pd.Se
     text = column.astype(object).where(column.notna(), None)
     empty = text.isna() | (text.astype(str).str.strip() == "")
     if empty.any():
-        problems.append(
-            f"{path}: column {SERVICE!r}: {describe_rows(_rows(empty))}: empty service name"
-        )
+        problems.append(_cells(path, SERVICE, empty, "empty service name"))
     invalid = ~empty & ~text.map(is_service_name).astype(bool)
     if invalid.any():
-        examples = [shown(v) for v in dict.fromkeys(text[invalid])][:3]
         problems.append(
-            f"{path}: column {SERVICE!r}: {describe_rows(_rows(invalid))}: invalid "
-            f"service name(s), e.g. {', '.join(examples)}: {SERVICE_NAME_RULE}"
+            _cells(
+                path, SERVICE, invalid, "invalid service name(s)", text, f": {SERVICE_NAME_RULE}"
+            )
         )
     return text.where(~(empty | invalid), "").astype(str)
 
@@ -410,15 +408,15 @@ def _number_column(path: Path, column: pd.Series, name: str, problems: list[str]
     missing = column.isna() | (column.astype(str).str.strip() == "")
     not_numbers = values.isna() & ~missing
     if not_numbers.any():
-        examples = [shown(v) for v in dict.fromkeys(column[not_numbers])][:3]
-        problems.append(
-            f"{path}: column {name!r}: {describe_rows(_rows(not_numbers))}: not a "
-            f"number, e.g. {', '.join(examples)}"
-        )
+        problems.append(_cells(path, name, not_numbers, "not a number", column))
     if missing.any():
         problems.append(
-            f"{path}: column {name!r}: {describe_rows(_rows(missing))}: missing "
-            f"value (fill it, or leave the column out if it is optional)"
+            _cells(
+                path,
+                name,
+                missing,
+                "missing value (fill it, or leave the column out if it is optional)",
+            )
         )
     return values
 
@@ -430,9 +428,7 @@ def _time_column(
     failed = pd.Series(pd.NaT, index=column.index, dtype=TS_DTYPE)
     missing = column.isna() | (column.astype(str).str.strip() == "")
     if missing.any():
-        problems.append(
-            f"{path}: column {name!r}: {describe_rows(_rows(missing))}: missing timestamp"
-        )
+        problems.append(_cells(path, name, missing, "missing timestamp"))
     if isinstance(column.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(column):
         if not isinstance(column.dtype, pd.DatetimeTZDtype):
             notes.append(f"{path}: column {name!r} has no time zone: read as UTC")
@@ -448,11 +444,15 @@ def _time_column(
         stamps[retry] = pd.to_datetime(text[retry], utc=True, format="mixed", errors="coerce")
     bad = stamps.isna() & ~missing
     if bad.any():
-        examples = [shown(v) for v in dict.fromkeys(column[bad])][:3]
         problems.append(
-            f"{path}: column {name!r}: {describe_rows(_rows(bad))}: not a timestamp, "
-            f"e.g. {', '.join(examples)} (use ISO 8601, e.g. 2026-11-01T00:00:00Z, or "
-            f"epoch seconds or milliseconds)"
+            _cells(
+                path,
+                name,
+                bad,
+                "not a timestamp",
+                column,
+                " (use ISO 8601, e.g. 2026-11-01T00:00:00Z, or epoch seconds or milliseconds)",
+            )
         )
         return failed
     given = text[~missing]
@@ -478,20 +478,31 @@ def _epoch_column(
         units[given & (numbers >= low) & (numbers < high)] = unit
     outside = given & units.isna()
     if outside.any():
-        examples = [shown(v) for v in dict.fromkeys(numbers[outside].tolist())][:3]
+        accepted = " nor ".join(
+            f"{UNIT_NAMES[unit]} ({low:.0e} to {high:.0e})" for unit, low, high in EPOCH_UNITS
+        )
         problems.append(
-            f"{path}: column {name!r}: {describe_rows(_rows(outside))}: epoch number(s) that are "
-            f"neither seconds ({EPOCH_UNITS[0][1]:.0e} to {EPOCH_UNITS[0][2]:.0e}) nor "
-            f"milliseconds ({EPOCH_UNITS[1][1]:.0e} to {EPOCH_UNITS[1][2]:.0e}), e.g. "
-            f"{', '.join(examples)}; microseconds and nanoseconds are not accepted"
+            _cells(
+                path,
+                name,
+                outside,
+                f"epoch number(s) that are neither {accepted}",
+                numbers,
+                "; microseconds and nanoseconds are not accepted",
+            )
         )
         return failed
     found = units[given].value_counts()
     if len(found) > 1:
         minority = found.index[-1]
         problems.append(
-            f"{path}: column {name!r}: {describe_rows(_rows(units == minority))}: epoch "
-            f"{UNIT_NAMES[minority]} among {UNIT_NAMES[found.index[0]]}: one unit per file"
+            _cells(
+                path,
+                name,
+                units == minority,
+                f"epoch {UNIT_NAMES[minority]} "
+                f"among {UNIT_NAMES[found.index[0]]}: one unit per file",
+            )
         )
         return failed
     unit = str(found.index[0])
@@ -533,6 +544,21 @@ def _names(columns: Sequence[object], limit: int = 12) -> str:
     """Column names from outside as a short list, e.g. ``['region', 'zone']``."""
     names = [shown(str(c)) for c in list(columns)[:limit]]
     return "[" + ", ".join(names) + (", …" if len(columns) > limit else "") + "]"
+
+
+def _cells(
+    path: Path,
+    column: str,
+    mask: pd.Series,
+    what: str,
+    values: pd.Series | None = None,
+    then: str = "",
+) -> str:
+    """One problem line: file, column, the rows where ``mask`` holds, what is wrong, examples."""
+    line = f"{path}: column {column!r}: {describe_rows(_rows(mask))}: {what}"
+    if values is not None:
+        line += ", e.g. " + ", ".join([shown(v) for v in dict.fromkeys(values[mask].tolist())][:3])
+    return line + then
 
 
 def _rows(mask: pd.Series) -> np.ndarray:
