@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from models.base import Forecaster
 from models.persistence import load_object
+from pipelines.schema import validate_service_name
 from pipelines.settings import Settings
 
 CHAMPION = "champion"
@@ -38,7 +39,12 @@ def registered_name(service: str, kind: str = "forecaster") -> str:
     Args:
         service: Service name.
         kind: ``forecaster`` or ``anomaly``.
+
+    Raises:
+        ValueError: If the service name is invalid (see
+            :func:`pipelines.schema.validate_service_name`).
     """
+    validate_service_name(service)
     return f"forescale-{service}" if kind == "forecaster" else f"forescale-{kind}-{service}"
 
 

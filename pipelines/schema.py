@@ -29,7 +29,7 @@ TARGET = REQUESTS  # what the forecasters predict and the schedule is sized on
 
 TS_DTYPE = "datetime64[us, UTC]"
 
-SERVICE_NAME_PATTERN = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+SERVICE_NAME_PATTERN = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 """A service name is a Kubernetes DNS-1123 label: at most 63 characters, lowercase letters, digits
 and ``-``, starting and ending with a letter or digit. It becomes a path (telemetry partitions,
 artifacts), a registered model name and a metric label, so nothing else is accepted."""

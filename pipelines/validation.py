@@ -31,6 +31,7 @@ from pipelines.schema import (
     METRICS,
     REQUESTS,
     SERVICE,
+    SERVICE_NAME_PATTERN,
     TS,
     utc_timestamp,
 )
@@ -120,9 +121,9 @@ def build_expectation_suite(start: datetime, end: datetime, limits: ValidationLi
     """Build the expectation suite for a batch covering ``[start, end)``.
 
     Every expectation carries ``meta["rule"]``, the name used in error messages and reports:
-    ``schema``, ``type``, ``not_null``, ``non_negative``, ``max_value``, ``unique_keys``,
-    ``in_interval`` and ``max_gap`` (on the derived column :data:`GAP_COLUMN`, see
-    :func:`add_gap_column`).
+    ``schema``, ``type``, ``service_name`` (:data:`pipelines.schema.SERVICE_NAME_PATTERN`),
+    ``not_null``, ``non_negative``, ``max_value``, ``unique_keys``, ``in_interval`` and
+    ``max_gap`` (on the derived column :data:`GAP_COLUMN`, see :func:`add_gap_column`).
 
     Args:
         start: Inclusive start of the batch interval (naive values are taken as UTC).
@@ -154,6 +155,11 @@ def build_expectation_suite(start: datetime, end: datetime, limits: ValidationLi
             column=SERVICE, type_list=_SERVICE_TYPES, meta={"rule": "type"}
         ),
         expect.ExpectColumnValuesToBeOfType(column=TS, type_=_TS_TYPE, meta={"rule": "type"}),
+        expect.ExpectColumnValuesToMatchRegex(
+            column=SERVICE,
+            regex=f"^{SERVICE_NAME_PATTERN.pattern}$",
+            meta={"rule": "service_name"},
+        ),
     ]
     expectations += [
         expect.ExpectColumnValuesToBeInTypeList(
