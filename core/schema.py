@@ -7,8 +7,10 @@ columns named ``p50``, ``p90``, ... (see :func:`quantile_column`).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from datetime import datetime
+from pathlib import Path
 
 import pandas as pd
 
@@ -27,6 +29,15 @@ TARGET = REQUESTS  # what the forecasters predict and the schedule is sized on
 
 TS_DTYPE = "datetime64[us, UTC]"
 
+SERVICE_NAME_PATTERN = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+"""A service name is a Kubernetes DNS-1123 label: at most 63 characters, lowercase letters, digits
+and ``-``, starting and ending with a letter or digit. It becomes a path (telemetry partitions,
+artifacts), a registered model name and a metric label, so nothing else is accepted."""
+SERVICE_NAME_RULE = (
+    "a service name is 1-63 lowercase letters, digits or '-', starting and ending with a letter "
+    "or digit (a Kubernetes DNS-1123 label)"
+)
+
 
 def quantile_column(quantile: float) -> str:
     """Name of the forecast column for a quantile, e.g. 0.9 -> ``p90``, 0.975 -> ``p97.5``.
@@ -43,6 +54,71 @@ def quantile_column(quantile: float) -> str:
     if not 0.0 < quantile < 1.0:
         raise ValueError(f"quantile must be in (0, 1), got {quantile}")
     return f"p{quantile * 100:g}"
+
+
+def is_service_name(name: object) -> bool:
+    """Whether a value is a valid service name (see :data:`SERVICE_NAME_PATTERN`)."""
+    return isinstance(name, str) and SERVICE_NAME_PATTERN.fullmatch(name) is not None
+
+
+def validate_service_name(name: object) -> str:
+    """Return the name if it is a valid service name, else raise.
+
+    Args:
+        name: A service name from outside (a file, a command line, an HTTP path).
+
+    Returns:
+        The name, unchanged.
+
+    Raises:
+        ValueError: If the name does not match :data:`SERVICE_NAME_PATTERN`.
+    """
+    if not is_service_name(name):
+        shown = repr(name) if len(repr(name)) <= 80 else repr(name)[:77] + "..."
+        raise ValueError(f"invalid service name {shown}: {SERVICE_NAME_RULE}")
+    return str(name)
+
+
+def service_name_from_file(stem: str) -> str:
+    """Derive a valid service name from a file name, e.g. ``NASA_http_1995`` -> ``nasa-http-1995``.
+
+    Letters are lowercased, every run of other characters becomes one ``-``, and the result is
+    trimmed to 63 characters without a leading or trailing ``-``.
+
+    Args:
+        stem: The file name without its suffix.
+
+    Returns:
+        A valid service name.
+
+    Raises:
+        ValueError: If no letter or digit is left.
+    """
+    name = re.sub(r"[^a-z0-9]+", "-", stem.lower()).strip("-")[:63].rstrip("-")
+    if not name:
+        raise ValueError(
+            f"cannot derive a service name from the file name {stem!r}: {SERVICE_NAME_RULE}"
+        )
+    return name
+
+
+def path_under(root: Path, *parts: str) -> Path:
+    """Join ``parts`` below ``root``, refusing any result that resolves outside ``root``.
+
+    Args:
+        root: A state directory (e.g. the telemetry or artifacts folder).
+        *parts: Path components, some derived from outside input.
+
+    Returns:
+        The joined path.
+
+    Raises:
+        ValueError: If the resolved path is not inside the resolved ``root``.
+    """
+    path = root.joinpath(*parts)
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise ValueError(f"refusing to write {path}: it resolves outside {root}")
+    return path
 
 
 def utc_timestamp(value: datetime | pd.Timestamp | str) -> pd.Timestamp:

@@ -17,6 +17,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from core.schema import validate_service_name
 from core.settings import Settings
 from models.base import Forecaster
 from models.persistence import load_object
@@ -38,7 +39,12 @@ def registered_name(service: str, kind: str = "forecaster") -> str:
     Args:
         service: Service name.
         kind: ``forecaster`` or ``anomaly``.
+
+    Raises:
+        ValueError: If the service name is invalid (see
+            :func:`core.schema.validate_service_name`).
     """
+    validate_service_name(service)
     return f"forescale-{service}" if kind == "forecaster" else f"forescale-{kind}-{service}"
 
 

@@ -97,18 +97,32 @@ def telemetry_import(
     service: Annotated[str | None, typer.Option(help="Service name of a single trace.")] = None,
     value_per: Annotated[str, typer.Option(help="second | minute | step")] = "second",
 ) -> None:
-    """Import CSV/Parquet telemetry (long format, or one `time,value` trace) after validation."""
-    import pandas as pd
+    """Import CSV/Parquet telemetry (long format, or one `time,value` trace) after validation.
 
-    from pipelines.run import ingest_frame
-    from pipelines.telemetry import FileSource
+    A refused import prints one line per problem (file, column, rows), stores nothing, copies the
+    refused files to the quarantine folder with a report, and exits with code 2.
+    """
+    from rich.markup import escape
+
+    from pipelines.telemetry_files import import_telemetry
 
     settings = _settings()
-    frame = FileSource(path, service=service, value_per=value_per).read_all()
-    end = frame["ts"].max() + pd.Timedelta(seconds=1)
-    files = ingest_frame(settings, frame, frame["ts"].min(), end)
-    out.print(f"imported {len(frame):,} rows ({frame['service'].nunique()} services) "
-              f"into {len(files)} day files")
+    try:
+        result = import_telemetry(settings, path, service=service, value_per=value_per)
+    except ValueError as err:
+        if os.environ.get("FORESCALE_DEBUG"):
+            raise
+        for line in str(err).splitlines():
+            console.print(f"[bold red]error:[/] {escape(line)}", highlight=False)
+        raise typer.Exit(2) from None
+    for note in result.notes:
+        prefix = "" if note.startswith("warning:") else "note: "
+        console.print(prefix + note, markup=False, highlight=False)
+    out.print(
+        f"imported {result.rows:,} rows ({len(result.services)} services) "
+        f"into {len(result.files_written)} day files",
+        highlight=False,
+    )
 
 
 @telemetry_app.command("ingest")

@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from core.params import section
-from core.schema import SERVICE, TARGET, TS, utc_timestamp
+from core.schema import SERVICE, TARGET, TS, path_under, utc_timestamp, validate_service_name
 from core.settings import Settings
 from models.registry import champion, configure_mlflow, load_forecaster
 from pipelines.telemetry import resolve_as_of
@@ -88,8 +88,10 @@ def forecast_shard(settings: Settings, services: Sequence[str],
         Path of a Parquet file: ``service, ts, p50, p90, ..., model_version``.
 
     Raises:
-        ValueError: If a service has no champion or no recent telemetry.
+        ValueError: If a service name is invalid, or a service has no champion or no recent
+            telemetry.
     """
+    services = [validate_service_name(s) for s in services]
     configure_mlflow(settings)
     origin = resolve_as_of(settings, as_of)
     params = section(settings.params_file, "schedule")
@@ -108,7 +110,7 @@ def forecast_shard(settings: Settings, services: Sequence[str],
                              f"{HISTORY_DAYS_FOR_FORECAST} days before {origin}")
         forecast = load_forecaster(version).predict(horizon, quantiles, history=own)
         frames.append(forecast.assign(model_version=version.label))
-    out = _run_dir(settings, "forecasts", origin) / f"{services[0]}.parquet"
+    out = path_under(_run_dir(settings, "forecasts", origin), f"{services[0]}.parquet")
     pd.concat(frames, ignore_index=True).to_parquet(out, index=False)
     return out
 

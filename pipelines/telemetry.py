@@ -18,6 +18,7 @@ its interval, so a rerun of the same interval gives the same files.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -33,18 +34,22 @@ from core.schema import (
     CPU,
     ERRORS,
     LATENCY_P95,
-    METRICS,
     REPLICAS,
     REQUESTS,
     SERVICE,
     TS,
     TS_DTYPE,
     normalize_ts,
+    path_under,
     require_columns,
     to_long,
     utc_timestamp,
+    validate_service_name,
 )
 from core.settings import Settings
+from pipelines.telemetry_files import read_telemetry_file
+
+logger = logging.getLogger(__name__)
 
 SERVICE_NAMES: tuple[str, ...] = (
     "checkout", "search", "catalog", "payments", "auth", "cart", "recommendations", "inventory",
@@ -272,7 +277,9 @@ class FileSource:
 
     A file in long format (``service``, ``ts`` and metric columns) is used as it is. A file with
     one time column and one value column (a single trace such as ``period,count``) becomes one
-    service named after the file (or ``service``), its value the ``requests`` metric.
+    service named after the file (or ``service``), its value the ``requests`` metric. Each file is
+    read by :func:`pipelines.telemetry_files.read_telemetry_file`, which refuses a bad file naming
+    the file, column and rows.
 
     Args:
         path: A file, or a directory whose ``*.csv`` and ``*.parquet`` files are all read.
@@ -322,36 +329,10 @@ class FileSource:
         return frame.reset_index(drop=True)
 
     def _read_file(self, path: Path) -> pd.DataFrame:
-        raw = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
-        if SERVICE in raw.columns and TS in raw.columns:
-            metrics = [c for c in raw.columns if c in (*METRICS, REPLICAS)]
-            if REQUESTS not in metrics:
-                raise ValueError(f"{path}: long-format telemetry needs a '{REQUESTS}' column")
-            return to_long(raw, metrics)
-        if raw.shape[1] != 2:
-            raise ValueError(
-                f"{path}: expected long format (service, ts, metrics) or a two-column trace "
-                f"(time, value); found columns {list(raw.columns)}"
-            )
-        time_col, value_col = raw.columns
-        ts = _parse_trace_time(raw[time_col], path, time_col)
-        values = pd.to_numeric(raw[value_col], errors="coerce").astype(float)
-        if self.value_per == "minute":
-            values = values / 60.0
-        elif self.value_per == "step":
-            step_s = pd.Series(ts).diff().dropna().dt.total_seconds().median()
-            values = values / step_s
-        frame = pd.DataFrame({SERVICE: self.service or path.stem, TS: ts, REQUESTS: values})
-        return to_long(frame)
-
-
-def _parse_trace_time(column: pd.Series, path: Path, name: str) -> pd.Series:
-    if pd.api.types.is_numeric_dtype(column):  # Unix seconds, e.g. the Crane CPU traces
-        return pd.to_datetime(column, unit="s", utc=True)
-    try:
-        return normalize_ts(column)
-    except (ValueError, TypeError) as err:
-        raise ValueError(f"{path}: column '{name}' is not a timestamp: {err}") from err
+        telemetry = read_telemetry_file(path, self.service, self.value_per)
+        for note in telemetry.notes:
+            logger.info(note)
+        return to_long(telemetry.frame)
 
 
 # --------------------------------------------------------------------------- prometheus
@@ -525,6 +506,10 @@ def store_batch(settings: Settings, batch_path: Path) -> list[Path]:
 
     Returns:
         The day files written.
+
+    Raises:
+        ValueError: If a service name is invalid (see :func:`core.schema.validate_service_name`)
+            or a day file would resolve outside the telemetry folder; nothing is written then.
     """
     batch = pd.read_parquet(batch_path)
     start, end = _interval_from_name(batch_path)
@@ -532,8 +517,11 @@ def store_batch(settings: Settings, batch_path: Path) -> list[Path]:
     if not batch.empty:
         batch = to_long(batch)
         batch["_date"] = batch[TS].dt.strftime("%Y-%m-%d")
-        for (service, day), rows in batch.groupby([SERVICE, "_date"], sort=True):
-            path = settings.telemetry_dir / f"service={service}" / f"date={day}" / "part.parquet"
+        groups = [
+            (day_file(settings, service, day), rows)
+            for (service, day), rows in batch.groupby([SERVICE, "_date"], sort=True)
+        ]
+        for path, rows in groups:
             rows = rows.drop(columns=["_date", SERVICE])
             if path.exists():
                 old = pd.read_parquet(path)
@@ -544,6 +532,25 @@ def store_batch(settings: Settings, batch_path: Path) -> list[Path]:
             written.append(path)
     batch_path.unlink()
     return written
+
+
+def day_file(settings: Settings, service: str, day: str) -> Path:
+    """The stored file of one service-day, ``telemetry/service=<s>/date=<YYYY-MM-DD>/part.parquet``.
+
+    Args:
+        settings: Runtime settings.
+        service: A valid service name.
+        day: ``YYYY-MM-DD``.
+
+    Raises:
+        ValueError: If the service name is invalid or the path leaves the telemetry folder.
+    """
+    return path_under(
+        settings.telemetry_dir,
+        f"service={validate_service_name(service)}",
+        f"date={pd.Timestamp(day):%Y-%m-%d}",
+        "part.parquet",
+    )
 
 
 def write_telemetry(settings: Settings, frame: pd.DataFrame, start: datetime | None = None,

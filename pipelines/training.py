@@ -26,7 +26,14 @@ import numpy as np
 import pandas as pd
 
 from core.params import section
-from core.schema import SERVICE, TARGET, TS, quantile_column
+from core.schema import (
+    SERVICE,
+    TARGET,
+    TS,
+    path_under,
+    quantile_column,
+    validate_service_name,
+)
 from core.settings import Settings
 from models.backtest import backtest_forecasts, rolling_origin_splits, score_forecasts
 from models.base import Forecaster, infer_step
@@ -112,10 +119,17 @@ def plan_shards(settings: Settings, services: Sequence[str] | None = None) -> li
 
     Returns:
         Lists of service names; empty when there is no service.
+
+    Raises:
+        ValueError: If a given service name is invalid.
     """
     from pipelines.telemetry import list_services
 
-    names = sorted(services) if services is not None else list_services(settings)
+    names = (
+        sorted(validate_service_name(s) for s in services)
+        if services is not None
+        else list_services(settings)
+    )
     size = TrainingConfig.from_params(settings).shard_size
     return [names[i:i + size] for i in range(0, len(names), size)]
 
@@ -183,10 +197,11 @@ def train_shard(settings: Settings, services: Sequence[str], reason: str = "sche
         Path of a JSON summary (one entry per service) under the artifacts folder.
 
     Raises:
-        ValueError: If ``services`` is empty or there is no telemetry.
+        ValueError: If ``services`` is empty, a name is invalid or there is no telemetry.
     """
     if not services:
         raise ValueError("train_shard needs at least one service")
+    services = [validate_service_name(s) for s in services]
     config = TrainingConfig.from_params(settings)
     end = resolve_as_of(settings, as_of)
     history = training_history(settings, services, end, config.history_days)
@@ -224,7 +239,7 @@ def train_shard(settings: Settings, services: Sequence[str], reason: str = "sche
                          f"{r.backtest_error:.3f}, {'promoted' if r.promoted else 'not promoted'}")
         mlflow.log_metric("services_promoted", sum(r.promoted for r in results))
 
-    out = settings.artifacts_dir / "training" / f"{end:%Y%m%dT%H%M}" / f"{services[0]}.json"
+    out = path_under(settings.artifacts_dir, "training", f"{end:%Y%m%dT%H%M}", f"{services[0]}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"reason": reason, "window_end": end.isoformat(),
                                "services": [asdict(r) for r in results]}, indent=2))

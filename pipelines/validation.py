@@ -31,10 +31,12 @@ from core.schema import (
     METRICS,
     REQUESTS,
     SERVICE,
+    SERVICE_NAME_PATTERN,
     TS,
     utc_timestamp,
 )
 from core.settings import Settings
+from pipelines.telemetry_files import describe_rows, shown
 
 if TYPE_CHECKING:
     from great_expectations.core.expectation_suite import ExpectationSuite
@@ -119,9 +121,9 @@ def build_expectation_suite(start: datetime, end: datetime, limits: ValidationLi
     """Build the expectation suite for a batch covering ``[start, end)``.
 
     Every expectation carries ``meta["rule"]``, the name used in error messages and reports:
-    ``schema``, ``type``, ``not_null``, ``non_negative``, ``max_value``, ``unique_keys``,
-    ``in_interval`` and ``max_gap`` (on the derived column :data:`GAP_COLUMN`, see
-    :func:`add_gap_column`).
+    ``schema``, ``type``, ``service_name`` (:data:`core.schema.SERVICE_NAME_PATTERN`),
+    ``not_null``, ``non_negative``, ``max_value``, ``unique_keys``, ``in_interval`` and
+    ``max_gap`` (on the derived column :data:`GAP_COLUMN`, see :func:`add_gap_column`).
 
     Args:
         start: Inclusive start of the batch interval (naive values are taken as UTC).
@@ -153,6 +155,11 @@ def build_expectation_suite(start: datetime, end: datetime, limits: ValidationLi
             column=SERVICE, type_list=_SERVICE_TYPES, meta={"rule": "type"}
         ),
         expect.ExpectColumnValuesToBeOfType(column=TS, type_=_TS_TYPE, meta={"rule": "type"}),
+        expect.ExpectColumnValuesToMatchRegex(
+            column=SERVICE,
+            regex=f"^{SERVICE_NAME_PATTERN.pattern}$",
+            meta={"rule": "service_name"},
+        ),
     ]
     expectations += [
         expect.ExpectColumnValuesToBeInTypeList(
@@ -193,14 +200,9 @@ def build_expectation_suite(start: datetime, end: datetime, limits: ValidationLi
 
 
 def batch_metrics(batch: pd.DataFrame) -> list[str]:
-    """The metric columns a batch must have: all of them, or ``requests`` alone.
-
-    A request-rate trace (one ``time, value`` file) carries only ``requests``; any batch with
-    another metric is full telemetry and must have every metric, so a source that loses a column
-    fails the schema rule instead of passing silently.
-    """
-    others = [m for m in METRICS if m != REQUESTS]
-    return list(METRICS) if any(m in batch.columns for m in others) else [REQUESTS]
+    """The metric columns a batch is checked on: ``requests`` (required) and every other metric
+    it has (``cpu``, ``latency_p95_ms`` and ``errors`` are optional)."""
+    return [REQUESTS, *(m for m in METRICS if m != REQUESTS and m in batch.columns)]
 
 
 def add_gap_column(batch: pd.DataFrame) -> pd.DataFrame:
@@ -230,7 +232,13 @@ def add_gap_column(batch: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def validate_batch(settings: Settings, batch_path: Path, start: datetime, end: datetime) -> Path:
+def validate_batch(
+    settings: Settings,
+    batch_path: Path,
+    start: datetime,
+    end: datetime,
+    origin: pd.DataFrame | None = None,
+) -> Path:
     """Validate a staged batch; quarantine it and raise if any expectation fails.
 
     Args:
@@ -238,6 +246,9 @@ def validate_batch(settings: Settings, batch_path: Path, start: datetime, end: d
         batch_path: The staged Parquet batch.
         start: Inclusive start of the interval the batch was extracted for.
         end: Exclusive end of that interval.
+        origin: For a batch read from the user's files: one row per batch row with columns
+            ``file`` and ``row`` (data row in that file, from 1); failures then name these
+            instead of batch row positions.
 
     Returns:
         ``batch_path``, unchanged, when every expectation passes.
@@ -246,7 +257,7 @@ def validate_batch(settings: Settings, batch_path: Path, start: datetime, end: d
         BatchValidationError: If the batch fails; the file was moved to
             ``settings.quarantine_dir / batch_path.name`` with a JSON report beside it, and the
             message names each failing expectation, its column, the services and row ranges.
-        ValueError: If ``start`` is not before ``end``.
+        ValueError: If ``start`` is not before ``end``, or ``origin`` does not match the batch.
         FileNotFoundError: If the batch file does not exist.
     """
     batch_path = Path(batch_path)
@@ -255,6 +266,8 @@ def validate_batch(settings: Settings, batch_path: Path, start: datetime, end: d
     if not batch_path.is_file():
         raise FileNotFoundError(f"batch file {batch_path} does not exist")
     batch = pd.read_parquet(batch_path).reset_index(drop=True)  # row labels = file positions
+    if origin is not None and len(origin) != len(batch):
+        raise ValueError(f"origin has {len(origin)} rows, the batch {len(batch)}")
     frame = add_gap_column(batch)
     suite = build_expectation_suite(start, end, load_validation_limits(settings),
                                     batch_metrics(batch))
@@ -262,13 +275,21 @@ def validate_batch(settings: Settings, batch_path: Path, start: datetime, end: d
     if result.success:
         return batch_path
 
-    failures = [describe_failure(item, frame) for item in result.results if not item.success]
+    failures = [
+        describe_failure(item, frame, origin) for item in result.results if not item.success
+    ]
     settings.quarantine_dir.mkdir(parents=True, exist_ok=True)
     quarantined = _free_quarantine_path(settings.quarantine_dir, batch_path)
     report_path = quarantined.with_suffix(".report.json")
+    what = (
+        f"batch {batch_path.name}"
+        if origin is None
+        else ", ".join(dict.fromkeys(str(f) for f in origin["file"]))
+    )
     report = {
         "batch": batch_path.name,
         "source_path": str(batch_path),
+        "source_files": None if origin is None else list(dict.fromkeys(map(str, origin["file"]))),
         "interval": {"start": utc_timestamp(start).isoformat(), "end": utc_timestamp(end).isoformat()},
         "rows": len(batch),
         "failures": failures,
@@ -277,11 +298,30 @@ def validate_batch(settings: Settings, batch_path: Path, start: datetime, end: d
     report_path.write_text(json.dumps(report, indent=2, default=str))
     shutil.move(batch_path, quarantined)
     message = (
-        f"batch {batch_path.name} ({len(batch)} rows, interval [{utc_timestamp(start).isoformat()}, "
+        f"{what} ({len(batch)} rows, interval [{utc_timestamp(start).isoformat()}, "
         f"{utc_timestamp(end).isoformat()})) failed {len(failures)} expectation(s) and was quarantined "
         f"to {quarantined} (report {report_path}):\n" + "\n".join(f"- {f}" for f in failures)
     )
     raise BatchValidationError(message, quarantined, report_path, failures)
+
+
+def quarantine_file(settings: Settings, path: Path, problems: list[str]) -> tuple[Path, Path]:
+    """Copy a refused input file to the quarantine folder with a JSON report of its problems.
+
+    Args:
+        settings: Runtime settings (``quarantine_dir``).
+        path: The refused file (left where it is).
+        problems: One line per problem.
+
+    Returns:
+        The quarantined copy and its report.
+    """
+    settings.quarantine_dir.mkdir(parents=True, exist_ok=True)
+    copy = _free_quarantine_path(settings.quarantine_dir, Path(path))
+    report_path = copy.with_name(copy.name + ".report.json")
+    report_path.write_text(json.dumps({"file": str(path), "problems": problems}, indent=2))
+    shutil.copyfile(path, copy)
+    return copy, report_path
 
 
 def _free_quarantine_path(folder: Path, batch_path: Path) -> Path:
@@ -331,12 +371,15 @@ def run_suite(frame: pd.DataFrame, suite: ExpectationSuite) -> ExpectationSuiteV
     return batch.validate(suite, result_format="COMPLETE")
 
 
-def describe_failure(item: ExpectationValidationResult, frame: pd.DataFrame) -> str:
+def describe_failure(
+    item: ExpectationValidationResult, frame: pd.DataFrame, origin: pd.DataFrame | None = None
+) -> str:
     """One line naming a failed expectation, its rule and column, and the offending rows.
 
     Args:
         item: A failed expectation result.
         frame: The validated frame (to map row indices to services and timestamps).
+        origin: The user's file and row of each batch row (see :func:`validate_batch`).
 
     Returns:
         E.g. ``expect_column_values_to_be_between [non_negative] column 'cpu': 3 row(s) ...``.
@@ -359,24 +402,42 @@ def describe_failure(item: ExpectationValidationResult, frame: pd.DataFrame) -> 
         return f"{head}: observed {details.get('observed_value')!r}"
     indices = list(details["unexpected_index_list"])
     if rule == "max_gap":
-        return f"{head} (max {kwargs.get('max_value')} min): {len(indices)} row(s) after a gap; " \
-               + _row_ranges(frame, indices, gaps=True)
-    sample = list(details.get("partial_unexpected_list") or [])[:5]
-    return f"{head}: {len(indices)} unexpected row(s), e.g. {sample}; " + _row_ranges(frame, indices)
+        return (
+            f"{head} (max {kwargs.get('max_value')} min): {len(indices)} row(s) after a gap; "
+            + _row_ranges(frame, indices, gaps=True, origin=origin)
+        )
+    sample = ", ".join(shown(v) for v in list(details.get("partial_unexpected_list") or [])[:5])
+    return f"{head}: {len(indices)} unexpected row(s), e.g. [{sample}]; " + _row_ranges(
+        frame, indices, origin=origin
+    )
 
 
-def _row_ranges(frame: pd.DataFrame, indices: Sequence[Any], gaps: bool = False) -> str:
-    """Describe failing rows per service: row index range and timestamp range."""
+def _row_ranges(
+    frame: pd.DataFrame,
+    indices: Sequence[Any],
+    gaps: bool = False,
+    origin: pd.DataFrame | None = None,
+) -> str:
+    """Describe failing rows per service: row range (batch positions, or the user's file and
+    rows) and timestamp range."""
     if not indices:
         return "no rows identified"
     rows = frame.loc[list(indices)]
     if SERVICE not in rows.columns or TS not in rows.columns:
         return f"rows {_span(indices)}"
-    labels = rows[SERVICE].astype(object).where(rows[SERVICE].notna(), "<null>").astype(str)
+    services = rows[SERVICE].astype(object).where(rows[SERVICE].notna(), "<null>").astype(str)
+    files = (
+        origin["file"].loc[rows.index].astype(str)
+        if origin is not None
+        else pd.Series("", index=rows.index)
+    )
     parts = []
-    for service, group in rows.groupby(labels, sort=True):
-        text = (f"service {service!r}: rows {_span(group.index)} "
-                f"(ts {_ts_text(group[TS].min())} – {_ts_text(group[TS].max())})")
+    for (file, service), group in rows.groupby([files, services], sort=True):
+        if origin is None:
+            where = f"service {service!r}: rows {_span(group.index)}"
+        else:
+            where = f"{file}: service {service!r}: {describe_rows(origin['row'].loc[group.index])}"
+        text = f"{where} (ts {_ts_text(group[TS].min())} – {_ts_text(group[TS].max())})"
         if gaps:
             text += f", gaps up to {group[GAP_COLUMN].max():g} min"
         parts.append(text)

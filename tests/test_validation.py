@@ -93,6 +93,11 @@ def null_service(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+def escaping_service(frame: pd.DataFrame) -> pd.DataFrame:
+    frame.loc[rows_of(frame, "web")[10:13], "service"] = "../escape"
+    return frame
+
+
 def null_ts(frame: pd.DataFrame) -> pd.DataFrame:
     frame.loc[rows_of(frame, "db")[30], "ts"] = pd.NaT
     return frame
@@ -116,19 +121,51 @@ def string_requests(frame: pd.DataFrame) -> pd.DataFrame:
 
 # case -> (mutation, expectation type, rule, column, service named in the message)
 CASES: dict[str, tuple[Callable[[pd.DataFrame], pd.DataFrame], str, str, str, str | None]] = {
-    "non_negative": (negative_cpu, "expect_column_values_to_be_between", "non_negative", "cpu", "web"),
-    "max_value": (huge_latency, "expect_column_values_to_be_between", "max_value",
-                  "latency_p95_ms", "db"),
-    "unique_keys": (duplicate_key, "expect_compound_columns_to_be_unique", "unique_keys",
-                    "['service', 'ts']", "api"),
-    "not_null_service": (null_service, "expect_column_values_to_not_be_null", "not_null",
-                         "service", "<null>"),
+    "non_negative": (
+        negative_cpu,
+        "expect_column_values_to_be_between",
+        "non_negative",
+        "cpu",
+        "web",
+    ),
+    "max_value": (
+        huge_latency,
+        "expect_column_values_to_be_between",
+        "max_value",
+        "latency_p95_ms",
+        "db",
+    ),
+    "unique_keys": (
+        duplicate_key,
+        "expect_compound_columns_to_be_unique",
+        "unique_keys",
+        "['service', 'ts']",
+        "api",
+    ),
+    "not_null_service": (
+        null_service,
+        "expect_column_values_to_not_be_null",
+        "not_null",
+        "service",
+        "<null>",
+    ),
+    "service_name": (
+        escaping_service,
+        "expect_column_values_to_match_regex",
+        "service_name",
+        "service",
+        "../escape",
+    ),
     "not_null_ts": (null_ts, "expect_column_values_to_not_be_null", "not_null", "ts", "db"),
     "max_gap": (gap, "expect_column_values_to_be_between", "max_gap", "gap_minutes", "db"),
-    "in_interval": (outside_interval, "expect_column_values_to_be_between", "in_interval", "ts",
-                    "api"),
-    "type": (string_requests, "expect_column_values_to_be_in_type_list", "type", "requests",
-             "web"),
+    "in_interval": (
+        outside_interval,
+        "expect_column_values_to_be_between",
+        "in_interval",
+        "ts",
+        "api",
+    ),
+    "type": (string_requests, "expect_column_values_to_be_in_type_list", "type", "requests", "web"),
 }
 
 
@@ -146,6 +183,7 @@ def expected_rows(original: pd.DataFrame, mutated: pd.DataFrame, case: str) -> l
             "non_negative": mutated["cpu"] < 0,
             "max_value": mutated["latency_p95_ms"] > 1e6,
             "not_null_service": mutated["service"].isna(),
+            "service_name": mutated["service"] == "../escape",
             "not_null_ts": mutated["ts"].isna(),
             "in_interval": mutated["ts"] >= END,
         }[case]
@@ -186,14 +224,23 @@ def test_rule_failure_names_expectation_rows_and_quarantines(
 
 
 def test_missing_column_names_schema_rule(settings: Settings, clean_batch: pd.DataFrame) -> None:
-    path = stage(settings, clean_batch.drop(columns=["cpu"]))
+    path = stage(settings, clean_batch.drop(columns=["requests"]))
     with pytest.raises(BatchValidationError) as caught:
         validate_batch(settings, path, START, END)
     message = str(caught.value)
     assert "expect_table_columns_to_match_set [schema]" in message
-    assert "missing column(s) ['cpu']" in message
+    assert "missing column(s) ['requests']" in message
     assert (settings.quarantine_dir / path.name).exists()
     assert not path.exists()
+
+
+def test_optional_metrics_may_be_absent(settings: Settings, clean_batch: pd.DataFrame) -> None:
+    path = stage(settings, clean_batch.drop(columns=["cpu", "errors"]))
+    assert validate_batch(settings, path, START, END) == path
+    broken = clean_batch.drop(columns=["errors"])
+    broken.loc[rows_of(broken, "web")[3], "cpu"] = -1.0
+    with pytest.raises(BatchValidationError, match=r"\[non_negative\] column 'cpu'"):
+        validate_batch(settings, stage(settings, broken, "b2.parquet"), START, END)
 
 
 def test_naive_timestamps_fail_type_rule(settings: Settings, clean_batch: pd.DataFrame) -> None:
