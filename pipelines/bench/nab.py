@@ -309,7 +309,7 @@ def cross_validate_structure(
     Returns:
         Per candidate its leave-one-family-out score; per fold the family, its files, each
         candidate's training score and threshold, the nested choice and its held-out figure; the
-        nested score; the selected candidate.
+        nested score; the selected candidate and the spread of its fold thresholds.
     """
     candidates = candidates if candidates is not None else CANDIDATES
     profile = corpus.profiles[profile_name]
@@ -350,12 +350,15 @@ def cross_validate_structure(
     scores_by_candidate = {
         label: nab.normalised_score(raw, null, perfect) for label, raw in lofo_raw.items()
     }
+    selected = max(scores_by_candidate, key=lambda c: scores_by_candidate[c])
+    fold_thresholds = [row["candidates"][selected]["threshold"] for row in fold_rows]
     return {
         "profile": profile_name,
         "candidates": candidates,
         "family_rule": "category + file name without its last '_' part",
         "leave_one_family_out": scores_by_candidate,
-        "selected": max(scores_by_candidate, key=lambda c: scores_by_candidate[c]),
+        "selected": selected,
+        "selected_fold_thresholds": [min(fold_thresholds), max(fold_thresholds)],
         "nested_score": nab.normalised_score(nested_raw, null, perfect),
         "folds": fold_rows,
     }
@@ -481,7 +484,8 @@ def _print_table(results: dict) -> None:
         console.print(
             f"leave-one-family-out ({len(cv['folds'])} folds, {cv['profile']}): "
             + ", ".join(f"{k} {v:.1f}" for k, v in cv["leave_one_family_out"].items())
-            + f"; nested {cv['nested_score']:.1f}; selected: {cv['selected']}"
+            + f"; nested {cv['nested_score']:.1f}; selected: {cv['selected']} (fold thresholds "
+            f"{cv['selected_fold_thresholds'][0]:.3f}-{cv['selected_fold_thresholds'][1]:.3f})"
         )
 
 
@@ -592,7 +596,9 @@ def render_nab_doc(results: dict) -> str:
             "",
             (
                 f"Selected: **{cv['selected']}**. Nested (candidate and threshold chosen on the other "
-                f"families): {cv['nested_score']:.1f}."
+                f"families): {cv['nested_score']:.1f}. The selected candidate's fold thresholds "
+                f"span {cv['selected_fold_thresholds'][0]:.3f}–"
+                f"{cv['selected_fold_thresholds'][1]:.3f}."
             ),
             "",
             "| held-out family | files | "
