@@ -109,7 +109,8 @@ class RollbackSection(_Section):
 class AnomalySection(_Section):
     """The anomaly detector."""
 
-    threshold: float = Field(default=0.3, ge=0, le=1)
+    threshold: float = Field(default=0.32, ge=0, le=1)
+    detector: dict[str, Any] = Field(default_factory=dict)
     context_days: int = Field(default=21, ge=1)
     backtest_days: int = Field(default=2, ge=1)
     detect_within_steps: int = Field(default=6, ge=1)

@@ -14,6 +14,9 @@ points never changes older scores. The score combines:
    same scale: with ``p = (#{past >= d} + 1) / (n_past + 1)`` the scale's score is
    ``log p / log(1 / (history + 1))`` (1 = larger than everything in the history). A rank does not
    depend on the metric's units or distribution, so one threshold transfers between series.
+   With ``rank_normalisation: available`` the denominator is the history actually available
+   (``log p / log(1 / (n_past + 1))``), so a distance larger than every earlier one scores 1
+   early in a series and in short series too, as it does after ``history`` rows.
    The scale scores are averaged.
 3. **Range excursions, graded.** A value beyond the range seen so far (by more than
    ``range_tolerance`` of that range) scores ``range_score * min(1, excess / (range_full_steps *
@@ -38,7 +41,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import ClassVar
 
@@ -49,6 +52,7 @@ from core.schema import SERVICE, TARGET, TS, TS_DTYPE, require_columns, to_long
 
 SCORE = "score"
 IS_ANOMALY = "is_anomaly"
+RANK_NORMALISATIONS = ("history", "available")
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,9 @@ class DetectorSettings:
         range_full_steps: Excess beyond the seen range, in typical one-row changes (median
             absolute change over the last ``history`` rows), at which a range excursion scores
             ``range_score``; smaller excesses score proportionally less.
+        rank_normalisation: ``history``: a rank's log-p is divided by ``log(1 / (history + 1))``;
+            ``available``: by ``log(1 / (n_past + 1))`` with ``n_past`` the past distances
+            actually available (at most ``history``).
     """
 
     embedding: int = 6
@@ -79,6 +86,7 @@ class DetectorSettings:
     range_score: float = 0.99
     range_tolerance: float = 0.01
     range_full_steps: float = 10.0
+    rank_normalisation: str = "available"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scales", tuple(int(w) for w in self.scales))
@@ -97,10 +105,40 @@ class DetectorSettings:
             raise ValueError(
                 f"DetectorSettings.range_tolerance must be >= 0, got {self.range_tolerance}"
             )
+        if self.rank_normalisation not in RANK_NORMALISATIONS:
+            raise ValueError(
+                f"DetectorSettings.rank_normalisation must be one of {RANK_NORMALISATIONS}, "
+                f"got {self.rank_normalisation!r}"
+            )
         if self.range_full_steps <= 0:
             raise ValueError(
                 f"DetectorSettings.range_full_steps must be > 0, got {self.range_full_steps}"
             )
+
+    @classmethod
+    def from_mapping(cls, mapping: dict, source: str) -> DetectorSettings:
+        """Settings from a mapping (the ``anomaly.detector`` section of the parameters file).
+
+        Args:
+            mapping: Setting names and values; absent ones keep their defaults.
+            source: Where the mapping comes from, named in errors.
+
+        Returns:
+            The settings.
+
+        Raises:
+            ValueError: If a name is unknown or a value is invalid.
+        """
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(mapping) - known)
+        if unknown:
+            raise ValueError(
+                f"{source}: unknown detector setting(s) {unknown}; known: {sorted(known)}"
+            )
+        try:
+            return cls(**mapping)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{source}: {err}") from err
 
     @property
     def context_rows(self) -> int:
@@ -109,9 +147,9 @@ class DetectorSettings:
         return self.search_rows + self.history + span + self.refractory + 1
 
 
-#: Threshold chosen on the NAB corpus (see ``benchmarks/nab.py``): just under the
-#: leave-one-file-out choice of the standard profile (0.32 on 16 of 18 files).
-DEFAULT_THRESHOLD = 0.3
+#: Threshold when the parameters file sets none: the median of the leave-one-file-out NAB
+#: Standard thresholds (``docs/benchmarks/nab.md``); ``anomaly.threshold`` in params.yaml.
+DEFAULT_THRESHOLD = 0.32
 
 
 def _clean_values(values: np.ndarray, what: str) -> np.ndarray:
@@ -155,24 +193,29 @@ def nearest_neighbour_distance(
     return distance
 
 
-def rank_score(values: np.ndarray, history: int, start: int) -> np.ndarray:
+def rank_score(
+    values: np.ndarray, history: int, start: int, normalisation: str = "history"
+) -> np.ndarray:
     """Score each value by its rank among the previous ``history`` values.
 
     Args:
         values: The statistic per row (larger = more unusual).
         history: How many previous values a value is ranked against.
         start: First row that gets a score (earlier rows score 0).
+        normalisation: ``history`` divides by ``log(1 / (history + 1))``, ``available`` by
+            ``log(1 / (n_past + 1))``.
 
     Returns:
-        ``log p / log(1 / (history + 1))`` with ``p = (#{past >= value} + 1) / (n_past + 1)``,
-        in [0, 1].
+        ``log p / log(1 / (m + 1))`` with ``p = (#{past >= value} + 1) / (n_past + 1)`` and
+        ``m`` as set by ``normalisation``, in [0, 1].
     """
     score = np.zeros(len(values))
     top = math.log(1.0 / (history + 1))
     for t in range(max(start, 1), len(values)):
         past = values[max(0, t - history) : t]
         exceed = np.count_nonzero(past >= values[t])
-        score[t] = math.log((exceed + 1) / (len(past) + 1)) / top
+        scale = top if normalisation == "history" else math.log(1.0 / (len(past) + 1))
+        score[t] = math.log((exceed + 1) / (len(past) + 1)) / scale
     return np.clip(score, 0.0, 1.0)
 
 
@@ -189,7 +232,11 @@ def _novelty_score(values: np.ndarray, settings: DetectorSettings) -> np.ndarray
             smooth, settings.embedding, settings.search_rows, lag=window
         )
         lead = (settings.embedding - 1) * window + window
-        scores.append(rank_score(distance, settings.history, lead + settings.warmup))
+        scores.append(
+            rank_score(
+                distance, settings.history, lead + settings.warmup, settings.rank_normalisation
+            )
+        )
     return np.mean(scores, axis=0)
 
 
@@ -240,33 +287,24 @@ def _damp_after_events(raw: np.ndarray, size: np.ndarray, refractory: int) -> np
     return raw * (1.0 - damping)
 
 
-def score_series(
-    values: np.ndarray,
-    timestamps: pd.Series | np.ndarray | None = None,
-    settings: DetectorSettings | None = None,
-) -> np.ndarray:
+def score_series(values: np.ndarray, settings: DetectorSettings | None = None) -> np.ndarray:
     """Online anomaly score of one series: each point is scored from itself and the past.
 
+    Rows are scored in the order given, whatever their timestamps say (a clock that steps back
+    does not reorder them, as in NAB).
+
     Args:
-        values: The series in time order; NaN/inf are forward-filled (a missing point is read
+        values: The series, oldest first; NaN/inf are forward-filled (a missing point is read
             as "no change").
-        timestamps: Timestamps of the rows, only checked to be increasing (may be ``None``).
         settings: Detector settings; defaults to :class:`DetectorSettings`.
 
     Returns:
         Scores in [0, 1], one per row.
 
     Raises:
-        ValueError: If there are no finite values, or timestamps decrease or do not match.
+        ValueError: If there are no finite values.
     """
     settings = settings or DetectorSettings()
-    if timestamps is not None:
-        ts = pd.to_datetime(pd.Series(timestamps))
-        if len(ts) != len(values):
-            raise ValueError(f"{len(values)} values but {len(ts)} timestamps")
-        back = np.flatnonzero(ts.diff().dt.total_seconds().to_numpy()[1:] < 0)
-        if len(back):
-            raise ValueError(f"timestamps decrease at rows {back[0] + 1}..{back[-1] + 1}")
     clean = _clean_values(values, "series")
     raw = np.maximum(_novelty_score(clean, settings), _range_score(clean, settings))
     damped = _damp_after_events(raw, _event_size(clean, settings), settings.refractory)
@@ -345,7 +383,7 @@ class AnomalyDetector:
                 joined = rows[[TS, self.target]].reset_index(drop=True)
                 n_past = 0
             try:
-                scores = score_series(joined[self.target].to_numpy(), None, self.settings)[n_past:]
+                scores = score_series(joined[self.target].to_numpy(), self.settings)[n_past:]
             except ValueError as err:
                 raise ValueError(f"service {service!r}, column {self.target!r}: {err}") from err
             out.append(

@@ -32,7 +32,7 @@ import pandas as pd
 from core.params import load_config
 from core.schema import SERVICE, TARGET, TS
 from core.settings import Settings
-from models.anomaly import IS_ANOMALY, AnomalyDetector
+from models.anomaly import IS_ANOMALY, AnomalyDetector, DetectorSettings
 from models.registry import (
     RegisteredVersion,
     configure_mlflow,
@@ -47,7 +47,7 @@ ANOMALY_EXPERIMENT = "forescale-anomaly"
 
 @dataclass(frozen=True)
 class AnomalyConfig:
-    """The ``anomaly`` section of params.yaml."""
+    """The ``anomaly`` section of params.yaml (the detector's settings are its ``detector``)."""
 
     threshold: float
     context_days: int
@@ -55,14 +55,36 @@ class AnomalyConfig:
     detect_within: int
     false_alarm_cost: float
     backfill_hours: float
+    detector: DetectorSettings
 
     @classmethod
     def from_params(cls, settings: Settings) -> AnomalyConfig:
-        """Read the section (defaults where a key is absent)."""
-        params = load_config(settings.params_file).anomaly
-        return cls(threshold=params.threshold, context_days=params.context_days,
-                   backtest_days=params.backtest_days, detect_within=params.detect_within_steps,
-                   false_alarm_cost=params.false_alarm_cost, backfill_hours=params.backfill_hours)
+        """Read the section of the runtime's parameters file."""
+        return cls.from_file(settings.params_file)
+
+    @classmethod
+    def from_file(cls, params_file: Path) -> AnomalyConfig:
+        """Read the section (defaults where a key is absent).
+
+        Raises:
+            ValueError: If the file is unreadable or a detector setting is unknown or invalid.
+        """
+        params = load_config(params_file).anomaly
+        return cls(
+            threshold=params.threshold,
+            context_days=params.context_days,
+            backtest_days=params.backtest_days,
+            detect_within=params.detect_within_steps,
+            false_alarm_cost=params.false_alarm_cost,
+            backfill_hours=params.backfill_hours,
+            detector=DetectorSettings.from_mapping(
+                params.detector, f"{params_file}: anomaly.detector"
+            ),
+        )
+
+    def new_detector(self) -> AnomalyDetector:
+        """A detector with these settings and threshold (the product's and the benchmark's)."""
+        return AnomalyDetector(settings=self.detector, threshold=self.threshold)
 
 
 class DetectorPyfunc(mlflow.pyfunc.PythonModel):
@@ -72,8 +94,9 @@ class DetectorPyfunc(mlflow.pyfunc.PythonModel):
         """Load the detector from the model's artifacts."""
         self.detector = AnomalyDetector.load(Path(context.artifacts["detector"]))
 
-    def predict(self, context: Any, model_input: pd.DataFrame,
-                params: dict[str, Any] | None = None) -> pd.DataFrame:
+    def predict(
+        self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
         """Score the rows (online, each from its past within the input)."""
         return self.detector.score(model_input, update_context=False)
 
@@ -98,14 +121,15 @@ def inject_anomalies(series: pd.DataFrame, seed: int = 0) -> tuple[pd.DataFrame,
     third = n // 3
     onsets = [int(rng.integers(k * third + 5, (k + 1) * third - 15)) for k in range(3)]
     values = series[TARGET].to_numpy(float).copy()
-    values[onsets[0]:onsets[0] + 3] *= 4.0  # spike
-    values[onsets[1]:onsets[1] + 12] *= 0.3  # level drop for an hour
-    values[onsets[2]:onsets[2] + 12] = 0.0  # dropout for an hour
+    values[onsets[0] : onsets[0] + 3] *= 4.0  # spike
+    values[onsets[1] : onsets[1] + 12] *= 0.3  # level drop for an hour
+    values[onsets[2] : onsets[2] + 12] = 0.0  # dropout for an hour
     return series.assign(**{TARGET: values}), onsets
 
 
-def backtest_detector(detector: AnomalyDetector, history: pd.DataFrame,
-                      config: AnomalyConfig) -> dict[str, float]:
+def backtest_detector(
+    detector: AnomalyDetector, history: pd.DataFrame, config: AnomalyConfig
+) -> dict[str, float]:
     """Error of a detector on injected anomalies and false alarms (see module docstring).
 
     Args:
@@ -128,12 +152,15 @@ def backtest_detector(detector: AnomalyDetector, history: pd.DataFrame,
         flags = _scored(detector, context, injected)[IS_ANOMALY].to_numpy()
         for onset in onsets:
             events += 1
-            hits += bool(flags[onset:onset + config.detect_within].any())
+            hits += bool(flags[onset : onset + config.detect_within].any())
     days = config.backtest_days * max(recent[SERVICE].nunique(), 1)
     recall = hits / events if events else float("nan")
     per_day = false_alarms / days
-    return {"recall": recall, "false_alarms_per_day": per_day,
-            "error": (1 - recall) + config.false_alarm_cost * per_day}
+    return {
+        "recall": recall,
+        "false_alarms_per_day": per_day,
+        "error": (1 - recall) + config.false_alarm_cost * per_day,
+    }
 
 
 def _scored(detector: AnomalyDetector, context: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
@@ -143,8 +170,9 @@ def _scored(detector: AnomalyDetector, context: pd.DataFrame, rows: pd.DataFrame
     return probe.score(rows.assign(**{SERVICE: rows[SERVICE].iloc[0]}))
 
 
-def train_anomaly_model(settings: Settings, services: Sequence[str] | None = None,
-                        as_of: datetime | None = None) -> Path:
+def train_anomaly_model(
+    settings: Settings, services: Sequence[str] | None = None, as_of: datetime | None = None
+) -> Path:
     """Backtest the detector, register it, and promote it if it beats the champion.
 
     Args:
@@ -162,13 +190,18 @@ def train_anomaly_model(settings: Settings, services: Sequence[str] | None = Non
     end = resolve_as_of(settings, as_of)
     names = list(services) if services is not None else list_services(settings)
     history = recent_history(settings, names, end, days=config.context_days)
-    candidate = AnomalyDetector(threshold=config.threshold)
+    candidate = config.new_detector()
     figures = backtest_detector(candidate, history, config)
     configure_mlflow(settings, ANOMALY_EXPERIMENT)
     with mlflow.start_run(run_name="anomaly detector"):
-        mlflow.log_params({"threshold": config.threshold, "detector": candidate.name,
-                           "services": len(names), **{f"setting_{k}": v for k, v in
-                                                      vars(candidate.settings).items()}})
+        mlflow.log_params(
+            {
+                "threshold": config.threshold,
+                "detector": candidate.name,
+                "services": len(names),
+                **{f"setting_{k}": v for k, v in vars(candidate.settings).items()},
+            }
+        )
         mlflow.log_metrics(figures)
         registered = _log_detector(candidate, figures["error"])
         current = version_by_alias(ANOMALY_MODEL)
@@ -181,8 +214,17 @@ def train_anomaly_model(settings: Settings, services: Sequence[str] | None = Non
         mlflow.set_tag("promoted", str(promoted))
     out = settings.artifacts_dir / "anomaly" / f"{end:%Y%m%dT%H%M}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"version": registered.label, "promoted": promoted,
-                               "champion_error": champion_error, **figures}, indent=2))
+    out.write_text(
+        json.dumps(
+            {
+                "version": registered.label,
+                "promoted": promoted,
+                "champion_error": champion_error,
+                **figures,
+            },
+            indent=2,
+        )
+    )
     return out
 
 
@@ -193,8 +235,11 @@ def _log_detector(detector: AnomalyDetector, error: float) -> RegisteredVersion:
         path = Path(tmp) / "detector"
         AnomalyDetector(detector.settings, detector.threshold, detector.target).save(path)
         info = mlflow.pyfunc.log_model(
-            name="detector", python_model=DetectorPyfunc(), artifacts={"detector": str(path)},
-            pip_requirements=PIP_REQUIREMENTS, registered_model_name=ANOMALY_MODEL,
+            name="detector",
+            python_model=DetectorPyfunc(),
+            artifacts={"detector": str(path)},
+            pip_requirements=PIP_REQUIREMENTS,
+            registered_model_name=ANOMALY_MODEL,
         )
     return tag_version(ANOMALY_MODEL, str(info.registered_model_version), detector.name, error)
 
@@ -204,8 +249,9 @@ def _load_detector(version: RegisteredVersion) -> AnomalyDetector:
     return model.unwrap_python_model().detector
 
 
-def score_anomalies(settings: Settings, start: datetime, end: datetime,
-                    services: Sequence[str] | None = None) -> Path:
+def score_anomalies(
+    settings: Settings, start: datetime, end: datetime, services: Sequence[str] | None = None
+) -> Path:
     """Score the 5-minute points up to ``end`` with the champion detector and store them.
 
     Each service is scored from ``start``, or from earlier when it has unscored points: after
@@ -247,16 +293,30 @@ def score_anomalies(settings: Settings, start: datetime, end: datetime,
         if fresh.empty:
             continue
         scores = _scored(detector, rows[rows[TS] < begin], fresh)
-        store.record_anomalies(str(service), [
-            {"ts": r.ts.to_pydatetime(), "score": float(r.score), "is_anomaly": bool(r.is_anomaly)}
-            for r in scores.itertuples()])
+        store.record_anomalies(
+            str(service),
+            [
+                {
+                    "ts": r.ts.to_pydatetime(),
+                    "score": float(r.score),
+                    "is_anomaly": bool(r.is_anomaly),
+                }
+                for r in scores.itertuples()
+            ],
+        )
         parts.append(scores)
     (pd.concat(parts, ignore_index=True) if parts else empty).to_parquet(out, index=False)
     return out
 
 
-def _first_unscored(store: Any, service: str, start: pd.Timestamp, end: pd.Timestamp,
-                    config: AnomalyConfig, settings: Settings) -> pd.Timestamp:
+def _first_unscored(
+    store: Any,
+    service: str,
+    start: pd.Timestamp,
+    end: pd.Timestamp,
+    config: AnomalyConfig,
+    settings: Settings,
+) -> pd.Timestamp:
     """Where scoring of a service starts: ``start``, or its first unscored point if earlier."""
     earliest = end - pd.Timedelta(hours=config.backfill_hours)
     scored = store.anomalies(service, earliest.to_pydatetime(), end.to_pydatetime())

@@ -18,14 +18,18 @@ from rich.table import Table
 
 from core.settings import REPO_ROOT, Settings, get_settings
 
-app = typer.Typer(help="Forescale: predictive scaling schedules for Kubernetes services.",
-                  pretty_exceptions_enable=False,
-                  no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    help="Forescale: predictive scaling schedules for Kubernetes services.",
+    pretty_exceptions_enable=False,
+    no_args_is_help=True,
+    add_completion=False,
+)
 telemetry_app = typer.Typer(help="Generate, import and ingest telemetry.", no_args_is_help=True)
 features_app = typer.Typer(help="The Feast feature store.", no_args_is_help=True)
 pipeline_app = typer.Typer(help="Run the whole pipeline once.", no_args_is_help=True)
-bench_app = typer.Typer(help="Benchmarks on public data (print figures; not tests).",
-                        no_args_is_help=True)
+bench_app = typer.Typer(
+    help="Benchmarks on public data (print figures; not tests).", no_args_is_help=True
+)
 app.add_typer(telemetry_app, name="telemetry")
 app.add_typer(features_app, name="features")
 app.add_typer(pipeline_app, name="pipeline")
@@ -35,12 +39,20 @@ console = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data"
 
-Services = Annotated[list[str] | None, typer.Option("--service", "-s",
-                                                    help="Service to include (repeatable).")]
+Services = Annotated[
+    list[str] | None, typer.Option("--service", "-s", help="Service to include (repeatable).")
+]
 
 
-QUIET_LOGGERS = ("mlflow", "feast", "great_expectations", "cmdstanpy", "prophet", "alembic",
-                 "py.warnings")
+QUIET_LOGGERS = (
+    "mlflow",
+    "feast",
+    "great_expectations",
+    "cmdstanpy",
+    "prophet",
+    "alembic",
+    "py.warnings",
+)
 
 
 def _settings() -> Settings:
@@ -87,8 +99,10 @@ def telemetry_generate(
     frame = generate_fleet(services, days, step_minutes=step_minutes, seed=seed)
     start, end = frame["ts"].min(), frame["ts"].max() + pd.Timedelta(minutes=step_minutes)
     files = ingest_frame(settings, frame, start, end)
-    out.print(f"stored {len(frame):,} rows for {services} services in {len(files)} day files "
-              f"under {settings.telemetry_dir}")
+    out.print(
+        f"stored {len(frame):,} rows for {services} services in {len(files)} day files "
+        f"under {settings.telemetry_dir}"
+    )
 
 
 @telemetry_app.command("import")
@@ -156,7 +170,9 @@ def features_apply() -> None:
 
 
 @features_app.command("update")
-def features_update(end: Annotated[str | None, typer.Option(help="Materialize up to.")] = None) -> None:
+def features_update(
+    end: Annotated[str | None, typer.Option(help="Materialize up to.")] = None,
+) -> None:
     """Rebuild the offline 5-minute aggregates and materialize them into the online store."""
     import pandas as pd
 
@@ -177,8 +193,12 @@ def features_update(end: Annotated[str | None, typer.Option(help="Materialize up
 
 @app.command("anomalies")
 def anomalies(
-    start: Annotated[str | None, typer.Option(help="Score from (UTC; default: all history).")] = None,
-    end: Annotated[str | None, typer.Option(help="Score until (UTC; default: end of data).")] = None,
+    start: Annotated[
+        str | None, typer.Option(help="Score from (UTC; default: all history).")
+    ] = None,
+    end: Annotated[
+        str | None, typer.Option(help="Score until (UTC; default: end of data).")
+    ] = None,
     train: Annotated[bool, typer.Option(help="Backtest and register the detector first.")] = True,
 ) -> None:
     """Train/register the anomaly detector and score telemetry (flagged points skip training)."""
@@ -234,8 +254,10 @@ def schedule(
         forecasts = forecast_shard(settings, shard, _parse_time(as_of))
         published = publish_schedules(settings, build_schedules(settings, forecasts))
         for name, row in json.loads(published.read_text()).items():
-            out.print(f"{name}: schedule v{row['version']} from {row['model_version']}, "
-                      f"peak {row['peak_replicas']} replicas")
+            out.print(
+                f"{name}: schedule v{row['version']} from {row['model_version']}, "
+                f"peak {row['peak_replicas']} replicas"
+            )
 
 
 @pipeline_app.command("run")
@@ -258,16 +280,29 @@ def pipeline_run(
         _progress(f"[{time.perf_counter() - began:6.0f} s] {line}")
 
     summaries = run_pipeline(settings, services, days, source, step_minutes, seed, progress)
-    table = Table(title=f"Forescale pipeline ({time.perf_counter() - began:.0f} s, "
-                        f"state in {settings.home})")
-    for column in ("service", "model", "version", "champion", "backtest rel. MAE",
-                   "peak replicas", "schedule"):
+    table = Table(
+        title=f"Forescale pipeline ({time.perf_counter() - began:.0f} s, state in {settings.home})"
+    )
+    for column in (
+        "service",
+        "model",
+        "version",
+        "champion",
+        "backtest rel. MAE",
+        "peak replicas",
+        "schedule",
+    ):
         table.add_column(column)
     for s in summaries:
-        table.add_row(s.service, s.family, "v" + s.model_version.rpartition("/")[2],
-                      "new" if s.promoted else "kept",
-                      f"{s.backtest_error:.3f}", str(s.peak_replicas),
-                      f"v{s.schedule_version}" if s.schedule_version else "not published")
+        table.add_row(
+            s.service,
+            s.family,
+            "v" + s.model_version.rpartition("/")[2],
+            "new" if s.promoted else "kept",
+            f"{s.backtest_error:.3f}",
+            str(s.peak_replicas),
+            f"v{s.schedule_version}" if s.schedule_version else "not published",
+        )
     out.print(table)
 
 
@@ -297,7 +332,9 @@ def up(
 
 
 @app.command("drift")
-def drift(end: Annotated[str | None, typer.Option(help="End of the recent window.")] = None) -> None:
+def drift(
+    end: Annotated[str | None, typer.Option(help="End of the recent window.")] = None,
+) -> None:
     """Run the Evidently drift monitor once and print what it found."""
     from pipelines.drift import run_drift_monitor
 
@@ -335,7 +372,9 @@ def bench_forecast(
 def bench_replay(
     data: DataDir = DEFAULT_DATA,
     json_path: JsonOut = None,
-    timeline: Annotated[Path | None, typer.Option(help="Write the minute-by-minute replay.")] = None,
+    timeline: Annotated[
+        Path | None, typer.Option(help="Write the minute-by-minute replay.")
+    ] = None,
     plots: Annotated[Path | None, typer.Option(help="Folder for one PNG per trace.")] = None,
     shift_weeks: Annotated[
         int, typer.Option(help="Drop the last N weeks of every trace first (blind development).")
@@ -365,12 +404,16 @@ def bench_nab(
     data: DataDir = DEFAULT_DATA,
     json_path: JsonOut = None,
     scores: Annotated[Path | None, typer.Option(help="Write NAB-layout result files here.")] = None,
+    cv: Annotated[
+        bool, typer.Option("--cv", help="Also compare the structural candidates by family.")
+    ] = False,
+    doc: Annotated[Path | None, typer.Option(help="Write the Markdown report here.")] = None,
 ) -> None:
-    """Numenta Anomaly Benchmark scores of the anomaly detector."""
+    """Numenta Anomaly Benchmark scores of the anomaly detector (any folder of NAB's layout)."""
     from benchmarks.nab import run_nab_bench
 
-    _settings()
-    run_nab_bench(data, json_path, scores)
+    settings = _settings()
+    run_nab_bench(data, settings.params_file, json_path, scores, cross_validate=cv, doc_path=doc)
 
 
 @bench_app.command("features")
@@ -392,10 +435,18 @@ def bench_features(
     records = run(home, services, days, step_minutes, online_store)
     out.print(markdown(records))
     if json_path is not None:
-        json_path.write_text(json.dumps({"services": services, "days": days,
-                                         "step_minutes": step_minutes,
-                                         "online_store": online_store, "stages": records},
-                                        indent=2))
+        json_path.write_text(
+            json.dumps(
+                {
+                    "services": services,
+                    "days": days,
+                    "step_minutes": step_minutes,
+                    "online_store": online_store,
+                    "stages": records,
+                },
+                indent=2,
+            )
+        )
 
 
 def main() -> None:

@@ -41,7 +41,7 @@ def timestamps(n: int = N_ROWS) -> pd.DatetimeIndex:
 
 @pytest.fixture(scope="module")
 def anomalous_scores() -> np.ndarray:
-    return score_series(with_anomalies(seasonal_series()), timestamps())
+    return score_series(with_anomalies(seasonal_series()))
 
 
 @pytest.mark.parametrize("onset", [SPIKE, SHIFT, DROPOUT], ids=["spike", "level_shift", "dropout"])
@@ -64,7 +64,7 @@ def test_normal_rows_are_not_flagged(anomalous_scores: np.ndarray) -> None:
     for onset in (SPIKE, SHIFT, DROPOUT):
         normal[onset - 5 : onset + 300] = False
     assert (anomalous_scores[normal] >= DEFAULT_THRESHOLD).sum() == 0
-    clean = score_series(seasonal_series(seed=11), timestamps())
+    clean = score_series(seasonal_series(seed=11))
     assert (clean[300:] >= DEFAULT_THRESHOLD).mean() < 0.002
 
 
@@ -121,7 +121,7 @@ def test_scores_do_not_change_when_future_points_are_appended(
     anomalous_scores: np.ndarray, cut: int
 ) -> None:
     values = with_anomalies(seasonal_series())
-    prefix = score_series(values[:cut], timestamps(cut))
+    prefix = score_series(values[:cut])
     np.testing.assert_array_equal(prefix, anomalous_scores[:cut])
 
 
@@ -136,21 +136,14 @@ def test_missing_values_are_carried_forward() -> None:
 def test_invalid_series_is_rejected() -> None:
     with pytest.raises(ValueError, match="no finite values"):
         score_series(np.full(50, np.nan))
-    with pytest.raises(ValueError, match="timestamps decrease at rows 3..3"):
-        score_series(
-            np.arange(5.0),
-            pd.Series(
-                pd.to_datetime(
-                    [
-                        "2024-01-01 00:00",
-                        "2024-01-01 00:05",
-                        "2024-01-01 00:10",
-                        "2024-01-01 00:01",
-                        "2024-01-01 00:15",
-                    ]
-                )
-            ),
-        )
+
+
+def test_settings_from_a_mapping_name_the_source_and_unknown_keys() -> None:
+    assert DetectorSettings.from_mapping({"refractory": 50}, "p.yaml").refractory == 50
+    with pytest.raises(ValueError, match=r"p.yaml: unknown detector setting\(s\) \['bogus'\]"):
+        DetectorSettings.from_mapping({"bogus": 1}, "p.yaml")
+    with pytest.raises(ValueError, match="p.yaml: .*rank_normalisation"):
+        DetectorSettings.from_mapping({"rank_normalisation": "global"}, "p.yaml")
 
 
 def telemetry(values_by_service: dict[str, np.ndarray], start: int = 0) -> pd.DataFrame:

@@ -50,7 +50,7 @@ def test_detector_is_trained_registered_and_scores_new_telemetry(settings, fleet
     fleet, spike_at = fleet_with_spike
     summary = json.loads(train_anomaly_model(settings, as_of=spike_at - pd.Timedelta(hours=1))
                          .read_text())
-    assert summary["promoted"] is True and summary["recall"] >= 2 / 3
+    assert summary["promoted"] is True and summary["recall"] >= 1 / 2
     configure_mlflow(settings, ANOMALY_EXPERIMENT)
     assert version_by_alias(ANOMALY_MODEL).label == summary["version"]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -170,12 +171,22 @@ def test_profiles_and_windows_files_are_read(tmp_path) -> None:
     assert read["c/b.csv"] == []
 
 
-def write_nab_folder(root, seed: int = 3) -> dict[str, list[list[str]]]:
-    """A tiny NAB layout: two labelled files with a level shift each, one unlabelled file."""
+PARAMS_FILE = Path(__file__).resolve().parents[1] / "params.yaml"
+
+
+def write_nab_folder(
+    root, seed: int = 3, clock_back_at: int | None = None
+) -> dict[str, list[list[str]]]:
+    """A tiny NAB layout: two labelled files with a level shift each, one unlabelled file.
+
+    With ``clock_back_at``, file a's clock steps back one hour at that row (as a DST change).
+    """
     rng = np.random.default_rng(seed)
     windows = {}
     for name, shift_at in (("synth/a.csv", 500), ("synth/b.csv", 450)):
         ts = pd.date_range("2024-01-01", periods=700, freq="5min")
+        if clock_back_at is not None and name == "synth/a.csv":
+            ts = ts.where(ts < ts[clock_back_at], ts - pd.Timedelta(hours=1))
         values = 10 + rng.normal(0, 1, 700)
         values[shift_at:] += 8
         path = root / "nab" / "data" / name
@@ -195,7 +206,9 @@ def test_run_nab_bench_on_a_synthetic_folder(tmp_path) -> None:
     from benchmarks.nab import run_nab_bench
 
     write_nab_folder(tmp_path)
-    results = run_nab_bench(tmp_path, tmp_path / "out" / "nab.json", tmp_path / "scores")
+    results = run_nab_bench(
+        tmp_path, PARAMS_FILE, tmp_path / "out" / "nab.json", tmp_path / "scores"
+    )
 
     assert results["files"] == ["synth/a.csv", "synth/b.csv"]
     assert results["unlabelled_files_skipped"] == ["synth/unlabelled.csv"]
@@ -222,3 +235,55 @@ def test_run_nab_bench_on_a_synthetic_folder(tmp_path) -> None:
         assert standard["files"][held_out]["threshold"] == expected
     # Both shifts are caught with one shared threshold (with two files, LOO is degenerate).
     assert standard["in_sample"]["score"] > 50.0
+
+
+def test_bench_scores_a_file_whose_clock_steps_back_in_file_order(tmp_path) -> None:
+    from benchmarks.nab import run_nab_bench
+    from models.anomaly import score_series
+
+    write_nab_folder(tmp_path, clock_back_at=300)
+    results = run_nab_bench(tmp_path, PARAMS_FILE, scores_dir=tmp_path / "scores")
+
+    assert results["files"] == ["synth/a.csv", "synth/b.csv"]
+    out = pd.read_csv(tmp_path / "scores" / "forescale" / "synth" / "forescale_a.csv")
+    data = pd.read_csv(tmp_path / "nab" / "data" / "synth" / "a.csv")
+    assert list(out["timestamp"]) == list(data["timestamp"])  # every row, in file order
+    assert pd.to_datetime(out["timestamp"]).diff().dt.total_seconds().min() < 0
+    np.testing.assert_allclose(out["anomaly_score"], score_series(data["value"].to_numpy()))
+
+
+def test_bench_takes_the_nab_folder_itself_and_prints_no_reference_for_a_subset(
+    tmp_path, capsys
+) -> None:
+    from benchmarks.nab import NO_REFERENCE, run_nab_bench
+
+    write_nab_folder(tmp_path)
+    results = run_nab_bench(tmp_path / "nab", PARAMS_FILE, doc_path=tmp_path / "nab.md")
+
+    assert results["references"] is None
+    printed = capsys.readouterr().out
+    assert NO_REFERENCE in printed and "NuPIC" not in printed
+    doc = (tmp_path / "nab.md").read_text()
+    assert NO_REFERENCE in doc and "| synth/a.csv | 700 | 1 |" in doc
+
+
+def test_bench_errors_name_the_file(tmp_path) -> None:
+    from benchmarks.nab import run_nab_bench
+
+    write_nab_folder(tmp_path)
+    broken = tmp_path / "nab" / "data" / "synth" / "b.csv"
+    lines = broken.read_text().splitlines()
+    lines[5] = lines[5].split(",")[0] + ",not-a-number"
+    broken.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"synth/b.csv: column 'value' is not a finite number"):
+        run_nab_bench(tmp_path, PARAMS_FILE)
+
+
+def test_file_family_drops_the_last_name_part() -> None:
+    from benchmarks.nab import file_family
+
+    assert file_family("realAWSCloudwatch/ec2_cpu_utilization_24ae8d.csv") == (
+        "realAWSCloudwatch/ec2_cpu_utilization"
+    )
+    assert file_family("realKnownCause/nyc_taxi.csv") == "realKnownCause/nyc"
+    assert file_family("cat/single.csv") == "cat/single"
