@@ -323,6 +323,14 @@ def bench_replay(
     json_path: JsonOut = None,
     timeline: Annotated[Path | None, typer.Option(help="Write the minute-by-minute replay.")] = None,
     plots: Annotated[Path | None, typer.Option(help="Folder for one PNG per trace.")] = None,
+    params: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--params",
+            help="A params profile to replay (repeatable; named by its file stem). "
+            "Default: the repository's params.yaml as 'forescale'.",
+        ),
+    ] = None,
     shift_weeks: Annotated[
         int, typer.Option(help="Drop the last N weeks of every trace first (blind development).")
     ] = 0,
@@ -330,20 +338,53 @@ def bench_replay(
         list[str] | None, typer.Option(help="Replay only traces whose name contains this.")
     ] = None,
     jobs: Annotated[int, typer.Option(help="Worker processes (1: all in this process).")] = 2,
+    cache: Annotated[
+        Path | None, typer.Option(help="Cache the rolling forecasts in this folder.")
+    ] = None,
+    report: Annotated[
+        Path | None, typer.Option(help="Also write the Markdown report (docs/benchmarks).")
+    ] = None,
 ) -> None:
-    """Replay real traffic against HPA, Holt-Winters, static, oracle and Forescale policies."""
+    """Replay real traffic: params profiles walked forward beside HPA, KEDA and other baselines."""
     from benchmarks.replay import run_replay_bench
 
     _settings()
-    run_replay_bench(
+    result = run_replay_bench(
         data,
         json_path,
         timeline,
         plots,
+        params_files=tuple(params or ()),
         shift_weeks=shift_weeks,
         only=tuple(trace or ()),
         n_jobs=jobs,
+        cache_dir=cache,
     )
+    if report is not None:
+        from benchmarks.replay_report import write_report
+
+        write_report(result, report)
+
+
+@bench_app.command("report")
+def bench_report(
+    json_path: Annotated[Path, typer.Option("--json", help="A `bench replay --json` file.")],
+    out_path: Annotated[Path, typer.Option("--out", help="The Markdown file to write.")],
+    cv: Annotated[
+        Path | None, typer.Option(help="The cross-validation JSON (`bench replay-cv --json`).")
+    ] = None,
+) -> None:
+    """Write docs/benchmarks/replay.md from the replay (and cross-validation) JSON."""
+    import json
+
+    from benchmarks.replay_report import write_report
+
+    try:
+        result = json.loads(json_path.read_text())
+        cv_result = json.loads(cv.read_text()) if cv is not None else None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{err.doc[:0]}not a JSON file: {err}") from err
+    write_report(result, out_path, cv_result)
 
 
 @bench_app.command("nab")
