@@ -366,6 +366,33 @@ def bench_replay(
         write_report(result, report)
 
 
+@bench_app.command("replay-cv")
+def bench_replay_cv(
+    json_path: Annotated[
+        Path, typer.Option("--json", help="A `bench replay --shift-weeks 1 --json` file.")
+    ],
+    out_path: Annotated[Path, typer.Option("--out", help="Write the cross-validation JSON.")],
+    candidate: Annotated[
+        list[str] | None,
+        typer.Option(help="Candidate profile names (default: every profile of the run)."),
+    ] = None,
+) -> None:
+    """Leave-one-source-out choice among the params profiles of a replay run."""
+    import json
+
+    from benchmarks.replay_cv import leave_one_source_out
+
+    result = json.loads(json_path.read_text())
+    names = list(candidate or [p["name"] for p in result["params_files"]])
+    unknown = sorted(set(names) - {p["name"] for p in result["params_files"]})
+    if unknown:
+        raise ValueError(f"{json_path}: no profile named {unknown} in params_files")
+    cv = leave_one_source_out(result, names)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(cv, indent=2, default=float))
+    out.print(f"chosen on every source: {cv['chosen_on_all']}")
+
+
 @bench_app.command("report")
 def bench_report(
     json_path: Annotated[Path, typer.Option("--json", help="A `bench replay --json` file.")],
@@ -383,7 +410,7 @@ def bench_report(
         result = json.loads(json_path.read_text())
         cv_result = json.loads(cv.read_text()) if cv is not None else None
     except json.JSONDecodeError as err:
-        raise ValueError(f"{err.doc[:0]}not a JSON file: {err}") from err
+        raise ValueError(f"not a JSON file ({json_path} / {cv}): {err}") from err
     write_report(result, out_path, cv_result)
 
 

@@ -404,6 +404,15 @@ def test_replay_bench_end_to_end_on_a_small_synthetic_trace(
     assert {"trace", "minute", "demand", "hpa_desired", "lean_ready"} <= set(timeline.columns)
     assert (tmp_path / "out" / "plots" / "replay_request_traces_synthetic.png").is_file()
     assert "| hpa |" in echoed[0] and "Pod start-up delay 5 min" in echoed[0]
+    from benchmarks.replay_cv import leave_one_source_out
+    from benchmarks.replay_report import write_report
+
+    cv = leave_one_source_out(written, ["cautious", "lean"])
+    assert cv["chosen_on_all"] in {"cautious", "lean"}
+    assert set(cv["folds"]) == {"synthetic"}
+    page = write_report(written, tmp_path / "docs" / "replay.md", cv).read_text()
+    assert "## Protocol" in page and written["params_files"][0]["sha256"][:12] in page
+    assert "leave one source out" in page
 
 
 def _minutes(days: float) -> pd.Series:
