@@ -29,7 +29,7 @@ raised, the upper ones at least as much as the median) never yields fewer replic
 forecast and may plan fewer pods, with the normal tail as with tail factors above 1.
 
 The schedule's ``replicas`` at ``ts`` are the pods to *request* at ``ts``. What the API serves at
-time ``now`` is :func:`served_value`: the most replicas planned over ``[now, now + lead]``.
+time ``now`` is the most replicas planned over ``[now, now + lead]`` (:mod:`core.serving_rule`).
 """
 
 from __future__ import annotations
@@ -561,45 +561,6 @@ def reactive_floor(live_load: float, config: ScalingSettings) -> int:
         ``ceil(live_load / (capacity * target_utilization))`` clamped to the service's bounds.
     """
     return int(replicas_for_load(live_load, config))
-
-
-def served_value(
-    schedule: pd.DataFrame,
-    now: datetime | pd.Timestamp,
-    startup_lead: pd.Timedelta | float,
-) -> dict[str, int]:
-    """Replicas to serve at ``now``: the most planned over ``[now, now + startup_lead]``.
-
-    The step in force at ``now`` (the last ``ts <= now``) counts, as does every step starting
-    within the lead.
-
-    Args:
-        schedule: ``service``, ``ts``, ``replicas`` (as from :func:`plan_replicas`).
-        now: The current instant (naive values are UTC).
-        startup_lead: Pod start-up time, a Timedelta or seconds.
-
-    Returns:
-        Service -> replicas; services whose schedule has no step at or after ``now`` (or in
-        force at ``now``) are left out.
-    """
-    require_columns(schedule, (SERVICE, TS, REPLICAS), "schedule")
-    lead = (
-        startup_lead
-        if isinstance(startup_lead, pd.Timedelta)
-        else pd.Timedelta(seconds=float(startup_lead))
-    )
-    instant = utc_timestamp(now)
-    ts = normalize_ts(schedule[TS])
-    served: dict[str, int] = {}
-    for service, rows in schedule.assign(**{TS: ts.to_numpy()}).groupby(SERVICE, sort=True):
-        started = rows[rows[TS] <= instant]
-        window = rows[(rows[TS] > instant) & (rows[TS] <= instant + lead)]
-        candidates = list(window[REPLICAS])
-        if not started.empty:
-            candidates.append(started.sort_values(TS)[REPLICAS].iloc[-1])
-        if candidates:
-            served[str(service)] = int(max(candidates))
-    return served
 
 
 def calibrated_utilization(

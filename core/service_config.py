@@ -18,6 +18,23 @@ DEFAULTS_SECTION = "service_defaults"
 SERVICES_SECTION = "services"
 
 
+class HpaSettings(BaseModel):
+    """The service's own Horizontal Pod Autoscaler: the reactive autoscaler Forescale sits beside.
+
+    In the shipped KEDA ``ScaledObject`` it is the ``cpu`` trigger next to the schedule's
+    ``metrics-api`` trigger; KEDA's HPA runs the larger of the two proposals, so the pods never
+    fall below what this HPA alone would run (except by start-up timing).
+
+    Attributes:
+        target_utilization: The CPU utilisation the HPA keeps the pods at, in (0, 1] (the
+            ``cpu`` trigger's ``value`` in percent).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    target_utilization: float = Field(default=0.7, gt=0, le=1)
+
+
 class ServiceConfig(BaseModel):
     """Scaling settings of one service.
 
@@ -31,6 +48,7 @@ class ServiceConfig(BaseModel):
         max_surge_per_step: Most pods added in one schedule step.
         risk: Accepted probability of running short (0.1 -> plan on the 0.9 quantile).
         dry_run: Forecast only: the API serves the reactive floor, the schedule stays readable.
+        hpa: The service's own HPA (:class:`HpaSettings`), the reactive lower bound.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -44,6 +62,7 @@ class ServiceConfig(BaseModel):
     max_surge_per_step: int = Field(default=10, ge=1)
     risk: float = Field(default=0.1, gt=0, lt=1)
     dry_run: bool = False
+    hpa: HpaSettings = Field(default_factory=HpaSettings)
 
     @model_validator(mode="after")
     def _min_not_above_max(self) -> ServiceConfig:
@@ -66,8 +85,12 @@ def _build(params_file: Path, name: str, defaults: dict[str, Any], override: Any
         override = {}
     if not isinstance(override, dict):
         raise ValueError(f"{params_file}: services.{name} must be a mapping of settings")  # noqa: TRY004
+    merged = {**defaults, **override}
+    for key, value in defaults.items():  # a sub-block (``hpa``) is merged field by field
+        if isinstance(value, dict) and isinstance(override.get(key), dict):
+            merged[key] = {**value, **override[key]}
     try:
-        return ServiceConfig(**{**defaults, **override})
+        return ServiceConfig(**merged)
     except ValidationError as error:
         problems = "; ".join(
             f"{'.'.join(str(part) for part in item['loc']) or 'settings'}: {item['msg']}"

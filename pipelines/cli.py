@@ -376,6 +376,14 @@ def bench_replay(
         Path | None, typer.Option(help="Write the minute-by-minute replay.")
     ] = None,
     plots: Annotated[Path | None, typer.Option(help="Folder for one PNG per trace.")] = None,
+    params: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--params",
+            help="A params profile to replay (repeatable; named by its file stem). "
+            "Default: the repository's params.yaml as 'forescale'.",
+        ),
+    ] = None,
     shift_weeks: Annotated[
         int, typer.Option(help="Drop the last N weeks of every trace first (blind development).")
     ] = 0,
@@ -383,20 +391,80 @@ def bench_replay(
         list[str] | None, typer.Option(help="Replay only traces whose name contains this.")
     ] = None,
     jobs: Annotated[int, typer.Option(help="Worker processes (1: all in this process).")] = 2,
+    cache: Annotated[
+        Path | None, typer.Option(help="Cache the rolling forecasts in this folder.")
+    ] = None,
+    report: Annotated[
+        Path | None, typer.Option(help="Also write the Markdown report (docs/benchmarks).")
+    ] = None,
 ) -> None:
-    """Replay real traffic against HPA, Holt-Winters, static, oracle and Forescale policies."""
+    """Replay real traffic: params profiles walked forward beside HPA, KEDA and other baselines."""
     from benchmarks.replay import run_replay_bench
 
     _settings()
-    run_replay_bench(
+    result = run_replay_bench(
         data,
         json_path,
         timeline,
         plots,
+        params_files=tuple(params or ()),
         shift_weeks=shift_weeks,
         only=tuple(trace or ()),
         n_jobs=jobs,
+        cache_dir=cache,
     )
+    if report is not None:
+        from benchmarks.replay_report import write_report
+
+        write_report(result, report)
+
+
+@bench_app.command("replay-cv")
+def bench_replay_cv(
+    json_path: Annotated[
+        Path, typer.Option("--json", help="A `bench replay --shift-weeks 1 --json` file.")
+    ],
+    out_path: Annotated[Path, typer.Option("--out", help="Write the cross-validation JSON.")],
+    candidate: Annotated[
+        list[str] | None,
+        typer.Option(help="Candidate profile names (default: every profile of the run)."),
+    ] = None,
+) -> None:
+    """Leave-one-source-out choice among the params profiles of a replay run."""
+    import json
+
+    from benchmarks.replay_cv import leave_one_source_out
+
+    result = json.loads(json_path.read_text())
+    names = list(candidate or [p["name"] for p in result["params_files"]])
+    unknown = sorted(set(names) - {p["name"] for p in result["params_files"]})
+    if unknown:
+        raise ValueError(f"{json_path}: no profile named {unknown} in params_files")
+    cv = leave_one_source_out(result, names)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(cv, indent=2, default=float))
+    out.print(f"chosen on every source: {cv['chosen_on_all']}")
+
+
+@bench_app.command("report")
+def bench_report(
+    json_path: Annotated[Path, typer.Option("--json", help="A `bench replay --json` file.")],
+    out_path: Annotated[Path, typer.Option("--out", help="The Markdown file to write.")],
+    cv: Annotated[
+        Path | None, typer.Option(help="The cross-validation JSON (`bench replay-cv --json`).")
+    ] = None,
+) -> None:
+    """Write docs/benchmarks/replay.md from the replay (and cross-validation) JSON."""
+    import json
+
+    from benchmarks.replay_report import write_report
+
+    try:
+        result = json.loads(json_path.read_text())
+        cv_result = json.loads(cv.read_text()) if cv is not None else None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"not a JSON file ({json_path} / {cv}): {err}") from err
+    write_report(result, out_path, cv_result)
 
 
 @bench_app.command("nab")

@@ -47,6 +47,7 @@ from core.schema import (
     utc_timestamp,
 )
 from core.settings import Settings
+from core.steps import aggregate_steps
 
 DRIFT_SECTION = "drift"
 EXPERIMENT_NAME = "forescale-drift"
@@ -282,10 +283,7 @@ def forecast_errors(forecasts: pd.DataFrame, actuals: pd.DataFrame, step_minutes
         raise ValueError(f"forecast target must be one of {sorted(FORECAST_TARGETS)}, got {target!r}")
     if forecasts.empty or actuals.empty:
         return {}
-    stepped = actuals[[SERVICE, TS, REQUESTS]].copy()
-    stepped[TS] = pd.to_datetime(stepped[TS], utc=True).dt.floor(f"{step_minutes}min")
-    stepped = stepped.groupby([SERVICE, TS], as_index=False)[REQUESTS].agg(
-        FORECAST_TARGETS[target])
+    stepped = aggregate_steps(actuals, f"{step_minutes}min", target, REQUESTS)
     naive = stepped.assign(**{TS: stepped[TS] + pd.Timedelta(days=1)}).rename(
         columns={REQUESTS: "naive"})
     predicted = forecasts[[SERVICE, TS, FORECAST_COLUMN]].copy()

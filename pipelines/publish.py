@@ -63,16 +63,15 @@ def recent_history(settings: Settings, services: Sequence[str], as_of: pd.Timest
         Long frame ``service, ts, requests`` at ``settings.step_minutes`` resolution: each step's
         mean, or its busiest minute when ``training.target`` is ``peak``.
     """
-    from core.params import FORECAST_TARGETS, forecast_target
+    from core.params import forecast_target
+    from core.steps import aggregate_steps
     from pipelines.telemetry import read_telemetry
 
     raw = read_telemetry(settings, services, as_of - pd.Timedelta(days=days), as_of)
     if raw.empty:
         return raw
-    step = f"{settings.step_minutes}min"
-    how = FORECAST_TARGETS[forecast_target(settings.params_file)]
-    return (raw.set_index(TS).groupby(SERVICE)[TARGET].resample(step).agg(how)
-            .dropna().reset_index())
+    return aggregate_steps(raw, f"{settings.step_minutes}min",
+                           forecast_target(settings.params_file))
 
 
 def forecast_shard(settings: Settings, services: Sequence[str],

@@ -40,7 +40,6 @@ from models.base import Forecaster, infer_step
 from models.catalog import MODEL_FAMILIES
 from models.metrics import relative_mae
 from models.registry import (
-    RegisteredVersion,
     champion,
     configure_mlflow,
     load_forecaster,
@@ -69,13 +68,26 @@ class TrainingConfig:
 
     @classmethod
     def from_params(cls, settings: Settings) -> TrainingConfig:
-        """Read and validate the training section.
+        """Read and validate the training section of the settings' parameters file.
 
         Raises:
             ValueError: If a family is unknown or a number is out of range.
         """
-        params = section(settings.params_file, "training")
-        steps_per_hour = 60 // settings.step_minutes
+        return cls.from_file(settings.params_file, settings.step_minutes)
+
+    @classmethod
+    def from_file(cls, params_file: Path, step_minutes: int = 5) -> TrainingConfig:
+        """Read and validate the training section of a parameters file.
+
+        Args:
+            params_file: A ``params.yaml``.
+            step_minutes: The forecast step in minutes.
+
+        Raises:
+            ValueError: If a family is unknown or a number is out of range.
+        """
+        params = section(Path(params_file), "training")
+        steps_per_hour = 60 // step_minutes
         families = tuple(params.get("models", ["prophet", "lightgbm"]))
         unknown = [f for f in families if f not in MODEL_FAMILIES]
         if unknown:
@@ -94,6 +106,57 @@ class TrainingConfig:
         if config.backtest_folds < 1 or config.history_days < 1 or config.shard_size < 1:
             raise ValueError(f"training parameters must be positive: {config}")
         return config
+
+
+@dataclass
+class FamilyChoice:
+    """The training decision for a shard before registration (:func:`choose_families`).
+
+    Attributes:
+        best_family: Service -> the family with the lowest backtest error.
+        errors: Backtest error per service (rows) and family (columns).
+        fitted: Family -> that family fitted on the whole window of the services it won.
+        backtests: Family -> its backtest forecasts and per-fold scores.
+    """
+
+    best_family: pd.Series
+    errors: pd.DataFrame
+    fitted: dict[str, Forecaster]
+    backtests: dict[str, tuple[pd.DataFrame, pd.DataFrame]]
+
+
+def choose_families(history: pd.DataFrame, config: TrainingConfig,
+                    progress: Callable[[str], None] | None = None) -> FamilyChoice:
+    """Backtest every configured family, pick per service the best, fit it on the whole window.
+
+    The training decision of :func:`train_shard` without the registry: the replay benchmark
+    trains with this same function.
+
+    Args:
+        history: Long frame ``service, ts, requests`` (the training window of a shard).
+        config: The training section.
+        progress: Called with a line per backtested family.
+
+    Returns:
+        The choice (see :class:`FamilyChoice`).
+    """
+    backtests = {}
+    for family in config.families:
+        backtests[family] = _backtest_family(family, history, config)
+        if progress:
+            progress(f"  backtested {family} on {history[SERVICE].nunique()} service(s)")
+    errors = pd.DataFrame({family: scores.groupby(SERVICE)[ERROR_METRIC].mean()
+                           for family, (_, scores) in backtests.items()})
+    best_family = errors.idxmin(axis=1)
+    fitted = {family: _factory(family, config)().fit(history[history[SERVICE].isin(members)])
+              for family, members in best_family.groupby(best_family).groups.items()}
+    return FamilyChoice(best_family, errors, fitted, backtests)
+
+
+def promotes(candidate_error: float, champion_error: float | None) -> bool:
+    """The champion rule: a new model replaces the champion only if its backtest error is lower
+    than the champion's on the same folds; the first model of a service always does."""
+    return champion_error is None or candidate_error < champion_error
 
 
 @dataclass
@@ -216,17 +279,11 @@ def train_shard(settings: Settings, services: Sequence[str], reason: str = "sche
         mlflow.log_params({"families": ",".join(config.families), "folds": config.backtest_folds,
                            "horizon_steps": config.horizon_steps,
                            "history_days": config.history_days})
-        backtests = {}
-        for family in config.families:
-            backtests[family] = _backtest_family(family, history, config)
-            log_backtest(backtests[family][1], prefix=f"backtest_{family}")
-            if progress:
-                progress(f"  backtested {family} on {len(services)} service(s)")
-        errors = pd.DataFrame({family: scores.groupby(SERVICE)[ERROR_METRIC].mean()
-                               for family, (_, scores) in backtests.items()})
-        best_family = errors.idxmin(axis=1)
-        fitted = {family: _factory(family, config)().fit(history[history[SERVICE].isin(members)])
-                  for family, members in best_family.groupby(best_family).groups.items()}
+        choice = choose_families(history, config, progress)
+        for family, (_, scores) in choice.backtests.items():
+            log_backtest(scores, prefix=f"backtest_{family}")
+        backtests, errors, best_family, fitted = (choice.backtests, choice.errors,
+                                                  choice.best_family, choice.fitted)
         for service in services:
             family = str(best_family[service])
             results.append(_register_service(
@@ -268,8 +325,9 @@ def _register_service(settings: Settings, service: str, family: str, model: Fore
         candidate = log_forecaster(model, service, error)
         current = champion(service)
         champion_error = (None if current is None else
-                          _champion_error(current, history[history[SERVICE] == service], config))
-        promoted = champion_error is None or error < champion_error
+                          champion_backtest_error(load_forecaster(current),
+                                                  history[history[SERVICE] == service], config))
+        promoted = promotes(error, champion_error)
         if promoted:
             promote(candidate)
         mlflow.log_metric("champion_backtest_error", champion_error if champion_error is not None
@@ -281,10 +339,21 @@ def _register_service(settings: Settings, service: str, family: str, model: Fore
                          errors_by_family, run.info.run_id)
 
 
-def _champion_error(current: RegisteredVersion, history: pd.DataFrame,
-                    config: TrainingConfig) -> float:
-    """Backtest error of the model in service on the same folds, forecasting from each origin."""
-    model = load_forecaster(current)
+def champion_backtest_error(model: Forecaster, history: pd.DataFrame,
+                            config: TrainingConfig) -> float:
+    """Backtest error of the model in service on the same folds, forecasting from each origin.
+
+    Args:
+        model: The champion (fitted earlier, not refitted here).
+        history: One service's training window.
+        config: The training section (folds and horizon).
+
+    Returns:
+        Its mean relative MAE over the folds.
+
+    Raises:
+        ValueError: If the champion forecasts no step of a fold.
+    """
     splits = rolling_origin_splits(history, config.backtest_folds, config.horizon_steps)
     season = 24 * 60 // int(infer_step(history).total_seconds() // 60)
     values = []
@@ -294,7 +363,7 @@ def _champion_error(current: RegisteredVersion, history: pd.DataFrame,
         forecast = model.predict(config.horizon_steps, quantiles=(0.5,), history=past)
         joined = forecast.merge(actual, on=[SERVICE, TS], how="inner")
         if joined.empty:
-            raise ValueError(f"champion {current.label} forecast no step of the fold "
+            raise ValueError(f"champion {type(model).__name__} forecast no step of the fold "
                              f"{test_start}..{test_end}")
         naive = past[TARGET].to_numpy(float)[-season:]
         naive = np.resize(naive, len(joined))

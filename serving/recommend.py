@@ -11,7 +11,8 @@ Rules, in order:
    live floor when one is fresh (younger than :data:`FLOOR_MAX_AGE`).
 
 The result is always clamped to ``[min_replicas, max_replicas]``: an autoscaler reading it never
-scales to zero because of missing data.
+scales to zero because of missing data. The rules themselves live in :mod:`core.serving_rule`
+(the replay benchmark serves with the same code).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from core.service_config import ServiceConfig
+from core.serving_rule import clamp_replicas, fallback_replicas, is_stale, planned_max
 from serving.schemas import Recommendation, RecommendationSource, Schedule, SchedulePublish
 from serving.store import FloorReading
 
@@ -30,7 +32,7 @@ def planned_replicas(schedule: Schedule, start: datetime, end: datetime) -> int 
     """Largest replica count the schedule plans at any instant of ``[start, end]``.
 
     Step ``i`` is in force over ``[ts_i, ts_{i+1})``; the last step over
-    ``[ts_last, ts_last + step_seconds)``.
+    ``[ts_last, ts_last + step_seconds)`` (:func:`core.serving_rule.planned_max`).
 
     Args:
         schedule: The schedule.
@@ -40,17 +42,8 @@ def planned_replicas(schedule: Schedule, start: datetime, end: datetime) -> int 
     Returns:
         The maximum, or None if no step is in force anywhere in the window.
     """
-    steps = schedule.steps
-    best: int | None = None
-    for index, step in enumerate(steps):
-        step_end = (
-            steps[index + 1].ts
-            if index + 1 < len(steps)
-            else step.ts + timedelta(seconds=schedule.step_seconds)
-        )
-        if step.ts <= end and step_end > start:
-            best = step.replicas if best is None else max(best, step.replicas)
-    return best
+    steps = [(step.ts, step.replicas) for step in schedule.steps]
+    return planned_max(steps, schedule.step_seconds, start, end)
 
 
 def floor_is_fresh(floor: FloorReading | None, now: datetime) -> bool:
@@ -59,7 +52,7 @@ def floor_is_fresh(floor: FloorReading | None, now: datetime) -> bool:
 
 
 def _clamp(value: int, config: ServiceConfig) -> int:
-    return min(max(value, config.min_replicas), config.max_replicas)
+    return clamp_replicas(value, config.min_replicas, config.max_replicas)
 
 
 def _schedule_fields(schedule: Schedule | None) -> dict[str, Any]:
@@ -91,8 +84,9 @@ def fallback_recommendation(
     Returns:
         A ``fallback`` recommendation with ``stale: true``.
     """
-    floor_replicas = floor.replicas if floor is not None else 0
-    replicas = _clamp(floor_replicas, config)
+    replicas = fallback_replicas(
+        floor.replicas if floor is not None else None, config.min_replicas, config.max_replicas
+    )
     floor_text = (
         f"last known live floor {floor.replicas} at {floor.ts.isoformat()}"
         if floor is not None
@@ -129,13 +123,13 @@ def recommend(
     Returns:
         The recommendation; see the module docstring for the rules.
     """
-    stale = schedule is None or now > schedule.valid_until
+    stale = schedule is None or is_stale(schedule.valid_until, now)
     if config.dry_run or (schedule is not None and schedule.dry_run):
         why = "service is configured dry_run" if config.dry_run else "schedule is a dry run"
         floor_replicas = floor.replicas if floor is not None else 0
         return Recommendation(
             service=service,
-            replicas=_clamp(floor_replicas, config),
+            replicas=fallback_replicas(floor_replicas, config.min_replicas, config.max_replicas),
             source="dry_run",
             stale=stale,
             ts=now,

@@ -11,25 +11,25 @@ import pytest
 
 from benchmarks.hpa import HpaBehavior, HpaController, ScalingPolicy, usage_ratio_replicas
 from benchmarks.replay import (
-    KEDA_CPU_TARGET,
     WINDOW_MINUTES,
     HoltWintersReplicas,
-    _planned_targets,
-    cheapest_within,
-    choose_fleet_settings,
-    choose_quantile_risk,
+    PreparedTrace,
+    direct_controller,
     discover_traces,
-    five_minute_frame,
+    keda_behavior,
+    keda_controller,
     read_trace,
-    schedule_controller,
+    replay_trace,
     select_traces,
-    served_per_minute,
+    served_targets,
     simulate,
+    step_frame,
     surge_lead,
     surge_onsets,
 )
-from core.policy import plan_replicas, served_value
+from core.policy import plan_replicas
 from core.service_config import ServiceConfig
+from core.serving_rule import planned_max
 
 START = pd.Timestamp("2026-11-16 00:00", tz="UTC")
 
@@ -116,7 +116,7 @@ def test_bounds_clamp_the_result() -> None:
 def test_pods_serve_only_after_the_start_up_delay_and_cost_while_starting() -> None:
     demand = np.r_[np.full(5, 10.0), np.full(10, 50.0)]
     target = np.r_[np.full(5, 1), np.full(10, 5)]
-    run = simulate(demand, 10.0, 2, 1, schedule_controller(target, through_hpa=False))
+    run = simulate(demand, 10.0, 2, 1, direct_controller(target))
     assert run.ready[5] == 1 and run.ready[6] == 1 and run.ready[7] == 5
     assert run.actions == 1
     assert run.pod_minutes == pytest.approx(5 * 1 + 10 * 5)  # starting pods are paid for
@@ -129,32 +129,79 @@ def test_oracle_target_one_delay_ahead_is_never_short() -> None:
     need = np.ceil(demand / 10.0).astype(np.int64).clip(1)
     delay = 5
     oracle = pd.Series(need[::-1]).rolling(delay + 1, min_periods=1).max().to_numpy()[::-1]
-    run = simulate(demand, 10.0, delay, int(oracle[0]), schedule_controller(oracle, False))
+    run = simulate(demand, 10.0, delay, int(oracle[0]), direct_controller(oracle))
     assert (demand <= run.ready * 10.0 + 1e-9).all()
 
 
 def test_scale_down_removes_starting_pods_first() -> None:
     target = np.array([2, 6, 3, 3, 3, 3])
-    run = simulate(np.zeros(6), 1.0, 3, 2, schedule_controller(target, False))
+    run = simulate(np.zeros(6), 1.0, 3, 2, direct_controller(target))
     assert list(run.ready) == [2, 2, 2, 2, 3, 3]
 
 
-def test_keda_cpu_trigger_raises_a_low_schedule_and_scale_downs_go_20_percent_a_minute() -> None:
-    # The schedule asks for 2 pods while 30 pods' worth of load arrives: the cpu trigger (90 %)
-    # proposes more, the HPA takes the larger proposal and the scale-up limits pace it.
+def test_keda_cpu_trigger_raises_a_low_schedule_and_scale_downs_are_paced() -> None:
+    # The schedule asks for 2 pods while 30 pods' worth of load arrives: the cpu trigger (the
+    # service's HPA target, 70 %) proposes more, the HPA takes the larger proposal and the
+    # ScaledObject's scale-up limits pace it.
+    behavior = keda_behavior()
     demand = np.r_[np.full(3, 10.0), np.full(12, 300.0)]
     target = np.full(15, 2)
-    run = simulate(demand, 10.0, 1, 2, schedule_controller(target, True, demand, 10.0))
-    assert run.desired[-1] >= math.ceil(300 / (10.0 * KEDA_CPU_TARGET))
+    run = simulate(demand, 10.0, 1, 2, keda_controller(target, demand, 10.0, 0.7, behavior))
+    assert run.desired[-1] >= math.ceil(300 / (10.0 * 0.7))
     assert run.desired[3] == 2  # the load of minute 3 is seen one minute late
-    assert run.desired[4] <= 24  # 2 -> 12 -> 24: at most max(+10 pods, +100 %) per 30 s
-    # Without the cpu trigger the schedule alone rules.
-    alone = simulate(demand, 10.0, 1, 2, schedule_controller(target, True))
-    assert (alone.desired == 2).all()
-    # A scale-down from 20 to 2 pods: 20 % a minute of the count at the period's start.
-    steps_down = np.r_[20, np.full(4, 2)]
-    down = simulate(np.zeros(5), 1.0, 1, 20, schedule_controller(steps_down, True))
-    assert list(down.desired) == [20, 16, 12, 9, 7]
+    # A scale-down from 20 to 2 pods: held by the 300 s window, then 20 % a minute.
+    steps_down = np.r_[20, np.full(9, 2)]
+    down = simulate(
+        np.zeros(10), 1.0, 1, 20, keda_controller(steps_down, np.zeros(10), 1.0, 0.7, behavior)
+    )
+    assert list(down.desired[:5]) == [20] * 5
+    assert list(down.desired[5:]) == [20, 16, 12, 9, 7]
+
+
+def test_the_reactive_lower_bound_holds_when_the_forecast_is_wrong() -> None:
+    # Forescale serving a forecast at a tenth of the load still runs at least what the HPA at
+    # the service's own target runs: short minutes never exceed the HPA's.
+    rng = np.random.default_rng(11)
+    minutes = pd.date_range(START, periods=2 * 1440, freq="min")
+    hour = np.asarray(minutes.hour, dtype=float)
+    base = 100 + 80 * np.sin(hour / 24 * 2 * np.pi) + rng.normal(0, 10, len(minutes))
+    surges = np.zeros(len(minutes))
+    for start in rng.integers(0, len(minutes) - 60, 12):
+        surges[start : start + 40] += rng.uniform(100, 300)
+    load = pd.Series((base + surges).clip(1), index=minutes)
+    trace = PreparedTrace("t", load.iloc[:1440], load.iloc[1440:], float(load.max()) / 30)
+    demand = trace.window.to_numpy()
+    config = ServiceConfig(capacity_per_replica=trace.capacity, min_replicas=1, risk=0.1)
+    for delay in (2, 5):
+        step = pd.Timedelta(minutes=5)
+        rows = []
+        for offset in range(0, 1440, 5):
+            ts = trace.window.index[0] + pd.Timedelta(minutes=offset) + step * np.arange(12)
+            truth = np.resize(demand[offset : offset + 60 : 5], 12)
+            rows.append(
+                pd.DataFrame(
+                    {
+                        "service": "t",
+                        "ts": ts,
+                        "p50": 0.1 * truth,
+                        "p90": 0.12 * truth,
+                        "offset": offset,
+                    }
+                )
+            )
+        wrong = served_targets(
+            pd.concat(rows, ignore_index=True),
+            trace.window.index[0],
+            1440,
+            config.model_copy(update={"startup_seconds": delay * 60, "max_replicas": 100}),
+            0.0,
+            None,
+        )
+        figures, _ = replay_trace(
+            trace, delay, {"wrong": wrong}, {"wrong": 0.7}, 0.7, keda_behavior()
+        )
+        assert figures["hpa"]["short_minutes"] > 0
+        assert figures["wrong"]["short_minutes"] <= figures["hpa"]["short_minutes"]
 
 
 def test_holt_winters_predicts_a_repeating_season() -> None:
@@ -178,50 +225,41 @@ def test_surge_onset_and_lead() -> None:
     assert surge_lead(late, onset, level) == -4
 
 
-def test_served_per_minute_matches_served_value() -> None:
-    schedule = pd.DataFrame(
-        {
-            "service": "a",
-            "ts": START + pd.Timedelta(minutes=5) * np.arange(6),
-            "replicas": [3, 7, 2, 2, 9, 1],
-        }
-    )
-    stamps = START + pd.to_timedelta(np.arange(-2, 32), unit="min")
-    fast = served_per_minute(schedule, stamps, pd.Timedelta(minutes=2))
-    slow = [served_value(schedule, s, 120).get("a", 0) for s in stamps]
-    assert list(fast) == slow
-
-
-def test_planned_targets_equal_plan_replicas_then_served_value() -> None:
+def test_served_targets_plan_each_forecast_and_serve_it_with_the_api_rule() -> None:
     rng = np.random.default_rng(3)
     origin = START + pd.Timedelta(minutes=30)
-    steps = origin + pd.Timedelta(minutes=5) * np.arange(1, 37)
-    p50 = {"a": rng.uniform(20, 200, 36), "b": rng.uniform(1, 30, 36)}
-    forecast = pd.concat(
-        [
-            pd.DataFrame({"service": s, "ts": steps, "p50": v, "p90": v * rng.uniform(1, 2, 36)})
-            for s, v in p50.items()
-        ],
-        ignore_index=True,
-    )
-    configs = {
-        ("x", delay): {
-            "a": ServiceConfig(capacity_per_replica=10, risk=risk, startup_seconds=delay * 60),
-            "b": ServiceConfig(capacity_per_replica=2, risk=0.3, max_surge_per_step=2),
-        }
-        for delay, risk in ((2, 0.05), (5, 0.1))
-    }
-    starts = {"a": origin, "b": origin}
-    spans = {"a": 60, "b": 45}
-    targets = _planned_targets([(0, forecast), (15, forecast)], starts, spans, configs, 15)
-    for (variant, delay), per_service in configs.items():
-        for name, config in per_service.items():
-            schedule = plan_replicas(forecast[forecast["service"] == name], config)
-            for offset in (0, 15):
-                stamps = origin + pd.to_timedelta(np.arange(offset, offset + 15), unit="min")
-                expected = served_per_minute(schedule, stamps, pd.Timedelta(minutes=delay))
-                got = targets[(variant, name, delay)][offset : offset + 15]
-                assert list(got) == list(expected), (name, delay, offset)
+    step = pd.Timedelta(minutes=5)
+    forecasts = []
+    for offset in (0, 5):
+        steps = origin + pd.Timedelta(minutes=offset) + step * np.arange(12)
+        p50 = rng.uniform(20, 200, 12)
+        forecasts.append(
+            pd.DataFrame(
+                {
+                    "service": "a",
+                    "ts": steps,
+                    "p50": p50,
+                    "p90": p50 * rng.uniform(1, 2, 12),
+                    "offset": offset,
+                }
+            )
+        )
+    for delay, risk in ((2, 0.05), (5, 0.1)):
+        config = ServiceConfig(
+            capacity_per_replica=10, risk=risk, startup_seconds=delay * 60, min_replicas=1
+        )
+        served = served_targets(pd.concat(forecasts), origin, 10, config, 0.0, None)
+        for forecast in forecasts:
+            offset = int(forecast["offset"].iloc[0])
+            schedule = plan_replicas(forecast.drop(columns="offset"), config)
+            steps = [
+                (ts.to_pydatetime(), int(r))
+                for ts, r in zip(schedule["ts"], schedule["replicas"], strict=True)
+            ]
+            for minute in range(offset, offset + 5):
+                now = (origin + pd.Timedelta(minutes=minute)).to_pydatetime()
+                expected = planned_max(steps, 300, now, now + pd.Timedelta(minutes=delay))
+                assert served[minute] == expected, (delay, minute)
 
 
 def test_tail_factors_of_the_replay_use_only_errors_of_steps_already_over() -> None:
@@ -230,30 +268,28 @@ def test_tail_factors_of_the_replay_use_only_errors_of_steps_already_over() -> N
     # the tail factor is 0 and the plan is p50's; a plan that saw the future would rise at once.
     origin = START
     step = pd.Timedelta(minutes=5)
-    forecasts = [
-        (
-            offset,
+    forecasts = pd.concat(
+        [
             pd.DataFrame(
                 {
                     "service": "a",
                     "ts": origin + pd.Timedelta(minutes=offset) + step * np.arange(12),
                     "p50": 100.0,
                     "p90": 120.0,
+                    "offset": offset,
                 }
-            ),
-        )
-        for offset in range(0, 8 * 60, 5)
-    ]
+            )
+            for offset in range(0, 8 * 60, 5)
+        ],
+        ignore_index=True,
+    )
     stamps = origin + step * np.arange(9 * 12)
     jump = np.where(stamps < origin + pd.Timedelta(hours=4), 100.0, 1e4)
     actual = pd.DataFrame({"service": "a", "ts": stamps, "requests": jump})
-    configs = {("x", 2): {"a": ServiceConfig(capacity_per_replica=10, risk=0.1)}}
-    plain = _planned_targets(forecasts, {"a": origin}, {"a": 8 * 60}, configs, 5)
-    tailed = _planned_targets(
-        forecasts, {"a": origin}, {"a": 8 * 60}, configs, 5, {"a": actual}, {("x", 2): 1.0}
-    )
-    assert (plain[("x", "a", 2)] == 18).all()  # the p90 (risk 0.1), 120 at 70 %: 18 pods
-    served = tailed[("x", "a", 2)]
+    config = ServiceConfig(capacity_per_replica=10, risk=0.1, min_replicas=1)
+    plain = served_targets(forecasts, origin, 8 * 60, config, 0.0, actual)
+    served = served_targets(forecasts, origin, 8 * 60, config, 1.0, actual)
+    assert (plain == 18).all()  # the p90 (risk 0.1), 120 at 70 %: 18 pods
     # fewer than 288 known errors before the 3-hour refresh: the forecast's own p90
     assert (served[: 3 * 60] == 18).all()
     assert (served[3 * 60 : 5 * 60] == 15).all()  # factor 0 (p50: 100 at 70 %) until 5 hours
@@ -262,12 +298,12 @@ def test_tail_factors_of_the_replay_use_only_errors_of_steps_already_over() -> N
 
 def test_five_minute_frames_hold_the_mean_or_the_busiest_minute_of_complete_steps() -> None:
     load = pd.Series(np.arange(1.0, 13.0), index=START + pd.to_timedelta(np.arange(12), "min"))
-    mean = five_minute_frame("a", load, "mean")
-    peak = five_minute_frame("a", load, "peak")
+    mean = step_frame("a", load, "mean")
+    peak = step_frame("a", load, "peak")
     assert list(mean["requests"]) == [3.0, 8.0]  # the last, incomplete step is left out
     assert list(peak["requests"]) == [5.0, 10.0]
     with pytest.raises(ValueError, match="'p99'"):
-        five_minute_frame("a", load, "p99")
+        step_frame("a", load, "p99")
 
 
 def test_traces_are_found_by_layout_not_by_file_name(tmp_path: Path) -> None:
@@ -302,9 +338,26 @@ def test_unparsable_trace_is_refused(tmp_path: Path) -> None:
         read_trace(path)
 
 
+def _small_profile(tmp_path: Path, name: str, **service: object) -> Path:
+    """A complete params file (the repository's, trained cheaply for a 2-day trace)."""
+    import yaml
+
+    from core.settings import REPO_ROOT
+
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params["training"].update(
+        {"models": ["naive"], "backtest_folds": 1, "backtest_horizon_hours": 1, "history_days": 2}
+    )
+    params["service_defaults"].update(service)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
 def test_replay_bench_end_to_end_on_a_small_synthetic_trace(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import hashlib
     import json
 
     from benchmarks import replay
@@ -318,106 +371,48 @@ def test_replay_bench_end_to_end_on_a_small_synthetic_trace(
     pd.DataFrame({"t": minutes.strftime("%Y-%m-%dT%H:%M:%SZ"), "n": load.clip(1)}).to_csv(
         tmp_path / "data" / "request_traces" / "synthetic.csv", index=False
     )
+    cautious = _small_profile(tmp_path, "cautious", risk=0.05)
+    lean = _small_profile(tmp_path, "lean", risk=0.3, target_utilization=0.9)
     echoed: list[str] = []
     result = replay.run_replay_bench(
         tmp_path / "data",
         json_path=tmp_path / "out" / "replay.json",
         timeline_path=tmp_path / "out" / "timeline.csv",
         plots_dir=tmp_path / "out" / "plots",
-        model="naive",
+        params_files=(cautious, lean),
         echo=echoed.append,
+        n_jobs=1,
+        cache_dir=tmp_path / "cache",
     )
-    figures = result["traces"]["2"]["request_traces/synthetic"]
-    assert set(figures) == set(replay.policy_names())
-    assert figures["oracle"]["short_minutes"] == 0
-    assert figures["static_peak"]["pod_hours"] == pytest.approx(30 * 6)
-    assert figures["oracle"]["pod_hours"] <= figures["static_peak"]["pod_hours"]
-    assert json.loads((tmp_path / "out" / "replay.json").read_text())["model"] == "naive"
-    # 6 hours of the 2 days before the window calibrate the quantile of forescale_cal.
-    chosen = result["forescale_quantile_risk"]["forescale_cal"]
-    candidates = replay.FORESCALE_VARIANTS["forescale_cal"].quantile_risks
-    assert {chosen[str(d)]["request_traces/synthetic"][0] for d in (2, 5)} <= set(candidates)
+    written = json.loads((tmp_path / "out" / "replay.json").read_text())
+    assert [(p["name"], p["sha256"]) for p in written["params_files"]] == [
+        (p.stem, hashlib.sha256(p.read_bytes()).hexdigest()) for p in (cautious, lean)
+    ]
+    for delay in ("2", "5"):
+        summary = written["summary"][delay]
+        assert set(summary["totals"]) == {*replay.BASELINES, "cautious", "lean"}
+        figures = summary["per_trace"]["request_traces/synthetic"]
+        assert set(figures) == {*replay.BASELINES, "cautious", "lean"}
+        assert figures["oracle"]["short_minutes"] == 0
+        assert figures["static_peak"]["pod_hours"] == pytest.approx(30 * 6)
+        assert figures["lean"]["pod_hours"] <= figures["cautious"]["pod_hours"]
+        assert set(summary["targets_met"]) == {"cautious", "lean"}
+    assert result["families"]["cautious"]["request_traces/synthetic"] == {"naive": 72}
+    assert list((tmp_path / "cache").glob("forecasts-*.parquet"))  # one training section
     timeline = pd.read_csv(tmp_path / "out" / "timeline.csv")
     assert len(timeline) == 2 * 6 * 60
-    assert {"trace", "minute", "demand", "hpa_desired", "forescale_ready"} <= set(timeline.columns)
+    assert {"trace", "minute", "demand", "hpa_desired", "lean_ready"} <= set(timeline.columns)
     assert (tmp_path / "out" / "plots" / "replay_request_traces_synthetic.png").is_file()
     assert "| hpa |" in echoed[0] and "Pod start-up delay 5 min" in echoed[0]
+    from benchmarks.replay_cv import leave_one_source_out
+    from benchmarks.replay_report import write_report
 
-
-# ---------------------------------------------------------------- quantile calibration
-
-
-def _step_demand() -> np.ndarray:
-    """100 load units for 5 hours, then 200 (10 and 20 pods at capacity 10)."""
-    return np.r_[np.full(300, 100.0), np.full(300, 200.0)]
-
-
-def test_calibration_takes_the_cheapest_risk_that_stays_within_the_short_budget() -> None:
-    demand = _step_demand()
-    candidates = {
-        0.05: np.full(600, 25),  # never short, the most pods
-        0.1: np.full(600, 20),  # never short, fewer pods
-        0.3: np.full(600, 15),  # short for the whole second half
-    }
-    assert choose_quantile_risk(demand, 10.0, 2, candidates) == 0.1
-
-
-def test_calibration_budget_is_relative_to_the_hpa_short_minutes() -> None:
-    demand = _step_demand()
-    # Scales exactly at the step: 2 short minutes while the pods start (the HPA has 3 there).
-    just_in_time = np.r_[np.full(300, 10), np.full(300, 20)]
-    candidates = {0.05: np.full(600, 20), 0.3: just_in_time}
-    assert choose_quantile_risk(demand, 10.0, 2, candidates, budget=0.05) == 0.05
-    assert choose_quantile_risk(demand, 10.0, 2, candidates, budget=1.0) == 0.3
-
-
-def test_calibration_without_a_qualifying_risk_takes_the_fewest_short_minutes() -> None:
-    demand = np.full(600, 200.0)
-    candidates = {0.1: np.full(600, 15), 0.3: np.full(600, 12), 0.5: np.full(600, 15)}
-    assert choose_quantile_risk(demand, 10.0, 2, candidates) == 0.1
-
-
-def test_calibration_refuses_a_target_of_another_length() -> None:
-    with pytest.raises(ValueError, match="risk 0.2 has 5 minutes, the demand 600"):
-        choose_quantile_risk(_step_demand(), 10.0, 2, {0.2: np.full(5, 20)})
-
-
-def test_calibration_candidates_can_be_pairs_of_risks() -> None:
-    demand = _step_demand()
-    candidates = {(0.05, 0.05): np.full(600, 25), (0.05, 0.1): np.full(600, 20)}
-    assert choose_quantile_risk(demand, 10.0, 2, candidates) == (0.05, 0.1)
-
-
-def test_fleet_budget_goes_where_a_short_minute_saves_the_most_pods() -> None:
-    # Trace "a" saves 1000 pod-minutes for 10 short minutes, "b" only 100 for 10.
-    outcomes = {
-        "a": {0.05: (0, 5000.0), 0.5: (10, 4000.0)},
-        "b": {0.05: (0, 5000.0), 0.5: (10, 4900.0)},
-    }
-    hpa = {"a": 100, "b": 100}
-    assert choose_fleet_settings(outcomes, hpa, budget=0.05) == {"a": 0.5, "b": 0.05}
-    assert choose_fleet_settings(outcomes, hpa, budget=0.1) == {"a": 0.5, "b": 0.5}
-    assert choose_fleet_settings(outcomes, hpa, budget=0.0) == {"a": 0.05, "b": 0.05}
-
-
-def test_fleet_budget_out_of_reach_takes_the_fewest_short_minutes() -> None:
-    outcomes = {"a": {(0.05, 0.05): (30, 5000.0), (0.5, 0.1): (40, 4000.0)}}
-    assert choose_fleet_settings(outcomes, {"a": 100}, budget=0.1) == {"a": (0.05, 0.05)}
-
-
-def test_fleet_budget_refuses_a_trace_without_candidates_or_hpa_figure() -> None:
-    with pytest.raises(ValueError, match="'a' has no candidate"):
-        choose_fleet_settings({"a": {}}, {"a": 10}, 0.05)
-    with pytest.raises(ValueError, match="no HPA short minutes for trace 'b'"):
-        choose_fleet_settings({"b": {0.1: (0, 1.0)}}, {}, 0.05)
-
-
-def test_cheapest_within_the_allowance_else_fewest_short_minutes() -> None:
-    outcomes = {0.05: (2, 900.0), 0.3: (5, 700.0), 0.5: (9, 600.0)}
-    assert cheapest_within(outcomes, 5) == 0.3
-    assert cheapest_within(outcomes, 1) == 0.05
-    with pytest.raises(ValueError, match="no candidate"):
-        cheapest_within({}, 1)
+    cv = leave_one_source_out(written, ["cautious", "lean"])
+    assert cv["chosen_on_all"] in {"cautious", "lean"}
+    assert set(cv["folds"]) == {"synthetic"}
+    page = write_report(written, tmp_path / "docs" / "replay.md", cv).read_text()
+    assert "## Protocol" in page and written["params_files"][0]["sha256"][:12] in page
+    assert "leave one source out" in page
 
 
 def _minutes(days: float) -> pd.Series:

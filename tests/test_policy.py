@@ -18,7 +18,6 @@ from core.policy import (
     plan_replicas,
     quantile_at,
     reactive_floor,
-    served_value,
     standardized_errors,
     tail_factors,
 )
@@ -185,22 +184,6 @@ def test_bad_forecast_is_refused_naming_service_column_and_rows() -> None:
         plan_replicas(frame.drop(columns="ts"), config())
 
 
-def test_served_value_is_the_max_over_now_and_the_lead() -> None:
-    schedule = pd.DataFrame(
-        {
-            "service": "api",
-            "ts": START + STEP * np.arange(4),
-            "replicas": [3, 9, 4, 20],
-        }
-    )
-    assert served_value(schedule, START + pd.Timedelta(minutes=1), 120) == {"api": 3}
-    assert served_value(schedule, START + pd.Timedelta(minutes=3), 120) == {"api": 9}
-    assert served_value(schedule, START + pd.Timedelta(minutes=6), pd.Timedelta(minutes=10)) == {
-        "api": 20
-    }
-    assert served_value(schedule, START - pd.Timedelta(hours=1), 60) == {}
-
-
 def test_calibrated_utilization_keeps_headroom_for_bursty_minutes() -> None:
     rng = np.random.default_rng(0)
     index = pd.date_range(START, periods=24 * 60, freq="min")
@@ -272,7 +255,9 @@ def test_tail_factors_follow_the_steps_that_now_keeps() -> None:
     frame = forecast(np.full(6, 40.0), np.full(6, 60.0))
     settings = config(startup_seconds=0, scale_down_delay_minutes=0, max_surge_per_step=100)
     tail = np.array([0.0, 0.0, 0.0, 3.0])  # 40 req/s for three steps, then 100
-    later = plan_replicas(frame, settings, now=START + 2 * STEP + pd.Timedelta(minutes=1), tail=tail)
+    later = plan_replicas(
+        frame, settings, now=START + 2 * STEP + pd.Timedelta(minutes=1), tail=tail
+    )
     assert list(later["ts"]) == list(frame["ts"].iloc[2:])
     assert list(later["tail_factor"]) == [0.0, 3.0, 3.0, 3.0]
     assert list(later["planned_load"]) == [40.0, 100.0, 100.0, 100.0]

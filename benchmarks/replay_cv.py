@@ -1,0 +1,154 @@
+"""Cross-validation of params profiles on the replay: leave one source out.
+
+The candidates are complete params files, written from the repository's ``params.yaml`` with a
+few ``service_defaults`` overridden (:data:`CANDIDATE_OVERRIDES`, :func:`write_candidates`), so
+each is a file the product runs as it is. One ``forescale bench replay --shift-weeks 1`` run
+replays them all on the development weeks; :func:`leave_one_source_out` then, for every source
+(traces grouped by the first word of their file name: ``azure``, ``bitbrains``, ``crane``,
+``msft``, ``nasa``, ``worldcup98``, ``elb``), chooses the candidate on the other sources and
+reports it on the held-out one. The frozen choice is the candidate chosen on every source.
+
+Choice rule (:func:`choose`): among the candidates whose summed short minutes stay within
+:data:`benchmarks.replay.TARGETS` ``short_vs_hpa_max`` of the HPA's at both start-up delays,
+the fewest pod-hours (summed over both delays); when none qualifies, the fewest short minutes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from benchmarks.replay import TARGETS
+from core.params import load_params
+
+CANDIDATE_OVERRIDES: dict[str, dict[str, Any]] = {
+    f"cand_r{risk:g}_u{utilization:g}".replace(".", ""): {
+        "risk": risk,
+        "target_utilization": utilization,
+    }
+    for risk in (0.1, 0.25)
+    for utilization in (0.7, 0.8, 0.9)
+}
+"""The candidates: ``service_defaults`` overrides of the repository's ``params.yaml``."""
+
+
+def write_candidates(
+    base: Path, out_dir: Path, overrides: Mapping[str, Mapping[str, Any]] = CANDIDATE_OVERRIDES
+) -> list[Path]:
+    """Write one complete params file per candidate.
+
+    Args:
+        base: The ``params.yaml`` the candidates start from.
+        out_dir: Where to write ``<name>.yaml``.
+        overrides: Candidate name -> ``service_defaults`` fields to change.
+
+    Returns:
+        The written files.
+    """
+    params = load_params(Path(base))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, changes in overrides.items():
+        candidate = json.loads(json.dumps(params))
+        candidate["service_defaults"] = {**candidate.get("service_defaults", {}), **changes}
+        path = out_dir / f"{name}.yaml"
+        path.write_text(
+            f"# Replay cross-validation candidate {name}: params.yaml with service_defaults "
+            f"{dict(changes)}\n" + yaml.safe_dump(candidate, sort_keys=False)
+        )
+        paths.append(path)
+    return paths
+
+
+def source_of(trace: str) -> str:
+    """A trace's source: the first word of its file name (``cpu_traces/azure_vm_max_1`` ->
+    ``azure``)."""
+    stem = trace.rsplit("/", 1)[-1]
+    return re.split(r"[_\-.]", stem, maxsplit=1)[0].lower()
+
+
+def totals_on(
+    result: Mapping[str, Any], traces: Sequence[str], policy: str
+) -> dict[str, dict[str, float]]:
+    """Per start-up delay, a policy's and the HPA's summed figures over some traces."""
+    out: dict[str, dict[str, float]] = {}
+    for delay, figures in result["summary"].items():
+        rows = [figures["per_trace"][t] for t in traces]
+        short = sum(r[policy]["short_minutes"] for r in rows)
+        hpa_short = sum(r["hpa"]["short_minutes"] for r in rows)
+        pods = sum(r[policy]["pod_hours"] for r in rows)
+        hpa_pods = sum(r["hpa"]["pod_hours"] for r in rows)
+        out[delay] = {
+            "short_minutes": short,
+            "hpa_short_minutes": hpa_short,
+            "short_vs_hpa": short / hpa_short if hpa_short else float("nan"),
+            "pod_hours": pods,
+            "pod_hours_vs_hpa": pods / hpa_pods if hpa_pods else float("nan"),
+        }
+    return out
+
+
+def choose(result: Mapping[str, Any], traces: Sequence[str], candidates: Sequence[str]) -> str:
+    """The candidate the choice rule (module docstring) picks on some traces."""
+    scored = []
+    for name in candidates:
+        figures = totals_on(result, traces, name).values()
+        within = all(
+            f["short_minutes"] <= TARGETS["short_vs_hpa_max"] * f["hpa_short_minutes"]
+            for f in figures
+        )
+        pods = sum(f["pod_hours"] for f in figures)
+        short = sum(f["short_minutes"] for f in figures)
+        scored.append((0 if within else 1, pods if within else short, name))
+    return min(scored)[2]
+
+
+def leave_one_source_out(result: Mapping[str, Any], candidates: Sequence[str]) -> dict[str, Any]:
+    """Leave-one-source-out choice of a candidate on a replay result.
+
+    Args:
+        result: ``bench replay --json`` of a run with every candidate as a profile.
+        candidates: The candidate profile names.
+
+    Returns:
+        ``folds`` (per held-out source: its traces, the candidate chosen on the others and its
+        figures on the held-out source per delay), ``chosen_on_all`` and the pooled held-out
+        figures per delay.
+    """
+    first = next(iter(result["summary"].values()))
+    traces = sorted(first["per_trace"])
+    sources = sorted({source_of(t) for t in traces})
+    folds = {}
+    for source in sources:
+        held = [t for t in traces if source_of(t) == source]
+        rest = [t for t in traces if source_of(t) != source]
+        pick = choose(result, rest, candidates)
+        folds[source] = {
+            "traces": held,
+            "chosen": pick,
+            "held_out": totals_on(result, held, pick),
+        }
+    pooled: dict[str, dict[str, float]] = {}
+    for delay in result["summary"]:
+        short = sum(f["held_out"][delay]["short_minutes"] for f in folds.values())
+        hpa_short = sum(f["held_out"][delay]["hpa_short_minutes"] for f in folds.values())
+        pods = sum(f["held_out"][delay]["pod_hours"] for f in folds.values())
+        hpa_pods = sum(
+            first_rows["hpa"]["pod_hours"]
+            for first_rows in result["summary"][delay]["per_trace"].values()
+        )
+        pooled[delay] = {
+            "short_vs_hpa": short / hpa_short if hpa_short else float("nan"),
+            "pod_hours_vs_hpa": pods / hpa_pods if hpa_pods else float("nan"),
+        }
+    return {
+        "candidates": list(candidates),
+        "folds": folds,
+        "held_out_pooled": pooled,
+        "chosen_on_all": choose(result, traces, candidates),
+    }
