@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -22,9 +23,47 @@ from pydantic import (
 SERVICE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,126}$"
 RecommendationSource = Literal["schedule", "floor", "fallback", "dry_run"]
 
+MAX_STEPS = 10_080  # one week of one-minute steps
+MAX_REPLICAS = 100_000
+MAX_STEP_SECONDS = 86_400
+MAX_MODEL_VERSION_LENGTH = 256
+MAX_VERSION = 2**31 - 1  # versions are 32-bit integers in every supported database
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,128}$"  # 1-128 visible ASCII characters
+EARLIEST_INSTANT = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST_INSTANT = datetime(9000, 1, 1, tzinfo=UTC)
 
-def _to_utc(value: datetime) -> datetime:
-    return value.astimezone(UTC)
+
+def to_utc(value: datetime) -> datetime:
+    """An instant in UTC (naive values are taken as UTC), inside the range the API accepts.
+
+    Args:
+        value: The instant.
+
+    Returns:
+        The same instant with ``tzinfo=UTC``.
+
+    Raises:
+        ValueError: If it lies before :data:`EARLIEST_INSTANT` or not before
+            :data:`LATEST_INSTANT` (far enough from the calendar's ends that adding a step or a
+            start-up lead never overflows).
+    """
+    try:
+        instant = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError as error:
+        raise ValueError(f"timestamp {value.isoformat()} is out of range") from error
+    if not EARLIEST_INSTANT <= instant < LATEST_INSTANT:
+        raise ValueError(
+            f"timestamp {instant.isoformat()} must lie in [{EARLIEST_INSTANT.isoformat()}, "
+            f"{LATEST_INSTANT.isoformat()})"
+        )
+    return instant
+
+
+UTCInstant = Annotated[AwareDatetime, AfterValidator(to_utc)]
+"""A timezone-aware instant in the accepted range, converted to UTC."""
+QueryInstant = Annotated[datetime, AfterValidator(to_utc)]
+"""An instant in a query string: UTC when it carries no offset."""
+Replicas = Annotated[int, Field(strict=True, ge=0, le=MAX_REPLICAS)]
 
 
 class ScheduleStep(BaseModel):
@@ -39,22 +78,10 @@ class ScheduleStep(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    ts: AwareDatetime
-    replicas: int
-    forecast_p50: float | None = None
-    forecast_p90: float | None = None
-
-    @field_validator("ts")
-    @classmethod
-    def _utc(cls, value: datetime) -> datetime:
-        return _to_utc(value)
-
-    @field_validator("replicas")
-    @classmethod
-    def _non_negative(cls, value: int) -> int:
-        if value < 0:
-            raise ValueError(f"replicas must be a non-negative integer, got {value}")
-        return value
+    ts: UTCInstant
+    replicas: Replicas
+    forecast_p50: float | None = Field(default=None, strict=True)
+    forecast_p90: float | None = Field(default=None, strict=True)
 
     @field_validator("forecast_p50", "forecast_p90")
     @classmethod
@@ -80,17 +107,12 @@ class SchedulePublish(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model_version: str = Field(min_length=1)
-    generated_at: AwareDatetime
-    valid_until: AwareDatetime
-    step_seconds: int = Field(default=300, gt=0)
-    dry_run: bool = False
-    steps: list[ScheduleStep] = Field(min_length=1)
-
-    @field_validator("generated_at", "valid_until")
-    @classmethod
-    def _utc(cls, value: datetime) -> datetime:
-        return _to_utc(value)
+    model_version: str = Field(min_length=1, max_length=MAX_MODEL_VERSION_LENGTH)
+    generated_at: UTCInstant
+    valid_until: UTCInstant
+    step_seconds: int = Field(default=300, strict=True, gt=0, le=MAX_STEP_SECONDS)
+    dry_run: bool = Field(default=False, strict=True)
+    steps: list[ScheduleStep] = Field(min_length=1, max_length=MAX_STEPS)
 
     @field_validator("steps")
     @classmethod
@@ -130,12 +152,7 @@ class Schedule(SchedulePublish):
 
     service: str
     version: int = Field(ge=1)
-    created_at: AwareDatetime
-
-    @field_validator("created_at")
-    @classmethod
-    def _created_utc(cls, value: datetime) -> datetime:
-        return _to_utc(value)
+    created_at: UTCInstant
 
 
 class PublishResult(BaseModel):
@@ -156,20 +173,8 @@ class LiveFloor(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    replicas: int
-    ts: AwareDatetime | None = None
-
-    @field_validator("replicas")
-    @classmethod
-    def _non_negative(cls, value: int) -> int:
-        if value < 0:
-            raise ValueError(f"replicas must be a non-negative integer, got {value}")
-        return value
-
-    @field_validator("ts")
-    @classmethod
-    def _utc(cls, value: datetime | None) -> datetime | None:
-        return None if value is None else _to_utc(value)
+    replicas: Replicas
+    ts: UTCInstant | None = None
 
 
 class Recommendation(BaseModel):
@@ -189,7 +194,7 @@ class Recommendation(BaseModel):
     """
 
     service: str
-    replicas: int = Field(ge=0)
+    replicas: int = Field(ge=1)
     source: RecommendationSource
     stale: bool
     ts: datetime
@@ -200,11 +205,25 @@ class Recommendation(BaseModel):
 
 
 class ServiceSummary(BaseModel):
-    """One entry of ``GET /v1/services``."""
+    """One entry of ``GET /v1/services``.
+
+    Attributes:
+        name: The service.
+        latest_version: Its newest schedule version; None before its first publish.
+        configured: True when ``params.yaml`` names the service under ``services``; False when
+            it only has published schedules and is scaled with ``service_defaults``.
+    """
 
     name: str
-    latest_version: int | None
-    configured: bool
+    latest_version: int | None = Field(
+        description="Newest schedule version; null before the first publish"
+    )
+    configured: bool = Field(
+        description=(
+            "true: params.yaml names the service under `services` (its own settings); false: "
+            "it only has published schedules and is scaled with `service_defaults`"
+        )
+    )
 
 
 class ServiceList(BaseModel):
@@ -235,3 +254,9 @@ class Explanation(BaseModel):
     service: str
     schedule_version: int
     explanation: dict[str, Any]
+
+
+class ErrorMessage(BaseModel):
+    """An error answer (401, 403, 404, 409, 413, 503)."""
+
+    detail: str

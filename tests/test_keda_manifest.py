@@ -22,7 +22,13 @@ from fastapi.routing import APIRoute
 from starlette.routing import compile_path
 
 from serving.app import create_app
-from tests.serving_fixtures import auth, running_server, schedule_body, serving_settings
+from tests.serving_fixtures import (
+    READ_TOKEN,
+    auth,
+    running_server,
+    schedule_body,
+    serving_settings,
+)
 
 DEPLOY_DIR = Path(__file__).resolve().parent.parent / "serving" / "deploy"
 SCHEMA_FILE = DEPLOY_DIR / "keda_scaledobject_schema.json"
@@ -206,7 +212,7 @@ def test_value_location_resolves_in_a_live_response(documents, tmp_path: Path) -
             headers=auth(),
         )
         assert published.status_code == 201, published.text
-        response = httpx.get(f"{base_url}{path}", headers=auth())
+        response = httpx.get(f"{base_url}{path}", headers=auth(READ_TOKEN))
     app.state.store.dispose()
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/json"
