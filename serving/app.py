@@ -28,6 +28,7 @@ from fastapi import (
     Response,
 )
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
@@ -39,6 +40,8 @@ from prometheus_client import (
     generate_latest,
 )
 from sqlalchemy.exc import SQLAlchemyError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
 
 from core.service_config import ServiceConfig, default_service_config, load_service_configs
 from core.settings import Settings, get_settings
@@ -502,6 +505,25 @@ def invalid_request(request: Request, error: Exception) -> JSONResponse:
     return JSONResponse({"detail": details}, status_code=422)
 
 
+async def method_not_allowed(request: Request, error: Exception) -> Response:
+    """405 whose ``Allow`` lists every method of the path (its routes may sit in two routers)."""
+    assert isinstance(error, StarletteHTTPException)
+    if error.status_code != 405:
+        return await http_exception_handler(request, error)
+    path = request.scope["path"]
+    allowed = sorted(
+        {
+            method
+            for route in request.app.routes
+            if isinstance(route, Route) and route.methods and route.path_regex.match(path)
+            for method in route.methods
+        }
+    )
+    return JSONResponse(
+        {"detail": "Method Not Allowed"}, status_code=405, headers={"Allow": ", ".join(allowed)}
+    )
+
+
 def create_app(
     settings: Settings | None = None, clock: Callable[[], datetime] | None = None
 ) -> FastAPI:
@@ -546,6 +568,7 @@ def create_app(
     for error_type in STORE_ERRORS:
         app.add_exception_handler(error_type, store_unavailable)
     app.add_exception_handler(RequestValidationError, invalid_request)
+    app.add_exception_handler(StarletteHTTPException, method_not_allowed)
     app.add_api_route("/healthz", healthz, methods=["GET"], tags=["ops"])
     document_access(app)
     return app

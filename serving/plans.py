@@ -176,6 +176,7 @@ class PlanView:
         self._floors: dict[str, FloorReading] = {}
         self._checked_at = float("-inf")
         self._refreshing = False
+        self._refresh_thread: threading.Thread | None = None
 
     # ---- reading ------------------------------------------------------------------------------
 
@@ -295,7 +296,14 @@ class PlanView:
             if self._refreshing:
                 return
             self._refreshing = True
-        threading.Thread(target=self._background_refresh, daemon=True).start()
+            self._refresh_thread = threading.Thread(target=self._background_refresh, daemon=True)
+            self._refresh_thread.start()
+
+    def join_background_refresh(self, timeout: float | None = None) -> None:
+        """Wait for the background check a request started, if one runs."""
+        thread = self._refresh_thread
+        if thread is not None:
+            thread.join(timeout)
 
     def _background_refresh(self) -> None:
         try:

@@ -7,6 +7,7 @@ A schedule is a list of steps; step ``i`` is in force from its ``ts`` until the 
 from __future__ import annotations
 
 import math
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -14,6 +15,7 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     field_validator,
@@ -33,11 +35,42 @@ EARLIEST_INSTANT = datetime(1970, 1, 1, tzinfo=UTC)
 LATEST_INSTANT = datetime(9000, 1, 1, tzinfo=UTC)
 
 
+RFC3339_DATE_TIME = re.compile(
+    r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$"
+)
+
+
+def _date_time_input(value: Any) -> Any:
+    """Let only RFC 3339 date-time strings (or datetimes, from Python) through.
+
+    Pydantic alone would also take numbers (Unix seconds), bare dates and naive strings.
+    """
+    if isinstance(value, datetime):
+        return value
+    if isinstance(value, str) and RFC3339_DATE_TIME.match(value):
+        return value
+    raise ValueError("must be an RFC 3339 date-time with a timezone offset, e.g. 2026-11-16T12:00:00Z")
+
+
+def _json_integer(value: Any) -> Any:
+    """Let only JSON numbers through to an integer field: no booleans, no strings."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be a JSON integer")  # noqa: TRY004 (pydantic reports ValueError)
+    return value
+
+
+def _utc(value: datetime) -> datetime:
+    try:
+        return value.astimezone(UTC)
+    except OverflowError as error:
+        raise ValueError(f"timestamp {value.isoformat()} is out of range") from error
+
+
 def to_utc(value: datetime) -> datetime:
-    """An instant in UTC (naive values are taken as UTC), inside the range the API accepts.
+    """An aware instant in UTC, inside the range a schedule may use.
 
     Args:
-        value: The instant.
+        value: A timezone-aware instant.
 
     Returns:
         The same instant with ``tzinfo=UTC``.
@@ -47,10 +80,7 @@ def to_utc(value: datetime) -> datetime:
             :data:`LATEST_INSTANT` (far enough from the calendar's ends that adding a step or a
             start-up lead never overflows).
     """
-    try:
-        instant = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-    except OverflowError as error:
-        raise ValueError(f"timestamp {value.isoformat()} is out of range") from error
+    instant = _utc(value)
     if not EARLIEST_INSTANT <= instant < LATEST_INSTANT:
         raise ValueError(
             f"timestamp {instant.isoformat()} must lie in [{EARLIEST_INSTANT.isoformat()}, "
@@ -59,11 +89,25 @@ def to_utc(value: datetime) -> datetime:
     return instant
 
 
-UTCInstant = Annotated[AwareDatetime, AfterValidator(to_utc)]
+def query_instant(value: datetime) -> datetime:
+    """A query bound in UTC; an instant too close to the calendar's ends to be converted is
+    replaced by that end (it bounds nothing either way)."""
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        extreme = datetime.min if value.year == 1 else datetime.max
+        return extreme.replace(tzinfo=UTC)
+
+
+UTCInstant = Annotated[AwareDatetime, BeforeValidator(_date_time_input), AfterValidator(to_utc)]
 """A timezone-aware instant in the accepted range, converted to UTC."""
-QueryInstant = Annotated[datetime, AfterValidator(to_utc)]
-"""An instant in a query string: UTC when it carries no offset."""
-Replicas = Annotated[int, Field(strict=True, ge=0, le=MAX_REPLICAS)]
+AnyUTCInstant = Annotated[AwareDatetime, BeforeValidator(_date_time_input), AfterValidator(_utc)]
+"""A timezone-aware instant, converted to UTC."""
+QueryInstant = Annotated[
+    AwareDatetime, BeforeValidator(_date_time_input), AfterValidator(query_instant)
+]
+"""A timezone-aware instant in a query string, converted to UTC."""
+Replicas = Annotated[int, Field(ge=0, le=MAX_REPLICAS), BeforeValidator(_json_integer)]
 
 
 class ScheduleStep(BaseModel):
@@ -110,7 +154,9 @@ class SchedulePublish(BaseModel):
     model_version: str = Field(min_length=1, max_length=MAX_MODEL_VERSION_LENGTH)
     generated_at: UTCInstant
     valid_until: UTCInstant
-    step_seconds: int = Field(default=300, strict=True, gt=0, le=MAX_STEP_SECONDS)
+    step_seconds: Annotated[int, BeforeValidator(_json_integer)] = Field(
+        default=300, gt=0, le=MAX_STEP_SECONDS
+    )
     dry_run: bool = Field(default=False, strict=True)
     steps: list[ScheduleStep] = Field(min_length=1, max_length=MAX_STEPS)
 
@@ -174,7 +220,7 @@ class LiveFloor(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     replicas: Replicas
-    ts: UTCInstant | None = None
+    ts: AnyUTCInstant | None = None
 
 
 class Recommendation(BaseModel):
