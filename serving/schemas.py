@@ -49,7 +49,9 @@ def _date_time_input(value: Any) -> Any:
         return value
     if isinstance(value, str) and RFC3339_DATE_TIME.match(value):
         return value
-    raise ValueError("must be an RFC 3339 date-time with a timezone offset, e.g. 2026-11-16T12:00:00Z")
+    raise ValueError(
+        "must be an RFC 3339 date-time with a timezone offset, e.g. 2026-11-16T12:00:00Z"
+    )
 
 
 def _json_integer(value: Any) -> Any:
