@@ -71,12 +71,13 @@ def authorize(request: Request, scope: AccessScope) -> None:
             route.
     """
     tokens: AccessTokens = request.app.state.tokens
-    header = request.headers.get("authorization", "")
-    scheme, _, credentials = header.partition(" ")
-    credentials = credentials.strip()
-    if scheme.lower() != "bearer" or not credentials:
+    header = next(
+        (value for name, value in request.scope["headers"] if name == b"authorization"), b""
+    )
+    scheme, _, credentials = header.partition(b" ")
+    given = credentials.strip()
+    if scheme.lower() != b"bearer" or not given:
         raise HTTPException(401, "missing bearer token", headers=_CHALLENGE)
-    given = credentials.encode("utf-8", "surrogateescape")
     if secrets.compare_digest(given, tokens.write):
         return
     if secrets.compare_digest(given, tokens.read):

@@ -26,7 +26,7 @@ import time
 from array import array
 from bisect import bisect_right
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -49,7 +49,7 @@ def _instant(microseconds: int) -> datetime:
     return _EPOCH + timedelta(microseconds=microseconds)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ServicePlan:
     """A published schedule, without its forecasts, kept for serving.
 
@@ -76,6 +76,7 @@ class ServicePlan:
     dry_run: bool
     starts: array
     replicas: array
+    _window: tuple[tuple[int, ...], Schedule] | None = field(default=None, repr=False)
 
     @classmethod
     def of(
@@ -138,10 +139,18 @@ class ServicePlan:
         last = _microseconds(end)
         span_end = self.starts[-1] + self.step_seconds * 1_000_000
         if last < self.starts[0] or first >= span_end:
-            return self._schedule(sorted({0, count - 1}))
-        begin = max(bisect_right(self.starts, first) - 1, 0)
-        stop = min(bisect_right(self.starts, last) + 1, count)
-        return self._schedule(list(range(begin, stop)))
+            indices = (0, count - 1) if count > 1 else (0,)
+        else:
+            begin = max(bisect_right(self.starts, first) - 1, 0)
+            stop = min(bisect_right(self.starts, last) + 1, count)
+            indices = tuple(range(begin, stop))
+        # Consecutive calls mostly ask for the same steps: keep the last one built.
+        cached = self._window
+        if cached is not None and cached[0] == indices:
+            return cached[1]
+        schedule = self._schedule(list(indices))
+        object.__setattr__(self, "_window", (indices, schedule))
+        return schedule
 
     def full_schedule(self) -> Schedule:
         """Every step (forecasts left out)."""

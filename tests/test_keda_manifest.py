@@ -195,6 +195,21 @@ def test_trigger_url_points_at_the_serving_service_and_route(documents, tmp_path
     token_ref = env["FORESCALE_API_TOKEN"]["valueFrom"]["secretKeyRef"]
     secret = find(documents, "Secret", token_ref["name"], "forescale")
     assert token_ref["key"] in secret["stringData"]
+    read_ref = env["FORESCALE_API_READ_TOKEN"]["valueFrom"]["secretKeyRef"]
+    read_secret = find(documents, "Secret", read_ref["name"], "forescale")
+    read_token = read_secret["stringData"][read_ref["key"]]
+    assert read_token != secret["stringData"][token_ref["key"]], "the scopes share a token"
+
+    # KEDA's TriggerAuthentication sends the read token, never the write token.
+    for scaled_object in of_kind(documents, "ScaledObject"):
+        namespace = scaled_object["metadata"]["namespace"]
+        trigger = metrics_api_triggers(scaled_object)[0]
+        auth_ref = find(
+            documents, "TriggerAuthentication", trigger["authenticationRef"]["name"], namespace
+        )
+        (secret_ref,) = auth_ref["spec"]["secretTargetRef"]
+        keda_secret = find(documents, "Secret", secret_ref["name"], namespace)
+        assert keda_secret["stringData"][secret_ref["key"]] == read_token
 
 
 def test_value_location_resolves_in_a_live_response(documents, tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import IntegrityError
 
 from core.service_config import ServiceConfig, load_service_configs, service_config
-from serving.app import create_app
+from serving.app import ServiceDirectory, create_app
 from serving.client import publish_schedule_http, publish_schedules_to_store
 from serving.recommend import FLOOR_MAX_AGE, planned_replicas, recommend
 from serving.schemas import Schedule, SchedulePublish
@@ -509,6 +509,7 @@ def test_params_edits_apply_without_restart(tmp_path: Path, clock: Clock) -> Non
     settings = serving_settings(tmp_path)
     application = create_app(settings, clock=clock)
     params = settings.params_file
+    application.state.services = ServiceDirectory(params, check_seconds=0)  # look at every call
     with TestClient(application, headers=auth(READ_TOKEN)) as test_client:
         assert publish(test_client, "checkout", schedule_body(NOW, [9, 9])).status_code == 201
         assert test_client.get("/v1/services/checkout/recommendation").json()["replicas"] == 9
