@@ -34,7 +34,7 @@ pipeline: setup
 	$(BIN)/forescale pipeline run --services 5 --days 14
 
 serve: setup
-	$(BIN)/forescale serve
+	$(BIN)/forescale serve --dev
 
 ## The three benchmarks on ../shared/data (figures, not tests).
 bench: setup

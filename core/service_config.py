@@ -41,9 +41,11 @@ class ServiceConfig(BaseModel):
     Attributes:
         capacity_per_replica: Requests/s one pod serves at 100 % utilisation.
         target_utilization: Share of a pod's capacity the schedule plans to use, in (0, 1].
-        min_replicas: Fewest pods ever recommended.
+        min_replicas: Fewest pods ever recommended; at least 1, so neither a schedule nor the
+            fallback ever lets the autoscaler take a live service to zero.
         max_replicas: Most pods ever recommended.
-        startup_seconds: Pod start-up lead time: the served value covers this much of the future.
+        startup_seconds: Pod start-up lead time: the served value covers this much of the future
+            (at most a day).
         scale_down_delay_minutes: How long a planned scale-down is held back.
         max_surge_per_step: Most pods added in one schedule step.
         risk: Accepted probability of running short (0.1 -> plan on the 0.9 quantile).
@@ -55,9 +57,9 @@ class ServiceConfig(BaseModel):
 
     capacity_per_replica: float = Field(default=50.0, gt=0)
     target_utilization: float = Field(default=0.7, gt=0, le=1)
-    min_replicas: int = Field(default=2, ge=0)
+    min_replicas: int = Field(default=2, ge=1)
     max_replicas: int = Field(default=100, ge=1)
-    startup_seconds: int = Field(default=120, ge=0)
+    startup_seconds: int = Field(default=120, ge=0, le=86_400)
     scale_down_delay_minutes: int = Field(default=15, ge=0)
     max_surge_per_step: int = Field(default=10, ge=1)
     risk: float = Field(default=0.1, gt=0, lt=1)

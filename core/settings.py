@@ -14,6 +14,12 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+DEV_WRITE_TOKEN = "forescale-dev-token"
+DEV_READ_TOKEN = "forescale-dev-read-token"
+KNOWN_DEFAULT_TOKENS = frozenset(
+    {DEV_WRITE_TOKEN, DEV_READ_TOKEN, "change-me", "changeme", "replace-me"}
+)
+MIN_TOKEN_LENGTH = 16
 
 
 class Settings(BaseSettings):
@@ -24,7 +30,12 @@ class Settings(BaseSettings):
         mlflow_tracking_uri: MLflow tracking URI; defaults to SQLite under ``home``.
         schedule_db_url: SQLAlchemy URL of the schedule store; defaults to SQLite under ``home``.
         api_url: Base URL of the serving API (used by clients and the run command).
-        api_token: Bearer token required to publish schedules.
+        api_token: Bearer token of the write scope (publish schedules, live floors); it reads
+            too.
+        api_read_token: Bearer token of the read scope (every ``GET`` and ``/metrics``): the one
+            KEDA's TriggerAuthentication sends.
+        dev: Development mode: the API accepts the built-in default tokens (``make run`` and
+            ``forescale up`` set it; ``forescale serve --dev``).
         params_file: The YAML file with per-service and pipeline parameters.
         online_store: Feast online store type, ``sqlite`` (embedded) or ``redis``.
         redis_connection: Feast Redis connection string when ``online_store`` is ``redis``.
@@ -38,7 +49,9 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: str | None = None
     schedule_db_url: str | None = None
     api_url: str = "http://127.0.0.1:8000"
-    api_token: SecretStr = SecretStr("forescale-dev-token")
+    api_token: SecretStr = SecretStr(DEV_WRITE_TOKEN)
+    api_read_token: SecretStr = SecretStr(DEV_READ_TOKEN)
+    dev: bool = False
     params_file: Path = REPO_ROOT / "params.yaml"
     online_store: str = "sqlite"
     redis_connection: str = "127.0.0.1:6379,db=0"
@@ -113,6 +126,36 @@ class Settings(BaseSettings):
     def schedule_db(self) -> str:
         """The schedule store's SQLAlchemy URL actually used."""
         return self.schedule_db_url or f"sqlite:///{self.home / 'serving.db'}"
+
+    def api_token_problems(self) -> list[str]:
+        """Why the API must not start with these tokens (empty when it may).
+
+        Outside ``dev`` mode a token must not be a known default (the built-in development
+        tokens, ``.env.example``'s placeholders) and must have at least
+        :data:`MIN_TOKEN_LENGTH` characters. The two scopes never share a token.
+
+        Returns:
+            One sentence per problem, naming the environment variable.
+        """
+        write = self.api_token.get_secret_value()
+        read = self.api_read_token.get_secret_value()
+        problems = []
+        if write == read:
+            problems.append(
+                "FORESCALE_API_READ_TOKEN equals FORESCALE_API_TOKEN: the read scope needs its "
+                "own token"
+            )
+        if self.dev:
+            return problems
+        for variable, token in (("FORESCALE_API_TOKEN", write), ("FORESCALE_API_READ_TOKEN", read)):
+            if token.strip().lower() in KNOWN_DEFAULT_TOKENS:
+                problems.append(
+                    f"{variable} is a known default token; set a secret one (e.g. `openssl rand "
+                    f"-hex 32`), or FORESCALE_DEV=1 for a local development server"
+                )
+            elif len(token) < MIN_TOKEN_LENGTH:
+                problems.append(f"{variable} is shorter than {MIN_TOKEN_LENGTH} characters")
+        return problems
 
     def ensure_dirs(self) -> None:
         """Create the state directories (called by commands that write, never at import)."""

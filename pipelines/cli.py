@@ -313,11 +313,20 @@ def pipeline_run(
 def serve(
     host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    dev: Annotated[
+        bool,
+        typer.Option(
+            "--dev", help="Development server: accept the built-in default tokens (FORESCALE_DEV)."
+        ),
+    ] = False,
 ) -> None:
     """Start the schedule API alone."""
     from serving.app import run_server
 
-    run_server(_settings(), host, port)
+    settings = _settings()
+    if dev:
+        settings = settings.model_copy(update={"dev": True})
+    run_server(settings, host, port)
 
 
 @app.command("up")
@@ -515,6 +524,21 @@ def bench_features(
                 indent=2,
             )
         )
+
+
+@bench_app.command("serve")
+def bench_serve(
+    services: Annotated[int, typer.Option(help="Services with a published schedule.")] = 2000,
+    steps: Annotated[int, typer.Option(help="Steps per schedule.")] = 288,
+    seconds: Annotated[int, typer.Option(help="wrk duration of each measurement.")] = 15,
+    threads: Annotated[int, typer.Option(help="wrk threads.")] = 2,
+    connections: Annotated[int, typer.Option(help="wrk connections.")] = 50,
+    json_path: JsonOut = None,
+) -> None:
+    """wrk against /recommendation (one service among many) beside a bare FastAPI route."""
+    from benchmarks.serve import run_serve_bench
+
+    run_serve_bench(_settings(), services, steps, seconds, threads, connections, json_path)
 
 
 def main() -> None:

@@ -161,7 +161,7 @@ def service_commands(settings: Settings, ports: StackPorts) -> dict[str, list[st
             "--artifacts-destination", settings.mlflow_artifacts_dir.as_uri(),
             "--host", "127.0.0.1", "--port", str(ports.mlflow), "--workers", "1",
         ],
-        "api": [str(bin_dir / "forescale"), "serve", "--host", "127.0.0.1",
+        "api": [str(bin_dir / "forescale"), "serve", "--dev", "--host", "127.0.0.1",
                 "--port", str(ports.api)],
     }
 

@@ -1,22 +1,39 @@
 """The serving API: versioned replica schedules and the replica count KEDA reads.
 
 Build it with :func:`create_app` (nothing happens at import); run it with :func:`run_server`.
-Routes stay thin: the rules live in :mod:`serving.recommend`, storage in :mod:`serving.store`.
+Routes stay thin: the rules live in :mod:`serving.recommend`, storage in :mod:`serving.store`,
+tokens and body limits in :mod:`serving.access`, the in-memory view the recommendation is
+answered from in :mod:`serving.plans`.
 """
 
 from __future__ import annotations
 
 import logging
-import secrets
+import re
 import threading
-from datetime import UTC, datetime
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path as FilePath
 from typing import Annotated, Any
 
 import yaml
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request, Response
+from fastapi import (
+    APIRouter,
+    Depends,
+    FastAPI,
+    Header,
+    HTTPException,
+    Path,
+    Query,
+    Request,
+    Response,
+)
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi_offline import FastAPIOffline
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -25,29 +42,64 @@ from prometheus_client import (
     generate_latest,
 )
 from sqlalchemy.exc import SQLAlchemyError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
 
 from core.service_config import ServiceConfig, default_service_config, load_service_configs
 from core.settings import Settings, get_settings
+from serving.access import (
+    READ_RESPONSES,
+    STORE_DOWN,
+    UNKNOWN_SERVICE,
+    WRITE_RESPONSES,
+    AccessTokens,
+    ReadRoute,
+    WriteRoute,
+    document_access,
+)
+from serving.plans import PlanView
 from serving.recommend import fallback_recommendation, publish_problems, recommend
 from serving.schemas import (
+    IDEMPOTENCY_KEY_PATTERN,
+    MAX_VERSION,
     SERVICE_NAME_PATTERN,
     AnomalyList,
+    ErrorMessage,
     Explanation,
     LiveFloor,
     PublishResult,
+    QueryInstant,
     Recommendation,
     Schedule,
     SchedulePublish,
     ServiceList,
     ServiceSummary,
 )
-from serving.store import FloorReading, ScheduleStore
+from serving.store import FloorReading, IdempotencyConflict, ScheduleStore
 
 logger = logging.getLogger(__name__)
 
 STORE_ERRORS = (SQLAlchemyError, OSError)
 ServiceName = Annotated[
     str, Path(pattern=SERVICE_NAME_PATTERN, description="Service name", examples=["checkout"])
+]
+_SERVICE_NAME = re.compile(SERVICE_NAME_PATTERN)
+SERVICE_PARAMETER = {
+    "name": "service",
+    "in": "path",
+    "required": True,
+    "description": "Service name",
+    "schema": {"type": "string", "pattern": SERVICE_NAME_PATTERN, "title": "Service"},
+    "examples": {"checkout": {"value": "checkout"}},
+}
+INVALID_SERVICE_NAME = {
+    "description": "Invalid service name",
+    "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}
+    },
+}
+VersionQuery = Annotated[
+    int | None, Query(ge=1, le=MAX_VERSION, description="Version; latest if omitted")
 ]
 
 
@@ -56,10 +108,13 @@ class ServiceDirectory:
 
     Args:
         params_file: Path of ``params.yaml``.
+        check_seconds: How often at most the file's modification time is looked at.
     """
 
-    def __init__(self, params_file: FilePath) -> None:
+    def __init__(self, params_file: FilePath, check_seconds: float = 1.0) -> None:
         self.params_file = FilePath(params_file)
+        self.check_seconds = check_seconds
+        self._checked_at = float("-inf")
         self._lock = threading.Lock()
         self._mtime: float | None = None
         self._configured: dict[str, ServiceConfig] = {}
@@ -69,6 +124,10 @@ class ServiceDirectory:
     def _refresh(self) -> None:
         """Re-read the file when it changed; after a good first read, a broken edit keeps the
         last good settings (logged) so recommendations never fail over a params typo."""
+        checked_at = time.monotonic()
+        if self._mtime is not None and checked_at - self._checked_at < self.check_seconds:
+            return
+        self._checked_at = checked_at
         try:
             mtime = self.params_file.stat().st_mtime
             if mtime == self._mtime:
@@ -129,6 +188,7 @@ class ServingMetrics:
             ["service"],
             registry=self.registry,
         )
+        self._by_service: dict[str, tuple[Any, Any, Any, Any]] = {}
         self.publishes = Counter(
             "forescale_schedule_publishes",
             "Schedules published",
@@ -136,23 +196,37 @@ class ServingMetrics:
             registry=self.registry,
         )
 
+    def _children(self, service: str) -> tuple[Any, Any, Any, Any]:
+        children = self._by_service.get(service)
+        if children is None:
+            children = (
+                self.recommended_replicas.labels(service),
+                self.schedule_stale.labels(service),
+                self.schedule_age_seconds.labels(service),
+                self.fallbacks.labels(service),
+            )
+            self._by_service[service] = children
+        return children
+
     def observe(self, recommendation: Recommendation, schedule: Schedule | None) -> None:
         """Record a served recommendation."""
-        service = recommendation.service
-        self.recommended_replicas.labels(service).set(recommendation.replicas)
-        self.schedule_stale.labels(service).set(1 if recommendation.stale else 0)
+        replicas, stale, age, fallbacks = self._children(recommendation.service)
+        replicas.set(recommendation.replicas)
+        stale.set(1 if recommendation.stale else 0)
         if schedule is not None:
-            age = (recommendation.ts - schedule.generated_at).total_seconds()
-            self.schedule_age_seconds.labels(service).set(age)
+            age.set((recommendation.ts - schedule.generated_at).total_seconds())
         if recommendation.source == "fallback":
-            self.fallbacks.labels(service).inc()
+            fallbacks.inc()
 
 
 # ---- dependencies ------------------------------------------------------------------------------
 # They never block, so they are ``async``: FastAPI runs them on the event loop instead of sending
-# each one through the thread pool (one hop per request instead of six).
+# each one through the thread pool.
 
-_bearer = HTTPBearer(auto_error=False, description="The API token (FORESCALE_API_TOKEN)")
+
+def utc_now() -> datetime:
+    """The current instant (UTC): the app's clock unless ``create_app`` is given another."""
+    return datetime.now(UTC)
 
 
 async def get_store(request: Request) -> ScheduleStore:
@@ -170,31 +244,20 @@ async def get_metrics(request: Request) -> ServingMetrics:
     return request.app.state.metrics
 
 
-async def get_now() -> datetime:
-    """The current instant (UTC); a dependency so tests can pin the clock."""
-    return datetime.now(UTC)
+async def get_plans(request: Request) -> PlanView:
+    """The app's in-memory view of the served plans."""
+    return request.app.state.plans
 
 
-async def require_token(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> None:
-    """Refuse the request with 401 unless it carries the configured bearer token."""
-    expected = request.app.state.settings.api_token.get_secret_value()
-    challenge = {"WWW-Authenticate": "Bearer"}
-    if credentials is None or credentials.scheme.lower() != "bearer":
-        raise HTTPException(401, "missing bearer token", headers=challenge)
-    if not secrets.compare_digest(credentials.credentials.encode(), expected.encode()):
-        raise HTTPException(
-            401,
-            "invalid bearer token",
-            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
-        )
+async def get_now(request: Request) -> datetime:
+    """The current instant on the app's clock."""
+    return request.app.state.clock()
 
 
 StoreDep = Annotated[ScheduleStore, Depends(get_store)]
 ServicesDep = Annotated[ServiceDirectory, Depends(get_services)]
 MetricsDep = Annotated[ServingMetrics, Depends(get_metrics)]
+PlansDep = Annotated[PlanView, Depends(get_plans)]
 NowDep = Annotated[datetime, Depends(get_now)]
 
 
@@ -211,20 +274,20 @@ def _require_known(store: ScheduleStore, services: ServiceDirectory, service: st
         raise _unknown_service(service)
 
 
-def _aware(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 # ---- routes ------------------------------------------------------------------------------------
 
-router = APIRouter(prefix="/v1")
+read_router = APIRouter(prefix="/v1", route_class=ReadRoute, responses=READ_RESPONSES)
+write_router = APIRouter(prefix="/v1", route_class=WriteRoute, responses=WRITE_RESPONSES)
+ops_router = APIRouter(route_class=ReadRoute, responses=READ_RESPONSES)
 
 
-@router.get("/services", response_model=ServiceList, tags=["schedules"])
+@read_router.get("/services", response_model=ServiceList, tags=["schedules"], responses=STORE_DOWN)
 def list_services(store: StoreDep, services: ServicesDep) -> ServiceList:
-    """Every service that has a schedule or is configured in params.yaml."""
+    """Every service that has a schedule or is configured in params.yaml.
+
+    ``configured`` says whether params.yaml names the service under ``services``; a service
+    that only has published schedules is scaled with ``service_defaults``.
+    """
     versions = store.latest_versions()
     configured = services.configured()
     names = sorted(set(versions) | set(configured))
@@ -238,12 +301,14 @@ def list_services(store: StoreDep, services: ServicesDep) -> ServiceList:
     )
 
 
-@router.get("/services/{service}/schedule", response_model=Schedule, tags=["schedules"])
+@read_router.get(
+    "/services/{service}/schedule",
+    response_model=Schedule,
+    tags=["schedules"],
+    responses={**UNKNOWN_SERVICE, **STORE_DOWN},
+)
 def read_schedule(
-    service: ServiceName,
-    store: StoreDep,
-    services: ServicesDep,
-    version: Annotated[int | None, Query(ge=1, description="Version; latest if omitted")] = None,
+    service: ServiceName, store: StoreDep, services: ServicesDep, version: VersionQuery = None
 ) -> Schedule:
     """The latest schedule of a service, or one version of it."""
     schedule = store.get(service, version)
@@ -255,21 +320,39 @@ def read_schedule(
     raise HTTPException(404, f"service {service!r} has no schedule version {version}")
 
 
-@router.put(
+@write_router.put(
     "/services/{service}/schedule",
     response_model=PublishResult,
     status_code=201,
     tags=["schedules"],
-    dependencies=[Depends(require_token)],
+    responses={
+        409: {"model": ErrorMessage, "description": "Idempotency key used for another body"},
+        **STORE_DOWN,
+    },
 )
 def publish_schedule(
     service: ServiceName,
     body: SchedulePublish,
+    response: Response,
     store: StoreDep,
+    plans: PlansDep,
     metrics: MetricsDep,
     now: NowDep,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            pattern=IDEMPOTENCY_KEY_PATTERN,
+            description=(
+                "Client key of this publish (1-128 visible ASCII characters): a retry with the "
+                "same key and body returns the version the first attempt stored "
+                "(`Idempotent-Replayed: true`) instead of storing a duplicate; the same key "
+                "with another body is 409"
+            ),
+        ),
+    ] = None,
 ) -> PublishResult:
-    """Publish a new schedule version (bearer token required)."""
+    """Publish a new schedule version (write token)."""
     problems = publish_problems(body, now)
     if problems:
         raise HTTPException(
@@ -279,79 +362,140 @@ def publish_schedule(
                 for location, message in problems
             ],
         )
-    version = store.publish(service, body)
-    metrics.publishes.labels(service).inc()
-    stored = store.get(service, version)
-    created_at = stored.created_at if stored is not None else now
+    if idempotency_key is None:
+        version = store.publish(service, body)
+        stored = store.get(service, version)
+        created_at = stored.created_at if stored is not None else now
+        replayed = False
+    else:
+        try:
+            outcome = store.publish_once(service, body, idempotency_key)
+        except IdempotencyConflict as error:
+            raise HTTPException(409, str(error)) from error
+        version, created_at, replayed = outcome.version, outcome.created_at, outcome.replayed
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    else:
+        plans.published(service, version, created_at, body)
+        metrics.publishes.labels(service).inc()
     return PublishResult(service=service, version=version, created_at=created_at)
 
 
-@router.get("/services/{service}/recommendation", response_model=Recommendation, tags=["scaling"])
-def read_recommendation(
-    service: ServiceName,
-    store: StoreDep,
-    services: ServicesDep,
-    metrics: MetricsDep,
-    now: NowDep,
-) -> Recommendation:
+@read_router.get(
+    "/services/{service}/recommendation",
+    response_model=Recommendation,
+    tags=["scaling"],
+    responses={**UNKNOWN_SERVICE, 422: INVALID_SERVICE_NAME},
+    openapi_extra={"parameters": [SERVICE_PARAMETER]},
+)
+async def read_recommendation(request: Request) -> Response:
     """Replicas to run now (KEDA metrics-api: ``valueLocation: replicas``). Never an error for a
     known service: without a usable schedule it serves the configured minimum or the live floor.
+
+    Answered from memory: a schedule published through this API is served at once, one written
+    straight into the store (the pipeline, another replica) within a second.
     """
+    # The hottest route reads its one path parameter itself: FastAPI's parameter machinery
+    # would cost about a third of the request.
+    service: str = request.path_params["service"]
+    if _SERVICE_NAME.match(service) is None:
+        return JSONResponse(
+            {
+                "detail": [
+                    {
+                        "loc": ["path", "service"],
+                        "msg": f"String should match pattern '{SERVICE_NAME_PATTERN}'",
+                        "type": "string_pattern_mismatch",
+                    }
+                ]
+            },
+            status_code=422,
+        )
+    state = request.app.state
+    now: datetime = state.clock()
+    services: ServiceDirectory = state.services
+    metrics: ServingMetrics = state.metrics
+    plans: PlanView = state.plans
     config = services.config(service)
     try:
-        schedule = store.latest(service)
-        floor = store.get_live_floor(service)
+        found = plans.cached(service)
+        if found is None:
+            found = await run_in_threadpool(plans.lookup, service)
     except STORE_ERRORS as error:
         logger.exception("reading the schedule of %s failed; serving the fallback", service)
         result = fallback_recommendation(
             service, config, now, f"schedule store unavailable ({type(error).__name__})"
         )
         metrics.observe(result, None)
-        return result
-    if schedule is None and floor is None and not services.is_configured(service):
+        return Response(result.model_dump_json(), media_type="application/json")
+    known, plan, floor = found
+    if not known and not services.is_configured(service):
         raise _unknown_service(service)
+    schedule = (
+        None
+        if plan is None
+        else plan.schedule_around(now, now + timedelta(seconds=config.startup_seconds))
+    )
     result = recommend(service, schedule, floor, config, now)
     metrics.observe(result, schedule)
-    return result
+    return Response(result.model_dump_json(), media_type="application/json")
 
 
-@router.put(
+@write_router.put(
     "/services/{service}/live-floor",
     response_model=LiveFloor,
     tags=["scaling"],
-    dependencies=[Depends(require_token)],
+    responses={**UNKNOWN_SERVICE, **STORE_DOWN},
 )
 def put_live_floor(
-    service: ServiceName, body: LiveFloor, store: StoreDep, services: ServicesDep, now: NowDep
+    service: ServiceName,
+    body: LiveFloor,
+    store: StoreDep,
+    plans: PlansDep,
+    services: ServicesDep,
+    now: NowDep,
 ) -> LiveFloor:
-    """Record the replicas the live load needs now (bearer token required)."""
+    """Record the replicas the live load needs now (write token)."""
     _require_known(store, services, service)
     reading = FloorReading(ts=body.ts or now, replicas=body.replicas)
     store.set_live_floor(service, reading.replicas, reading.ts)
+    plans.floor_recorded(service, reading)
     return LiveFloor(replicas=reading.replicas, ts=reading.ts)
 
 
-@router.get("/services/{service}/anomalies", response_model=AnomalyList, tags=["insights"])
+@read_router.get(
+    "/services/{service}/anomalies",
+    response_model=AnomalyList,
+    tags=["insights"],
+    responses={**UNKNOWN_SERVICE, **STORE_DOWN},
+)
 def read_anomalies(
     service: ServiceName,
     store: StoreDep,
     services: ServicesDep,
-    start: Annotated[datetime | None, Query(description="Inclusive start (UTC if naive)")] = None,
-    end: Annotated[datetime | None, Query(description="Exclusive end (UTC if naive)")] = None,
+    start: Annotated[
+        QueryInstant | None, Query(description="Inclusive start (UTC if naive)")
+    ] = None,
+    end: Annotated[QueryInstant | None, Query(description="Exclusive end (UTC if naive)")] = None,
 ) -> AnomalyList:
     """Scored telemetry points of a service in ``[start, end)``."""
     _require_known(store, services, service)
-    return AnomalyList(
-        service=service, anomalies=store.anomalies(service, _aware(start), _aware(end))
-    )
+    return AnomalyList(service=service, anomalies=store.anomalies(service, start, end))
 
 
-@router.get("/services/{service}/explanation", response_model=Explanation, tags=["insights"])
+@read_router.get(
+    "/services/{service}/explanation",
+    response_model=Explanation,
+    tags=["insights"],
+    responses={**UNKNOWN_SERVICE, **STORE_DOWN},
+)
 def read_explanation(
     service: ServiceName,
     store: StoreDep,
     services: ServicesDep,
-    version: Annotated[int | None, Query(ge=1, description="Schedule version")] = None,
+    version: Annotated[
+        int | None, Query(ge=1, le=MAX_VERSION, description="Schedule version")
+    ] = None,
 ) -> Explanation:
     """The explanation of a schedule version (the newest explained one by default)."""
     _require_known(store, services, service)
@@ -361,6 +505,18 @@ def read_explanation(
         raise HTTPException(404, f"service {service!r} has no explanation for {which}")
     schedule_version, explanation = found
     return Explanation(service=service, schedule_version=schedule_version, explanation=explanation)
+
+
+@ops_router.get(
+    "/metrics",
+    tags=["ops"],
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
+)
+def metrics_endpoint(request: Request) -> Response:
+    """Prometheus text exposition of this app's registry (read token)."""
+    registry = request.app.state.metrics.registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 
 def healthz(request: Request) -> dict[str, Any]:
@@ -379,12 +535,6 @@ def healthz(request: Request) -> dict[str, Any]:
     return {"status": "ok" if store_status == "ok" else "degraded", "store": store_status}
 
 
-def metrics_endpoint(request: Request) -> Response:
-    """Prometheus text exposition of this app's registry."""
-    registry = request.app.state.metrics.registry
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
-
-
 def store_unavailable(request: Request, error: Exception) -> JSONResponse:
     """503 for a route that needs the store while it fails (the recommendation never does)."""
     logger.error("%s %s: schedule store error: %s", request.method, request.url.path, error)
@@ -393,36 +543,90 @@ def store_unavailable(request: Request, error: Exception) -> JSONResponse:
     )
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def invalid_request(request: Request, error: Exception) -> JSONResponse:
+    """422 naming each invalid field; the offending input is not echoed back (it may be huge,
+    or a NaN that JSON cannot carry)."""
+    assert isinstance(error, RequestValidationError)
+    details = [
+        {
+            "loc": list(item.get("loc", ())),
+            "msg": str(item.get("msg", "")),
+            "type": str(item.get("type", "")),
+        }
+        for item in error.errors()
+    ]
+    return JSONResponse({"detail": details}, status_code=422)
+
+
+async def method_not_allowed(request: Request, error: Exception) -> Response:
+    """405 whose ``Allow`` lists every method of the path (its routes may sit in two routers)."""
+    assert isinstance(error, StarletteHTTPException)
+    if error.status_code != 405:
+        return await http_exception_handler(request, error)
+    path = request.scope["path"]
+    allowed = sorted(
+        {
+            method
+            for route in request.app.routes
+            if isinstance(route, Route) and route.methods and route.path_regex.match(path)
+            for method in route.methods
+        }
+    )
+    return JSONResponse(
+        {"detail": "Method Not Allowed"}, status_code=405, headers={"Allow": ", ".join(allowed)}
+    )
+
+
+def create_app(
+    settings: Settings | None = None, clock: Callable[[], datetime] | None = None
+) -> FastAPI:
     """Build the serving app.
 
     Args:
-        settings: Runtime settings (``schedule_db``, ``api_token``, ``params_file``); read from
-            the environment when None.
+        settings: Runtime settings (``schedule_db``, the API tokens, ``params_file``, ``dev``);
+            read from the environment when None.
+        clock: The current instant (UTC); the system clock when None. Tests pin it.
 
     Returns:
         The FastAPI app; its store is created lazily (tables on first request).
 
     Raises:
-        ValueError: If ``params.yaml`` is missing or its service settings are invalid.
+        ValueError: If a token is a known default or too short outside dev mode, the two tokens
+            are equal, or ``params.yaml`` is missing or invalid.
     """
     settings = settings or get_settings()
-    app = FastAPI(
+    problems = settings.api_token_problems()
+    if problems:
+        raise ValueError("the API refuses to start: " + "; ".join(problems))
+    app = FastAPIOffline(
         title="Forescale serving",
         version="1",
-        description="Versioned replica schedules and the replica count KEDA reads.",
+        description=(
+            "Versioned replica schedules and the replica count KEDA reads. `GET` routes and "
+            "`/metrics` need the read token (FORESCALE_API_READ_TOKEN) or the write token, "
+            "`PUT` routes the write token (FORESCALE_API_TOKEN)."
+        ),
+        redoc_url=None,
     )
     app.state.settings = settings
+    app.state.tokens = AccessTokens.of(settings)
+    app.state.clock = clock or utc_now
     app.state.store = ScheduleStore(settings.schedule_db)
+    app.state.plans = PlanView(app.state.store)
     app.state.services = ServiceDirectory(settings.params_file)
     app.state.metrics = ServingMetrics()
-    app.include_router(router)
+    app.include_router(read_router)
+    app.include_router(write_router)
+    app.include_router(ops_router)
     for error_type in STORE_ERRORS:
         app.add_exception_handler(error_type, store_unavailable)
+    app.add_exception_handler(RequestValidationError, invalid_request)
+    app.add_exception_handler(StarletteHTTPException, method_not_allowed)
     app.add_api_route("/healthz", healthz, methods=["GET"], tags=["ops"])
-    app.add_api_route(
-        "/metrics", metrics_endpoint, methods=["GET"], tags=["ops"], response_class=Response
-    )
+    # KEDA's route is matched first: every route before it costs each poll a regex match.
+    routes = app.router.routes
+    routes.sort(key=lambda route: getattr(route, "name", "") != "read_recommendation")
+    document_access(app)
     return app
 
 

@@ -59,8 +59,11 @@ def _schedule_fields(schedule: Schedule | None) -> dict[str, Any]:
     """The schedule's identity in a recommendation (all None without a schedule)."""
     if schedule is None:
         return {"valid_until": None, "schedule_version": None, "model_version": None}
-    return {"valid_until": schedule.valid_until, "schedule_version": schedule.version,
-            "model_version": schedule.model_version}
+    return {
+        "valid_until": schedule.valid_until,
+        "schedule_version": schedule.version,
+        "model_version": schedule.model_version,
+    }
 
 
 def fallback_recommendation(

@@ -7,12 +7,15 @@ A schedule is a list of steps; step ``i`` is in force from its ``ts`` until the 
 from __future__ import annotations
 
 import math
+import re
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     field_validator,
@@ -22,9 +25,91 @@ from pydantic import (
 SERVICE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,126}$"
 RecommendationSource = Literal["schedule", "floor", "fallback", "dry_run"]
 
+MAX_STEPS = 10_080  # one week of one-minute steps
+MAX_REPLICAS = 100_000
+MAX_STEP_SECONDS = 86_400
+MAX_MODEL_VERSION_LENGTH = 256
+MAX_VERSION = 2**31 - 1  # versions are 32-bit integers in every supported database
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,128}$"  # 1-128 visible ASCII characters
+EARLIEST_INSTANT = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST_INSTANT = datetime(9000, 1, 1, tzinfo=UTC)
 
-def _to_utc(value: datetime) -> datetime:
-    return value.astimezone(UTC)
+
+RFC3339_DATE_TIME = re.compile(
+    r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$"
+)
+
+
+def _date_time_input(value: Any) -> Any:
+    """Let only RFC 3339 date-time strings (or datetimes, from Python) through.
+
+    Pydantic alone would also take numbers (Unix seconds), bare dates and naive strings.
+    """
+    if isinstance(value, datetime):
+        return value
+    if isinstance(value, str) and RFC3339_DATE_TIME.match(value):
+        return value
+    raise ValueError(
+        "must be an RFC 3339 date-time with a timezone offset, e.g. 2026-11-16T12:00:00Z"
+    )
+
+
+def _json_integer(value: Any) -> Any:
+    """Let only JSON numbers through to an integer field: no booleans, no strings."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be a JSON integer")  # noqa: TRY004 (pydantic reports ValueError)
+    return value
+
+
+def _utc(value: datetime) -> datetime:
+    try:
+        return value.astimezone(UTC)
+    except OverflowError as error:
+        raise ValueError(f"timestamp {value.isoformat()} is out of range") from error
+
+
+def to_utc(value: datetime) -> datetime:
+    """An aware instant in UTC, inside the range a schedule may use.
+
+    Args:
+        value: A timezone-aware instant.
+
+    Returns:
+        The same instant with ``tzinfo=UTC``.
+
+    Raises:
+        ValueError: If it lies before :data:`EARLIEST_INSTANT` or not before
+            :data:`LATEST_INSTANT` (far enough from the calendar's ends that adding a step or a
+            start-up lead never overflows).
+    """
+    instant = _utc(value)
+    if not EARLIEST_INSTANT <= instant < LATEST_INSTANT:
+        raise ValueError(
+            f"timestamp {instant.isoformat()} must lie in [{EARLIEST_INSTANT.isoformat()}, "
+            f"{LATEST_INSTANT.isoformat()})"
+        )
+    return instant
+
+
+def query_instant(value: datetime) -> datetime:
+    """A query bound in UTC; an instant too close to the calendar's ends to be converted is
+    replaced by that end (it bounds nothing either way)."""
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        extreme = datetime.min if value.year == 1 else datetime.max
+        return extreme.replace(tzinfo=UTC)
+
+
+UTCInstant = Annotated[AwareDatetime, BeforeValidator(_date_time_input), AfterValidator(to_utc)]
+"""A timezone-aware instant in the accepted range, converted to UTC."""
+AnyUTCInstant = Annotated[AwareDatetime, BeforeValidator(_date_time_input), AfterValidator(_utc)]
+"""A timezone-aware instant, converted to UTC."""
+QueryInstant = Annotated[
+    AwareDatetime, BeforeValidator(_date_time_input), AfterValidator(query_instant)
+]
+"""A timezone-aware instant in a query string, converted to UTC."""
+Replicas = Annotated[int, Field(ge=0, le=MAX_REPLICAS), BeforeValidator(_json_integer)]
 
 
 class ScheduleStep(BaseModel):
@@ -39,22 +124,10 @@ class ScheduleStep(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    ts: AwareDatetime
-    replicas: int
-    forecast_p50: float | None = None
-    forecast_p90: float | None = None
-
-    @field_validator("ts")
-    @classmethod
-    def _utc(cls, value: datetime) -> datetime:
-        return _to_utc(value)
-
-    @field_validator("replicas")
-    @classmethod
-    def _non_negative(cls, value: int) -> int:
-        if value < 0:
-            raise ValueError(f"replicas must be a non-negative integer, got {value}")
-        return value
+    ts: UTCInstant
+    replicas: Replicas
+    forecast_p50: float | None = Field(default=None, strict=True)
+    forecast_p90: float | None = Field(default=None, strict=True)
 
     @field_validator("forecast_p50", "forecast_p90")
     @classmethod
@@ -80,17 +153,14 @@ class SchedulePublish(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model_version: str = Field(min_length=1)
-    generated_at: AwareDatetime
-    valid_until: AwareDatetime
-    step_seconds: int = Field(default=300, gt=0)
-    dry_run: bool = False
-    steps: list[ScheduleStep] = Field(min_length=1)
-
-    @field_validator("generated_at", "valid_until")
-    @classmethod
-    def _utc(cls, value: datetime) -> datetime:
-        return _to_utc(value)
+    model_version: str = Field(min_length=1, max_length=MAX_MODEL_VERSION_LENGTH)
+    generated_at: UTCInstant
+    valid_until: UTCInstant
+    step_seconds: Annotated[int, BeforeValidator(_json_integer)] = Field(
+        default=300, gt=0, le=MAX_STEP_SECONDS
+    )
+    dry_run: bool = Field(default=False, strict=True)
+    steps: list[ScheduleStep] = Field(min_length=1, max_length=MAX_STEPS)
 
     @field_validator("steps")
     @classmethod
@@ -130,12 +200,7 @@ class Schedule(SchedulePublish):
 
     service: str
     version: int = Field(ge=1)
-    created_at: AwareDatetime
-
-    @field_validator("created_at")
-    @classmethod
-    def _created_utc(cls, value: datetime) -> datetime:
-        return _to_utc(value)
+    created_at: UTCInstant
 
 
 class PublishResult(BaseModel):
@@ -156,20 +221,8 @@ class LiveFloor(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    replicas: int
-    ts: AwareDatetime | None = None
-
-    @field_validator("replicas")
-    @classmethod
-    def _non_negative(cls, value: int) -> int:
-        if value < 0:
-            raise ValueError(f"replicas must be a non-negative integer, got {value}")
-        return value
-
-    @field_validator("ts")
-    @classmethod
-    def _utc(cls, value: datetime | None) -> datetime | None:
-        return None if value is None else _to_utc(value)
+    replicas: Replicas
+    ts: AnyUTCInstant | None = None
 
 
 class Recommendation(BaseModel):
@@ -189,7 +242,7 @@ class Recommendation(BaseModel):
     """
 
     service: str
-    replicas: int = Field(ge=0)
+    replicas: int = Field(ge=1)
     source: RecommendationSource
     stale: bool
     ts: datetime
@@ -200,11 +253,25 @@ class Recommendation(BaseModel):
 
 
 class ServiceSummary(BaseModel):
-    """One entry of ``GET /v1/services``."""
+    """One entry of ``GET /v1/services``.
+
+    Attributes:
+        name: The service.
+        latest_version: Its newest schedule version; None before its first publish.
+        configured: True when ``params.yaml`` names the service under ``services``; False when
+            it only has published schedules and is scaled with ``service_defaults``.
+    """
 
     name: str
-    latest_version: int | None
-    configured: bool
+    latest_version: int | None = Field(
+        description="Newest schedule version; null before the first publish"
+    )
+    configured: bool = Field(
+        description=(
+            "true: params.yaml names the service under `services` (its own settings); false: "
+            "it only has published schedules and is scaled with `service_defaults`"
+        )
+    )
 
 
 class ServiceList(BaseModel):
@@ -235,3 +302,9 @@ class Explanation(BaseModel):
     service: str
     schedule_version: int
     explanation: dict[str, Any]
+
+
+class ErrorMessage(BaseModel):
+    """An error answer (401, 403, 404, 409, 413, 503)."""
+
+    detail: str

@@ -6,6 +6,9 @@ Tables (created on first use, never at import):
 - ``explanations``: a JSON document per (service, schedule version).
 - ``anomalies``: scored telemetry points per (service, ts).
 - ``live_floor``: the latest reactive floor (replicas the live load needs) per service.
+- ``publish_keys``: the idempotency key of a publish -> the version it created.
+- ``store_revision``: one counter, raised by every write that changes what is served (a
+  schedule, a live floor), so a reader learns with one tiny query whether anything changed.
 
 Every write is one transaction: a publish either stores the schedule (and its explanation) with a
 new version, or changes nothing.
@@ -13,6 +16,7 @@ new version, or changes nothing.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from collections import OrderedDict
@@ -126,6 +130,45 @@ live_floor_table = Table(
     Column("replicas", Integer, nullable=False),
 )
 
+publish_keys_table = Table(
+    "publish_keys",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("service", String(128), nullable=False),
+    Column("idempotency_key", String(128), nullable=False),
+    Column("body_sha256", String(64), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    UniqueConstraint("service", "idempotency_key", name="uq_publish_keys_service_key"),
+)
+
+revision_table = Table(
+    "store_revision",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("revision", Integer, nullable=False),
+)
+_REVISION_ROW = 1
+
+
+class IdempotencyConflict(ValueError):
+    """An idempotency key was used before for a different schedule of the same service."""
+
+
+@dataclass(frozen=True)
+class PublishOutcome:
+    """What a keyed publish did.
+
+    Attributes:
+        version: The version the key stands for.
+        created_at: When that version was stored.
+        replayed: True when the key had been used for the same body before (nothing stored).
+    """
+
+    version: int
+    created_at: datetime
+    replayed: bool
+
 
 @dataclass(frozen=True)
 class FloorReading:
@@ -207,7 +250,18 @@ class ScheduleStore:
             ):
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
             metadata.create_all(self._engine, checkfirst=True)
+            self._create_revision_row()
             self._ready = True
+
+    def _create_revision_row(self) -> None:
+        """Insert the revision counter once, so writers only ever update it."""
+        query = select(revision_table.c.id).where(revision_table.c.id == _REVISION_ROW)
+        try:
+            with self._engine.begin() as connection:
+                if connection.execute(query).first() is None:
+                    connection.execute(insert(revision_table).values(id=_REVISION_ROW, revision=0))
+        except IntegrityError:
+            pass  # another process inserted it first
 
     @contextmanager
     def _begin(self) -> Iterator[Connection]:
@@ -230,6 +284,25 @@ class ScheduleStore:
         """Check that the database answers (raises the driver's error if not)."""
         with self._connect() as connection:
             connection.execute(select(1)).scalar_one()
+
+    # ---- change revision -------------------------------------------------------------------
+
+    @staticmethod
+    def _bump_revision(connection: Connection) -> None:
+        """Raise the store revision inside a write transaction."""
+        table = revision_table
+        bumped = connection.execute(
+            table.update().where(table.c.id == _REVISION_ROW).values(revision=table.c.revision + 1)
+        )
+        if bumped.rowcount == 0:
+            connection.execute(insert(table).values(id=_REVISION_ROW, revision=1))
+
+    def revision(self) -> int:
+        """The store revision: it changes whenever a schedule or a live floor is written."""
+        query = select(revision_table.c.revision).where(revision_table.c.id == _REVISION_ROW)
+        with self._connect() as connection:
+            value = connection.execute(query).scalar_one_or_none()
+        return int(value or 0)
 
     # ---- schedules -------------------------------------------------------------------------
 
@@ -305,6 +378,7 @@ class ScheduleStore:
                                     body=bodies[service],
                                 )
                             )
+                    self._bump_revision(connection)  # last: the row lock is held briefly
                     return versions
             except IntegrityError as error:
                 if not _is_version_race(error) or attempt == PUBLISH_ATTEMPTS - 1:
@@ -333,6 +407,66 @@ class ScheduleStore:
         """
         explanations = {service: explanation} if explanation is not None else None
         return self.publish_many({service: schedule}, explanations)[service]
+
+    def publish_once(
+        self, service: str, schedule: SchedulePublish, idempotency_key: str
+    ) -> PublishOutcome:
+        """Publish a schedule at most once per idempotency key of the service.
+
+        A client that retries a publish whose answer it never got sends the same key: the
+        retry returns the version the first attempt stored instead of storing a duplicate.
+
+        Args:
+            service: Service name.
+            schedule: The validated schedule.
+            idempotency_key: The client's key for this publish.
+
+        Returns:
+            The version stored under the key and whether this call only replayed it.
+
+        Raises:
+            IdempotencyConflict: If the key was used for a different schedule of the service.
+            sqlalchemy.exc.SQLAlchemyError: If the database refuses the write; nothing is stored.
+        """
+        digest = hashlib.sha256(schedule.model_dump_json().encode()).hexdigest()
+        keys = publish_keys_table
+        for attempt in range(PUBLISH_ATTEMPTS):
+            created_at = _now()
+            try:
+                with self._begin() as connection:
+                    if connection.dialect.name == "postgresql":
+                        connection.execute(
+                            text("SELECT pg_advisory_xact_lock(:namespace, hashtext(:service))"),
+                            {"namespace": _PG_LOCK_NAMESPACE, "service": service},
+                        )
+                    earlier = connection.execute(
+                        select(keys.c.body_sha256, keys.c.version, keys.c.created_at).where(
+                            keys.c.service == service, keys.c.idempotency_key == idempotency_key
+                        )
+                    ).first()
+                    if earlier is not None:
+                        if earlier.body_sha256 != digest:
+                            raise IdempotencyConflict(
+                                f"idempotency key {idempotency_key!r} was used for a different "
+                                f"schedule of {service!r} (version {earlier.version})"
+                            )
+                        return PublishOutcome(earlier.version, earlier.created_at, True)
+                    version = self._insert_schedule(connection, service, schedule, created_at)
+                    connection.execute(
+                        insert(keys).values(
+                            service=service,
+                            idempotency_key=idempotency_key,
+                            body_sha256=digest,
+                            version=version,
+                            created_at=created_at,
+                        )
+                    )
+                    self._bump_revision(connection)
+                    return PublishOutcome(version, created_at, False)
+            except IntegrityError as error:
+                if not _is_version_race(error) or attempt == PUBLISH_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     @staticmethod
     def _row_to_schedule(row: Any) -> Schedule:
@@ -577,6 +711,13 @@ class ScheduleStore:
                     service=service, ts=ts or _now(), replicas=int(replicas)
                 )
             )
+            self._bump_revision(connection)
+
+    def live_floors(self) -> dict[str, FloorReading]:
+        """The latest reactive floor of every service that has one."""
+        with self._connect() as connection:
+            rows = connection.execute(select(live_floor_table)).all()
+        return {row.service: FloorReading(ts=row.ts, replicas=row.replicas) for row in rows}
 
     def get_live_floor(self, service: str) -> FloorReading | None:
         """The latest reactive floor of a service, or None if none was ever recorded."""

@@ -17,7 +17,8 @@ from pydantic import SecretStr
 
 from core.settings import Settings
 
-TOKEN = "test-token"
+TOKEN = "test-write-token-5f0c1d"
+READ_TOKEN = "test-read-token-9a7e44"
 
 SERVICE_PARAMS: dict[str, Any] = {
     "service_defaults": {
@@ -47,11 +48,12 @@ def write_params(directory: Path, params: dict[str, Any] | None = None) -> Path:
 
 
 def serving_settings(tmp_path: Path, **overrides: Any) -> Settings:
-    """Settings with a temporary home, a test params file and the test token."""
+    """Settings with a temporary home, a test params file and the test tokens."""
     values: dict[str, Any] = {
         "home": tmp_path / "home",
         "params_file": write_params(tmp_path),
         "api_token": SecretStr(TOKEN),
+        "api_read_token": SecretStr(READ_TOKEN),
     }
     values.update(overrides)
     return Settings(**values)
@@ -86,7 +88,7 @@ def schedule_body(
 
 
 def auth(token: str = TOKEN) -> dict[str, str]:
-    """An Authorization header."""
+    """An Authorization header (the write token unless told)."""
     return {"Authorization": f"Bearer {token}"}
 
 

@@ -63,6 +63,12 @@ def test_env_example_sets_every_variable_the_file_requires() -> None:
     assert required and required <= example, required - example
 
 
+def test_api_gets_both_token_scopes(config: dict[str, Any]) -> None:
+    env = config["services"]["api"]["environment"]
+    assert env["FORESCALE_API_TOKEN"] and env["FORESCALE_API_READ_TOKEN"]
+    assert "FORESCALE_DEV" not in env  # only `make run` / `forescale up` run in dev mode
+
+
 def test_every_long_running_service_has_a_healthcheck(config: dict[str, Any]) -> None:
     services = config["services"]
     assert LONG_RUNNING <= set(services)

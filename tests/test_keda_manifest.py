@@ -22,7 +22,13 @@ from fastapi.routing import APIRoute
 from starlette.routing import compile_path
 
 from serving.app import create_app
-from tests.serving_fixtures import auth, running_server, schedule_body, serving_settings
+from tests.serving_fixtures import (
+    READ_TOKEN,
+    auth,
+    running_server,
+    schedule_body,
+    serving_settings,
+)
 
 DEPLOY_DIR = Path(__file__).resolve().parent.parent / "serving" / "deploy"
 SCHEMA_FILE = DEPLOY_DIR / "keda_scaledobject_schema.json"
@@ -189,6 +195,21 @@ def test_trigger_url_points_at_the_serving_service_and_route(documents, tmp_path
     token_ref = env["FORESCALE_API_TOKEN"]["valueFrom"]["secretKeyRef"]
     secret = find(documents, "Secret", token_ref["name"], "forescale")
     assert token_ref["key"] in secret["stringData"]
+    read_ref = env["FORESCALE_API_READ_TOKEN"]["valueFrom"]["secretKeyRef"]
+    read_secret = find(documents, "Secret", read_ref["name"], "forescale")
+    read_token = read_secret["stringData"][read_ref["key"]]
+    assert read_token != secret["stringData"][token_ref["key"]], "the scopes share a token"
+
+    # KEDA's TriggerAuthentication sends the read token, never the write token.
+    for scaled_object in of_kind(documents, "ScaledObject"):
+        namespace = scaled_object["metadata"]["namespace"]
+        trigger = metrics_api_triggers(scaled_object)[0]
+        auth_ref = find(
+            documents, "TriggerAuthentication", trigger["authenticationRef"]["name"], namespace
+        )
+        (secret_ref,) = auth_ref["spec"]["secretTargetRef"]
+        keda_secret = find(documents, "Secret", secret_ref["name"], namespace)
+        assert keda_secret["stringData"][secret_ref["key"]] == read_token
 
 
 def test_value_location_resolves_in_a_live_response(documents, tmp_path: Path) -> None:
@@ -206,7 +227,7 @@ def test_value_location_resolves_in_a_live_response(documents, tmp_path: Path) -
             headers=auth(),
         )
         assert published.status_code == 201, published.text
-        response = httpx.get(f"{base_url}{path}", headers=auth())
+        response = httpx.get(f"{base_url}{path}", headers=auth(READ_TOKEN))
     app.state.store.dispose()
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/json"

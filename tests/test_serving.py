@@ -18,12 +18,13 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import IntegrityError
 
 from core.service_config import ServiceConfig, load_service_configs, service_config
-from serving.app import create_app, get_now
+from serving.app import ServiceDirectory, create_app
 from serving.client import publish_schedule_http, publish_schedules_to_store
 from serving.recommend import FLOOR_MAX_AGE, planned_replicas, recommend
 from serving.schemas import Schedule, SchedulePublish
 from serving.store import FloorReading, ScheduleStore
 from tests.serving_fixtures import (
+    READ_TOKEN,
     TOKEN,
     auth,
     running_server,
@@ -37,7 +38,7 @@ PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 
 class Clock:
-    """A settable clock injected through the app's ``get_now`` dependency."""
+    """A settable clock given to ``create_app``."""
 
     def __init__(self, now: datetime) -> None:
         self.now = now
@@ -53,14 +54,12 @@ def clock() -> Clock:
 
 @pytest.fixture
 def app(tmp_path: Path, clock: Clock) -> FastAPI:
-    application = create_app(serving_settings(tmp_path))
-    application.dependency_overrides[get_now] = clock
-    return application
+    return create_app(serving_settings(tmp_path), clock=clock)
 
 
 @pytest.fixture
 def client(app: FastAPI) -> Iterator[TestClient]:
-    with TestClient(app) as test_client:
+    with TestClient(app, headers=auth(READ_TOKEN)) as test_client:
         yield test_client
     app.state.store.dispose()
 
@@ -101,16 +100,21 @@ def test_publish_creates_versions_and_reads_latest_or_one(client: TestClient) ->
     ("headers", "error"),
     [({}, "missing bearer token"), (auth("wrong"), "invalid bearer token")],
 )
-def test_publish_without_valid_token_is_401(client: TestClient, headers: dict, error: str) -> None:
-    response = client.put(
-        "/v1/services/checkout/schedule", json=schedule_body(NOW, [3]), headers=headers
-    )
-    assert response.status_code == 401
-    assert response.json()["detail"] == error
-    assert response.headers["WWW-Authenticate"].startswith("Bearer")
-    floor = client.put("/v1/services/checkout/live-floor", json={"replicas": 4}, headers=headers)
-    assert floor.status_code == 401
-    assert client.get("/v1/services/checkout/schedule").status_code == 404
+def test_publish_without_valid_token_is_401(app: FastAPI, headers: dict, error: str) -> None:
+    with TestClient(app) as client:
+        response = client.put(
+            "/v1/services/checkout/schedule", json=schedule_body(NOW, [3]), headers=headers
+        )
+        assert response.status_code == 401
+        assert response.json()["detail"] == error
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+        floor = client.put(
+            "/v1/services/checkout/live-floor", json={"replicas": 4}, headers=headers
+        )
+        assert floor.status_code == 401
+        read = client.get("/v1/services/checkout/schedule", headers=auth(READ_TOKEN))
+        assert read.status_code == 404
+    app.state.store.dispose()
 
 
 def test_unknown_service_is_404_everywhere(client: TestClient) -> None:
@@ -143,7 +147,7 @@ def test_unknown_service_is_404_everywhere(client: TestClient) -> None:
         (
             lambda body: body["steps"][1].update(replicas=-2),
             ["body", "steps", 1, "replicas"],
-            "non-negative",
+            "greater than or equal to 0",
         ),
         (lambda body: body.update(step_seconds=0), ["body", "step_seconds"], "greater than 0"),
     ],
@@ -318,9 +322,8 @@ def test_store_failure_serves_minimum_not_error(tmp_path: Path, clock: Clock) ->
     settings = serving_settings(
         tmp_path, schedule_db_url="postgresql://postgres@127.0.0.1:9/none?connect_timeout=2"
     )
-    application = create_app(settings)
-    application.dependency_overrides[get_now] = clock
-    with TestClient(application) as test_client:
+    application = create_app(settings, clock=clock)
+    with TestClient(application, headers=auth(READ_TOKEN)) as test_client:
         response = test_client.get("/v1/services/checkout/recommendation")
         assert response.status_code == 200
         body = response.json()
@@ -472,7 +475,9 @@ def test_real_uvicorn_server_publish_and_recommend(tmp_path: Path) -> None:
         assert publish_schedule_http(base_url, TOKEN, "checkout", schedule) == 1
         with pytest.raises(ValueError, match="401"):
             publish_schedule_http(base_url, "wrong", "checkout", schedule)
-        response = httpx.get(f"{base_url}/v1/services/checkout/recommendation")
+        response = httpx.get(
+            f"{base_url}/v1/services/checkout/recommendation", headers=auth(READ_TOKEN)
+        )
         assert response.status_code == 200
         assert response.json()["replicas"] == 4
         assert response.json()["source"] == "schedule"
@@ -502,10 +507,10 @@ def test_service_config_merges_defaults_and_rejects_typos(tmp_path: Path) -> Non
 
 def test_params_edits_apply_without_restart(tmp_path: Path, clock: Clock) -> None:
     settings = serving_settings(tmp_path)
-    application = create_app(settings)
-    application.dependency_overrides[get_now] = clock
+    application = create_app(settings, clock=clock)
     params = settings.params_file
-    with TestClient(application) as test_client:
+    application.state.services = ServiceDirectory(params, check_seconds=0)  # look at every call
+    with TestClient(application, headers=auth(READ_TOKEN)) as test_client:
         assert publish(test_client, "checkout", schedule_body(NOW, [9, 9])).status_code == 201
         assert test_client.get("/v1/services/checkout/recommendation").json()["replicas"] == 9
         edited = yaml.safe_load(params.read_text())
