@@ -149,9 +149,8 @@ def test_a_retrain_runs_end_to_end_on_two_celery_workers(tmp_path: Path, databas
     finally:
         stop_children(children)
 
-    import mlflow
+    from mlflow.tracking import MlflowClient
 
-    mlflow.set_tracking_uri(mlflow_url)
-    registered = {m.name for m in mlflow.search_registered_models()}
+    client = MlflowClient(tracking_uri=mlflow_url, registry_uri=mlflow_url)
+    registered = {m.name for m in client.search_registered_models()}
     assert {f"forescale-{s}" for s in ("checkout", "search")} <= registered
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'detach.db'}")  # let the DB be dropped
