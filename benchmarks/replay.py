@@ -15,7 +15,8 @@ baselines are benchmark code.
 At every step of the window the replay does what production does:
 
 * **training** (:func:`pipelines.training.choose_families`, the training stage's own
-  decision): every day, per shard of ``training.shard_size`` traces, every family of
+  decision): at the start of the window, as ``forecast_retrain``'s weekly schedule does (drift
+  retrains are not replayed), per shard of ``training.shard_size`` traces, every family of
   ``training.models`` is backtested on the ``training.history_days`` before that instant, the
   best per trace is fitted, and it replaces the trace's champion only if it beats the champion's
   error on the same folds (:func:`pipelines.training.promotes`);
@@ -125,7 +126,7 @@ MIN_REPLICAS = 1
 MAX_REPLICAS = 100
 FORECAST_STEP = pd.Timedelta(minutes=5)
 PUBLISH_MINUTES = 5  # schedule_publish runs every 5 minutes
-REFIT_MINUTES = 24 * 60
+REFIT_MINUTES = 7 * 24 * 60  # forecast_retrain's weekly schedule (drift retrains are not replayed)
 SCHEDULE_LOOKAHEAD_STEPS = 12
 TAIL_REFRESH_MINUTES = 60
 HOLT_WINTERS = {"alpha": 0.9, "beta": 0.01, "gamma": 0.3, "stored_seasons": 4}
@@ -728,7 +729,7 @@ def rolling_forecasts(
                 if promotes(error, champion_error):
                     champions[name] = (family, choice.fitted[family])
             if progress:
-                progress(f"  day {offset // REFIT_MINUTES + 1}: champions {_families(champions)}")
+                progress(f"  retrain {offset // REFIT_MINUTES + 1}: champions {_families(champions)}")
         recent = history_before(active, origins, HISTORY_DAYS_FOR_FORECAST)
         by_model: dict[int, list[str]] = {}
         for name in origins:
