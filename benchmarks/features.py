@@ -1,4 +1,4 @@
-"""Feature-store timings: ``feast apply``, materialize and ``training_frame`` on a synthetic fleet.
+"""Feature-store timings: ``feast apply``, materialize and ``model_inputs`` on a synthetic fleet.
 
 A benchmark, not a test. Builds a fresh Forescale home (default: a temporary folder) holding
 ``services`` synthetic services x ``days`` days of telemetry at ``step_minutes``, then times each
@@ -71,12 +71,12 @@ def run(home: Path, services: int = 100, days: int = 28, step_minutes: int = 5,
     timed("materialize_features (incremental, 1 h)",
           lambda: features.materialize_features(settings, FIXED_END),
           lambda _: len(names) * 60 // 5)
-    timed("training_frame (all services, all days)",
-          lambda: features.training_frame(settings, names, start, FIXED_END), len)
-    timed("training_frame (25 services = 1 shard, all days)",
-          lambda: features.training_frame(settings, names[:25], start, FIXED_END), len)
-    timed("training_frame (1 service, 7 days)",
-          lambda: features.training_frame(settings, names[:1], FIXED_END - pd.Timedelta(days=7),
+    timed("model_inputs (all services, all days)",
+          lambda: features.model_inputs(settings, names, start, FIXED_END), len)
+    timed("model_inputs (25 services = 1 shard, all days)",
+          lambda: features.model_inputs(settings, names[:25], start, FIXED_END), len)
+    timed("model_inputs (1 service, 7 days)",
+          lambda: features.model_inputs(settings, names[:1], FIXED_END - pd.Timedelta(days=7),
                                            FIXED_END), len)
     timed("online_features (all services)", lambda: features.online_features(settings, names), len)
     return records

@@ -9,10 +9,8 @@ Every row of the offline source is stamped with ``event_timestamp`` = the END of
 and holds only values computed from telemetry strictly before that instant, so a point-in-time
 join at entity time ``T`` never sees data from ``T`` onwards:
 
-* ``service_5min``: aggregates of the step ``[event_timestamp - 5 min, event_timestamp)``.
-* ``service_rolling``: statistics of the 5-minute request means over the hour / day before
-  ``event_timestamp``, and the request mean of the step that starts one day / one week before
-  ``event_timestamp`` (the same time of day / week as the step being forecast).
+* ``service_5min``: aggregates of the step ``[event_timestamp - 5 min, event_timestamp)``; the
+  forecasters' input series is its ``requests_mean`` (or ``requests_max`` for a ``peak`` target).
 """
 
 from datetime import timedelta
@@ -20,10 +18,9 @@ from datetime import timedelta
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
 from feast.types import Float64, String
 
-# How stale a row may be and still be served in a point-in-time join: up to two missing steps.
-# Each entity row is range-joined with every row inside the TTL, so a longer TTL makes
-# training_frame proportionally slower (1 h: 13 rows per entity row and view; 15 min: 4).
-TTL = timedelta(minutes=15)
+# How stale a row may be and still be served in a point-in-time join: a step's value is served
+# at the step's end only, never for a later step that has no telemetry of its own.
+TTL = timedelta(seconds=1)
 
 service = Entity(
     name="service",
@@ -36,7 +33,7 @@ service_features_source = FileSource(
     name="service_features",
     path="service_features.parquet",
     timestamp_field="event_timestamp",
-    description="5-minute telemetry aggregates and rolling statistics, one row per service and "
+    description="5-minute telemetry aggregates, one row per service and "
     "5-minute step; relative to settings.offline_dir.",
 )
 
@@ -57,26 +54,8 @@ service_5min = FeatureView(
     description="Aggregates of the last complete 5-minute step.",
 )
 
-service_rolling = FeatureView(
-    name="service_rolling",
-    entities=[service],
-    ttl=TTL,
-    schema=[
-        Field(name="service", dtype=String),
-        Field(name="requests_mean_1h", dtype=Float64),
-        Field(name="requests_std_1h", dtype=Float64),
-        Field(name="requests_mean_24h", dtype=Float64),
-        Field(name="requests_std_24h", dtype=Float64),
-        Field(name="requests_lag_1d", dtype=Float64, description="same step yesterday"),
-        Field(name="requests_lag_7d", dtype=Float64, description="same step last week"),
-    ],
-    source=service_features_source,
-    online=True,
-    description="Rolling request statistics and seasonal lags.",
-)
-
 forecasting_features = FeatureService(
     name="forecasting",
-    features=[service_5min, service_rolling],
-    description="Every feature the forecasters use.",
+    features=[service_5min],
+    description="The step aggregates; the forecasters' input series is one of them.",
 )

@@ -501,7 +501,7 @@ def bench_features(
     online_store: Annotated[str, typer.Option(help="sqlite | redis")] = "sqlite",
     json_path: JsonOut = None,
 ) -> None:
-    """Feature-store timings: feast apply, materialize, training_frame on a synthetic fleet."""
+    """Feature-store timings: feast apply, materialize, model_inputs on a synthetic fleet."""
     import json
     import tempfile
 

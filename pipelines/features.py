@@ -8,9 +8,12 @@ one Parquet file under ``settings.offline_dir`` written by :func:`update_offline
 read by Feast's DuckDB offline store.
 
 Feature rows are stamped with the END of their 5-minute step and only use telemetry from before
-that instant (see ``features/definitions.py``), so :func:`training_frame` is point-in-time
-correct: the features of the row at ``ts`` use data before ``ts`` only, while its ``requests``
-column is the label, the mean request rate over ``[ts, ts + step)``.
+that instant (see ``features/definitions.py``). The forecasters' input is the series of each
+step's target (``training.target``: the step's mean request rate or its busiest minute):
+:func:`model_inputs` reads it from Feast, point in time, for training and for publishing alike,
+so both see the same values; the online store serves the same row at the forecast origin
+(:func:`online_features`, tested for parity). The lags, rolling and calendar features of that
+series are computed inside each forecaster from the series it is given.
 """
 
 from __future__ import annotations
@@ -54,13 +57,16 @@ FEATURE_SERVICE = "forecasting"
 OFFLINE_FILE = "service_features.parquet"
 """The offline source, relative to ``settings.offline_dir`` (as declared in definitions.py)."""
 
-AGGREGATE_FEATURES: tuple[str, ...] = (
-    "requests_mean", "requests_max", "cpu_mean", "latency_p95_max", "errors_mean",
-)
-ROLLING_FEATURES: tuple[str, ...] = (
-    "requests_mean_1h", "requests_std_1h", "requests_mean_24h", "requests_std_24h",
-    "requests_lag_1d", "requests_lag_7d",
-)
+STEP_VIEW = "service_5min"
+AGGREGATES: dict[str, tuple[str, str]] = {
+    "requests_mean": (REQUESTS, "mean"),
+    "requests_max": (REQUESTS, "peak"),
+    "cpu_mean": (CPU, "mean"),
+    "latency_p95_max": (LATENCY_P95, "peak"),
+    "errors_mean": (ERRORS, "mean"),
+}
+"""Feature -> (telemetry metric, step aggregation of :func:`core.steps.aggregate_steps`)."""
+AGGREGATE_FEATURES: tuple[str, ...] = tuple(AGGREGATES)
 
 
 def render_feature_store_yaml(settings: Settings) -> Path:
@@ -165,7 +171,7 @@ def apply_features(settings: Settings) -> None:
 
 
 def compute_service_features(telemetry: pd.DataFrame, step_minutes: int = 5) -> pd.DataFrame:
-    """Aggregate raw telemetry to steps and add rolling statistics and seasonal lags.
+    """Aggregate raw telemetry to steps (:func:`core.steps.aggregate_steps`, one rule).
 
     One row per service and step; ``event_timestamp`` is the END of the step and every value in
     the row uses telemetry from before it (see ``features/definitions.py``).
@@ -183,52 +189,28 @@ def compute_service_features(telemetry: pd.DataFrame, step_minutes: int = 5) -> 
     Raises:
         ValueError: If ``service``, ``ts`` or ``requests`` is missing.
     """
+    from core.steps import aggregate_steps
+
     require_columns(telemetry, (SERVICE, TS, REQUESTS), "telemetry")
     step = pd.Timedelta(minutes=step_minutes)
     raw = telemetry.reindex(columns=[SERVICE, TS, *METRICS])
     raw[SERVICE] = raw[SERVICE].astype(str)
-    raw[EVENT_TIMESTAMP] = pd.to_datetime(raw[TS], utc=True).dt.floor(step) + step
-    aggregates = (
-        raw.groupby([SERVICE, EVENT_TIMESTAMP], sort=True)
-        .agg(
-            requests_mean=(REQUESTS, "mean"),
-            requests_max=(REQUESTS, "max"),
-            cpu_mean=(CPU, "mean"),
-            latency_p95_max=(LATENCY_P95, "max"),
-            errors_mean=(ERRORS, "mean"),
-        )
-        .reset_index()
-    )
-    parts = [
-        _rolling_features(rows, step) for _, rows in aggregates.groupby(SERVICE, sort=True)
-    ]
-    columns = [SERVICE, EVENT_TIMESTAMP, *AGGREGATE_FEATURES, *ROLLING_FEATURES]
-    if not parts:
-        return pd.DataFrame({c: pd.Series(dtype=float) for c in columns}).astype(
-            {SERVICE: str, EVENT_TIMESTAMP: TS_DTYPE})
-    features = pd.concat(parts, ignore_index=True)[columns]
-    features[EVENT_TIMESTAMP] = features[EVENT_TIMESTAMP].astype(TS_DTYPE)
-    return features
+    keys = [SERVICE, TS]
+    features: pd.DataFrame | None = None
+    for name, (metric, how) in AGGREGATES.items():
+        part = aggregate_steps(raw, step, how, column=metric).rename(columns={metric: name})
+        features = part if features is None else features.merge(part, on=keys, how="outer")
+    assert features is not None
+    features = features.reindex(columns=[*keys, *AGGREGATE_FEATURES])
+    features[EVENT_TIMESTAMP] = (pd.to_datetime(features[TS], utc=True) + step).astype(TS_DTYPE)
+    features = features.drop(columns=TS)[[SERVICE, EVENT_TIMESTAMP, *AGGREGATE_FEATURES]]
+    features[SERVICE] = features[SERVICE].astype(str)
+    features[list(AGGREGATE_FEATURES)] = features[list(AGGREGATE_FEATURES)].astype(float)
+    return features.sort_values([SERVICE, EVENT_TIMESTAMP], ignore_index=True)
 
 
-def _rolling_features(rows: pd.DataFrame, step: pd.Timedelta) -> pd.DataFrame:
-    """Rolling statistics and lags of one service's step means (indexed by step end)."""
-    requests = rows.set_index(EVENT_TIMESTAMP)["requests_mean"]
-    # A row stamped A holds the step [A - step, A); a window (A - 1h, A] therefore covers the
-    # steps that start in [A - 1h, A - step], i.e. the hour before A.
-    out = rows.copy()
-    for label, window in (("1h", "1h"), ("24h", "24h")):
-        rolling = requests.rolling(window)
-        out[f"requests_mean_{label}"] = rolling.mean().to_numpy()
-        out[f"requests_std_{label}"] = rolling.std().to_numpy()
-    # The step that starts one day (week) before A is stamped A - 1d + step (<= A).
-    for label, lag in (("1d", pd.Timedelta(days=1)), ("7d", pd.Timedelta(days=7))):
-        out[f"requests_lag_{label}"] = requests.reindex(requests.index - lag + step).to_numpy()
-    return out
-
-
-# How far back the features of one step look: the 7-day lag plus one step, and a margin.
-FEATURE_LOOKBACK = pd.Timedelta(days=7, hours=1)
+# How far back the rows of a step look: the step itself, with a margin.
+FEATURE_LOOKBACK = pd.Timedelta(hours=1)
 
 
 def update_offline_features(settings: Settings, services: Sequence[str] | None = None,
@@ -312,79 +294,73 @@ def materialize_features(settings: Settings, end: datetime) -> None:
     store.materialize(start_date=first.to_pydatetime(), end_date=end_utc)
 
 
-def training_frame(settings: Settings, services: Sequence[str], start: datetime,
-                   end: datetime) -> pd.DataFrame:
-    """Point-in-time correct training rows for every step of ``[start, end)`` and service.
+def input_feature(settings: Settings) -> str:
+    """The Feast feature that is a step's forecast target (``training.target``).
+
+    Args:
+        settings: Runtime settings.
+
+    Returns:
+        ``requests_mean`` (target ``mean``) or ``requests_max`` (target ``peak``).
+    """
+    from core.params import forecast_target
+
+    return "requests_max" if forecast_target(settings.params_file) == "peak" else "requests_mean"
+
+
+def model_inputs(settings: Settings, services: Sequence[str], start: datetime,
+                 end: datetime) -> pd.DataFrame:
+    """The forecasters' input series for every step of ``[start, end)``, read from Feast.
+
+    The value of the step ``[ts, ts + step)`` is the step aggregate Feast serves at the step's
+    end (a point-in-time join of the entity rows ``(service, ts + step)``), so it uses telemetry
+    of that step only and a row never sees later data. Training and publishing both call this.
 
     Args:
         settings: Runtime settings.
         services: Services to include.
         start: First step (rounded up to the step grid).
-        end: End of the window (exclusive).
+        end: End of the window (exclusive): the last step is the one ending at or before it.
 
     Returns:
-        Long frame ``service, ts, requests, <features>`` sorted by (service, ts): ``requests`` is
-        the label (mean request rate over ``[ts, ts + step)``, NaN where no telemetry), the
-        features are the values Feast serves at ``ts`` (from data before ``ts``).
+        Long frame ``service, ts, requests`` sorted by (service, ts), one row per step with a
+        value (steps without telemetry are left out).
 
     Raises:
         ValueError: If ``services`` is empty or the window holds no step.
     """
     if not services:
-        raise ValueError("training_frame needs at least one service")
+        raise ValueError("model_inputs needs at least one service")
     step = pd.Timedelta(minutes=settings.step_minutes)
     first_step, end_utc = utc_timestamp(start).ceil(step), utc_timestamp(end)
-    if first_step >= end_utc:
+    if first_step + step > end_utc:
         raise ValueError(f"window [{start}, {end}) holds no {settings.step_minutes}-minute step")
-    steps = pd.date_range(first_step, end_utc, freq=step, inclusive="left")
+    ends = pd.date_range(first_step + step, end_utc, freq=step, inclusive="both")
+    names = np.asarray([str(s) for s in services], dtype=object)
     entities = pd.DataFrame(
         {
-            SERVICE: np.repeat(np.asarray([str(s) for s in services], dtype=object), len(steps)),
-            EVENT_TIMESTAMP: pd.DatetimeIndex(
-                np.tile(steps.tz_convert(None).to_numpy(), len(services))
-            ).tz_localize("UTC").astype(TS_DTYPE),
+            SERVICE: np.repeat(names, len(ends)),
+            EVENT_TIMESTAMP: pd.DatetimeIndex(np.tile(ends.tz_convert(None).to_numpy(), len(names)))
+            .tz_localize("UTC")
+            .astype(TS_DTYPE),
         }
     )
-    labels = _labels(settings, services, steps[0], steps[-1] + step, step)
-    entities = entities.merge(labels, on=[SERVICE, EVENT_TIMESTAMP], how="left")
+    feature = input_feature(settings)
     store = feature_store(settings)
-    features = store.get_historical_features(
-        entity_df=entities, features=store.get_feature_service(FEATURE_SERVICE)
+    frame = store.get_historical_features(
+        entity_df=entities, features=[f"{STEP_VIEW}:{feature}"]
     ).to_df()
-    features = features.rename(columns={EVENT_TIMESTAMP: TS})
-    features[TS] = pd.to_datetime(features[TS], utc=True).astype(TS_DTYPE)
-    columns = [SERVICE, TS, REQUESTS, *AGGREGATE_FEATURES, *ROLLING_FEATURES]
-    return features[columns].sort_values([SERVICE, TS], ignore_index=True)
-
-
-def _labels(settings: Settings, services: Sequence[str], first: pd.Timestamp,
-            stop: pd.Timestamp, step: pd.Timedelta) -> pd.DataFrame:
-    """The label of each step start ``ts`` in ``[first, stop)``: the step's mean request rate, or
-    its busiest minute when ``training.target`` is ``peak``."""
-    from core.params import FORECAST_TARGETS, forecast_target
-
-    # requests_mean / requests_max: the step aggregate of the target's aggregation
-    column = f"{REQUESTS}_{FORECAST_TARGETS[forecast_target(settings.params_file)]}"
-    path = offline_source_path(settings)
-    if not path.exists():
-        raise ValueError(f"offline source {path} does not exist: run update_offline_features")
-    rows = pd.read_parquet(
-        path,
-        columns=[SERVICE, EVENT_TIMESTAMP, column],
-        filters=[
-            (SERVICE, "in", [str(s) for s in services]),
-            (EVENT_TIMESTAMP, ">", first.to_pydatetime()),
-            (EVENT_TIMESTAMP, "<=", stop.to_pydatetime()),
-        ],
-    )
-    starts = pd.to_datetime(rows[EVENT_TIMESTAMP], utc=True) - step
-    return pd.DataFrame(
+    # The TTL is one step: a served row older than the entity's step is another step's value.
+    frame = frame.dropna(subset=[feature])
+    stamps = pd.to_datetime(frame[EVENT_TIMESTAMP], utc=True)
+    out = pd.DataFrame(
         {
-            SERVICE: rows[SERVICE].astype(str),
-            EVENT_TIMESTAMP: starts.astype(TS_DTYPE),
-            REQUESTS: rows[column].to_numpy(),
+            SERVICE: frame[SERVICE].astype(str),
+            TS: (stamps - step).astype(TS_DTYPE),
+            REQUESTS: frame[feature].astype(float),
         }
     )
+    return out.sort_values([SERVICE, TS], ignore_index=True)
 
 
 def online_features(settings: Settings, services: Sequence[str]) -> pd.DataFrame:
@@ -408,7 +384,7 @@ def online_features(settings: Settings, services: Sequence[str]) -> pd.DataFrame
         features=store.get_feature_service(FEATURE_SERVICE),
         entity_rows=[{SERVICE: str(s)} for s in services],
     ).to_df()
-    features = [*AGGREGATE_FEATURES, *ROLLING_FEATURES]
+    features = list(AGGREGATE_FEATURES)
     frame[features] = frame[features].astype(float)  # missing values come back as None
     return frame[[SERVICE, *features]]
 

@@ -51,7 +51,10 @@ def _run_time(run_dir: Path) -> pd.Timestamp | None:
 
 def recent_history(settings: Settings, services: Sequence[str], as_of: pd.Timestamp,
                    days: int = HISTORY_DAYS_FOR_FORECAST) -> pd.DataFrame:
-    """Validated telemetry of the last ``days`` before ``as_of``, at the forecast step.
+    """The forecasters' input series of the last ``days`` before ``as_of``, from Feast.
+
+    The same reader as training's (:func:`pipelines.features.model_inputs`), so a forecast is
+    made from exactly the values the model was trained on.
 
     Args:
         settings: Runtime settings.
@@ -63,15 +66,9 @@ def recent_history(settings: Settings, services: Sequence[str], as_of: pd.Timest
         Long frame ``service, ts, requests`` at ``settings.step_minutes`` resolution: each step's
         mean, or its busiest minute when ``training.target`` is ``peak``.
     """
-    from core.params import forecast_target
-    from core.steps import aggregate_steps
-    from pipelines.telemetry import read_telemetry
+    from pipelines.features import model_inputs
 
-    raw = read_telemetry(settings, services, as_of - pd.Timedelta(days=days), as_of)
-    if raw.empty:
-        return raw
-    return aggregate_steps(raw, f"{settings.step_minutes}min",
-                           forecast_target(settings.params_file))
+    return model_inputs(settings, services, as_of - pd.Timedelta(days=days), as_of)
 
 
 def forecast_shard(settings: Settings, services: Sequence[str],

@@ -213,11 +213,10 @@ def training_history(settings: Settings, services: Sequence[str], end: datetime,
     Raises:
         ValueError: If the feature store has no rows for a service.
     """
-    from pipelines.features import training_frame
+    from pipelines.features import model_inputs
 
     end_ts = pd.Timestamp(end)
-    frame = training_frame(settings, list(services), end_ts - pd.Timedelta(days=days), end_ts)
-    history = frame[[SERVICE, TS, TARGET]].dropna(subset=[TARGET])
+    history = model_inputs(settings, list(services), end_ts - pd.Timedelta(days=days), end_ts)
     history = _drop_anomalies(settings, history)
     missing = sorted(set(services) - set(history[SERVICE]))
     if missing:

@@ -18,6 +18,7 @@ from pipelines.anomalies import (
     score_anomalies,
     train_anomaly_model,
 )
+from pipelines.features import apply_features, update_offline_features
 from pipelines.telemetry import write_telemetry
 from pipelines.training import _drop_anomalies
 from serving.store import ScheduleStore
@@ -33,6 +34,8 @@ def fleet_with_spike(settings, make_fleet):
           (fleet[TS] < spike_at + pd.Timedelta(minutes=15))
     fleet.loc[hit, REQUESTS] *= 6
     write_telemetry(settings, fleet)
+    update_offline_features(settings)  # the detector reads the forecasters' inputs from Feast
+    apply_features(settings)
     return fleet, spike_at
 
 

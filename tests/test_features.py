@@ -16,20 +16,19 @@ from core.settings import Settings, get_settings
 from pipelines.features import (
     AGGREGATE_FEATURES,
     DEFINITIONS_DIR,
-    ROLLING_FEATURES,
     apply_features,
     compute_service_features,
     feature_store,
     load_definitions,
     materialize_features,
+    model_inputs,
     offline_source_path,
     online_features,
-    training_frame,
     update_offline_features,
 )
 from pipelines.telemetry import generate_fleet, read_telemetry, write_telemetry
 
-FEATURES = [*AGGREGATE_FEATURES, *ROLLING_FEATURES]
+FEATURES = list(AGGREGATE_FEATURES)
 STEP = pd.Timedelta(minutes=5)
 END = FIXED_END
 START = END - pd.Timedelta(days=2)
@@ -52,7 +51,7 @@ def applied(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, list[st
     return settings, services
 
 
-def test_step_aggregates_rolling_stats_and_lags_use_only_the_past() -> None:
+def test_step_aggregates_use_only_the_step_they_stamp() -> None:
     ts = pd.date_range("2026-01-01", periods=8 * 24 * 60, freq="1min", tz="UTC")
     minute = np.arange(len(ts), dtype=float)
     raw = pd.DataFrame(
@@ -73,12 +72,7 @@ def test_step_aggregates_rolling_stats_and_lags_use_only_the_past() -> None:
     assert row["requests_mean"] == pytest.approx(last_minute - 2)  # mean of the last 5 minutes
     assert row["requests_max"] == last_minute
     assert row["latency_p95_max"] == 6
-    assert row["requests_mean_1h"] == pytest.approx(last_minute - 29.5)  # 60 minutes before `at`
-    assert row["requests_mean_24h"] == pytest.approx(last_minute - 24 * 30 + 0.5)
-    # same step as the one starting at `at`, one day / one week earlier: minutes [at-1d, at-1d+5)
-    assert row["requests_lag_1d"] == pytest.approx(last_minute + 1 - 24 * 60 + 2)
-    assert row["requests_lag_7d"] == pytest.approx(last_minute + 1 - 7 * 24 * 60 + 2)
-    assert np.isnan(features["requests_lag_7d"].iloc[0])
+    assert row["cpu_mean"] == 1.0 and row["errors_mean"] == 0.5
 
 
 def test_definitions_declare_the_offline_file_and_stay_declarations_only(
@@ -131,61 +125,68 @@ def test_apply_is_idempotent(applied: tuple[Settings, list[str]]) -> None:
     assert set(before) == {
         "Entity:service",
         "FeatureView:service_5min",
-        "FeatureView:service_rolling",
         "FeatureService:forecasting",
         "FileSource:service_features",
     }
 
 
-def test_training_frame_is_point_in_time_correct(applied: tuple[Settings, list[str]]) -> None:
+def test_model_inputs_are_point_in_time_correct(applied: tuple[Settings, list[str]]) -> None:
     settings, services = applied
     window_start, window_end = END - pd.Timedelta(days=1), END
-    before = training_frame(settings, services, window_start, window_end)
+    before = model_inputs(settings, services, window_start, window_end)
 
     steps = pd.date_range(window_start, window_end, freq=STEP, inclusive="left")
     assert len(before) == len(services) * len(steps)
-    assert list(before.columns) == ["service", "ts", "requests", *FEATURES]
+    assert list(before.columns) == ["service", "ts", "requests"]
     assert str(before["ts"].dtype) == "datetime64[us, UTC]"
-    assert before[FEATURES].notna().to_numpy()[:, :-1].all()  # lag_7d needs a week of history
 
-    # The label is the mean of the raw 1-minute rates over [ts, ts + 5 min).
+    # Each step's value is the mean of the raw 1-minute rates over [ts, ts + 5 min).
     raw = read_telemetry(settings, services=[services[0]])
     raw_means = raw.set_index("ts")["requests"].resample(STEP).mean()
     first = before[before["service"] == services[0]].set_index("ts")
     np.testing.assert_allclose(first["requests"], raw_means.reindex(first.index))
-    # The latest 5-minute aggregate served at ts is the previous step's label.
-    np.testing.assert_allclose(first["requests_mean"].iloc[1:], first["requests"].iloc[:-1])
 
-    # Change every metric of one service from `cut` on and rebuild only that service's rows.
+    # Change one service's telemetry from `cut` on and rebuild only that service's rows.
     cut = END - pd.Timedelta(hours=10)
     changed = raw.copy()
     later = changed["ts"] >= cut
     changed.loc[later, ["requests", "cpu", "latency_p95_ms", "errors"]] *= 3.0
     write_telemetry(settings, changed[later], cut, END)
     update_offline_features(settings, services=[services[0]])
-    after = training_frame(settings, services, window_start, window_end)
+    after = model_inputs(settings, services, window_start, window_end)
 
-    key = ["service", "ts"]
-    merged = before.merge(after, on=key, suffixes=("_before", "_after"))
-    others = merged["service"] != services[0]
-    known = merged["ts"] <= cut  # features at ts only use data before ts
-    for column in FEATURES:
-        pd.testing.assert_series_equal(
-            merged.loc[known | others, f"{column}_before"],
-            merged.loc[known | others, f"{column}_after"],
-            check_names=False,
-        )
-    # ...and the change does show after the cut, in the features and in the labels.
-    changed_rows = ~known & ~others & (merged["ts"] > cut + STEP)
-    assert (
-        merged.loc[changed_rows, "requests_mean_after"]
-        > merged.loc[changed_rows, "requests_mean_before"] * 2
-    ).all()
-    labels_changed = ~others & (merged["ts"] >= cut)
-    np.testing.assert_allclose(
-        merged.loc[labels_changed, "requests_after"],
-        merged.loc[labels_changed, "requests_before"] * 3,
-    )
+    merged = before.merge(after, on=["service", "ts"], suffixes=("_before", "_after"))
+    untouched = (merged["service"] != services[0]) | (merged["ts"] < cut)
+    pd.testing.assert_series_equal(merged.loc[untouched, "requests_before"],
+                                   merged.loc[untouched, "requests_after"], check_names=False)
+    np.testing.assert_allclose(merged.loc[~untouched, "requests_after"],
+                               merged.loc[~untouched, "requests_before"] * 3)
+    # A window ending earlier sees nothing of later steps.
+    early = model_inputs(settings, services, window_start, cut)
+    assert early["ts"].max() == cut - STEP
+
+
+def test_a_step_without_telemetry_has_no_input_value(tmp_path: Path) -> None:
+    settings = get_settings(home=tmp_path / "home")
+    fleet = generate_fleet(1, 1, step_minutes=1, seed=3, end=END)
+    hole = (fleet["ts"] >= END - pd.Timedelta(hours=2)) & (fleet["ts"] < END - pd.Timedelta(hours=1))
+    write_telemetry(settings, fleet[~hole], END - pd.Timedelta(days=1), END)
+    update_offline_features(settings)
+    apply_features(settings)
+    inputs = model_inputs(settings, ["checkout"], END - pd.Timedelta(hours=3), END)
+    assert len(inputs) == 36 - 12  # the hour without telemetry is left out, not filled
+    assert not inputs["ts"].between(END - pd.Timedelta(hours=2), END - pd.Timedelta(minutes=65)).any()
+
+
+def test_the_online_store_serves_the_origins_input_as_training_reads_it(tmp_path: Path) -> None:
+    settings, services = fleet_home(tmp_path / "home")
+    apply_features(settings)
+    origin = END - pd.Timedelta(hours=3)
+    materialize_features(settings, origin)
+    offline = model_inputs(settings, services, origin - pd.Timedelta(hours=1), origin)
+    last = offline.groupby("service").tail(1).set_index("service")["requests"]
+    online = online_features(settings, services).set_index("service")["requests_mean"]
+    pd.testing.assert_series_equal(online.loc[services], last.loc[services], check_names=False)
 
 
 def check_materialize_and_online_read(settings: Settings, services: list[str]) -> None:
@@ -223,7 +224,7 @@ def test_peak_target_labels_each_step_with_its_busiest_minute(tmp_path: Path) ->
     update_offline_features(peak)
     apply_features(peak)
     services = sorted(fleet["service"].unique())
-    frame = training_frame(peak, services, END - pd.Timedelta(hours=6), END)
+    frame = model_inputs(peak, services, END - pd.Timedelta(hours=6), END)
     raw = read_telemetry(peak, services=[services[0]])
     busiest = raw.set_index("ts")["requests"].resample(STEP).max()
     first = frame[frame["service"] == services[0]].set_index("ts")
@@ -277,9 +278,9 @@ def test_materialize_then_online_read_redis(tmp_path: Path) -> None:
 def test_empty_requests_are_rejected(applied: tuple[Settings, list[str]]) -> None:
     settings, _ = applied
     with pytest.raises(ValueError, match="at least one service"):
-        training_frame(settings, [], START, END)
+        model_inputs(settings, [], START, END)
     with pytest.raises(ValueError, match="holds no 5-minute step"):
-        training_frame(settings, ["x"], END, END)
+        model_inputs(settings, ["x"], END, END)
     with pytest.raises(ValueError, match=r"no stored telemetry .* \['nope'\]"):
         update_offline_features(settings, services=["nope"])
 
