@@ -62,13 +62,9 @@ STOP_ORDER: tuple[tuple[str, ...], ...] = (
     ("mlflow",),
     ("api",),
 )
-# Task logs show INFO (our pipeline's progress, Airflow's task lines); these libraries' chatter
-# and Python warnings stay out of them.
-QUIET_LOGGERS = (
-    "py.warnings=ERROR feast=ERROR great_expectations=WARNING cmdstanpy=WARNING "
-    "prophet=WARNING sqlalchemy=WARNING alembic=WARNING httpx=WARNING httpcore=WARNING "
-    "urllib3=WARNING numba=WARNING matplotlib=WARNING evidently=WARNING"
-)
+# Task logs show INFO (our pipeline's progress, Airflow's task lines; dags/_common.py keeps other
+# libraries' INFO lines out); Python warnings stay out of them.
+QUIET_LOGGERS = "py.warnings=ERROR"
 # The MLflow UI starts in its GenAI view unless the URL asks for the model-training one.
 MLFLOW_TRAINING_VIEW = "workflowType=machine_learning"
 
@@ -293,7 +289,8 @@ def stop_children(children: list[ChildProcess], timeout: float = 20.0) -> None:
 def stop_groups(children: list[ChildProcess]) -> list[list[ChildProcess]]:
     """The children grouped in :data:`STOP_ORDER`; a child not named there is stopped last."""
     named = {name for group in STOP_ORDER for name in group}
-    groups = [[c for c in children if c.name in group] for group in STOP_ORDER]
+    by_name = {child.name: child for child in children}
+    groups = [[by_name[name] for name in group if name in by_name] for group in STOP_ORDER]
     groups.append([c for c in children if c.name not in named])
     return [group for group in groups if group]
 

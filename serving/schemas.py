@@ -203,8 +203,13 @@ class ServiceSummary(BaseModel):
     """One entry of ``GET /v1/services``."""
 
     name: str
-    latest_version: int | None
-    configured: bool
+    latest_version: int | None = Field(
+        description="Version of the latest published schedule; null: none published yet."
+    )
+    configured: bool = Field(
+        description="True when params.yaml names the service under `services:` with settings of "
+        "its own; false when `service_defaults` apply to it (as for every demo service)."
+    )
 
 
 class ServiceList(BaseModel):
