@@ -76,14 +76,18 @@ class RunningStack:
     password: str = ""
 
     def airflow(self) -> httpx.Client:
-        """An Airflow REST client logged in as the admin."""
-        client = httpx.Client(base_url=self.urls["airflow"], timeout=30.0)
-        response = client.post(
-            "/auth/token", json={"username": AIRFLOW_USER, "password": self.password}
+        """An Airflow REST client logged in as the admin (use it in a ``with`` block)."""
+        response = httpx.post(
+            f"{self.urls['airflow']}/auth/token",
+            json={"username": AIRFLOW_USER, "password": self.password},
+            timeout=30.0,
         )
         response.raise_for_status()
-        client.headers["Authorization"] = f"Bearer {response.json()['access_token']}"
-        return client
+        return httpx.Client(
+            base_url=self.urls["airflow"],
+            timeout=30.0,
+            headers={"Authorization": f"Bearer {response.json()['access_token']}"},
+        )
 
     def stop(self) -> int:
         """Press Ctrl-C (SIGINT) and wait for the stack to exit; returns its exit code.
@@ -222,7 +226,8 @@ def _screenshot(page: Any, name: str) -> Path:
 
 def _airflow_page(browser: Any, stack: RunningStack, path: str) -> Any:
     """An Airflow UI page, logged in with the admin's token cookie."""
-    token = stack.airflow().headers["Authorization"].removeprefix("Bearer ")
+    with stack.airflow() as client:
+        token = client.headers["Authorization"].removeprefix("Bearer ")
     browser.add_cookies([{"name": "_token", "value": token, "url": stack.urls["airflow"]}])
     page = browser.new_page()
     page.goto(f"{stack.urls['airflow']}{path}")
@@ -318,7 +323,7 @@ def test_mlflow_models_show_champions_and_their_forecast_and_shap_plots(
                 f"experiments/{experiment}/runs/{version['run_id']}/artifacts/{artifact}",
             )
         )
-        image = page.locator(f"img[src*='{artifact}']").first
+        image = page.locator(f"img[alt='{artifact}']").first
         image.wait_for(state="visible", timeout=60_000)
         assert image.evaluate("img => img.complete && img.naturalWidth > 0")
         page.wait_for_timeout(500)
