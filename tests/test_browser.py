@@ -316,7 +316,10 @@ def test_mlflow_models_show_champions_and_their_forecast_and_shap_plots(
 
     run = _mlflow_json(stack, "runs/get", run_id=version["run_id"])["run"]
     experiment = run["info"]["experiment_id"]
+    page.close()
     for artifact in ("forecast_vs_actual.png", "shap_summary.png"):
+        # A fresh page per artifact: the UI keeps its selected file across hash-only changes.
+        page = browser.new_page()
         page.goto(
             mlflow_ui_url(
                 stack.urls["mlflow"],
@@ -328,7 +331,7 @@ def test_mlflow_models_show_champions_and_their_forecast_and_shap_plots(
         assert image.evaluate("img => img.complete && img.naturalWidth > 0")
         page.wait_for_timeout(500)
         _screenshot(page, f"mlflow-{Path(artifact).stem}")
-    page.close()
+        page.close()
 
 
 def test_mlflow_experiment_opens_on_training_runs(browser: Any, stack: RunningStack) -> None:
