@@ -11,7 +11,7 @@ export FORESCALE_HOME ?= $(CURDIR)/.forescale
 export AIRFLOW_HOME ?= $(FORESCALE_HOME)/airflow
 export GIT_PYTHON_REFRESH := quiet
 
-.PHONY: run test setup pipeline serve bench lint clean
+.PHONY: run test test-browser setup pipeline serve bench lint clean
 
 ## Create .venv from uv.lock (Airflow, MLflow, Feast, GE, Evidently, Prophet, LightGBM, ...).
 setup: $(VENV)/.installed
@@ -25,9 +25,14 @@ $(VENV)/.installed: pyproject.toml uv.lock
 run: setup
 	$(BIN)/forescale up
 
-## The whole test suite (what .ci/run calls).
+## The test suite without the browser tests (what .ci/run calls first).
 test: setup
-	$(BIN)/python -m pytest -n 2 --dist loadfile
+	$(BIN)/python -m pytest -n 2 --dist loadfile -m "not browser"
+
+## Browser tests: `forescale up` on free ports, its UIs in headless Chromium (Debian's chromium);
+## screenshots in tests/artifacts/ (or $$FORESCALE_TEST_ARTIFACTS).
+test-browser: setup
+	$(BIN)/python -m pytest -p no:xdist -m browser tests/test_browser.py
 
 ## The pipeline once, in-process, on a synthetic fleet.
 pipeline: setup

@@ -82,7 +82,6 @@ class DriftSection(_Section):
     reference_weeks: int = Field(default=2, ge=1)
     metrics: list[str] = Field(default_factory=lambda: ["requests", "cpu", "latency_p95_ms"])
     min_drifted_metrics: int = Field(default=1, ge=1)
-    drift_share: float = Field(default=0.5, gt=0, le=1)
     method: str | None = "wasserstein"
     threshold: float | None = 0.5
     error_tolerance: float = Field(default=0.5, ge=0)

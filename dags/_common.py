@@ -6,6 +6,7 @@ Nothing here reads settings or touches the disk at import time.
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -15,11 +16,44 @@ from airflow.sdk import Asset
 OWNER = "forescale"
 START_DATE = pendulum.datetime(2024, 1, 1, tz="UTC")
 
+# Loggers whose INFO lines belong in task logs: ours and Airflow's own task lines.
+TASK_LOG_NAMESPACES = frozenset(
+    {"pipelines", "models", "core", "features", "serving", "dags", "airflow", "task"}
+)
+
+
+class _OwnInfoOnly(logging.Filter):
+    """Pass warnings and errors of every logger, INFO lines only of :data:`TASK_LOG_NAMESPACES`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Whether the record goes into the task log."""
+        return (
+            record.levelno >= logging.WARNING
+            or record.name.split(".", 1)[0] in TASK_LOG_NAMESPACES
+        )
+
+
+def quiet_library_logs(context: Any = None) -> None:
+    """Keep the libraries' INFO chatter (Feast, Great Expectations, ...) out of task logs.
+
+    Runs before every task (``pre_execute`` in :data:`DEFAULT_ARGS`): Airflow's task logs are at
+    INFO so the pipeline's own progress lines show, and this filter drops the INFO lines of
+    other libraries.
+
+    Args:
+        context: The task's context (unused).
+    """
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _OwnInfoOnly) for f in handler.filters):
+            handler.addFilter(_OwnInfoOnly())
+
+
 DEFAULT_ARGS: dict[str, Any] = {
     "owner": OWNER,
     "retries": 2,
     "retry_delay": timedelta(minutes=1),
     "retry_exponential_backoff": True,
+    "pre_execute": quiet_library_logs,
 }
 
 # Emitted by drift_monitor when a service drifts; forecast_retrain is scheduled on it.

@@ -7,7 +7,11 @@ live rollback can move ``champion`` back.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +35,8 @@ FAMILY_TAG = "model_family"
 PIP_REQUIREMENTS = [
     "pandas", "numpy", "pyarrow", "lightgbm==4.7.0", "prophet==1.5.0", "pydantic-settings",
 ]
+
+log = logging.getLogger(__name__)
 
 
 def registered_name(service: str, kind: str = "forecaster") -> str:
@@ -112,6 +118,70 @@ def configure_mlflow(settings: Settings, experiment: str = EXPERIMENT) -> str:
     return experiment_id
 
 
+class _LinesToLog(io.TextIOBase):
+    """A text stream that logs each complete line it is written at INFO."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        super().__init__()
+        self.logger = logger
+        self.pending = ""
+
+    def writable(self) -> bool:
+        """Always: this is an output stream."""
+        return True
+
+    def write(self, text: str) -> int:
+        """Log the complete lines of ``text``; keep a trailing partial line for later."""
+        *lines, self.pending = (self.pending + text).split("\n")
+        for line in lines:
+            if line.strip():
+                self.logger.info("%s", line.rstrip())
+        return len(text)
+
+    def flush(self) -> None:
+        """Log a pending partial line."""
+        if self.pending.strip():
+            self.logger.info("%s", self.pending.rstrip())
+        self.pending = ""
+
+
+@contextlib.contextmanager
+def mlflow_messages_as_logs() -> Iterator[None]:
+    """Log what MLflow prints on stderr meanwhile at INFO, through this module's logger.
+
+    MLflow prints ``Successfully registered model ...`` and ``Created version ...`` on stderr,
+    which Airflow's task logs show as errors.
+    """
+    stream = _LinesToLog(log)
+    with contextlib.redirect_stderr(stream):
+        try:
+            yield
+        finally:
+            stream.flush()
+
+
+def log_registered_pyfunc(
+    name: str, artifact_name: str, python_model: mlflow.pyfunc.PythonModel, artifacts: dict[str, str]
+) -> str:
+    """Log a pyfunc model in the active run and register it as a new version of ``name``.
+
+    Args:
+        name: Registered model name.
+        artifact_name: Name of the model inside the run.
+        python_model: The pyfunc wrapper.
+        artifacts: Files the wrapper loads, ``{key: local path}``.
+
+    Returns:
+        The new version number.
+    """
+    with mlflow_messages_as_logs():
+        info = mlflow.pyfunc.log_model(
+            name=artifact_name, python_model=python_model, artifacts=artifacts,
+            pip_requirements=PIP_REQUIREMENTS, registered_model_name=name,
+        )
+    return str(info.registered_model_version)
+
+
 def log_forecaster(model: Forecaster, service: str, backtest_error: float) -> RegisteredVersion:
     """Log a fitted forecaster in the active run and register it as a new version.
 
@@ -127,11 +197,9 @@ def log_forecaster(model: Forecaster, service: str, backtest_error: float) -> Re
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "forecaster"
         model.save(path)
-        info = mlflow.pyfunc.log_model(
-            name="model", python_model=ForecasterPyfunc(), artifacts={"forecaster": str(path)},
-            pip_requirements=PIP_REQUIREMENTS, registered_model_name=name,
-        )
-    return tag_version(name, str(info.registered_model_version), model.name, backtest_error)
+        version = log_registered_pyfunc(name, "model", ForecasterPyfunc(),
+                                        {"forecaster": str(path)})
+    return tag_version(name, version, model.name, backtest_error)
 
 
 def version_by_alias(name: str, alias: str = CHAMPION) -> RegisteredVersion | None:

@@ -229,19 +229,14 @@ def train_anomaly_model(
 
 
 def _log_detector(detector: AnomalyDetector, error: float) -> RegisteredVersion:
-    from models.registry import PIP_REQUIREMENTS
+    from models.registry import log_registered_pyfunc
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "detector"
         AnomalyDetector(detector.settings, detector.threshold, detector.target).save(path)
-        info = mlflow.pyfunc.log_model(
-            name="detector",
-            python_model=DetectorPyfunc(),
-            artifacts={"detector": str(path)},
-            pip_requirements=PIP_REQUIREMENTS,
-            registered_model_name=ANOMALY_MODEL,
-        )
-    return tag_version(ANOMALY_MODEL, str(info.registered_model_version), detector.name, error)
+        version = log_registered_pyfunc(ANOMALY_MODEL, "detector", DetectorPyfunc(),
+                                        {"detector": str(path)})
+    return tag_version(ANOMALY_MODEL, version, detector.name, error)
 
 
 def _load_detector(version: RegisteredVersion) -> AnomalyDetector:

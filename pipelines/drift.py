@@ -9,6 +9,8 @@ Two checks, run hourly by the ``drift_monitor`` DAG:
   flags nearly every service; the week-aligned one does not. Every (service, metric) is
   one column of a wide frame, so one Evidently report covers the fleet; a service has drifted when
   at least ``drift.min_drifted_metrics`` of its columns fail Evidently's per-column drift test.
+  The report has one data-drift section per service whose "Dataset Drift" verdict uses that same
+  rule, so the report and the decision agree.
 * **Forecast-error drift**: the recent error of the published ``p50`` forecasts (relative MAE
   against the seasonal naive, the metric champions are backtested with) against the champion's
   backtest error from the MLflow registry; more than ``1 + drift.error_tolerance`` times the
@@ -19,7 +21,8 @@ so it gets at most one drift-triggered retrain per cool-down. The ledger of anno
 in ``artifacts_dir/drift/announcements.json``.
 
 Outputs per run, partitioned by the window end: ``artifacts_dir/drift/<end>/report.html`` (the
-Evidently report, also logged to MLflow) and ``result.json`` (see :func:`run_drift_monitor`).
+Evidently report headed by the run's decision, also logged to MLflow) and ``result.json`` (see
+:func:`run_drift_monitor`).
 """
 
 from __future__ import annotations
@@ -70,7 +73,6 @@ class DriftConfig:
             window is given).
         metrics: Telemetry metrics compared.
         min_drifted_metrics: Drifted columns that make a service count as drifted.
-        drift_share: Evidently's fleet-level test: share of drifted columns allowed.
         method: Evidently drift method for numeric columns (``None``: Evidently's default).
         threshold: Threshold of that method (``None``: Evidently's default).
         error_tolerance: Allowed relative increase of the forecast error over the backtest error.
@@ -82,7 +84,6 @@ class DriftConfig:
     reference_weeks: int = 2
     metrics: tuple[str, ...] = (REQUESTS, CPU, LATENCY_P95)
     min_drifted_metrics: int = 1
-    drift_share: float = 0.5
     method: str | None = "wasserstein"
     threshold: float | None = 0.5
     error_tolerance: float = 0.5
@@ -115,8 +116,10 @@ class DriftConfig:
         config = cls(**values)
         bad_metrics = [m for m in config.metrics if m not in METRICS]
         if bad_metrics or not config.metrics:
-            raise ValueError(f"{params_file}: drift.metrics {list(config.metrics)} must be a "
-                             f"non-empty subset of {list(METRICS)}")
+            raise ValueError(
+                f"{params_file}: drift.metrics {list(config.metrics)} must be a "
+                f"non-empty subset of {list(METRICS)}"
+            )
         for name in ("current_hours", "reference_weeks", "cooldown_hours"):
             if getattr(config, name) <= 0:
                 raise ValueError(f"{params_file}: drift.{name} must be positive")
@@ -193,7 +196,10 @@ def detect_data_drift(
     config: DriftConfig,
     report_path: Path | None = None,
 ) -> tuple[dict[str, list[str]], float]:
-    """Run Evidently's data drift preset and read its test statuses.
+    """Run Evidently's data drift preset, one per service, and read its test statuses.
+
+    Each service's preset judges "Dataset Drift" by the monitor's own rule: detected when at least
+    ``config.min_drifted_metrics`` of the service's columns drifted.
 
     Args:
         reference: Long-format reference telemetry.
@@ -213,15 +219,30 @@ def detect_data_drift(
 
     ref_wide = wide_frame(reference, config.metrics)
     cur_wide = wide_frame(current, config.metrics)
-    columns = [c for c in ref_wide.columns if c in set(cur_wide.columns)
-               and ref_wide[c].notna().any() and cur_wide[c].notna().any()]
+    columns = [
+        c
+        for c in ref_wide.columns
+        if c in set(cur_wide.columns) and ref_wide[c].notna().any() and cur_wide[c].notna().any()
+    ]
     if not columns:
-        raise ValueError("reference and current telemetry share no (service, metric) column with "
-                         f"data: reference has {list(ref_wide.columns)[:10]}, current has "
-                         f"{list(cur_wide.columns)[:10]}")
-    preset = DataDriftPreset(columns=columns, drift_share=config.drift_share,
-                             num_method=config.method, num_threshold=config.threshold)
-    snapshot = Report([preset], include_tests=True).run(
+        raise ValueError(
+            "reference and current telemetry share no (service, metric) column with "
+            f"data: reference has {list(ref_wide.columns)[:10]}, current has "
+            f"{list(cur_wide.columns)[:10]}"
+        )
+    by_service_columns: dict[str, list[str]] = {}
+    for column in columns:
+        by_service_columns.setdefault(column.rsplit(COLUMN_SEPARATOR, 1)[0], []).append(column)
+    presets = [
+        DataDriftPreset(
+            columns=own,
+            num_method=config.method,
+            num_threshold=config.threshold,
+            drift_share=min(1.0, config.min_drifted_metrics / len(own)),
+        )
+        for own in by_service_columns.values()
+    ]
+    snapshot = Report(presets, include_tests=True).run(
         current_data=cur_wide[columns].reset_index(drop=True),
         reference_data=ref_wide[columns].reset_index(drop=True),
     )
@@ -250,8 +271,9 @@ def _failed_drift_columns(tests: Sequence[Mapping[str, Any]]) -> set[str]:
     return failed
 
 
-def forecast_errors(forecasts: pd.DataFrame, actuals: pd.DataFrame, step_minutes: int,
-                    target: str = "mean") -> dict[str, float]:
+def forecast_errors(
+    forecasts: pd.DataFrame, actuals: pd.DataFrame, step_minutes: int, target: str = "mean"
+) -> dict[str, float]:
     """Recent forecast error per service, in the metric the champion was backtested with.
 
     The error is ``relative_mae`` (see :mod:`models.metrics`): MAE of the ``p50`` forecast over
@@ -274,22 +296,28 @@ def forecast_errors(forecasts: pd.DataFrame, actuals: pd.DataFrame, step_minutes
     """
     from models.metrics import relative_mae
 
-    for frame, what, columns in ((forecasts, "forecasts", (SERVICE, TS, FORECAST_COLUMN)),
-                                 (actuals, "telemetry", (SERVICE, TS, REQUESTS))):
+    for frame, what, columns in (
+        (forecasts, "forecasts", (SERVICE, TS, FORECAST_COLUMN)),
+        (actuals, "telemetry", (SERVICE, TS, REQUESTS)),
+    ):
         missing = [c for c in columns if c not in frame.columns]
         if missing:
             raise ValueError(f"{what} is missing column(s) {missing}")
     if target not in FORECAST_TARGETS:
-        raise ValueError(f"forecast target must be one of {sorted(FORECAST_TARGETS)}, got {target!r}")
+        raise ValueError(
+            f"forecast target must be one of {sorted(FORECAST_TARGETS)}, got {target!r}"
+        )
     if forecasts.empty or actuals.empty:
         return {}
     stepped = aggregate_steps(actuals, f"{step_minutes}min", target, REQUESTS)
     naive = stepped.assign(**{TS: stepped[TS] + pd.Timedelta(days=1)}).rename(
-        columns={REQUESTS: "naive"})
+        columns={REQUESTS: "naive"}
+    )
     predicted = forecasts[[SERVICE, TS, FORECAST_COLUMN]].copy()
     predicted[TS] = pd.to_datetime(predicted[TS], utc=True)
-    joined = (stepped.merge(predicted, on=[SERVICE, TS], how="inner")
-              .merge(naive, on=[SERVICE, TS], how="inner"))
+    joined = stepped.merge(predicted, on=[SERVICE, TS], how="inner").merge(
+        naive, on=[SERVICE, TS], how="inner"
+    )
     errors: dict[str, float] = {}
     for service, rows in joined.groupby(SERVICE):
         error = relative_mae(rows[REQUESTS], rows[FORECAST_COLUMN], rows["naive"])
@@ -326,8 +354,13 @@ def recent_forecasts(settings: Settings, start: datetime, end: datetime) -> pd.D
             frame = pd.read_parquet(path, columns=[SERVICE, TS, FORECAST_COLUMN])
             frames.append(frame.assign(_origin=origin))
     if not frames:
-        return pd.DataFrame({SERVICE: pd.Series(dtype=str), TS: pd.Series(dtype="datetime64[us, UTC]"),
-                             FORECAST_COLUMN: pd.Series(dtype=float)})
+        return pd.DataFrame(
+            {
+                SERVICE: pd.Series(dtype=str),
+                TS: pd.Series(dtype="datetime64[us, UTC]"),
+                FORECAST_COLUMN: pd.Series(dtype=float),
+            }
+        )
     frame = pd.concat(frames, ignore_index=True)
     frame[TS] = pd.to_datetime(frame[TS], utc=True)
     frame = frame[(frame[TS] >= start_ts) & (frame[TS] < end_ts) & (frame[TS] >= frame["_origin"])]
@@ -380,8 +413,10 @@ def detect_error_drift(
             continue
         reference = float(reference_errors[service])
         if not math.isfinite(reference) or reference < 0:
-            raise ValueError(f"service {service!r}: reference error {reference} must be a "
-                             "finite non-negative number")
+            raise ValueError(
+                f"service {service!r}: reference error {reference} must be a "
+                "finite non-negative number"
+            )
         if recent > reference * (1.0 + tolerance):
             drifted[service] = {"recent": float(recent), "reference": reference}
     return drifted
@@ -461,18 +496,24 @@ def run_drift_monitor(
         reference = read_telemetry(settings, start=ref_start, end=ref_end)
     current = read_telemetry(settings, start=current_start, end=end_ts)
     if current.empty:
-        raise ValueError(f"no telemetry in the recent window [{current_start}, {end_ts}) under "
-                         f"{settings.telemetry_dir}")
+        raise ValueError(
+            f"no telemetry in the recent window [{current_start}, {end_ts}) under "
+            f"{settings.telemetry_dir}"
+        )
     if reference.empty:
-        raise ValueError(f"no telemetry in the reference window [{ref_start}, {ref_end}) under "
-                         f"{settings.telemetry_dir}")
+        raise ValueError(
+            f"no telemetry in the reference window [{ref_start}, {ref_end}) under "
+            f"{settings.telemetry_dir}"
+        )
     checked = sorted(
         set(_services_with_rows(current, config.min_rows))
         & set(_services_with_rows(reference, config.min_rows))
     )
     if not checked:
-        raise ValueError(f"no service has {config.min_rows} rows in both the recent window "
-                         f"[{current_start}, {end_ts}) and the reference [{ref_start}, {ref_end})")
+        raise ValueError(
+            f"no service has {config.min_rows} rows in both the recent window "
+            f"[{current_start}, {end_ts}) and the reference [{ref_start}, {ref_end})"
+        )
     current = current[current[SERVICE].isin(checked)]
     reference = reference[reference[SERVICE].isin(checked)]
 
@@ -485,10 +526,15 @@ def run_drift_monitor(
     if not forecasts.empty:
         if reference_errors is None:
             reference_errors = champion_errors(settings, sorted(forecasts[SERVICE].unique()))
-        actuals = read_telemetry(settings, sorted(forecasts[SERVICE].unique()),
-                                 start=current_start - pd.Timedelta(days=1), end=end_ts)
-        recent = forecast_errors(forecasts, actuals, settings.step_minutes,
-                                 forecast_target(settings.params_file))
+        actuals = read_telemetry(
+            settings,
+            sorted(forecasts[SERVICE].unique()),
+            start=current_start - pd.Timedelta(days=1),
+            end=end_ts,
+        )
+        recent = forecast_errors(
+            forecasts, actuals, settings.step_minutes, forecast_target(settings.params_file)
+        )
         error_drift = detect_error_drift(recent, reference_errors, config.error_tolerance)
 
     ledger_path = drift_dir(settings) / ANNOUNCEMENTS_FILE
@@ -509,6 +555,7 @@ def run_drift_monitor(
         reference_window=[ref_start.isoformat(), ref_end.isoformat()],
         checked_services=checked,
     )
+    _head_report_with_decision(report_path, result)
     result.mlflow_run_id = _log_to_mlflow(settings, result, report_path)
     result_path = out_dir / "result.json"
     _write_json(result_path, asdict(result))
@@ -588,18 +635,26 @@ def resolve_retrain_trigger(
     if event_extras:
         services = sorted({str(s) for extra in event_extras for s in extra.get("services", [])})
         reports = [str(extra["report"]) for extra in event_extras if extra.get("report")]
-        return {"reason": REASON_DRIFT, "services": services,
-                "report": reports[-1] if reports else None}
+        return {
+            "reason": REASON_DRIFT,
+            "services": services,
+            "report": reports[-1] if reports else None,
+        }
     conf = dict(conf or {})
     reason = conf.get("reason", REASON_SCHEDULE)
     if reason not in {REASON_DRIFT, REASON_SCHEDULE, REASON_MANUAL}:
-        raise ValueError(f"run conf reason must be {REASON_DRIFT!r}, {REASON_SCHEDULE!r} or "
-                         f"{REASON_MANUAL!r}, got {reason!r}")
+        raise ValueError(
+            f"run conf reason must be {REASON_DRIFT!r}, {REASON_SCHEDULE!r} or "
+            f"{REASON_MANUAL!r}, got {reason!r}"
+        )
     services = conf.get("services")
     if services is not None and not isinstance(services, list):
         raise ValueError(f"run conf services must be a list of names, got {services!r}")
-    return {"reason": reason, "services": [str(s) for s in services] if services else None,
-            "report": str(conf["report"]) if conf.get("report") else None}
+    return {
+        "reason": reason,
+        "services": [str(s) for s in services] if services else None,
+        "report": str(conf["report"]) if conf.get("report") else None,
+    }
 
 
 def summarize_retrain(
@@ -648,6 +703,65 @@ def _describe(
     return " | ".join(parts)
 
 
+def decision_summary(result: DriftResult) -> list[str]:
+    """The run's decision in a few sentences, as the report states it above Evidently's sections.
+
+    Args:
+        result: The monitor run's result.
+
+    Returns:
+        Lines: the verdict, then one line per drifted or suppressed service.
+    """
+    checked = len(result.checked_services)
+    if result.drifted_services:
+        verdict = (
+            f"Drift detected in {len(result.drifted_services)} of {checked} services "
+            f"({', '.join(result.drifted_services)}): a retrain is triggered for them."
+        )
+    elif result.suppressed_services:
+        verdict = (
+            f"Drift detected in {len(result.suppressed_services)} of {checked} services, "
+            "already announced within the cool-down: no retrain is triggered."
+        )
+    else:
+        verdict = f"No drift in any of the {checked} services checked: no retrain is triggered."
+    lines = [verdict]
+    lines += [f"{part}." for part in result.reason.split(" | ") if part]
+    if result.suppressed_services:
+        lines.append(
+            _describe(result.suppressed_services, result.data_drift, result.error_drift).replace(
+                " | ", "; "
+            )
+            + " (suppressed by the cool-down)."
+        )
+    lines.append(
+        "Below, Evidently's data-drift section of each service: its Dataset Drift is "
+        "detected when at least the configured number of its metrics drifted, the rule "
+        "the decision uses. Forecast-error drift is not part of Evidently's sections."
+    )
+    return lines
+
+
+def _head_report_with_decision(report_path: Path, result: DriftResult) -> None:
+    """Put the run's decision at the top of the Evidently HTML report."""
+    import html
+
+    page = report_path.read_text()
+    items = "".join(
+        f"<p style='margin:4px 0'>{html.escape(line)}</p>" for line in decision_summary(result)
+    )
+    banner = (
+        "<div id='forescale-decision' style='font-family:sans-serif;padding:12px 16px;"
+        "margin:8px;border:2px solid #444;border-radius:6px;background:#fffbe6'>"
+        f"<h2 style='margin:0 0 6px 0'>Forescale drift decision</h2>{items}</div>"
+    )
+    start = page.find("<body")
+    insert_at = page.find(">", start) + 1 if start >= 0 else 0
+    tmp = report_path.with_suffix(".tmp")
+    tmp.write_text(page[:insert_at] + banner + page[insert_at:])
+    tmp.replace(report_path)
+
+
 def _log_to_mlflow(settings: Settings, result: DriftResult, report_path: Path) -> str:
     """Log the run's figures and HTML report to MLflow; returns the MLflow run id."""
     import mlflow
@@ -656,8 +770,11 @@ def _log_to_mlflow(settings: Settings, result: DriftResult, report_path: Path) -
 
     experiment_id = configure_mlflow(settings, EXPERIMENT_NAME)
     client = mlflow.MlflowClient(tracking_uri=settings.tracking_uri)
-    run = client.create_run(experiment_id, run_name=f"drift-{partition_name(utc_timestamp(result.end))}",
-                            tags={"forescale.window_end": result.end})
+    run = client.create_run(
+        experiment_id,
+        run_name=f"drift-{partition_name(utc_timestamp(result.end))}",
+        tags={"forescale.window_end": result.end},
+    )
     run_id = run.info.run_id
     client.log_metric(run_id, "drifted_services", float(len(result.drifted_services)))
     client.log_metric(run_id, "suppressed_services", float(len(result.suppressed_services)))
@@ -677,5 +794,3 @@ def _write_json(path: Path, payload: Any) -> None:
     tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
     tmp.replace(path)
-
-

@@ -2,7 +2,7 @@
 
 Everything runs as child processes of this one, with state under ``settings.home``:
 
-* **Airflow 3** (``api-server``, ``scheduler``, ``dag-processor``; SQLite metadata DB,
+* **Airflow 3** (``api-server``, ``scheduler``, ``dag-processor``, ``triggerer``; SQLite metadata DB,
   ``LocalExecutor``, parallelism 4, API on 127.0.0.1) with ``AIRFLOW_HOME=<home>/airflow`` and
   the repository's ``dags/`` folder;
 * **MLflow** (``mlflow server``) on the same SQLite store the pipeline writes
@@ -12,7 +12,12 @@ Everything runs as child processes of this one, with state under ``settings.home
 Start-up: seed a synthetic fleet's telemetry and feature store, start the three, wait until each
 is healthy, then run the DAGs once in a useful order (ingest and drift check, a retrain, and once
 the champions exist, the schedule publication), print the URLs and the Airflow login, and keep
-running until Ctrl-C, which stops every child cleanly.
+running until Ctrl-C.
+
+Ctrl-C stops the children in dependency order: first the Airflow processes that run work
+(scheduler, triggerer, DAG processor), while the API server they report to still answers; then
+DAG runs left queued or running are marked failed with a note saying the stack was stopped; then
+the Airflow API server, MLflow and the schedule API.
 
 Ports come from ``FORESCALE_AIRFLOW_PORT`` (8080), ``FORESCALE_MLFLOW_PORT`` (5000) and
 ``FORESCALE_API_PORT`` (8000).
@@ -46,6 +51,22 @@ FIRST_DAGS = ("telemetry_ingest", "drift_monitor")
 RETRAIN_DAG = "forecast_retrain"
 AFTER_TRAINING_DAGS = ("schedule_publish",)
 TERMINAL_STATES = {"success", "failed"}
+UNFINISHED_STATES = ("queued", "running")
+INTERRUPTED_NOTE = (
+    "Interrupted: the local stack (forescale up) was stopped while this run was {state}."
+)
+# Ctrl-C stops the children group by group: the workers first, the servers they report to last.
+STOP_ORDER: tuple[tuple[str, ...], ...] = (
+    ("airflow-scheduler", "airflow-triggerer", "airflow-dag-processor"),
+    ("airflow-api-server",),
+    ("mlflow",),
+    ("api",),
+)
+# Task logs show INFO (our pipeline's progress, Airflow's task lines; dags/_common.py keeps other
+# libraries' INFO lines out); Python warnings stay out of them.
+QUIET_LOGGERS = "py.warnings=ERROR"
+# The MLflow UI starts in its GenAI view unless the URL asks for the model-training one.
+MLFLOW_TRAINING_VIEW = "workflowType=machine_learning"
 
 
 @dataclass(frozen=True)
@@ -127,7 +148,8 @@ def stack_environment(settings: Settings, ports: StackPorts) -> dict[str, str]:
         "AIRFLOW__API__BASE_URL": ports.urls["airflow"],
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{AIRFLOW_USER}:admin",
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
-        "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+        "AIRFLOW__LOGGING__NAMESPACE_LEVELS": QUIET_LOGGERS,
         "PYTHONWARNINGS": "ignore",
         "FORESCALE_HOME": str(settings.home),
         "FORESCALE_MLFLOW_TRACKING_URI": settings.tracking_uri,
@@ -146,7 +168,8 @@ def service_commands(settings: Settings, ports: StackPorts) -> dict[str, list[st
         ports: Service ports.
 
     Returns:
-        ``{name: argv}`` for the Airflow API server, scheduler and DAG processor, MLflow and the
+        ``{name: argv}`` for the Airflow API server, scheduler, DAG processor and triggerer
+        (deferred tasks; Airflow's home page reports it unhealthy without one), MLflow and the
         schedule API.
     """
     bin_dir = Path(sys.executable).parent
@@ -155,15 +178,41 @@ def service_commands(settings: Settings, ports: StackPorts) -> dict[str, list[st
         "airflow-api-server": [airflow, "api-server", "--port", str(ports.airflow)],
         "airflow-scheduler": [airflow, "scheduler"],
         "airflow-dag-processor": [airflow, "dag-processor"],
+        "airflow-triggerer": [airflow, "triggerer"],
         "mlflow": [
-            str(bin_dir / "mlflow"), "server",
-            "--backend-store-uri", settings.tracking_uri,
-            "--artifacts-destination", settings.mlflow_artifacts_dir.as_uri(),
-            "--host", "127.0.0.1", "--port", str(ports.mlflow), "--workers", "1",
+            str(bin_dir / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            settings.tracking_uri,
+            "--artifacts-destination",
+            settings.mlflow_artifacts_dir.as_uri(),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(ports.mlflow),
+            "--workers",
+            "1",
         ],
-        "api": [str(bin_dir / "forescale"), "serve", "--dev", "--host", "127.0.0.1",
-                "--port", str(ports.api)],
+        "api": [
+            str(bin_dir / "forescale"),
+            "serve",
+            "--dev",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(ports.api),
+        ],
     }
+
+
+def mlflow_ui_url(base_url: str, page: str = "experiments") -> str:
+    """A page of the MLflow UI in its model-training view (runs, metrics, registered models).
+
+    Args:
+        base_url: The MLflow server's base URL.
+        page: The UI route, e.g. ``experiments`` or ``models``.
+    """
+    return f"{base_url}/#/{page}?{MLFLOW_TRAINING_VIEW}"
 
 
 def health_urls(ports: StackPorts) -> dict[str, str]:
@@ -210,8 +259,12 @@ def start_children(
         log_path = log_dir / f"{name}.log"
         log_file = log_path.open("ab")
         process = subprocess.Popen(
-            argv, env={**os.environ, **env}, stdout=log_file, stderr=subprocess.STDOUT,
-            cwd=str(REPO_ROOT), start_new_session=True,
+            argv,
+            env={**os.environ, **env},
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            cwd=str(REPO_ROOT),
+            start_new_session=True,
         )
         children.append(ChildProcess(name, process, log_path, log_file))
     return children
@@ -232,6 +285,49 @@ def stop_children(children: list[ChildProcess], timeout: float = 20.0) -> None:
             child.process.wait(5)
         if child.log_file is not None:
             child.log_file.close()
+
+
+def stop_groups(children: list[ChildProcess]) -> list[list[ChildProcess]]:
+    """The children grouped in :data:`STOP_ORDER`; a child not named there is stopped last."""
+    named = {name for group in STOP_ORDER for name in group}
+    by_name = {child.name: child for child in children}
+    groups = [[by_name[name] for name in group if name in by_name] for group in STOP_ORDER]
+    groups.append([c for c in children if c.name not in named])
+    return [group for group in groups if group]
+
+
+def stop_stack(
+    children: list[ChildProcess],
+    progress: Progress,
+    mark_interrupted: Callable[[], list[str]] | None = None,
+    timeout: float = 20.0,
+) -> None:
+    """Stop the children in dependency order, marking interrupted DAG runs in between.
+
+    The Airflow processes that run work stop first, while the API server they report to still
+    answers (no "connection refused" tracebacks); then ``mark_interrupted`` fails the DAG runs
+    they left unfinished; then the servers stop, Airflow's API server first.
+
+    Args:
+        children: The started children.
+        progress: Called with one line per step.
+        mark_interrupted: Marks unfinished DAG runs failed; returns their ``dag_id/run_id``.
+        timeout: Seconds each group gets after SIGTERM before SIGKILL.
+    """
+    groups = stop_groups(children)
+    for index, group in enumerate(groups):
+        progress(f"stopping {', '.join(child.name for child in group)}")
+        stop_children(group, timeout)
+        if index == 0 and mark_interrupted is not None:
+            try:
+                marked = mark_interrupted()
+            except (httpx.HTTPError, RuntimeError) as error:
+                progress(f"could not mark unfinished DAG runs failed: {error}")
+            else:
+                if marked:
+                    progress(
+                        f"marked {len(marked)} unfinished DAG run(s) failed: " + ", ".join(marked)
+                    )
 
 
 def wait_healthy(
@@ -256,8 +352,10 @@ def wait_healthy(
         while pending:
             for child in children:
                 if child.process.poll() is not None:
-                    raise RuntimeError(f"{child.name} exited with code {child.process.returncode}; "
-                                       f"see {child.log_path}")
+                    raise RuntimeError(
+                        f"{child.name} exited with code {child.process.returncode}; "
+                        f"see {child.log_path}"
+                    )
             for name, url in list(pending.items()):
                 try:
                     ok = client.get(url).status_code == 200
@@ -269,8 +367,9 @@ def wait_healthy(
                     del pending[name]
             if time.monotonic() - started > timeout:
                 logs = ", ".join(str(c.log_path) for c in children)
-                raise RuntimeError(f"{sorted(pending)} not healthy after {timeout:.0f} s; "
-                                   f"see the logs: {logs}")
+                raise RuntimeError(
+                    f"{sorted(pending)} not healthy after {timeout:.0f} s; see the logs: {logs}"
+                )
             if pending:
                 time.sleep(1.0)
     return healthy
@@ -300,8 +399,7 @@ class AirflowClient:
     def __init__(self, base_url: str, username: str, password: str) -> None:
         self.base_url = base_url
         self.http = httpx.Client(base_url=base_url, timeout=30.0)
-        response = self.http.post("/auth/token", json={"username": username,
-                                                       "password": password})
+        response = self.http.post("/auth/token", json={"username": username, "password": password})
         response.raise_for_status()
         self.http.headers["Authorization"] = f"Bearer {response.json()['access_token']}"
 
@@ -317,8 +415,9 @@ class AirflowClient:
             missing = [d for d in missing if self.http.get(f"/api/v2/dags/{d}").status_code != 200]
             if missing and time.monotonic() > deadline:
                 errors = self.http.get("/api/v2/importErrors").json()
-                raise RuntimeError(f"DAGs {missing} not parsed after {timeout:.0f} s; "
-                                   f"import errors: {errors}")
+                raise RuntimeError(
+                    f"DAGs {missing} not parsed after {timeout:.0f} s; import errors: {errors}"
+                )
             if missing:
                 time.sleep(2.0)
 
@@ -328,8 +427,9 @@ class AirflowClient:
 
     def trigger(self, dag_id: str, conf: Mapping[str, Any] | None = None) -> str:
         """Start one manual run; returns the run id."""
-        response = self.http.post(f"/api/v2/dags/{dag_id}/dagRuns",
-                                  json={"logical_date": None, "conf": dict(conf or {})})
+        response = self.http.post(
+            f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": dict(conf or {})}
+        )
         response.raise_for_status()
         return str(response.json()["dag_run_id"])
 
@@ -337,8 +437,9 @@ class AirflowClient:
         """The id of the DAG's most recent run, waiting up to ``timeout`` for the scheduler."""
         deadline = time.monotonic() + timeout
         while True:
-            response = self.http.get(f"/api/v2/dags/{dag_id}/dagRuns",
-                                     params={"order_by": "-run_after", "limit": 1})
+            response = self.http.get(
+                f"/api/v2/dags/{dag_id}/dagRuns", params={"order_by": "-run_after", "limit": 1}
+            )
             response.raise_for_status()
             runs = response.json()["dag_runs"]
             if runs:
@@ -352,6 +453,26 @@ class AirflowClient:
         response = self.http.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
         response.raise_for_status()
         return str(response.json()["state"])
+
+    def fail_unfinished_runs(self) -> list[str]:
+        """Mark every queued or running DAG run failed, with a note saying why.
+
+        Returns:
+            ``dag_id/run_id`` of each run marked.
+        """
+        response = self.http.get(
+            "/api/v2/dags/~/dagRuns", params={"state": list(UNFINISHED_STATES), "limit": 100}
+        )
+        response.raise_for_status()
+        marked = []
+        for run in response.json()["dag_runs"]:
+            note = INTERRUPTED_NOTE.format(state=run["state"])
+            self.http.patch(
+                f"/api/v2/dags/{run['dag_id']}/dagRuns/{run['dag_run_id']}",
+                json={"state": "failed", "note": note},
+            ).raise_for_status()
+            marked.append(f"{run['dag_id']}/{run['dag_run_id']}")
+        return marked
 
     def wait_for_run(self, dag_id: str, run_id: str, timeout: float) -> str:
         """Poll a run until it finishes or ``timeout`` passes; returns its last state."""
@@ -406,13 +527,19 @@ def run_local_stack(
 
     progress("migrating the Airflow metadata database")
     airflow_bin = str(Path(sys.executable).parent / "airflow")
-    subprocess.run([airflow_bin, "db", "migrate"], env={**os.environ, **env}, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    subprocess.run(
+        [airflow_bin, "db", "migrate"],
+        env={**os.environ, **env},
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
 
     log_dir = settings.home / "logs"
     progress(f"starting Airflow, MLflow and the API (logs in {log_dir})")
     children = start_children(service_commands(settings, ports), env, log_dir)
     previous = _stop_on_signals()
+    clients: list[AirflowClient] = []
     try:
         started = time.monotonic()
         healthy = wait_healthy(health_urls(ports), children, progress)
@@ -422,11 +549,15 @@ def run_local_stack(
         password = airflow_password(settings)
         urls = ports.urls
         progress(f"Airflow  {urls['airflow']}  (login {AIRFLOW_USER} / {password})")
-        progress(f"MLflow   {urls['mlflow']}")
+        progress(
+            f"MLflow   {mlflow_ui_url(urls['mlflow'])}  "
+            f"(models: {mlflow_ui_url(urls['mlflow'], 'models')})"
+        )
         progress(f"API      {urls['api']}/docs  (services: {urls['api']}/v1/services)")
         progress("running the DAGs once (a few minutes); the UIs are usable meanwhile")
         started = time.monotonic()
-        _first_runs(AirflowClient(ports.urls["airflow"], AIRFLOW_USER, password), progress)
+        clients.append(AirflowClient(ports.urls["airflow"], AIRFLOW_USER, password))
+        _first_runs(clients[0], progress)
         timings["first_runs"] = time.monotonic() - started
         progress(f"first runs done in {timings['first_runs']:.0f} s: every UI has content")
         if stop_after_start:
@@ -435,13 +566,18 @@ def run_local_stack(
         while all(child.process.poll() is None for child in children):
             time.sleep(1.0)
         exited = [c for c in children if c.process.poll() is not None]
-        raise RuntimeError(f"{exited[0].name} exited with code {exited[0].process.returncode}; "
-                           f"see {exited[0].log_path}")
+        raise RuntimeError(
+            f"{exited[0].name} exited with code {exited[0].process.returncode}; "
+            f"see {exited[0].log_path}"
+        )
     except KeyboardInterrupt:
         progress("stopping")
         return timings
     finally:
-        stop_children(children)
+        # A second Ctrl-C must not cut the orderly stop short (or print a traceback).
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+        stop_stack(children, progress, clients[0].fail_unfinished_runs if clients else None)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 

@@ -198,7 +198,7 @@ def plan_shards(settings: Settings, services: Sequence[str] | None = None) -> li
 
 
 def training_history(settings: Settings, services: Sequence[str], end: datetime,
-                     days: int) -> pd.DataFrame:
+                     days: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The training set: 5-minute target history from the feature store, anomalies removed.
 
     Args:
@@ -208,7 +208,8 @@ def training_history(settings: Settings, services: Sequence[str], end: datetime,
         days: Window length in days.
 
     Returns:
-        Long frame ``service, ts, requests`` (rows flagged as anomalies are dropped).
+        ``(history, flagged)``: long frames ``service, ts, requests`` of the rows kept for
+        training and of the rows dropped because the anomaly stage flagged them.
 
     Raises:
         ValueError: If the feature store has no rows for a service.
@@ -217,16 +218,22 @@ def training_history(settings: Settings, services: Sequence[str], end: datetime,
 
     end_ts = pd.Timestamp(end)
     history = model_inputs(settings, list(services), end_ts - pd.Timedelta(days=days), end_ts)
-    history = _drop_anomalies(settings, history)
+    history, flagged = _split_anomalies(settings, history)
     missing = sorted(set(services) - set(history[SERVICE]))
     if missing:
         raise ValueError(f"no training rows in the feature store for service(s) {missing} "
                          f"between {end_ts - pd.Timedelta(days=days)} and {end_ts}")
-    return history.sort_values([SERVICE, TS]).reset_index(drop=True)
+    return history.sort_values([SERVICE, TS]).reset_index(drop=True), flagged
 
 
 def _drop_anomalies(settings: Settings, history: pd.DataFrame) -> pd.DataFrame:
     """Remove points the anomaly stage flagged (they would teach the model incidents)."""
+    return _split_anomalies(settings, history)[0]
+
+
+def _split_anomalies(settings: Settings,
+                     history: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split history into ``(kept, flagged)`` by the points the anomaly stage flagged."""
     from serving.store import ScheduleStore
 
     store = ScheduleStore(settings.schedule_db)
@@ -235,11 +242,13 @@ def _drop_anomalies(settings: Settings, history: pd.DataFrame) -> pd.DataFrame:
                for a in store.anomalies(str(service), start.to_pydatetime(), end.to_pydatetime())
                if a.is_anomaly]
     if not flagged:
-        return history
+        return history, history.iloc[:0]
     marks = pd.DataFrame(flagged, columns=[SERVICE, TS])
     marks[TS] = marks[TS].dt.floor(f"{settings.step_minutes}min").astype(history[TS].dtype)
     merged = history.merge(marks.drop_duplicates().assign(_flag=True), on=[SERVICE, TS], how="left")
-    return merged[merged["_flag"].isna()].drop(columns="_flag")
+    is_flagged = merged["_flag"].notna()
+    merged = merged.drop(columns="_flag")
+    return merged[~is_flagged], merged[is_flagged]
 
 
 def train_shard(settings: Settings, services: Sequence[str], reason: str = "schedule",
@@ -266,7 +275,7 @@ def train_shard(settings: Settings, services: Sequence[str], reason: str = "sche
     services = [validate_service_name(s) for s in services]
     config = TrainingConfig.from_params(settings)
     end = resolve_as_of(settings, as_of)
-    history = training_history(settings, services, end, config.history_days)
+    history, flagged = training_history(settings, services, end, config.history_days)
     configure_mlflow(settings)
 
     results: list[ServiceResult] = []
@@ -288,6 +297,7 @@ def train_shard(settings: Settings, services: Sequence[str], reason: str = "sche
             results.append(_register_service(
                 settings, service, family, fitted[family], errors.loc[service].to_dict(),
                 backtests[family][0], history, config, reason, parent.info.run_id,
+                flagged_points(flagged, service, backtests[family][0]),
             ))
             if progress:
                 r = results[-1]
@@ -305,7 +315,7 @@ def train_shard(settings: Settings, services: Sequence[str], reason: str = "sche
 def _register_service(settings: Settings, service: str, family: str, model: Forecaster,
                       errors_by_family: dict[str, float], forecasts: pd.DataFrame,
                       history: pd.DataFrame, config: TrainingConfig, reason: str,
-                      parent_run_id: str) -> ServiceResult:
+                      parent_run_id: str, anomalies: pd.DataFrame) -> ServiceResult:
     own = forecasts[forecasts[SERVICE] == service]
     scores = score_forecasts(own, config.quantiles)
     error = float(scores[ERROR_METRIC].mean())
@@ -317,7 +327,7 @@ def _register_service(settings: Settings, service: str, family: str, model: Fore
         for column in scores.columns:
             if column not in ("fold", SERVICE, "train_end", "n"):
                 mlflow.log_metric(f"backtest_{column}", float(scores[column].mean()))
-        plot = _forecast_plot(own, service, family, flagged_points(settings, service, own))
+        plot = _forecast_plot(own, service, family, anomalies)
         mlflow.log_figure(plot, "forecast_vs_actual.png")
         mlflow.log_text(own.to_csv(index=False), "backtest_forecasts.csv")
         _log_explanation(model, history[history[SERVICE] == service])
@@ -387,15 +397,23 @@ def _factory(family: str, config: TrainingConfig) -> Callable[[], Forecaster]:
     return functools.partial(cls, **kwargs)
 
 
-def flagged_points(settings: Settings, service: str, forecasts: pd.DataFrame) -> pd.DataFrame:
-    """Anomalies flagged in the span of a backtest frame (``ts``, ``y``), for the plots."""
-    from serving.store import ScheduleStore
+def flagged_points(flagged: pd.DataFrame, service: str, forecasts: pd.DataFrame) -> pd.DataFrame:
+    """The service's flagged points in the span of the last backtest fold (the plotted one).
 
-    store = ScheduleStore(settings.schedule_db)
-    start, end = forecasts[TS].min(), forecasts[TS].max() + pd.Timedelta(seconds=1)
-    marks = [pd.Timestamp(a.ts) for a in store.anomalies(service, start.to_pydatetime(),
-                                                         end.to_pydatetime()) if a.is_anomaly]
-    return forecasts[forecasts[TS].isin(marks)][[TS, "y"]]
+    Args:
+        flagged: Rows dropped from training as anomalies (``service, ts, requests``), with the
+            values they had; the backtest frame has no row at those times.
+        service: The plotted service.
+        forecasts: Backtest forecasts (``fold, service, ts, y, ...``).
+
+    Returns:
+        Frame ``ts, y`` for the plot.
+    """
+    own = forecasts[forecasts[SERVICE] == service]
+    last = own[own["fold"] == own["fold"].max()]
+    points = flagged[(flagged[SERVICE] == service) & flagged[TS].between(last[TS].min(),
+                                                                         last[TS].max())]
+    return points[[TS, TARGET]].rename(columns={TARGET: "y"})
 
 
 def _forecast_plot(forecasts: pd.DataFrame, service: str, family: str,

@@ -20,7 +20,7 @@ from pipelines.anomalies import (
 )
 from pipelines.features import apply_features, update_offline_features
 from pipelines.telemetry import write_telemetry
-from pipelines.training import _drop_anomalies
+from pipelines.training import _drop_anomalies, _split_anomalies, flagged_points
 from serving.store import ScheduleStore
 
 pytestmark = pytest.mark.slow
@@ -80,6 +80,16 @@ def test_detector_is_trained_registered_and_scores_new_telemetry(settings, fleet
     kept = _drop_anomalies(settings, history)
     assert len(kept) == len(history) - flagged_anywhere
     assert not kept[(kept[SERVICE] == "checkout") & (kept[TS] == spike_at)].shape[0]
+
+    # The forecast plot marks the dropped points at the values they had (the spike).
+    _, dropped = _split_anomalies(settings, history)
+    last_fold = history[history[TS] >= spike_at - pd.Timedelta(hours=1)].assign(fold=2)
+    backtest = pd.concat([history.assign(fold=1), last_fold]).rename(columns={REQUESTS: "y"})
+    points = flagged_points(dropped, "checkout", backtest)
+    at_spike = history[(history[SERVICE] == "checkout") & (history[TS] == spike_at)]
+    assert spike_at in set(points[TS])
+    assert points.loc[points[TS] == spike_at, "y"].item() == at_spike[REQUESTS].item()
+    assert points[TS].min() >= last_fold[TS].min()  # only the plotted (last) fold
 
 
 def test_backtest_counts_misses_and_false_alarms(settings, make_fleet) -> None:

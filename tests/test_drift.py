@@ -65,18 +65,26 @@ def test_unshifted_fleet_does_not_drift(fleet: pd.DataFrame, tmp_path: Path) -> 
     assert (tmp_path / "r.html").stat().st_size > 10_000
 
 
-def test_shifted_service_drifts_alone(fleet: pd.DataFrame) -> None:
+def test_shifted_service_drifts_alone(fleet: pd.DataFrame, tmp_path: Path) -> None:
     reference, current = _windows(fleet, END)
-    drifted, share = detect_data_drift(reference, _shift(current, SHIFTED, 2.0), _config())
+    report = tmp_path / "report.html"
+    drifted, share = detect_data_drift(reference, _shift(current, SHIFTED, 2.0), _config(), report)
     assert set(drifted) == {SHIFTED}
     assert {"requests", "cpu"} <= set(drifted[SHIFTED])
     assert 0.0 < share < 1.0
+    # One section per service, judged by the monitor's rule: the report says what was decided.
+    page = report.read_text()
+    assert page.count("Dataset Drift is detected") == 1
+    assert page.count("Dataset Drift is NOT detected") == 1
 
 
 def test_forecast_error_check_flags_only_the_degraded_service(fleet: pd.DataFrame) -> None:
     actual = fleet[fleet["ts"] >= END - pd.Timedelta(days=2)]
-    steps = actual.assign(ts=actual["ts"].dt.floor("5min")).groupby(
-        ["service", "ts"], as_index=False)["requests"].mean()
+    steps = (
+        actual.assign(ts=actual["ts"].dt.floor("5min"))
+        .groupby(["service", "ts"], as_index=False)["requests"]
+        .mean()
+    )
     recent = steps[steps["ts"] >= END - pd.Timedelta(days=1)]
     good = recent[recent["service"] == STEADY].assign(p50=lambda f: f["requests"] * 1.01)
     bad = recent[recent["service"] == SHIFTED].assign(p50=lambda f: f["requests"] * 3.0)
@@ -117,10 +125,16 @@ def test_cooldown_suppresses_a_second_announcement_but_not_a_rerun() -> None:
 
 def test_retrain_trigger_reason() -> None:
     extras = [{"services": ["b"], "report": "/r1.html"}, {"services": ["a", "b"], "report": "/r2"}]
-    assert resolve_retrain_trigger(extras) == {"reason": "drift", "services": ["a", "b"],
-                                               "report": "/r2"}
-    assert resolve_retrain_trigger([], {}) == {"reason": "schedule", "services": None,
-                                               "report": None}
+    assert resolve_retrain_trigger(extras) == {
+        "reason": "drift",
+        "services": ["a", "b"],
+        "report": "/r2",
+    }
+    assert resolve_retrain_trigger([], {}) == {
+        "reason": "schedule",
+        "services": None,
+        "report": None,
+    }
     manual = resolve_retrain_trigger([], {"reason": "drift", "services": ["a"], "report": "/x"})
     assert manual == {"reason": "drift", "services": ["a"], "report": "/x"}
     with pytest.raises(ValueError, match="reason"):
@@ -153,6 +167,10 @@ def test_monitor_writes_report_logs_mlflow_and_honours_cooldown(
     assert result["checked_services"] == [SHIFTED, STEADY]
     assert "requests" in result["data_drift"][SHIFTED] and SHIFTED in result["reason"]
     assert Path(result["report"]).is_file() and drift_found(path)
+    page = Path(result["report"]).read_text()
+    body = page[page.index("<body>") :]  # the decision, then Evidently's sections
+    assert body.index("Forescale drift decision") < body.index('<div id="root_metric')
+    assert f"Drift detected in 1 of 2 services ({SHIFTED}): a retrain is triggered" in page
     extra = drift_event_extra(path)
     assert extra["services"] == [SHIFTED] and extra["report"] == result["report"]
 
@@ -160,14 +178,18 @@ def test_monitor_writes_report_logs_mlflow_and_honours_cooldown(
     run = client.get_run(result["mlflow_run_id"])
     assert run.data.metrics["drifted_services"] == 1.0
     assert [a.path for a in client.list_artifacts(run.info.run_id, "drift")] == [
-        "drift/report.html"]
+        "drift/report.html"
+    ]
 
     assert json.loads(run_drift_monitor(settings, end=END).read_text())["drifted_services"] == [
-        SHIFTED]  # a rerun of the same window gives the same answer
+        SHIFTED
+    ]  # a rerun of the same window gives the same answer
     an_hour_later = json.loads(
-        run_drift_monitor(settings, end=END + pd.Timedelta(hours=1)).read_text())
+        run_drift_monitor(settings, end=END + pd.Timedelta(hours=1)).read_text()
+    )
     assert an_hour_later["drifted_services"] == []
     assert an_hour_later["suppressed_services"] == [SHIFTED]
-    assert not drift_found(path.parent.parent / partition_name(END + pd.Timedelta(hours=1))
-                           / "result.json")
+    assert not drift_found(
+        path.parent.parent / partition_name(END + pd.Timedelta(hours=1)) / "result.json"
+    )
     assert np.isfinite(an_hour_later["fleet_drift_share"])
