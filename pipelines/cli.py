@@ -309,12 +309,43 @@ def bench_forecast(
             help="Score on the training data only (how settings are chosen); ignores the tests."
         ),
     ] = False,
+    params: Annotated[
+        Path | None,
+        typer.Option("--params", help="Params file whose forecasters the ops traces measure "
+                                      "(default: the repo's params.yaml)."),
+    ] = None,
+    m4_params: Annotated[
+        Path | None,
+        typer.Option("--m4-params", help="Params file whose forecasters M4 measures "
+                                         "(default: benchmarks/profiles/m4.yaml)."),
+    ] = None,
+    report: Annotated[
+        Path | None, typer.Option(help="Write the Markdown report (e.g. docs/benchmarks/forecast.md).")
+    ] = None,
+    from_json: Annotated[
+        Path | None,
+        typer.Option(help="Only write --report from the JSON of an earlier run (no benchmark)."),
+    ] = None,
 ) -> None:
-    """M4 Hourly and ops-trace forecasting benchmark."""
-    from benchmarks.forecast import run_forecast_bench
+    """M4 Hourly and ops-trace forecasting benchmark of the forecasters a params file configures."""
+    import json
+
+    from benchmarks.forecast import M4_PARAMS, OPS_PARAMS, report_document, run_forecast_bench
 
     _settings()
-    run_forecast_bench(data, json_path, forecasts, quick=quick, training_part=training_part)
+    if from_json is not None:
+        if report is None:
+            raise typer.BadParameter("--from-json needs --report FILE")
+        try:
+            document = report_document(json.loads(from_json.read_text()))
+        except (OSError, ValueError, KeyError) as err:
+            raise typer.BadParameter(f"{from_json}: not a bench forecast JSON ({err})") from err
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text(document)
+        return
+    run_forecast_bench(data, json_path, forecasts, quick=quick, training_part=training_part,
+                       params_file=params or OPS_PARAMS, m4_params_file=m4_params or M4_PARAMS,
+                       report_path=report)
 
 
 @bench_app.command("replay")
