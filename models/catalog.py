@@ -65,7 +65,9 @@ def forecaster_factory(
             family does not take, or a value it refuses.
     """
     if family not in MODEL_FAMILIES:
-        raise ValueError(f"{where}: unknown model family {family!r}; known: {sorted(MODEL_FAMILIES)}")
+        raise ValueError(
+            f"{where}: unknown model family {family!r}; known: {sorted(MODEL_FAMILIES)}"
+        )
     cls = MODEL_FAMILIES[family]
     kwargs = dict(params or {})
     accepted = inspect.signature(cls).parameters
@@ -100,7 +102,7 @@ def _member_factories(
             family = spec[FAMILY_KEY]
             settings = {k: v for k, v in spec.items() if k != FAMILY_KEY}
         else:
-            raise ValueError(
+            raise ValueError(  # noqa: TRY004 - a bad params file is bad input
                 f"{where}.members.{name}: need a family name or {{family: NAME, ...}}, got {spec!r}"
             )
         if family == EnsembleForecaster.name:
@@ -136,7 +138,9 @@ def family_factories(
         )
     model_params = training.get("model_params") or {}
     if not isinstance(model_params, Mapping):
-        raise ValueError(f"{where}.model_params must be a mapping, got {model_params!r}")
+        raise ValueError(  # noqa: TRY004 - a bad params file is bad input
+            f"{where}.model_params must be a mapping, got {model_params!r}"
+        )
     quantiles = tuple(float(q) for q in training.get("quantiles", (0.5, 0.9)))
     return {
         family: forecaster_factory(

@@ -241,9 +241,7 @@ class EnsembleForecaster(Forecaster):
         )
         return {str(s): float(r) for s, r in zip(sums.index, ratios, strict=True)}
 
-    def _fit_members(
-        self, history: pd.DataFrame, target: str, season: int
-    ) -> EnsembleForecaster:
+    def _fit_members(self, history: pd.DataFrame, target: str, season: int) -> EnsembleForecaster:
         """Weight (backtest or fixed weights) and fit the members on ``history``."""
         self.horizon_ = self.backtest_horizon or season
         self.history_ = None
@@ -310,6 +308,26 @@ class EnsembleForecaster(Forecaster):
         else:
             self.history_ = long_history  # fold models forecast from the full history
         return self
+
+    def leading_member(self, service: str) -> tuple[str, Forecaster] | None:
+        """The fitted member with the most weight for ``service`` over the day (its last bucket).
+
+        Args:
+            service: A service the ensemble was fitted on.
+
+        Returns:
+            ``(member name, model)``, or ``None`` when the service is forecast by the seasonal
+            naive fallback (a short history or the guard) or only the naive member has weight.
+        """
+        if service in self.guarded_services_ or self.weights_.empty:
+            return None
+        own = self.weights_[(self.weights_[SERVICE].astype(str) == service)]
+        own = own[(own["bucket"] == own["bucket"].max()) & (own["member"] != NAIVE)]
+        own = own[own["weight"] > 0].sort_values("weight", ascending=False, kind="stable")
+        for member in own["member"]:
+            if member in self.fitted_:
+                return str(member), self.fitted_[member]
+        return None
 
     def _check_weights(
         self, weights: Mapping[str, float | Sequence[float]], n_buckets: int

@@ -58,7 +58,9 @@ def check_steps(value: Steps, name: str) -> Steps:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | str):
-        raise ValueError(f"{name} must be a step count or a duration such as '1h', got {value!r}")
+        raise ValueError(  # noqa: TRY004 - settings come from a params file: bad input
+            f"{name} must be a step count or a duration such as '1h', got {value!r}"
+        )
     if isinstance(value, int):
         if value < 1:
             raise ValueError(f"{name} must be at least 1 step, got {value}")

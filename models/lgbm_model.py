@@ -21,14 +21,14 @@ from core.schema import SERVICE, TARGET, TS, quantile_column
 from models.base import DEFAULT_QUANTILES, Forecaster, infer_step
 from models.features import (
     DAY,
+    Steps,
     Y,
     build_features,
     check_quantiles,
+    check_steps,
     finalize_quantiles,
     future_timestamps,
     prepare_history,
-    Steps,
-    check_steps,
     robust_clip,
     season_steps_for,
     steps_of,

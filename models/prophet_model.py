@@ -22,8 +22,8 @@ from models.base import DEFAULT_QUANTILES, Forecaster, infer_step
 from models.features import (
     DAY,
     FILLED,
-    Y,
     Steps,
+    Y,
     check_quantiles,
     check_steps,
     finalize_quantiles,

@@ -231,11 +231,17 @@ def pipeline_run(
     source: Annotated[Path | None, typer.Option(help="Folder of telemetry files instead.")] = None,
     step_minutes: Annotated[int, typer.Option(help="Synthetic resolution.")] = 1,
     seed: Annotated[int, typer.Option(help="Synthetic seed.")] = 42,
+    json_path: Annotated[
+        Path | None,
+        typer.Option("--json", help="Write per service: family, version, backtest error, "
+                                    "promoted, peak replicas."),
+    ] = None,
 ) -> None:
     """Run ingest -> validate -> features -> train -> schedule -> publish once and summarise."""
+    import json
     import time
 
-    from pipelines.run import run_pipeline
+    from pipelines.run import run_pipeline, summary_records
 
     settings = _settings()
     began = time.perf_counter()
@@ -255,6 +261,10 @@ def pipeline_run(
                       f"{s.backtest_error:.3f}", str(s.peak_replicas),
                       f"v{s.schedule_version}" if s.schedule_version else "not published")
     out.print(table)
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(summary_records(summaries), indent=2))
+        out.print(f"summary: {json_path}")
 
 
 # --------------------------------------------------------------------------- serving and stack
