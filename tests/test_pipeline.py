@@ -59,6 +59,21 @@ def test_every_service_gets_a_champion_and_a_served_schedule(pipeline_home) -> N
         assert summary.backtest_error > 0
 
 
+def test_the_run_summary_records_what_pipeline_run_json_writes(pipeline_home) -> None:
+    from pipelines.run import summary_records
+
+    settings, summaries = pipeline_home
+    records = json.loads(json.dumps(summary_records(summaries)))
+    configure_mlflow(settings)
+    for record, summary in zip(records, summaries, strict=True):
+        assert set(record) == {"service", "family", "version", "backtest_error", "promoted",
+                               "peak_replicas"}
+        assert record["family"] == summary.family and record["promoted"] is True
+        assert f"{record['version']}" == champion(record["service"]).version
+        assert record["backtest_error"] == pytest.approx(summary.backtest_error)
+        assert record["peak_replicas"] == summary.peak_replicas >= 1
+
+
 def test_the_published_schedule_comes_with_an_explanation_in_words(pipeline_home) -> None:
     settings, summaries = pipeline_home
     version, explanation = ScheduleStore(settings.schedule_db).get_explanation(summaries[0].service)
