@@ -1,6 +1,10 @@
-"""`forescale bench forecast`: accuracy, coverage, time and memory of every forecaster.
+"""`forescale bench forecast`: accuracy, coverage, time and memory of the product's forecasters.
 
-A benchmark, not a test. Two protocols on public data found under ``data_dir`` (file names and
+A benchmark, not a test. The forecasters are the product's own, built by
+:func:`models.catalog.family_factories` from a complete params file: every family of its
+``training.models`` with its ``training.model_params`` (ops traces: the repo's ``params.yaml``,
+what the product runs, or ``--params FILE``; M4: the ``benchmarks/profiles/m4.yaml`` profile, or
+``--m4-params FILE``). Two protocols on public data found under ``data_dir`` (file names and
 series ids are discovered, never assumed):
 
 1. **M4 Hourly** (every ``m4_hourly/*train*.csv`` with its ``*test*.csv``; long ``unique_id, ds,
@@ -18,8 +22,10 @@ series ids are discovered, never assumed):
    reads the future, the hourly level oracle (each hour forecast as its actual median), shows
    how much of the score is the level and how much the shape inside the hour.
 
-Settings were chosen by backtests on training data only (M4: the last 48 hours of each training
-series; ops: the 80 % before each test period), never on test windows.
+Settings are chosen on training data only (``--training-part``; M4: the last 48 hours of each
+training series; ops: the 80 % before each test period, compared across trace sources), never
+on test windows. :func:`report_document` renders a run's JSON as the Markdown page
+``docs/benchmarks/forecast.md`` (``--report``).
 
 Wall time and peak memory (resident set of this process and its children, sampled every 20 ms,
 above the level before the method started) are measured per method in the same run.

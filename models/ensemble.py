@@ -20,8 +20,8 @@ yesterday": the members are fitted on the history before the last ``guard_window
 ``guard_horizon`` steps, the combination forecasts each window from the history before it
 (rolling origin, strictly past data), and a service whose combined MAE over the windows exceeds
 ``guard_max_ratio`` x the seasonal naive's MAE on the same steps is forecast by the seasonal
-naive. The fitted members then forecast every other service from the full history (no refit:
-the guard costs forecasts, not fits).
+naive. The members are then refitted on the full history (``guard_refit``), or the guard's
+members forecast from it (a day staler, half the fits).
 """
 
 from __future__ import annotations
@@ -92,6 +92,8 @@ class EnsembleForecaster(Forecaster):
         guard_horizon: Steps (or a duration, ``"1D"``) per guard window (default: one season).
         guard_max_ratio: A service whose combined MAE over the guard windows exceeds this many
             times the seasonal naive's MAE is forecast by the seasonal naive.
+        guard_refit: Refit the members on the whole history after the guard (else the members
+            fitted before the guard windows forecast from the whole history).
 
     Attributes:
         guard_ratios_: Per service, combined MAE / seasonal-naive MAE over the guard windows.
@@ -123,6 +125,7 @@ class EnsembleForecaster(Forecaster):
         guard_windows: int = 0,
         guard_horizon: Steps = None,
         guard_max_ratio: float = 1.0,
+        guard_refit: bool = True,
     ) -> None:
         if guard_windows < 0 or not guard_max_ratio > 0:
             raise ValueError(
@@ -132,6 +135,7 @@ class EnsembleForecaster(Forecaster):
         self.guard_windows = int(guard_windows)
         self.guard_horizon = check_steps(guard_horizon, "guard_horizon")
         self.guard_max_ratio = float(guard_max_ratio)
+        self.guard_refit = guard_refit
         if combine not in COMBINES:
             raise ValueError(f"combine must be one of {COMBINES}, got {combine!r}")
         self.combine = combine
@@ -195,11 +199,18 @@ class EnsembleForecaster(Forecaster):
             return self
         self.history_ = long_history
         self.guard_ratios_ = self._guard_ratios(long_history, window, step)
-        self.guarded_services_ = sorted(
+        guarded = sorted(
             service
             for service, ratio in self.guard_ratios_.items()
             if not ratio <= self.guard_max_ratio
         )
+        if self.guard_refit:
+            self._fit_members(history, target, season)
+            refitted = set(self.weights_[SERVICE].astype(str)) if not self.weights_.empty else set()
+            # A service long enough only with the guard windows was never checked: naive too.
+            guarded = sorted(set(guarded) | (refitted - set(self.guard_ratios_)))
+            self.history_ = history[history[SERVICE].astype(str).isin(refitted)]
+        self.guarded_services_ = guarded
         return self
 
     def _guard_ratios(
