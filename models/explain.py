@@ -42,6 +42,11 @@ FEATURE_LABELS: dict[str, str] = {
     "dev_season": "change vs yesterday",
     "dev_week": "change vs last week",
     "log_scale": "service size",
+    "season_change": "usual change from now to then (daily shape)",
+    "median_short": "recent median level",
+    "ewm_3": "smoothed level (span 3 steps)",
+    "ewm_12": "smoothed level (span 12 steps)",
+    "ewm_48": "smoothed level (span 48 steps)",
     "minute_of_day": "time of day",
     "day_of_week": "day of week",
 }
