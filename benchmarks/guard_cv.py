@@ -87,6 +87,8 @@ def trace_forecasts(path: Path, params_file: Path, n_origins: int) -> pd.DataFra
                 forecasts[name] = member.predict(steps_day, (0.5,), history=history)
             for name, forecast in forecasts.items():
                 rows.append(forecast.assign(member=name, origin=origin, window=window))
+    if not rows:  # too short for a daily origin with a day before it
+        return pd.DataFrame(columns=[SERVICE, TS, "p50", "member", "origin", "window", "y"])
     out = pd.concat(rows, ignore_index=True)
     return out.merge(frame.rename(columns={"requests": "y"}), on=[SERVICE, TS], how="left")
 
@@ -102,6 +104,8 @@ def guarded_scores(forecasts: pd.DataFrame, ratios: tuple[float, ...]) -> dict[s
         ``{"<ratio>": relative MAE}`` over the origins that have a guard day before them.
     """
     scored = forecasts.dropna(subset=["y"])
+    if scored.empty:
+        return {}
     errors = (
         scored.assign(abs_error=(scored["y"] - scored["p50"]).abs())
         .groupby(["member", "origin", "window"])["abs_error"]
