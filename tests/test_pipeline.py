@@ -134,6 +134,27 @@ def test_the_holt_winters_family_trains_registers_and_forecasts(pipeline_home, t
     assert len(forecast) == 12 and (forecast["p90"] >= forecast["p50"]).all()
 
 
+def test_the_params_ensemble_trains_registers_forecasts_and_explains(pipeline_home,
+                                                                     tmp_path) -> None:
+    settings, _ = pipeline_home
+    from models.explain import explain_peaks
+    from pipelines.training import train_shard
+
+    ens = copy_of(settings, tmp_path, training={**FAST_TRAINING, "models": ["ensemble"]})
+    result = json.loads(train_shard(ens, ["search"], reason="drift").read_text())
+    row = result["services"][0]
+    assert row["family"] == "ensemble" and row["backtest_error"] > 0
+    configure_mlflow(ens)
+    model = load_version(f"forescale-search/{row['version']}")
+    assert set(model.members) == {"short", "lightgbm", "lightgbm_log", "naive"}
+    assert model.guard_windows == 1 and set(model.guard_ratios_) <= {"search"}
+    forecast = model.predict(24, (0.5, 0.9))
+    assert len(forecast) == 24 and (forecast["p90"] >= forecast["p50"]).all()
+    schedule = forecast.assign(replicas=3, forecast_p90=forecast["p90"])
+    explained = explain_peaks(model, model.history_, schedule, n_peaks=1)
+    assert explained["family"] == "ensemble" and explained["peaks"][0]["drivers"]
+
+
 def _served(
     settings: Settings, label: str, issued: pd.Timestamp, actual: pd.DataFrame, factor: float
 ) -> None:
