@@ -1,6 +1,10 @@
-"""`forescale bench forecast`: accuracy, coverage, time and memory of every forecaster.
+"""`forescale bench forecast`: accuracy, coverage, time and memory of the product's forecasters.
 
-A benchmark, not a test. Two protocols on public data found under ``data_dir`` (file names and
+A benchmark, not a test. The forecasters are the product's own, built by
+:func:`models.catalog.family_factories` from a complete params file: every family of its
+``training.models`` with its ``training.model_params`` (ops traces: the repo's ``params.yaml``,
+what the product runs, or ``--params FILE``; M4: the ``benchmarks/profiles/m4.yaml`` profile, or
+``--m4-params FILE``). Two protocols on public data found under ``data_dir`` (file names and
 series ids are discovered, never assumed):
 
 1. **M4 Hourly** (every ``m4_hourly/*train*.csv`` with its ``*test*.csv``; long ``unique_id, ds,
@@ -18,8 +22,10 @@ series ids are discovered, never assumed):
    reads the future, the hourly level oracle (each hour forecast as its actual median), shows
    how much of the score is the level and how much the shape inside the hour.
 
-Settings were chosen by backtests on training data only (M4: the last 48 hours of each training
-series; ops: the 80 % before each test period), never on test windows.
+Settings are chosen on training data only (``--training-part``; M4: the last 48 hours of each
+training series; ops: the 80 % before each test period, compared across trace sources), never
+on test windows. :func:`report_document` renders a run's JSON as the Markdown page
+``docs/benchmarks/forecast.md`` (``--report``).
 
 Wall time and peak memory (resident set of this process and its children, sampled every 20 ms,
 above the level before the method started) are measured per method in the same run.
@@ -42,19 +48,20 @@ import numpy as np
 import pandas as pd
 import psutil
 
+from core.params import section
 from core.schema import SERVICE, TS
+from core.settings import REPO_ROOT
 from models.base import Forecaster
-from models.ensemble import NAIVE, EnsembleForecaster
-from models.holt_winters import DoubleSeasonalHoltWintersForecaster
-from models.lgbm_model import LightGBMForecaster
+from models.catalog import family_factories
 from models.metrics import coverage, mape, mase, relative_mae, smape
 from models.naive import SeasonalNaiveForecaster, naive2_path, seasonal_naive_path
-from models.prophet_model import ProphetForecaster
 
 M4_HORIZON = 48
 M4_SEASON = 24
 OPS_STEP = pd.Timedelta(minutes=5)
-OPS_HISTORY_CAP = pd.Timedelta(days=28)
+OPS_HISTORY_CAP = pd.Timedelta(days=28)  # the protocol's history window (training.history_days)
+OPS_PARAMS = REPO_ROOT / "params.yaml"
+M4_PARAMS = REPO_ROOT / "benchmarks" / "profiles" / "m4.yaml"
 OPS_TEST_SHARE = 0.2
 FORECAST_COLUMNS = ["dataset", "series", "ds", "method", "horizon_step", "y", "p50", "p90"]
 LEVEL_ORACLE = "Level oracle (knows each hour's median)"
@@ -190,134 +197,34 @@ def load_trace(path: Path) -> pd.Series:
 
 
 # --------------------------------------------------------------------------- methods
-def m4_methods(quick: bool) -> dict[str, Callable[[], Forecaster]]:
-    """Forecaster factories scored on M4 (settings chosen on the training part, see docs)."""
-    lgbm_options: dict[str, Any] = {
-        "max_horizon": M4_HORIZON,
-        "use_calendar": False,
-        "anchor": "mean",
-        "num_leaves": 127,
-        "n_seasonal_lags": 7,
-        "n_recent_lags": 24,
-        "samples_per_series": 600 if quick else 1000,
-        "n_estimators": 150 if quick else 300,
-        "num_threads": 1,  # OpenMP spinning on an oversubscribed 2-core box costs more
-    }
+def bench_methods(params_file: Path) -> dict[str, Callable[[], Forecaster]]:
+    """The product's forecasters as a params file configures them (``training.models``).
 
-    def lightgbm() -> Forecaster:
-        return LightGBMForecaster(**lgbm_options)
+    Built by :func:`models.catalog.family_factories`, the way training builds them. The naive
+    family is the seasonal-naive yardstick every protocol scores anyway, so it is left out.
 
-    def prophet() -> Forecaster:
-        return ProphetForecaster(n_jobs=2)
+    Args:
+        params_file: A complete params file (the repo's ``params.yaml`` or a profile).
 
-    def lightgbm_log() -> Forecaster:
-        return LightGBMForecaster(**{**lgbm_options, "target_transform": "log"})
+    Returns:
+        ``{family: factory}``.
 
-    def point_member(**overrides: Any) -> Callable[[], Forecaster]:
-        options = {**lgbm_options, **overrides, "quantiles": (0.5,)}
-        return lambda: LightGBMForecaster(**options)
-
-    def ensemble() -> Forecaster:
-        # The median of five: LightGBM anchored on the daily profile and on last week, each on
-        # y and on log1p(y), and a double-seasonal Holt-Winters on log1p(y) (training part:
-        # OWA 0.388 against 0.399 for the equal mean of the four trees, and better on two
-        # earlier 48-hour windows too, see README). The Holt-Winters alone is far weaker (0.525)
-        # and drags a mean, but a median moves toward it only as far as the next tree.
-        # No backtest: its fleet weights did no better than equal ones and doubled the cost. The
-        # p90 is the combined median plus the spread of the two daily-anchored members.
-        members = {
-            "lightgbm": lightgbm,
-            "lightgbm_log": lightgbm_log,
-            "lightgbm_week": point_member(anchor="week"),
-            "lightgbm_week_log": point_member(anchor="week", target_transform="log"),
-            "holt_winters": DoubleSeasonalHoltWintersForecaster,
-        }
-        return EnsembleForecaster(
-            members=members,
-            weights=dict.fromkeys(members, 1.0),
-            interval_members=["lightgbm", "lightgbm_log"],
-            backtest_horizon=M4_HORIZON,
-            bucket_edges=(),
-            combine="median",
-        )
-
-    return {"Prophet": prophet, "LightGBM": lightgbm, "Forescale ensemble": ensemble}
-
-
-def ops_methods(step: pd.Timedelta, quick: bool) -> dict[str, Callable[[], Forecaster]]:
-    """Forecaster factories for one ops trace (single series, so one model per trace)."""
-    cap = int(OPS_HISTORY_CAP / step)
-    lgbm_options: dict[str, Any] = {
-        "samples_per_series": 3000 if quick else 5000,
-        "n_estimators": 150,
-        "anchor": "last",
-        "min_data_in_leaf": 30,
-        "num_threads": 1,
-        "max_history": cap,
-    }
-
-    def lightgbm() -> Forecaster:
-        return LightGBMForecaster(**lgbm_options)
-
-    def prophet() -> Forecaster:
-        return ProphetForecaster(max_history=cap)
-
-    def ensemble() -> Forecaster:
-        # A weighted median of a short-horizon model (horizons up to 1 h, smoothed-level
-        # features, small regularised trees; weight 2 in the first hour, 0 after), the two day
-        # models (LightGBM with the same features on y and on log1p(y)) and seasonal naive
-        # (weight 1 each). The median keeps the first hour's half-short, half-day-model balance
-        # and lets yesterday's value outvote a day model that drifted (training part, both
-        # splits: 1 h 0.588 / 0.631 against 0.588 / 0.655 for the weighted mean without
-        # seasonal naive, 24 h 0.729 / 0.752 against 0.734 / 0.799; see README).
-        # The p90 is the combined median plus the first day model's spread, calibrated on three
-        # held-out days 12 h apart. Fixed weights: one trace per fit, so backtest weights rest
-        # on one day of that trace (they did worse than LightGBM alone).
-        hour = max(1, int(pd.Timedelta(hours=1) / step))
-        # max_growth: no forecast above twice the largest value of the 28 days it comes from
-        # (the log1p member once forecast 90x the maximum of a disk-bytes trace).
-        smooth = {**lgbm_options, "smooth_features": True, "max_growth": 2.0}
-        members: dict[str, Callable[[], Forecaster]] = {
-            "short": lambda: LightGBMForecaster(
-                **{
-                    **smooth,
-                    "max_horizon": hour,
-                    "num_leaves": 15,
-                    "min_data_in_leaf": 100,
-                    "quantiles": (0.5,),
-                }
-            ),
-            "lightgbm": lambda: LightGBMForecaster(
-                **smooth,
-                calibration_windows=3,
-                calibration_stride=max(1, int(pd.Timedelta(hours=12) / step)),
-            ),
-            "lightgbm_log": lambda: LightGBMForecaster(
-                **smooth, target_transform="log", quantiles=(0.5,)
-            ),
-            NAIVE: SeasonalNaiveForecaster,
-        }
-        return EnsembleForecaster(
-            members=members,
-            weights={
-                "short": (2.0, 0.0),
-                "lightgbm": (1.0, 1.0),
-                "lightgbm_log": (1.0, 1.0),
-                NAIVE: (1.0, 1.0),
-            },
-            interval_members=["lightgbm"],
-            bucket_edges=(1 / 24,),  # the first hour of a daily season
-            combine="median",
-        )
-
-    return {"Prophet": prophet, "LightGBM": lightgbm, "Forescale ensemble": ensemble}
+    Raises:
+        ValueError: If the file has no valid training section.
+    """
+    factories = family_factories(section(Path(params_file), "training"), where=str(params_file))
+    return {family: f for family, f in factories.items() if family != SeasonalNaiveForecaster.name}
 
 
 # --------------------------------------------------------------------------- M4
 def run_m4(
-    train_path: Path, test_path: Path, quick: bool, training_part: bool = False
+    train_path: Path,
+    test_path: Path,
+    quick: bool,
+    training_part: bool = False,
+    params_file: Path = M4_PARAMS,
 ) -> tuple[list[dict], pd.DataFrame]:
-    """Score sNaive, Naive2 and every method on one M4 pair the M4 way.
+    """Score sNaive, Naive2 and every configured forecaster on one M4 pair the M4 way.
 
     With ``training_part`` the test file is not read: the last 48 hours of each training series
     are the test, the rest the history (how the settings were chosen).
@@ -345,7 +252,7 @@ def run_m4(
                 )
             frame = pd.concat(rows, ignore_index=True)
         forecasts[name] = (frame, meter)
-    for name, factory in m4_methods(quick).items():
+    for name, factory in bench_methods(params_file).items():
         with measure() as meter:
             frame = factory().fit(history).predict(M4_HORIZON)
         frame["horizon_step"] = frame.groupby(SERVICE).cumcount() + 1
@@ -442,9 +349,9 @@ def trace_origins(index: pd.DatetimeIndex) -> tuple[pd.Timestamp, list[pd.Timest
 
 
 def run_trace(
-    path: Path, quick: bool, training_part: bool = False
+    path: Path, quick: bool, training_part: bool = False, params_file: Path = OPS_PARAMS
 ) -> tuple[list[dict], pd.DataFrame]:
-    """Run the ops protocol on one trace for every method.
+    """Run the ops protocol on one trace for every configured forecaster.
 
     With ``training_part`` the protocol runs on the first 80 % of the trace only (its own last
     20 % becoming the test period): the test period is never seen.
@@ -464,7 +371,7 @@ def run_trace(
     frame = frame.dropna(subset=["requests"])
     frame[TS] = frame[TS].astype("datetime64[us, UTC]")
     methods: dict[str, Callable[[], Forecaster]] = {"sNaive": SeasonalNaiveForecaster}
-    methods.update(ops_methods(step, quick))
+    methods.update(bench_methods(params_file))
     rows = []
     meters: dict[str, list[Meter]] = {m: [] for m in methods}
     meters[LEVEL_ORACLE] = []
@@ -631,6 +538,105 @@ def markdown_report(m4: list[dict], ops: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def report_document(report: dict) -> str:
+    """The benchmark's Markdown page from its JSON (what ``--json`` writes).
+
+    The M4 table, the ops summary, and one row per trace with every method's 24 h relative MAE
+    (the figure the issue's robustness target is on), its 1 h figure and the p90 coverage.
+
+    Args:
+        report: The dictionary :func:`run_forecast_bench` returns (or its JSON, read back).
+
+    Returns:
+        The page.
+    """
+
+    def number(value: Any, digits: int = 3) -> str:
+        return _fmt(float("nan") if value is None else value, digits)
+
+    per_trace = pd.DataFrame(report.get("ops_per_trace") or [])
+    ops = [{k: (math.nan if v is None else v) for k, v in r.items()} for r in report["ops"]]
+    m4 = [{k: (math.nan if v is None else v) for k, v in r.items()} for r in report["m4"]]
+    lines = [
+        "# Forecast benchmark",
+        "",
+        "Generated by `forescale bench forecast --report` from the run's JSON; do not edit.",
+        "",
+        (
+            f"- data: {', '.join(f'`{Path(d).name}`' for d in str(report.get('data_dir', '')).split(', '))}"
+            f"{' (quick subset)' if report.get('quick') else ''}"
+            f"{' (training parts only)' if report.get('training_part') else ''}"
+        ),
+        (
+            f"- ops forecasters: `{Path(str(report.get('params_file', 'params.yaml'))).name}`; "
+            f"M4 forecasters: `{Path(str(report.get('m4_params_file', 'm4.yaml'))).name}`"
+        ),
+        f"- wall time: {number(report.get('wall_seconds'), 0)} s",
+        "",
+        markdown_report(m4, ops),
+        "",
+    ]
+    if not per_trace.empty:
+        methods = [m for m in per_trace["method"].unique() if m != "sNaive"]
+        table = per_trace.pivot_table(
+            index="trace", columns="method", values="relative_mae_24h", aggfunc="first"
+        )
+        lines += [
+            "### Ops traces, one row per trace: relative MAE 24 h (1 h in brackets)",
+            "",
+            "Relative MAE against seasonal naive one day earlier over every origin of the trace.",
+            "",
+            "| trace | origins | " + " | ".join(methods) + " |",
+            "|---|---|" + "---|" * len(methods),
+        ]
+        hour = per_trace.pivot_table(
+            index="trace", columns="method", values="relative_mae_1h", aggfunc="first"
+        )
+        origins = per_trace.groupby("trace")["origins"].max()
+        for trace in table.index:
+            cells = [f"{number(table.at[trace, m])} ({number(hour.at[trace, m])})" for m in methods]
+            lines.append(f"| {trace} | {origins[trace]} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def merge_reports(reports: list[dict]) -> dict:
+    """One report from the JSON of runs on parts of the data (e.g. one folder each).
+
+    M4 rows and per-trace rows are concatenated and the ops summary is recomputed over every
+    trace; the wall time is the sum.
+
+    Args:
+        reports: Reports of :func:`run_forecast_bench`, all of the same params files.
+
+    Returns:
+        The merged report.
+
+    Raises:
+        ValueError: If there is no report or they measured different params files.
+    """
+    if not reports:
+        raise ValueError("no report to merge")
+    files = {(r.get("params_file"), r.get("m4_params_file")) for r in reports}
+    if len(files) > 1:
+        raise ValueError(f"the reports measured different params files: {sorted(map(str, files))}")
+    per_trace = [row for r in reports for row in r.get("ops_per_trace") or []]
+    clean = [{k: (math.nan if v is None else v) for k, v in row.items()} for row in per_trace]
+    merged = dict(reports[0])
+    merged.update(
+        {
+            "m4": [row for r in reports for row in r.get("m4") or []],
+            "ops": _json_safe(summarize_ops(pd.DataFrame(clean))) if clean else [],
+            "ops_per_trace": per_trace,
+            "wall_seconds": float(sum(r.get("wall_seconds") or 0.0 for r in reports)),
+            "data_dir": ", ".join(str(r.get("data_dir", "")) for r in reports),
+            "quick": any(r.get("quick") for r in reports),
+            "training_part": any(r.get("training_part") for r in reports),
+        }
+    )
+    return merged
+
+
 def _json_safe(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
@@ -648,6 +654,9 @@ def run_forecast_bench(
     quick: bool = False,
     n_jobs: int = 2,
     training_part: bool = False,
+    params_file: Path = OPS_PARAMS,
+    m4_params_file: Path = M4_PARAMS,
+    report_path: Path | None = None,
 ) -> dict:
     """Run both protocols, print the Markdown table, optionally write JSON and forecasts.
 
@@ -656,12 +665,17 @@ def run_forecast_bench(
             ``cpu_traces/``, ``request_traces/``); missing parts are skipped.
         json_path: Where to write the figures as JSON.
         forecasts_path: Where to write every scored forecast (``.parquet`` or ``.csv``).
-        quick: Smaller run (40 M4 series, 3 origins per trace, lighter models) for smoke tests.
+        quick: Smaller run (40 M4 series, 3 origins per trace) for smoke tests.
         training_part: Run both protocols on the training data only (M4: the last 48 hours of
             each training series as the test; ops: the first 80 % of each trace), the way the
             settings were chosen; the test data is never used.
         n_jobs: Processes running the M4 pairs and ops traces in parallel (each method is
             timed inside them).
+        params_file: The params file whose forecasters the ops protocol runs (default: the
+            repo's ``params.yaml``, what the product runs).
+        m4_params_file: The params file whose forecasters the M4 protocol runs (default: the
+            ``benchmarks/profiles/m4.yaml`` profile).
+        report_path: Where to write the Markdown report (:func:`report_document`).
 
     Returns:
         ``{"m4": [...], "ops": [...], "ops_per_trace": [...], "wall_seconds": ...}``.
@@ -677,14 +691,23 @@ def run_forecast_bench(
     traces = find_traces(data_dir)
     if not pairs and not traces:
         raise ValueError(f"{data_dir}: no m4_hourly/*train*.csv pairs and no ops trace CSVs")
+    bench_methods(params_file)  # a bad params file fails here, not in a worker
+    bench_methods(m4_params_file)
     m4_results: list[dict] = []
     per_trace: list[dict] = []
     long_frames: list[pd.DataFrame] = []
     with ProcessPoolExecutor(max_workers=max(1, n_jobs)) as pool:
         # M4 (one long task) first, so the traces fill the other worker meanwhile.
-        m4_jobs = [pool.submit(run_m4, train, test, quick, training_part) for train, test in pairs]
+        m4_jobs = [
+            pool.submit(run_m4, train, test, quick, training_part, m4_params_file)
+            for train, test in pairs
+        ]
         for results, long in pool.map(
-            run_trace, traces, [quick] * len(traces), [training_part] * len(traces)
+            run_trace,
+            traces,
+            [quick] * len(traces),
+            [training_part] * len(traces),
+            [params_file] * len(traces),
         ):
             per_trace.extend(results)
             long_frames.append(long)
@@ -701,6 +724,8 @@ def run_forecast_bench(
         "data_dir": str(data_dir),
         "quick": quick,
         "training_part": training_part,
+        "params_file": str(params_file),
+        "m4_params_file": str(m4_params_file),
     }
     Console().print(
         markdown_report(m4_results, ops_summary), markup=False, highlight=False, soft_wrap=True
@@ -708,6 +733,9 @@ def run_forecast_bench(
     if json_path is not None:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(_json_safe(report), indent=2, default=str))
+    if report_path is not None:
+        Path(report_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(report_path).write_text(report_document(_json_safe(report)))
     if forecasts_path is not None and long_frames:
         forecasts = pd.concat(long_frames, ignore_index=True)
         forecasts["ds"] = forecasts["ds"].astype(str)

@@ -14,6 +14,14 @@ members on one window of that series) or the members are variants of one model, 
 chosen offline are less noisy than backtest weights and half the cost. ``interval_members``
 lets point-only members (trained for the median alone) join the combination: the upper and
 lower quantiles are the combined median plus the members' own spread around their medians.
+
+A guard (``guard_windows``) keeps the combination from doing much worse than "same time
+yesterday": the members are fitted on the history before the last ``guard_windows`` windows of
+``guard_horizon`` steps, the combination forecasts each window from the history before it
+(rolling origin, strictly past data), and a service whose combined MAE over the windows exceeds
+``guard_max_ratio`` x the seasonal naive's MAE on the same steps is forecast by the seasonal
+naive. The members are then refitted on the full history (``guard_refit``), or the guard's
+members forecast from it (a day staler, half the fits).
 """
 
 from __future__ import annotations
@@ -27,7 +35,14 @@ import pandas as pd
 from core.schema import SERVICE, TARGET, TS, quantile_column
 from models.backtest import rolling_origin_splits
 from models.base import DEFAULT_QUANTILES, Forecaster, infer_step
-from models.features import check_quantiles, finalize_quantiles, season_steps_for
+from models.features import (
+    Steps,
+    check_quantiles,
+    check_steps,
+    finalize_quantiles,
+    season_steps_for,
+    steps_of,
+)
 from models.naive import SeasonalNaiveForecaster
 
 NAIVE = "naive"
@@ -72,12 +87,23 @@ class EnsembleForecaster(Forecaster):
             :func:`weighted_median`): a member far from the others moves a median only as far
             as the next member, so a weaker model of another kind can join the trees without
             its misses dominating.
+        guard_windows: Held-out windows at the end of the history on which each service's
+            combination is compared with the seasonal naive (0: no guard; see the module doc).
+        guard_horizon: Steps (or a duration, ``"1D"``) per guard window (default: one season).
+        guard_max_ratio: A service whose combined MAE over the guard windows exceeds this many
+            times the seasonal naive's MAE is forecast by the seasonal naive.
+        guard_refit: Refit the members on the whole history after the guard (else the members
+            fitted before the guard windows forecast from the whole history).
+
+    Attributes:
+        guard_ratios_: Per service, combined MAE / seasonal-naive MAE over the guard windows.
+        guarded_services_: Services the guard hands to the seasonal naive.
 
     Raises:
         ValueError: For a shrinkage outside [0, 1], fixed weights that name unknown members,
             are negative, have the wrong number of buckets or sum to 0 in a bucket, or
             interval members that are unknown or (with fixed weights) not among the weights,
-            or an unknown ``combine``.
+            or an unknown ``combine``, negative guard windows or a guard ratio that is not positive.
     """
 
     name: ClassVar[str] = "ensemble"
@@ -96,7 +122,20 @@ class EnsembleForecaster(Forecaster):
         weights: Mapping[str, float | Sequence[float]] | None = None,
         interval_members: Sequence[str] | None = None,
         combine: str = "mean",
+        guard_windows: int = 0,
+        guard_horizon: Steps = None,
+        guard_max_ratio: float = 1.0,
+        guard_refit: bool = True,
     ) -> None:
+        if guard_windows < 0 or not guard_max_ratio > 0:
+            raise ValueError(
+                f"guard_windows must be >= 0 and guard_max_ratio > 0, got {guard_windows} and "
+                f"{guard_max_ratio}"
+            )
+        self.guard_windows = int(guard_windows)
+        self.guard_horizon = check_steps(guard_horizon, "guard_horizon")
+        self.guard_max_ratio = float(guard_max_ratio)
+        self.guard_refit = guard_refit
         if combine not in COMBINES:
             raise ValueError(f"combine must be one of {COMBINES}, got {combine!r}")
         self.combine = combine
@@ -127,9 +166,14 @@ class EnsembleForecaster(Forecaster):
         self.backtest_: pd.DataFrame = pd.DataFrame()
         self.short_services_: list[str] = []
         self.history_: pd.DataFrame | None = None
+        self.guard_ratios_: dict[str, float] = {}
+        self.guarded_services_: list[str] = []
 
     def fit(self, history: pd.DataFrame, target: str = TARGET) -> EnsembleForecaster:
         """Backtest the members on ``history``, weight them per service, and fit them.
+
+        With a guard, the members are fitted before the guard windows and each service's
+        combination is checked against the seasonal naive on them (see the module doc).
 
         Args:
             history: Long frame ``service, ts, target``.
@@ -141,8 +185,77 @@ class EnsembleForecaster(Forecaster):
         self.target_ = target
         step = infer_step(history) if len(history) > 1 else pd.Timedelta(hours=1)
         season = season_steps_for(step)
-        self.horizon_ = self.backtest_horizon or season
         self.fallback_ = SeasonalNaiveForecaster().fit(history, target)
+        self.guard_ratios_, self.guarded_services_ = {}, []
+        if not self.guard_windows:
+            return self._fit_members(history, target, season)
+        window = steps_of(self.guard_horizon, step) or season
+        last = history.groupby(SERVICE)[TS].transform("max")
+        span = self.guard_windows * window * step
+        self._fit_members(history[history[TS] <= last - span], target, season)
+        combined = set(self.weights_[SERVICE].astype(str)) if not self.weights_.empty else set()
+        long_history = history[history[SERVICE].astype(str).isin(combined)]
+        if not combined or not self.fitted_:
+            return self
+        self.history_ = long_history
+        self.guard_ratios_ = self._guard_ratios(long_history, window, step)
+        guarded = sorted(
+            service
+            for service, ratio in self.guard_ratios_.items()
+            if not ratio <= self.guard_max_ratio
+        )
+        if self.guard_refit:
+            self._fit_members(history, target, season)
+            refitted = set(self.weights_[SERVICE].astype(str)) if not self.weights_.empty else set()
+            # A service long enough only with the guard windows was never checked: naive too.
+            guarded = sorted(set(guarded) | (refitted - set(self.guard_ratios_)))
+            self.history_ = history[history[SERVICE].astype(str).isin(refitted)]
+        self.guarded_services_ = guarded
+        return self
+
+    def _guard_ratios(
+        self, history: pd.DataFrame, window: int, step: pd.Timedelta
+    ) -> dict[str, float]:
+        """Per service: combined MAE / seasonal-naive MAE over the guard windows."""
+        target = self.target_
+        last = history.groupby(SERVICE)[TS].transform("max")
+        errors = []
+        for k in range(self.guard_windows, 0, -1):
+            origin = last - k * window * step
+            past = history[history[TS] <= origin]
+            future = history[(history[TS] > origin) & (history[TS] <= origin + window * step)]
+            if past.empty or future.empty:
+                continue
+            actual = future[[SERVICE, TS, target]].rename(columns={target: "y"})
+            median = quantile_column(0.5)
+            combined = self._combine(window, (0.5,), past)[[SERVICE, TS, median]]
+            naive = SeasonalNaiveForecaster().fit(past, target).predict(window, (0.5,))
+            joined = actual.merge(combined, on=[SERVICE, TS]).merge(
+                naive.rename(columns={median: "naive"}), on=[SERVICE, TS]
+            )
+            errors.append(
+                pd.DataFrame(
+                    {
+                        SERVICE: joined[SERVICE].astype(str),
+                        "model": (joined["y"] - joined[median]).abs(),
+                        "naive": (joined["y"] - joined["naive"]).abs(),
+                    }
+                )
+            )
+        if not errors:
+            return {}
+        sums = pd.concat(errors).groupby(SERVICE)[["model", "naive"]].sum()
+        ratios = np.where(
+            sums["naive"] > 0,
+            sums["model"] / sums["naive"].where(sums["naive"] > 0, 1.0),
+            np.where(sums["model"] > 0, np.inf, 1.0),
+        )
+        return {str(s): float(r) for s, r in zip(sums.index, ratios, strict=True)}
+
+    def _fit_members(self, history: pd.DataFrame, target: str, season: int) -> EnsembleForecaster:
+        """Weight (backtest or fixed weights) and fit the members on ``history``."""
+        self.horizon_ = self.backtest_horizon or season
+        self.history_ = None
         counts = history.groupby(SERVICE)[TS].nunique()
         needed = self.min_seasons * season
         if self._fixed_weights is None:  # the backtest needs room for its folds too
@@ -206,6 +319,26 @@ class EnsembleForecaster(Forecaster):
         else:
             self.history_ = long_history  # fold models forecast from the full history
         return self
+
+    def leading_member(self, service: str) -> tuple[str, Forecaster] | None:
+        """The fitted member with the most weight for ``service`` over the day (its last bucket).
+
+        Args:
+            service: A service the ensemble was fitted on.
+
+        Returns:
+            ``(member name, model)``, or ``None`` when the service is forecast by the seasonal
+            naive fallback (a short history or the guard) or only the naive member has weight.
+        """
+        if service in self.guarded_services_ or self.weights_.empty:
+            return None
+        own = self.weights_[(self.weights_[SERVICE].astype(str) == service)]
+        own = own[(own["bucket"] == own["bucket"].max()) & (own["member"] != NAIVE)]
+        own = own[own["weight"] > 0].sort_values("weight", ascending=False, kind="stable")
+        for member in own["member"]:
+            if member in self.fitted_:
+                return str(member), self.fitted_[member]
+        return None
 
     def _check_weights(
         self, weights: Mapping[str, float | Sequence[float]], n_buckets: int
@@ -291,16 +424,18 @@ class EnsembleForecaster(Forecaster):
         levels = check_quantiles(quantiles)
         columns = [quantile_column(q) for q in levels]
         long_services = set(self.weights_[SERVICE]) if not self.weights_.empty else set()
+        long_services -= set(self.guarded_services_)
         parts = []
         if history is not None:
             services = set(history[SERVICE].astype(str))
             fresh_long = history[history[SERVICE].astype(str).isin(long_services)]
             fresh_short = history[~history[SERVICE].astype(str).isin(long_services)]
         else:
-            services = long_services | set(self.short_services_)
+            services = long_services | set(self.guarded_services_) | set(self.short_services_)
             fresh_long, fresh_short = self.history_, None
         if long_services & services and self.fitted_:
-            parts.append(self._combine(horizon, levels, fresh_long))
+            combined = self._combine(horizon, levels, fresh_long)
+            parts.append(combined[combined[SERVICE].isin(long_services)])
         short = sorted(services - long_services)
         if short:
             if fresh_short is not None and not fresh_short.empty:

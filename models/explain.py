@@ -42,6 +42,11 @@ FEATURE_LABELS: dict[str, str] = {
     "dev_season": "change vs yesterday",
     "dev_week": "change vs last week",
     "log_scale": "service size",
+    "season_change": "usual change from now to then (daily shape)",
+    "median_short": "recent median level",
+    "ewm_3": "smoothed level (span 3 steps)",
+    "ewm_12": "smoothed level (span 12 steps)",
+    "ewm_48": "smoothed level (span 48 steps)",
     "minute_of_day": "time of day",
     "day_of_week": "day of week",
 }
@@ -226,14 +231,21 @@ def _holt_winters_drivers(model: Any, history: pd.DataFrame,
 def log_model_explanations(model: Forecaster, history: pd.DataFrame) -> None:
     """Log the explanation plots of a fitted model in the active MLflow run.
 
-    LightGBM: SHAP summary plot and mean |SHAP| per feature. Prophet: components plot per
-    service. Other families have nothing to explain beyond their backtest plot.
+    LightGBM: SHAP summary plot and mean |SHAP| per feature (an ensemble: of its leading
+    LightGBM member). Prophet: components plot per service. Other families have nothing to
+    explain beyond their backtest plot.
 
     Args:
         model: The fitted forecaster.
         history: The history it was fitted on (rows to explain).
     """
-    if model.name == "lightgbm":
+    if model.name == "ensemble":
+        for service in sorted(history[SERVICE].astype(str).unique()):
+            leading = model.leading_member(service)  # type: ignore[attr-defined]
+            if leading is not None and leading[1].name == "lightgbm":
+                _log_lightgbm_summary(leading[1], history)
+                return
+    elif model.name == "lightgbm":
         _log_lightgbm_summary(model, history)
     elif model.name == "prophet":
         _log_prophet_components(model, history)
@@ -261,6 +273,14 @@ def explain_peaks(model: Forecaster, history: pd.DataFrame, schedule: pd.DataFra
         if len(chosen) == n_peaks:
             break
     ranked = ranked.loc[chosen].sort_values(TS)
+    if model.name == "ensemble":
+        services = schedule[SERVICE].astype(str).unique()
+        leading = model.leading_member(str(services[0])) if len(services) else None  # type: ignore[attr-defined]
+        if leading is not None and leading[1].name in ("lightgbm", "prophet", "holt_winters"):
+            inner = explain_peaks(leading[1], history, schedule, n_peaks, quantile)
+            inner["family"] = model.name
+            inner["basis"] = f"ensemble member {leading[0]!r}: {inner['basis']}"
+            return inner
     if model.name == "lightgbm":
         drivers = _lightgbm_drivers(model, history, ranked, quantile)
         basis = "SHAP contributions relative to the model's baseline"
@@ -272,7 +292,10 @@ def explain_peaks(model: Forecaster, history: pd.DataFrame, schedule: pd.DataFra
         basis = "Holt-Winters seasonal components relative to the smoothed level"
     else:
         drivers = [[("same time yesterday", 0.0)] for _ in range(len(ranked))]
-        basis = f"{model.name} repeats the same time of the previous day"
+        basis = (f"{model.name} repeats the same time of the previous day"
+                 if model.name != "ensemble" else
+                 "the ensemble forecasts this service by seasonal naive (its guard, or a short "
+                 "history): it repeats the same time of the previous day")
     peaks = []
     for row, effects in zip(ranked.itertuples(), drivers, strict=True):
         words = ", ".join(f"{label} {effect:+.0f} %" for label, effect in effects)

@@ -37,6 +37,60 @@ def season_steps_for(step: pd.Timedelta, period: pd.Timedelta = DAY) -> int:
     return max(1, int(period // step))
 
 
+Steps = int | str | None
+"""A length in steps (``int``) or as a duration (``"1h"``, ``"28D"``: any ``pd.Timedelta`` string),
+turned into steps of the data's grid at fit time, so one setting serves any resolution."""
+
+
+def check_steps(value: Steps, name: str) -> Steps:
+    """Validate a :data:`Steps` setting (a positive step count or a positive duration).
+
+    Args:
+        value: The setting.
+        name: Its name, for the error message.
+
+    Returns:
+        The value, unchanged.
+
+    Raises:
+        ValueError: For a count below 1 or a string that is not a positive duration.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(  # noqa: TRY004 - settings come from a params file: bad input
+            f"{name} must be a step count or a duration such as '1h', got {value!r}"
+        )
+    if isinstance(value, int):
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1 step, got {value}")
+        return value
+    try:
+        duration = pd.Timedelta(value)
+    except ValueError as err:
+        raise ValueError(f"{name}: {value!r} is not a duration such as '1h' or '28D'") from err
+    if duration <= pd.Timedelta(0):
+        raise ValueError(f"{name} must be a positive duration, got {value!r}")
+    return value
+
+
+def steps_of(value: Steps, step: pd.Timedelta) -> int | None:
+    """A :data:`Steps` setting as a number of grid steps (at least 1; ``None`` stays ``None``).
+
+    Args:
+        value: A step count or a duration string.
+        step: The grid step of the data.
+
+    Returns:
+        The number of steps.
+    """
+    if value is None:
+        return None
+    if isinstance(value, int):
+        return value
+    return max(1, int(pd.Timedelta(value) // step))
+
+
 def prepare_history(history: pd.DataFrame, target: str, step: pd.Timedelta) -> pd.DataFrame:
     """Validate long-format history and put every service on a regular ``step`` grid.
 
@@ -150,7 +204,9 @@ def robust_clip(values: np.ndarray, season: int, threshold: float = 6.0) -> np.n
     (window about 1/12 of a season, at least 5 points) by more than ``threshold`` robust
     standard deviations (1.4826 MAD of the first differences / sqrt 2, at least the mean
     absolute deviation). Level shifts last longer than half a
-    window and are kept; the newest window is never changed (a surge at the end is news).
+    window and are kept; the newest window is never changed (a surge at the end is news); a
+    spike that recurs one season earlier or later (within a step) is the seasonal pattern (a
+    daily job, a periodic burst), not an outlier, and is kept too.
 
     Args:
         values: History of one series, oldest first.
@@ -173,9 +229,22 @@ def robust_clip(values: np.ndarray, season: int, threshold: float = 6.0) -> np.n
     if not sigma > 0:
         return x
     outliers = np.abs(deviation) > threshold * sigma
+    outliers &= ~_recurs(outliers, season)
     outliers[-window:] = False
     x[outliers] = reference[outliers]
     return x
+
+
+def _recurs(flags: np.ndarray, season: int) -> np.ndarray:
+    """Whether a flag is also set one season earlier or later, within one step."""
+    near = flags.copy()
+    near[1:] |= flags[:-1]
+    near[:-1] |= flags[1:]
+    out = np.zeros_like(flags)
+    if season < flags.size:
+        out[season:] |= near[:-season]
+        out[:-season] |= near[season:]
+    return out
 
 
 def _take(values: np.ndarray, index: np.ndarray) -> np.ndarray:

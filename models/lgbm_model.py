@@ -21,18 +21,21 @@ from core.schema import SERVICE, TARGET, TS, quantile_column
 from models.base import DEFAULT_QUANTILES, Forecaster, infer_step
 from models.features import (
     DAY,
+    Steps,
     Y,
     build_features,
     check_quantiles,
+    check_steps,
     finalize_quantiles,
     future_timestamps,
     prepare_history,
     robust_clip,
     season_steps_for,
+    steps_of,
 )
 
 TRANSFORMS = ("none", "log")
-ANCHORS = ("median", "mean", "last", "recent", "week")
+ANCHORS = ("median", "mean", "last", "recent", "week", "season")
 
 
 class LightGBMForecaster(Forecaster):
@@ -40,14 +43,16 @@ class LightGBMForecaster(Forecaster):
 
     Args:
         quantiles: Quantile levels to train (``predict`` may ask for any subset).
-        max_horizon: Longest horizon sampled in training; default one season.
+        max_horizon: Longest horizon sampled in training (steps or a duration such as
+            ``"1h"``); default one season.
         season_steps: Steps per season; one day of steps when ``None``.
         n_estimators: Boosting rounds per quantile model.
         learning_rate: LightGBM learning rate.
         num_leaves: LightGBM ``num_leaves``.
         min_data_in_leaf: LightGBM ``min_data_in_leaf``.
         samples_per_series: Training rows sampled per service.
-        max_history: Keep at most this many recent steps per service (``None``: all).
+        max_history: Keep at most this many recent steps (or this duration, ``"28D"``) per
+            service (``None``: all).
         use_calendar: Add hour-of-day / day-of-week of the target (off when timestamps are
             synthetic, e.g. M4 step indices).
         weekly: Use weekly lags (``None``: when the step is below one day).
@@ -58,7 +63,9 @@ class LightGBMForecaster(Forecaster):
         anchor: Scaled baseline the trees correct (see :meth:`_anchor`): ``"median"`` or
             ``"mean"`` of the same-phase lags plus the current deviation, the ``"last"`` value,
             or the ``"recent"`` mean (of the last ``min(12, season / 4)`` steps: less noisy
-            than the last value, a better level for short horizons on noisy series).
+            than the last value, a better level for short horizons on noisy series), last
+            ``"week"``'s value plus the weekly change, or the ``"season"``: the value one season
+            before the target (the seasonal-naive forecast, which the trees then correct).
         n_seasonal_lags: Same-phase lags (one per past season) among the features.
         n_recent_lags: Most recent values among the features.
         target_transform: ``"none"``, or ``"log"`` to model ``log1p(y)`` (multiplicative
@@ -69,7 +76,8 @@ class LightGBMForecaster(Forecaster):
             ``calibration_stride`` steps apart, ``max_horizon`` steps each). One window is noisy
             (its residuals are strongly correlated); later windows are scored by a model that
             is a little staler than the final one, which errs on the side of coverage.
-        calibration_stride: Steps between calibration origins (default ``max_horizon``).
+        calibration_stride: Steps (or a duration) between calibration origins (default
+            ``max_horizon``).
         smooth_features: Add smoothed levels (EWMAs, a short rolling median) and the expected
             seasonal change from origin to target to the features (see
             :func:`models.features.build_features`).
@@ -87,14 +95,14 @@ class LightGBMForecaster(Forecaster):
     def __init__(
         self,
         quantiles: Sequence[float] = DEFAULT_QUANTILES,
-        max_horizon: int | None = None,
+        max_horizon: Steps = None,
         season_steps: int | None = None,
         n_estimators: int = 300,
         learning_rate: float = 0.05,
         num_leaves: int = 31,
         min_data_in_leaf: int = 50,
         samples_per_series: int = 2000,
-        max_history: int | None = None,
+        max_history: Steps = None,
         use_calendar: bool = True,
         weekly: bool | None = None,
         clip_outliers: bool = True,
@@ -106,7 +114,7 @@ class LightGBMForecaster(Forecaster):
         n_recent_lags: int = 6,
         target_transform: str = "none",
         calibration_windows: int = 1,
-        calibration_stride: int | None = None,
+        calibration_stride: Steps = None,
         smooth_features: bool = False,
         max_growth: float | None = None,
     ) -> None:
@@ -115,11 +123,11 @@ class LightGBMForecaster(Forecaster):
         self.max_growth = max_growth
         if anchor not in ANCHORS:
             raise ValueError(f"anchor must be one of {ANCHORS}, got {anchor!r}")
-        if calibration_windows < 1 or (calibration_stride is not None and calibration_stride < 1):
-            raise ValueError(
-                f"calibration_windows and calibration_stride must be at least 1, got "
-                f"{calibration_windows} and {calibration_stride}"
-            )
+        if calibration_windows < 1:
+            raise ValueError(f"calibration_windows must be at least 1, got {calibration_windows}")
+        check_steps(calibration_stride, "calibration_stride")
+        check_steps(max_horizon, "max_horizon")
+        check_steps(max_history, "max_history")
         self.calibration_windows = calibration_windows
         self.calibration_stride = calibration_stride
         self.smooth_features = smooth_features
@@ -255,6 +263,10 @@ class LightGBMForecaster(Forecaster):
             raise ValueError("feature names unknown before fit")
         if self.anchor == "last":
             return np.nan_to_num(features[:, names.index("lag_0")], nan=0.0)
+        if self.anchor == "season":
+            yesterday = features[:, names.index("season_lag_0")]
+            last = features[:, names.index("lag_0")]
+            return np.nan_to_num(np.where(np.isfinite(yesterday), yesterday, last), nan=0.0)
         if self.anchor == "recent":
             return np.nan_to_num(features[:, names.index("mean_short")], nan=0.0)
         if self.anchor == "week" and "week_lag" in names:
@@ -285,10 +297,10 @@ class LightGBMForecaster(Forecaster):
         self.season_ = self.season_steps or season_steps_for(self.step_)
         weekly = self.weekly if self.weekly is not None else self.step_ < DAY
         self.week_ = 7 * self.season_ if weekly else None
-        self.horizon_ = self.max_horizon or self.season_
+        self.horizon_ = steps_of(self.max_horizon, self.step_) or self.season_
         frame = prepare_history(history, target, self.step_)
         if self.max_history:
-            frame = frame.groupby(SERVICE, sort=True).tail(self.max_history)
+            frame = frame.groupby(SERVICE, sort=True).tail(steps_of(self.max_history, self.step_))
         frame = self._transform(frame)
         _, _, self.feature_names_ = self._features(
             np.ones(3), np.array([2]), np.array([1]), pd.DatetimeIndex([pd.Timestamp("2000-01-01")])
@@ -303,7 +315,7 @@ class LightGBMForecaster(Forecaster):
                 train_x.append(x)
                 train_y.append(y)
             holdout = self.horizon_
-            stride = self.calibration_stride or self.horizon_
+            stride = steps_of(self.calibration_stride, self.step_) or self.horizon_
             span = holdout + (self.calibration_windows - 1) * stride
             if self.calibrate and values.size > 3 * self.horizon_ + span:
                 # Calibration: a model fitted before the held-out windows, scored on them.

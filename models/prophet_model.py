@@ -22,13 +22,16 @@ from models.base import DEFAULT_QUANTILES, Forecaster, infer_step
 from models.features import (
     DAY,
     FILLED,
+    Steps,
     Y,
     check_quantiles,
+    check_steps,
     finalize_quantiles,
     future_timestamps,
     prepare_history,
     robust_clip,
     season_steps_for,
+    steps_of,
 )
 
 SURGE_COLUMNS = ("holiday", "ds")
@@ -74,7 +77,8 @@ class ProphetForecaster(Forecaster):
         weekly: Fit a weekly seasonality (``None``: when the history spans two weeks).
         changepoint_prior_scale: Trend flexibility.
         seasonality_mode: ``"additive"`` or ``"multiplicative"``.
-        max_history: Fit on at most this many recent steps per service.
+        max_history: Fit on at most this many recent steps (or this duration, ``"28D"``) per
+            service.
         clip_outliers: Drop anomalous spikes (see ``robust_clip``) before fitting.
         n_jobs: Processes for fitting services in parallel (1 = in process).
     """
@@ -89,7 +93,7 @@ class ProphetForecaster(Forecaster):
         weekly: bool | None = None,
         changepoint_prior_scale: float = 0.05,
         seasonality_mode: str = "additive",
-        max_history: int | None = None,
+        max_history: Steps = None,
         clip_outliers: bool = True,
         n_jobs: int = 1,
     ) -> None:
@@ -103,7 +107,7 @@ class ProphetForecaster(Forecaster):
         self.weekly = weekly
         self.changepoint_prior_scale = changepoint_prior_scale
         self.seasonality_mode = seasonality_mode
-        self.max_history = max_history
+        self.max_history = check_steps(max_history, "max_history")
         self.clip_outliers = clip_outliers
         self.n_jobs = n_jobs
         self.target_: str = TARGET
@@ -128,7 +132,8 @@ class ProphetForecaster(Forecaster):
         prepared = prepare_history(history, target, self.step_)
         self.ts_dtype_ = prepared[TS].dtype
         if self.max_history:
-            prepared = prepared.groupby(SERVICE, sort=True).tail(self.max_history)
+            keep = steps_of(self.max_history, self.step_)
+            prepared = prepared.groupby(SERVICE, sort=True).tail(keep)
         jobs = []
         for service, group in prepared.groupby(SERVICE, sort=True):
             values = group[Y].to_numpy(dtype=float)

@@ -267,11 +267,17 @@ def pipeline_run(
     source: Annotated[Path | None, typer.Option(help="Folder of telemetry files instead.")] = None,
     step_minutes: Annotated[int, typer.Option(help="Synthetic resolution.")] = 1,
     seed: Annotated[int, typer.Option(help="Synthetic seed.")] = 42,
+    json_path: Annotated[
+        Path | None,
+        typer.Option("--json", help="Write per service: family, version, backtest error, "
+                                    "promoted, peak replicas."),
+    ] = None,
 ) -> None:
     """Run ingest -> validate -> features -> train -> schedule -> publish once and summarise."""
+    import json
     import time
 
-    from pipelines.run import run_pipeline
+    from pipelines.run import run_pipeline, summary_records
 
     settings = _settings()
     began = time.perf_counter()
@@ -304,6 +310,10 @@ def pipeline_run(
             f"v{s.schedule_version}" if s.schedule_version else "not published",
         )
     out.print(table)
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(summary_records(summaries), indent=2))
+        out.print(f"summary: {json_path}")
 
 
 # --------------------------------------------------------------------------- serving and stack
@@ -369,12 +379,78 @@ def bench_forecast(
             help="Score on the training data only (how settings are chosen); ignores the tests."
         ),
     ] = False,
+    params: Annotated[
+        Path | None,
+        typer.Option("--params", help="Params file whose forecasters the ops traces measure "
+                                      "(default: the repo's params.yaml)."),
+    ] = None,
+    m4_params: Annotated[
+        Path | None,
+        typer.Option("--m4-params", help="Params file whose forecasters M4 measures "
+                                         "(default: benchmarks/profiles/m4.yaml)."),
+    ] = None,
+    report: Annotated[
+        Path | None, typer.Option(help="Write the Markdown report (e.g. docs/benchmarks/forecast.md).")
+    ] = None,
+    from_json: Annotated[
+        list[Path] | None,
+        typer.Option(help="Only write --report from the JSON of earlier runs (no benchmark); "
+                          "several: runs on parts of the data, merged."),
+    ] = None,
 ) -> None:
-    """M4 Hourly and ops-trace forecasting benchmark."""
-    from benchmarks.forecast import run_forecast_bench
+    """M4 Hourly and ops-trace forecasting benchmark of the forecasters a params file configures."""
+    import json
+
+    from benchmarks.forecast import (
+        M4_PARAMS,
+        OPS_PARAMS,
+        merge_reports,
+        report_document,
+        run_forecast_bench,
+    )
 
     _settings()
-    run_forecast_bench(data, json_path, forecasts, quick=quick, training_part=training_part)
+    if from_json:
+        if report is None:
+            raise typer.BadParameter("--from-json needs --report FILE")
+        try:
+            document = report_document(
+                merge_reports([json.loads(path.read_text()) for path in from_json]))
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise typer.BadParameter(
+                f"{', '.join(map(str, from_json))}: not bench forecast JSON ({err})") from err
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text(document)
+        return
+    run_forecast_bench(data, json_path, forecasts, quick=quick, training_part=training_part,
+                       params_file=params or OPS_PARAMS, m4_params_file=m4_params or M4_PARAMS,
+                       report_path=report)
+
+
+@bench_app.command("guard-cv")
+def bench_guard_cv(
+    data: DataDir = DEFAULT_DATA,
+    json_path: JsonOut = None,
+    params: Annotated[
+        Path | None, typer.Option("--params", help="Params file whose ensemble is studied.")
+    ] = None,
+    cache: Annotated[
+        Path | None, typer.Option(help="Keep (and reuse) each trace's forecasts in this folder.")
+    ] = None,
+    origins: Annotated[int, typer.Option(min=2, help="Daily origins per trace.")] = 6,
+) -> None:
+    """Choose the ensemble guard's ratio by leave-one-source-out CV on the training parts."""
+    from benchmarks.forecast import OPS_PARAMS
+    from benchmarks.guard_cv import run_guard_cv
+
+    _settings()
+    report = run_guard_cv(data, params or OPS_PARAMS, cache, origins, json_path=json_path)
+    for row in report["loso"]:
+        out.print(f"held out {row['held_out']} ({row['traces']} traces): ratio "
+                  f"{row['chosen_ratio']} -> mean {row['held_out_mean']:.3f}, max "
+                  f"{row['held_out_max']:.3f} (no guard: mean {row['no_guard_mean']:.3f}, max "
+                  f"{row['no_guard_max']:.3f})")
+    out.print(f"chosen on every source: {report['chosen_on_all']}")
 
 
 @bench_app.command("replay")

@@ -32,6 +32,29 @@ class ServiceSummary:
     schedule_version: int | None
 
 
+def summary_records(summaries: list[ServiceSummary]) -> list[dict[str, object]]:
+    """The run summary as JSON records (what ``forescale pipeline run --json`` writes).
+
+    Args:
+        summaries: One summary per service.
+
+    Returns:
+        Per service: ``service``, ``family``, ``version`` (the registered version number),
+        ``backtest_error``, ``promoted`` and ``peak_replicas``.
+    """
+    return [
+        {
+            "service": s.service,
+            "family": s.family,
+            "version": s.model_version.rpartition("/")[2],
+            "backtest_error": float(s.backtest_error),
+            "promoted": bool(s.promoted),
+            "peak_replicas": int(s.peak_replicas),
+        }
+        for s in summaries
+    ]
+
+
 def ingest_frame(settings: Settings, frame: pd.DataFrame, start: pd.Timestamp,
                  end: pd.Timestamp) -> list[Path]:
     """Validate a frame as one batch and store it (quarantined and raised if invalid).

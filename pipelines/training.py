@@ -11,8 +11,6 @@ of a service always does.
 
 from __future__ import annotations
 
-import functools
-import inspect
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -37,7 +35,7 @@ from core.schema import (
 from core.settings import Settings
 from models.backtest import backtest_forecasts, rolling_origin_splits, score_forecasts
 from models.base import Forecaster, infer_step
-from models.catalog import MODEL_FAMILIES
+from models.catalog import family_factories, forecaster_factory
 from models.metrics import relative_mae
 from models.registry import (
     champion,
@@ -89,10 +87,7 @@ class TrainingConfig:
         params = section(Path(params_file), "training")
         steps_per_hour = 60 // step_minutes
         families = tuple(params.get("models", ["prophet", "lightgbm"]))
-        unknown = [f for f in families if f not in MODEL_FAMILIES]
-        if unknown:
-            raise ValueError(f"training.models names unknown families {unknown}; "
-                             f"known: {sorted(MODEL_FAMILIES)}")
+        family_factories({**params, "models": list(families)})  # checks families and settings
         config = cls(
             horizon_steps=int(params.get("backtest_horizon_hours", 24)) * steps_per_hour,
             backtest_folds=int(params.get("backtest_folds", 3)),
@@ -390,11 +385,7 @@ def _backtest_family(family: str, history: pd.DataFrame,
 
 def _factory(family: str, config: TrainingConfig) -> Callable[[], Forecaster]:
     """A constructor of the family with the quantiles and settings from params.yaml."""
-    cls = MODEL_FAMILIES[family]
-    kwargs = dict(config.model_params.get(family, {}))
-    if "quantiles" in inspect.signature(cls).parameters:
-        kwargs.setdefault("quantiles", config.quantiles)
-    return functools.partial(cls, **kwargs)
+    return forecaster_factory(family, config.model_params.get(family, {}), config.quantiles)
 
 
 def flagged_points(flagged: pd.DataFrame, service: str, forecasts: pd.DataFrame) -> pd.DataFrame:

@@ -96,3 +96,44 @@ def test_a_method_without_p90_reports_no_coverage() -> None:
     assert np.isnan(summary["coverage_p90_median"]) and np.isnan(summary["coverage_p90_mean"])
     assert summary["relative_mae_1h_median"] == pytest.approx(0.6)
     assert "| — / — |" in markdown_report([], [summary])
+
+
+def test_the_bench_runs_the_forecasters_a_params_file_configures(tmp_path: Path) -> None:
+    import yaml
+
+    from benchmarks.forecast import M4_PARAMS, OPS_PARAMS, bench_methods
+    from models.lgbm_model import LightGBMForecaster
+
+    assert set(bench_methods(OPS_PARAMS)) == {"prophet", "lightgbm", "ensemble"}
+    assert "ensemble" in bench_methods(M4_PARAMS)
+    params = yaml.safe_load(OPS_PARAMS.read_text())
+    params["training"]["models"] = ["lightgbm", "naive"]
+    params["training"]["model_params"]["lightgbm"]["num_leaves"] = 7
+    custom = tmp_path / "params.yaml"
+    custom.write_text(yaml.safe_dump(params))
+    methods = bench_methods(custom)
+    assert list(methods) == ["lightgbm"]  # naive is the sNaive yardstick, scored anyway
+    model = methods["lightgbm"]()
+    assert isinstance(model, LightGBMForecaster) and model.num_leaves == 7
+    params["training"]["model_params"]["lightgbm"]["leaves"] = 7
+    custom.write_text(yaml.safe_dump(params))
+    with pytest.raises(ValueError, match="takes no setting"):
+        bench_methods(custom)
+
+
+def test_the_report_page_has_a_row_per_trace_and_merges_runs() -> None:
+    from benchmarks.forecast import merge_reports, report_document
+
+    rows = per_trace_rows().assign(origins=4).to_dict(orient="records")
+    first = {"m4": [], "ops": [], "ops_per_trace": rows[:2], "wall_seconds": 10.0,
+             "data_dir": "/x/cpu", "params_file": "params.yaml", "m4_params_file": "m4.yaml"}
+    second = {**first, "ops_per_trace": rows[2:], "data_dir": "/x/rest"}
+    merged = merge_reports([first, second])
+    assert merged["wall_seconds"] == 20.0 and len(merged["ops_per_trace"]) == 3
+    (summary,) = merged["ops"]
+    assert summary["relative_mae_24h_mean"] == pytest.approx(1.0)
+    page = report_document(merged)
+    assert "| c | 4 | 1.500 (2.200) |" in page
+    assert "`cpu`, `rest`" in page
+    with pytest.raises(ValueError, match="different params files"):
+        merge_reports([first, {**second, "params_file": "other.yaml"}])

@@ -621,3 +621,119 @@ def test_ensemble_median_combination_keeps_an_outlying_member_from_dominating() 
     np.testing.assert_allclose(forecast["p90"], 6.0)  # the median plus far's spread (4)
     with pytest.raises(ValueError, match="combine"):
         EnsembleForecaster(**options, combine="mode")
+
+
+def test_robust_clip_keeps_a_spike_that_recurs_every_season() -> None:
+    rng = np.random.default_rng(3)
+    values = 10.0 + rng.normal(0, 0.2, 6 * SEASON)
+    daily_job = np.arange(6 * SEASON) % SEASON == 30
+    values[daily_job] = 60.0  # a daily job: the pattern, not an outlier
+    values[2 * SEASON + 10] = 80.0  # a one-off spike
+    cleaned = robust_clip(values, SEASON)
+    np.testing.assert_allclose(cleaned[daily_job], 60.0)
+    assert cleaned[2 * SEASON + 10] < 12.0
+
+
+@pytest.mark.parametrize("params_file", ["params.yaml", "benchmarks/profiles/m4.yaml"])
+def test_catalog_builds_and_fits_every_family_a_params_file_configures(params_file: str) -> None:
+    from core.params import section
+    from core.settings import REPO_ROOT
+    from models.catalog import family_factories
+
+    history = synthetic_fleet(days=6)
+    factories = family_factories(section(REPO_ROOT / params_file, "training"))
+    assert {"lightgbm", "ensemble", "naive"} <= set(factories)
+    for family, factory in factories.items():
+        if family == "prophet":  # fitted in its own test; slow for a catalog check
+            continue
+        model = factory()
+        assert model.name == family
+        forecast = model.fit(history).predict(SEASON)
+        assert_valid_forecast(forecast, history, SEASON)
+
+
+def test_catalog_resolves_durations_to_steps_of_the_data() -> None:
+    from models.catalog import forecaster_factory
+
+    model = forecaster_factory("lightgbm", {"max_horizon": "2h", "n_estimators": 5})()
+    model.fit(synthetic_fleet(days=3))
+    assert model.horizon_ == 4  # two hours of 30-minute steps
+
+
+@pytest.mark.parametrize(
+    ("family", "params", "match"),
+    [
+        ("xgboost", {}, "unknown model family"),
+        ("lightgbm", {"n_trees": 3}, "takes no setting"),
+        ("lightgbm", {"max_history": "a fortnight"}, "not a duration"),
+        ("ensemble", {"members": {"inner": "ensemble"}}, "cannot be a member"),
+        ("ensemble", {"members": {"m": {"n_estimators": 3}}}, "need a family name"),
+        ("ensemble", {"guard_max_ratio": 0}, "guard_max_ratio"),
+    ],
+)
+def test_catalog_refuses_bad_settings_naming_them(family: str, params: dict, match: str) -> None:
+    from models.catalog import forecaster_factory
+
+    with pytest.raises(ValueError, match=match):
+        forecaster_factory(family, params)
+
+
+def test_ensemble_guard_falls_back_to_seasonal_naive_where_the_combination_is_worse() -> None:
+    from models.ensemble import EnsembleForecaster
+
+    history = synthetic_fleet(days=6)
+    # A deliberately bad model: a constant at the level of the big service only, so it is far
+    # off for the small one and close to the big one's level (still worse than naive there).
+    bad = EnsembleForecaster(
+        members={"constant": constant_member(100.0)},
+        weights={"constant": 1.0},
+        bucket_edges=(),
+        guard_windows=1,
+    ).fit(history)
+    assert bad.guarded_services_ == ["checkout", "search"]
+    assert bad.guard_ratios_["search"] > 10
+    naive = SeasonalNaiveForecaster().fit(history).predict(SEASON)
+    forecast = bad.predict(SEASON)
+    pd.testing.assert_frame_equal(forecast, naive)
+    fresh = history[history["ts"] < history["ts"].max() - pd.Timedelta(hours=5)]
+    pd.testing.assert_frame_equal(
+        bad.predict(SEASON, history=fresh),
+        SeasonalNaiveForecaster().fit(history).predict(SEASON, history=fresh),
+    )
+    assert bad.leading_member("search") is None
+    # Without the guard the same ensemble forecasts the constant.
+    unguarded = EnsembleForecaster(
+        members={"constant": constant_member(100.0)}, weights={"constant": 1.0}, bucket_edges=()
+    ).fit(history)
+    assert (unguarded.predict(SEASON)["p50"] == 100.0).all()
+
+
+def test_ensemble_guard_keeps_a_combination_that_beats_seasonal_naive() -> None:
+    from models.ensemble import EnsembleForecaster
+
+    rng = np.random.default_rng(5)
+    ts = pd.date_range("2026-03-02", periods=8 * SEASON, freq=STEP, tz="UTC")
+    daily = 100.0 * (1.0 + 0.5 * np.sin(np.arange(ts.size) * 2 * np.pi / SEASON))
+    history = pd.DataFrame(  # a daily cycle under noise: yesterday's noise is naive's error
+        {"service": "checkout", "ts": ts, "requests": daily + rng.normal(0, 10.0, ts.size)}
+    )
+    good = EnsembleForecaster(
+        members={"lightgbm": lambda: small_lightgbm(anchor="mean")},
+        weights={"lightgbm": 1.0},
+        bucket_edges=(),
+        guard_windows=1,
+    ).fit(history)
+    assert good.guarded_services_ == []
+    assert all(ratio < 1.0 for ratio in good.guard_ratios_.values())
+    assert good.leading_member("checkout")[0] == "lightgbm"
+    forecast = good.predict(SEASON)
+    assert_valid_forecast(forecast, history, SEASON)
+
+    from models.explain import explain_peaks
+
+    schedule = forecast.assign(replicas=1, forecast_p90=forecast["p90"])
+    explained = explain_peaks(good, history, schedule, n_peaks=2)
+    assert explained["family"] == "ensemble" and "'lightgbm'" in explained["basis"]
+    for peak in explained["peaks"]:  # the member's SHAP drivers, not "same time yesterday +0 %"
+        assert len(peak["drivers"]) == 3
+        assert any(abs(d["effect_pct"]) > 0 for d in peak["drivers"])

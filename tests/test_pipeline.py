@@ -59,6 +59,21 @@ def test_every_service_gets_a_champion_and_a_served_schedule(pipeline_home) -> N
         assert summary.backtest_error > 0
 
 
+def test_the_run_summary_records_what_pipeline_run_json_writes(pipeline_home) -> None:
+    from pipelines.run import summary_records
+
+    settings, summaries = pipeline_home
+    records = json.loads(json.dumps(summary_records(summaries)))
+    configure_mlflow(settings)
+    for record, summary in zip(records, summaries, strict=True):
+        assert set(record) == {"service", "family", "version", "backtest_error", "promoted",
+                               "peak_replicas"}
+        assert record["family"] == summary.family and record["promoted"] is True
+        assert f"{record['version']}" == champion(record["service"]).version
+        assert record["backtest_error"] == pytest.approx(summary.backtest_error)
+        assert record["peak_replicas"] == summary.peak_replicas >= 1
+
+
 def test_the_published_schedule_comes_with_an_explanation_in_words(pipeline_home) -> None:
     settings, summaries = pipeline_home
     version, explanation = ScheduleStore(settings.schedule_db).get_explanation(summaries[0].service)
@@ -117,6 +132,27 @@ def test_the_holt_winters_family_trains_registers_and_forecasts(pipeline_home, t
     model = load_version(f"forescale-search/{row['version']}")
     forecast = model.predict(12, (0.5, 0.9))
     assert len(forecast) == 12 and (forecast["p90"] >= forecast["p50"]).all()
+
+
+def test_the_params_ensemble_trains_registers_forecasts_and_explains(pipeline_home,
+                                                                     tmp_path) -> None:
+    settings, _ = pipeline_home
+    from models.explain import explain_peaks
+    from pipelines.training import train_shard
+
+    ens = copy_of(settings, tmp_path, training={**FAST_TRAINING, "models": ["ensemble"]})
+    result = json.loads(train_shard(ens, ["search"], reason="drift").read_text())
+    row = result["services"][0]
+    assert row["family"] == "ensemble" and row["backtest_error"] > 0
+    configure_mlflow(ens)
+    model = load_version(f"forescale-search/{row['version']}")
+    assert set(model.members) == {"short", "lightgbm", "lightgbm_log", "naive"}
+    assert model.guard_windows == 1 and set(model.guard_ratios_) <= {"search"}
+    forecast = model.predict(24, (0.5, 0.9))
+    assert len(forecast) == 24 and (forecast["p90"] >= forecast["p50"]).all()
+    schedule = forecast.assign(replicas=3, forecast_p90=forecast["p90"])
+    explained = explain_peaks(model, model.history_, schedule, n_peaks=1)
+    assert explained["family"] == "ensemble" and explained["peaks"][0]["drivers"]
 
 
 def _served(
