@@ -25,8 +25,8 @@ $(VENV)/.installed: pyproject.toml uv.lock
 run: setup
 	$(BIN)/forescale up
 
-## The test suite without the browser tests (what .ci/run calls first).
-test: setup
+## Lint, format and type checks, then the test suite without the browser tests (.ci/run's first).
+test: setup lint
 	$(BIN)/python -m pytest -n 2 --dist loadfile -m "not browser"
 
 ## Browser tests: `forescale up` on free ports, its UIs in headless Chromium (Debian's chromium);
@@ -41,15 +41,16 @@ pipeline: setup
 serve: setup
 	$(BIN)/forescale serve --dev
 
-## The three benchmarks on ../shared/data (figures, not tests).
+## The benchmarks on ../shared/data (figures, not tests; docs/benchmarks/README.md).
 bench: setup
-	$(BIN)/forescale bench forecast --json bench-out/forecast.json
-	$(BIN)/forescale bench replay --json bench-out/replay.json --plots bench-out/replay
-	$(BIN)/forescale bench nab --json bench-out/nab.json
+	$(BIN)/forescale bench forecast --json bench-out/forecast.json --report bench-out/forecast.md
+	$(BIN)/forescale bench replay --json bench-out/replay.json --cache bench-out/cache --report bench-out/replay.md
+	$(BIN)/forescale bench nab --json bench-out/nab.json --doc bench-out/nab.md
 
-## Lint, format and type checks (what .ci/run and pre-commit run before the tests).
+## Lint, format and type checks (pre-commit runs the same).
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
 clean:
