@@ -23,8 +23,13 @@ from core.settings import get_settings
 FIXED_END = pd.Timestamp("2026-11-16 00:00", tz="UTC")
 
 
-def run(home: Path, services: int = 100, days: int = 28, step_minutes: int = 5,
-        online_store: str = "sqlite") -> list[dict[str, Any]]:
+def run(
+    home: Path,
+    services: int = 100,
+    days: int = 28,
+    step_minutes: int = 5,
+    online_store: str = "sqlite",
+) -> list[dict[str, Any]]:
     """Time every feature-store stage on a fresh home.
 
     Args:
@@ -46,38 +51,60 @@ def run(home: Path, services: int = 100, days: int = 28, step_minutes: int = 5,
     def timed(stage: str, action: Callable[[], Any], rows: Callable[[Any], int]) -> Any:
         started = time.perf_counter()
         result = action()
-        records.append({
-            "stage": stage,
-            "seconds": round(time.perf_counter() - started, 2),
-            "rows": rows(result),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-        })
+        records.append(
+            {
+                "stage": stage,
+                "seconds": round(time.perf_counter() - started, 2),
+                "rows": rows(result),
+                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+            }
+        )
         return result
 
     start = FIXED_END - pd.Timedelta(days=days)
-    fleet = timed("generate fleet", lambda: generate_fleet(services, days, step_minutes,
-                                                           seed=42, end=FIXED_END), len)
+    fleet = timed(
+        "generate fleet",
+        lambda: generate_fleet(services, days, step_minutes, seed=42, end=FIXED_END),
+        len,
+    )
     timed("store telemetry", lambda: write_telemetry(settings, fleet, start, FIXED_END), len)
     names = sorted(fleet[features.SERVICE].unique())
-    timed("update_offline_features", lambda: features.update_offline_features(settings),
-          lambda path: len(pd.read_parquet(path, columns=[features.SERVICE])))
+    timed(
+        "update_offline_features",
+        lambda: features.update_offline_features(settings),
+        lambda path: len(pd.read_parquet(path, columns=[features.SERVICE])),
+    )
     offline_rows = records[-1]["rows"]
     timed("import feast", lambda: __import__("feast"), lambda _: 0)
     timed("apply_features (first)", lambda: features.apply_features(settings), lambda _: 0)
     timed("apply_features (again)", lambda: features.apply_features(settings), lambda _: 0)
-    timed("materialize_features (first, full)",
-          lambda: features.materialize_features(settings, FIXED_END - pd.Timedelta(hours=1)),
-          lambda _: offline_rows)
-    timed("materialize_features (incremental, 1 h)",
-          lambda: features.materialize_features(settings, FIXED_END),
-          lambda _: len(names) * 60 // 5)
-    timed("model_inputs (all services, all days)",
-          lambda: features.model_inputs(settings, names, start, FIXED_END), len)
-    timed("model_inputs (25 services = 1 shard, all days)",
-          lambda: features.model_inputs(settings, names[:25], start, FIXED_END), len)
-    timed("model_inputs (1 service, 7 days)",
-          lambda: features.model_inputs(settings, names[:1], FIXED_END - pd.Timedelta(days=7),
-                                           FIXED_END), len)
+    timed(
+        "materialize_features (first, full)",
+        lambda: features.materialize_features(settings, FIXED_END - pd.Timedelta(hours=1)),
+        lambda _: offline_rows,
+    )
+    timed(
+        "materialize_features (incremental, 1 h)",
+        lambda: features.materialize_features(settings, FIXED_END),
+        lambda _: len(names) * 60 // 5,
+    )
+    timed(
+        "model_inputs (all services, all days)",
+        lambda: features.model_inputs(settings, names, start, FIXED_END),
+        len,
+    )
+    timed(
+        "model_inputs (25 services = 1 shard, all days)",
+        lambda: features.model_inputs(settings, names[:25], start, FIXED_END),
+        len,
+    )
+    timed(
+        "model_inputs (1 service, 7 days)",
+        lambda: features.model_inputs(
+            settings, names[:1], FIXED_END - pd.Timedelta(days=7), FIXED_END
+        ),
+        len,
+    )
     timed("online_features (all services)", lambda: features.online_features(settings, names), len)
     return records
 
@@ -85,6 +112,7 @@ def run(home: Path, services: int = 100, days: int = 28, step_minutes: int = 5,
 def markdown(records: list[dict[str, Any]]) -> str:
     """The records of :func:`run` as a Markdown table."""
     lines = ["| stage | seconds | rows | peak RSS MB |", "|---|---:|---:|---:|"]
-    lines += [f"| {r['stage']} | {r['seconds']} | {r['rows']} | {r['peak_rss_mb']} |"
-              for r in records]
+    lines += [
+        f"| {r['stage']} | {r['seconds']} | {r['rows']} | {r['peak_rss_mb']} |" for r in records
+    ]
     return "\n".join(lines)

@@ -729,7 +729,9 @@ def rolling_forecasts(
                 if promotes(error, champion_error):
                     champions[name] = (family, choice.fitted[family])
             if progress:
-                progress(f"  retrain {offset // REFIT_MINUTES + 1}: champions {_families(champions)}")
+                progress(
+                    f"  retrain {offset // REFIT_MINUTES + 1}: champions {_families(champions)}"
+                )
         recent = history_before(active, origins, HISTORY_DAYS_FOR_FORECAST)
         by_model: dict[int, list[str]] = {}
         for name in origins:

@@ -55,7 +55,9 @@ class TrainingSection(_Section):
     backtest_horizon_hours: int = Field(default=24, ge=1)
     history_days: int = Field(default=28, ge=1)
     shard_size: int = Field(default=25, ge=1)
-    models: list[str] = Field(default_factory=lambda: ["prophet", "lightgbm", "naive"], min_length=1)
+    models: list[str] = Field(
+        default_factory=lambda: ["prophet", "lightgbm", "naive"], min_length=1
+    )
     quantiles: list[float] = Field(default_factory=lambda: [0.5, 0.9], min_length=1)
     model_params: dict[str, dict[str, Any]] = Field(default_factory=dict)
 

@@ -162,9 +162,7 @@ def require_columns(frame: pd.DataFrame, columns: Iterable[str], what: str = "fr
     """
     missing = [c for c in columns if c not in frame.columns]
     if missing:
-        raise ValueError(
-            f"{what} is missing column(s) {missing}; it has {list(frame.columns)}"
-        )
+        raise ValueError(f"{what} is missing column(s) {missing}; it has {list(frame.columns)}")
 
 
 def to_long(frame: pd.DataFrame, metrics: Sequence[str] | None = None) -> pd.DataFrame:

@@ -28,8 +28,7 @@ class _OwnInfoOnly(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         """Whether the record goes into the task log."""
         return (
-            record.levelno >= logging.WARNING
-            or record.name.split(".", 1)[0] in TASK_LOG_NAMESPACES
+            record.levelno >= logging.WARNING or record.name.split(".", 1)[0] in TASK_LOG_NAMESPACES
         )
 
 
@@ -84,8 +83,10 @@ def run_interval(
     Raises:
         ValueError: If there is neither an interval nor a ``run_after``.
     """
-    if data_interval_start is not None and data_interval_end is not None and (
-        data_interval_start < data_interval_end
+    if (
+        data_interval_start is not None
+        and data_interval_end is not None
+        and (data_interval_start < data_interval_end)
     ):
         return data_interval_start, data_interval_end
     anchor = data_interval_end or run_after
@@ -108,8 +109,12 @@ def current_interval(minutes: int) -> tuple[datetime, datetime]:
     from airflow.sdk import get_current_context
 
     context = get_current_context()
-    return run_interval(context.get("data_interval_start"), context.get("data_interval_end"),
-                        context["dag_run"].run_after, minutes)
+    return run_interval(
+        context.get("data_interval_start"),
+        context.get("data_interval_end"),
+        context["dag_run"].run_after,
+        minutes,
+    )
 
 
 def forescale_settings() -> Any:

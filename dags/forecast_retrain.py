@@ -45,8 +45,9 @@ def forecast_retrain() -> None:
         from pipelines.drift import resolve_retrain_trigger
 
         events = triggering_asset_events.get(DRIFT_ASSET, ()) if triggering_asset_events else ()
-        return resolve_retrain_trigger([dict(e.extra or {}) for e in events],
-                                       dag_run.conf if dag_run else None)
+        return resolve_retrain_trigger(
+            [dict(e.extra or {}) for e in events], dag_run.conf if dag_run else None
+        )
 
     @task
     def plan_shards(services: list[str] | None) -> list[list[str]]:
@@ -63,8 +64,15 @@ def forecast_retrain() -> None:
     ) -> str:
         from pipelines.training import train_shard
 
-        return str(train_shard(forescale_settings(), services, reason=retrain_reason,
-                               as_of=data_interval_end, drift_report=drift_report))
+        return str(
+            train_shard(
+                forescale_settings(),
+                services,
+                reason=retrain_reason,
+                as_of=data_interval_end,
+                drift_report=drift_report,
+            )
+        )
 
     @task(retries=1)
     def train_anomaly_model(data_interval_end: datetime | None = None) -> str:

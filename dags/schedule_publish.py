@@ -60,9 +60,7 @@ def schedule_publish() -> None:
         return plan_shards(forescale_settings())
 
     @task
-    def forecast_shard(
-        services: list[str]
-    ) -> str:
+    def forecast_shard(services: list[str]) -> str:
         from pipelines.publish import forecast_shard
 
         _, origin = current_interval(INTERVAL_MINUTES)

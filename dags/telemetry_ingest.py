@@ -89,9 +89,7 @@ def telemetry_ingest() -> None:
         materialize_features(forescale_settings(), end)
 
     @task
-    def score_anomalies(
-        stored_files: list[str]
-    ) -> str:
+    def score_anomalies(stored_files: list[str]) -> str:
         from pipelines.anomalies import score_anomalies
 
         start, end = current_interval(INTERVAL_MINUTES)

@@ -78,8 +78,9 @@ def feature_label(name: str, value: float | None = None) -> str:
 # --------------------------------------------------------------------------- LightGBM
 
 
-def lightgbm_forecast_features(model: Any, horizon: int,
-                               history: pd.DataFrame | None = None) -> tuple[pd.DataFrame, np.ndarray]:
+def lightgbm_forecast_features(
+    model: Any, horizon: int, history: pd.DataFrame | None = None
+) -> tuple[pd.DataFrame, np.ndarray]:
     """The design matrix a LightGBM forecaster uses for its next ``horizon`` steps.
 
     Args:
@@ -101,7 +102,9 @@ def _lightgbm_booster(model: Any, quantile: float = 0.5) -> Any:
     return model.models_[chosen]
 
 
-def shap_values(model: Any, features: np.ndarray, quantile: float = 0.5) -> tuple[np.ndarray, float]:
+def shap_values(
+    model: Any, features: np.ndarray, quantile: float = 0.5
+) -> tuple[np.ndarray, float]:
     """SHAP values (TreeExplainer) of one quantile model of a LightGBM forecaster.
 
     Args:
@@ -133,21 +136,26 @@ def _log_lightgbm_summary(model: Any, history: pd.DataFrame) -> None:
         rows = np.random.default_rng(0).choice(len(features), SHAP_SAMPLE_ROWS, replace=False)
         features = features[rows]
     values, _ = shap_values(model, features)
-    shap.summary_plot(values, features, feature_names=[feature_label(n) for n in
-                                                       model.feature_names_], show=False)
+    shap.summary_plot(
+        values, features, feature_names=[feature_label(n) for n in model.feature_names_], show=False
+    )
     figure = plt.gcf()
     figure.set_size_inches(9, 6)
     figure.tight_layout()
     mlflow.log_figure(figure, "shap_summary.png")
     plt.close(figure)
-    importance = pd.DataFrame({"feature": model.feature_names_,
-                               "mean_abs_shap": np.abs(values).mean(axis=0)})
-    mlflow.log_text(importance.sort_values("mean_abs_shap", ascending=False).to_csv(index=False),
-                    "shap_importance.csv")
+    importance = pd.DataFrame(
+        {"feature": model.feature_names_, "mean_abs_shap": np.abs(values).mean(axis=0)}
+    )
+    mlflow.log_text(
+        importance.sort_values("mean_abs_shap", ascending=False).to_csv(index=False),
+        "shap_importance.csv",
+    )
 
 
-def _lightgbm_drivers(model: Any, history: pd.DataFrame, peaks: pd.DataFrame,
-                      quantile: float) -> list[list[tuple[str, float]]]:
+def _lightgbm_drivers(
+    model: Any, history: pd.DataFrame, peaks: pd.DataFrame, quantile: float
+) -> list[list[tuple[str, float]]]:
     horizon = int((peaks[TS].max() - history[TS].max()) / model.step_) + 1
     keys, features = lightgbm_forecast_features(model, max(horizon, 1), history)
     index = keys.reset_index().merge(peaks[[SERVICE, TS]], on=[SERVICE, TS])["index"].to_numpy()
@@ -160,15 +168,23 @@ def _lightgbm_drivers(model: Any, history: pd.DataFrame, peaks: pd.DataFrame,
     for row, contributions, total in zip(features[index], values, totals, strict=True):
         order = np.argsort(-np.abs(contributions))[:TOP_DRIVERS]
         scale = total if total > 1e-9 else 1.0
-        out.append([(feature_label(model.feature_names_[i], row[i]),
-                     100.0 * contributions[i] / scale) for i in order])
+        out.append(
+            [
+                (feature_label(model.feature_names_[i], row[i]), 100.0 * contributions[i] / scale)
+                for i in order
+            ]
+        )
     return out
 
 
 # --------------------------------------------------------------------------- Prophet
 
-PROPHET_COMPONENTS = {"daily": "daily pattern", "weekly": "weekly pattern",
-                      "holidays": "planned events", "trend": "trend"}
+PROPHET_COMPONENTS = {
+    "daily": "daily pattern",
+    "weekly": "weekly pattern",
+    "holidays": "planned events",
+    "trend": "trend",
+}
 
 
 def _prophet_components(model: Any, service: str, timestamps: pd.Series) -> pd.DataFrame:
@@ -200,15 +216,19 @@ def _prophet_drivers(model: Any, peaks: pd.DataFrame) -> list[list[tuple[str, fl
         components = _prophet_components(model, str(service), rows[TS])
         for _, comp in components.iterrows():
             base = abs(comp["trend"]) if abs(comp["trend"]) > 1e-9 else 1.0
-            effects = [(label, 100.0 * comp[name] / base) for name, label in
-                       PROPHET_COMPONENTS.items() if name in comp and name != "trend"]
+            effects = [
+                (label, 100.0 * comp[name] / base)
+                for name, label in PROPHET_COMPONENTS.items()
+                if name in comp and name != "trend"
+            ]
             effects.sort(key=lambda item: -abs(item[1]))
             out.append(effects[:TOP_DRIVERS])
     return out
 
 
-def _holt_winters_drivers(model: Any, history: pd.DataFrame,
-                          peaks: pd.DataFrame) -> list[list[tuple[str, float]]]:
+def _holt_winters_drivers(
+    model: Any, history: pd.DataFrame, peaks: pd.DataFrame
+) -> list[list[tuple[str, float]]]:
     """Daily and weekly pattern of a Holt-Winters forecast at each peak, in % of the level."""
     step = model.step_
     last = history[TS].max()
@@ -220,8 +240,12 @@ def _holt_winters_drivers(model: Any, history: pd.DataFrame,
             out.append([("same time last week", 0.0)])
             continue
         row = components.loc[ts]
-        out.append([("daily pattern", 100.0 * float(np.expm1(row["daily"]))),
-                    ("weekly pattern", 100.0 * float(np.expm1(row["weekly"])))])
+        out.append(
+            [
+                ("daily pattern", 100.0 * float(np.expm1(row["daily"]))),
+                ("weekly pattern", 100.0 * float(np.expm1(row["weekly"]))),
+            ]
+        )
     return out
 
 
@@ -251,8 +275,13 @@ def log_model_explanations(model: Forecaster, history: pd.DataFrame) -> None:
         _log_prophet_components(model, history)
 
 
-def explain_peaks(model: Forecaster, history: pd.DataFrame, schedule: pd.DataFrame,
-                  n_peaks: int = 3, quantile: float = 0.9) -> dict[str, Any]:
+def explain_peaks(
+    model: Forecaster,
+    history: pd.DataFrame,
+    schedule: pd.DataFrame,
+    n_peaks: int = 3,
+    quantile: float = 0.9,
+) -> dict[str, Any]:
     """Explain the forecast at the peak steps of one service's schedule, in words.
 
     Args:
@@ -292,18 +321,29 @@ def explain_peaks(model: Forecaster, history: pd.DataFrame, schedule: pd.DataFra
         basis = "Holt-Winters seasonal components relative to the smoothed level"
     else:
         drivers = [[("same time yesterday", 0.0)] for _ in range(len(ranked))]
-        basis = (f"{model.name} repeats the same time of the previous day"
-                 if model.name != "ensemble" else
-                 "the ensemble forecasts this service by seasonal naive (its guard, or a short "
-                 "history): it repeats the same time of the previous day")
+        basis = (
+            f"{model.name} repeats the same time of the previous day"
+            if model.name != "ensemble"
+            else "the ensemble forecasts this service by seasonal naive (its guard, or a short "
+            "history): it repeats the same time of the previous day"
+        )
     peaks = []
     for row, effects in zip(ranked.itertuples(), drivers, strict=True):
         words = ", ".join(f"{label} {effect:+.0f} %" for label, effect in effects)
-        peaks.append({
-            "ts": row.ts.isoformat(), "replicas": int(row.replicas),
-            "forecast": float(getattr(row, "forecast_p90", np.nan)),
-            "drivers": [{"input": label, "effect_pct": round(effect, 1)} for label, effect in effects],
-            "text": f"{row.ts:%a %H:%M} peak ({int(row.replicas)} replicas): {words}",
-        })
-    return {"family": model.name, "basis": basis,
-            "summary": "; ".join(p["text"] for p in peaks), "peaks": peaks}
+        peaks.append(
+            {
+                "ts": row.ts.isoformat(),
+                "replicas": int(row.replicas),
+                "forecast": float(getattr(row, "forecast_p90", np.nan)),
+                "drivers": [
+                    {"input": label, "effect_pct": round(effect, 1)} for label, effect in effects
+                ],
+                "text": f"{row.ts:%a %H:%M} peak ({int(row.replicas)} replicas): {words}",
+            }
+        )
+    return {
+        "family": model.name,
+        "basis": basis,
+        "summary": "; ".join(p["text"] for p in peaks),
+        "peaks": peaks,
+    }

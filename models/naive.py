@@ -92,7 +92,6 @@ class SeasonalNaiveForecaster(Forecaster):
         return result
 
 
-
 def seasonal_naive_path(values: np.ndarray, season: int, horizon: int) -> np.ndarray:
     """The seasonal-naive forecast of ``horizon`` steps after ``values``.
 

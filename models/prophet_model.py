@@ -209,4 +209,3 @@ class ProphetForecaster(Forecaster):
         result = pd.concat(parts, ignore_index=True)
         result[TS] = result[TS].astype(self.ts_dtype_)
         return finalize_quantiles(result, levels)
-

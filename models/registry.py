@@ -33,7 +33,12 @@ BACKTEST_TAG = "backtest_error"
 FAMILY_TAG = "model_family"
 
 PIP_REQUIREMENTS = [
-    "pandas", "numpy", "pyarrow", "lightgbm==4.7.0", "prophet==1.5.0", "pydantic-settings",
+    "pandas",
+    "numpy",
+    "pyarrow",
+    "lightgbm==4.7.0",
+    "prophet==1.5.0",
+    "pydantic-settings",
 ]
 
 log = logging.getLogger(__name__)
@@ -65,13 +70,17 @@ class ForecasterPyfunc(mlflow.pyfunc.PythonModel):
         """Load the saved forecaster from the model's artifacts."""
         self.forecaster: Forecaster = load_object(Path(context.artifacts["forecaster"]), Forecaster)
 
-    def predict(self, context: Any, model_input: pd.DataFrame,
-                params: dict[str, Any] | None = None) -> pd.DataFrame:
+    def predict(
+        self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
         """Forecast from the given history."""
         params = params or {}
         quantiles = tuple(float(q) for q in str(params.get("quantiles", "0.5,0.9")).split(","))
-        return self.forecaster.predict(int(params.get("horizon", 288)), quantiles,
-                                       history=model_input if len(model_input) else None)
+        return self.forecaster.predict(
+            int(params.get("horizon", 288)),
+            quantiles,
+            history=model_input if len(model_input) else None,
+        )
 
 
 @dataclass(frozen=True)
@@ -112,8 +121,10 @@ def configure_mlflow(settings: Settings, experiment: str = EXPERIMENT) -> str:
         location = None  # a tracking server chooses (and proxies) its own artifact store
     # Classic ML experiment: the MLflow UI opens on runs and models, not on GenAI traces.
     experiment_id = client.create_experiment(
-        experiment, artifact_location=location,
-        tags={"mlflow.experimentKind": "custom_model_development"})
+        experiment,
+        artifact_location=location,
+        tags={"mlflow.experimentKind": "custom_model_development"},
+    )
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
 
@@ -161,7 +172,10 @@ def mlflow_messages_as_logs() -> Iterator[None]:
 
 
 def log_registered_pyfunc(
-    name: str, artifact_name: str, python_model: mlflow.pyfunc.PythonModel, artifacts: dict[str, str]
+    name: str,
+    artifact_name: str,
+    python_model: mlflow.pyfunc.PythonModel,
+    artifacts: dict[str, str],
 ) -> str:
     """Log a pyfunc model in the active run and register it as a new version of ``name``.
 
@@ -176,8 +190,11 @@ def log_registered_pyfunc(
     """
     with mlflow_messages_as_logs():
         info = mlflow.pyfunc.log_model(
-            name=artifact_name, python_model=python_model, artifacts=artifacts,
-            pip_requirements=PIP_REQUIREMENTS, registered_model_name=name,
+            name=artifact_name,
+            python_model=python_model,
+            artifacts=artifacts,
+            pip_requirements=PIP_REQUIREMENTS,
+            registered_model_name=name,
         )
     return str(info.registered_model_version)
 
@@ -197,8 +214,9 @@ def log_forecaster(model: Forecaster, service: str, backtest_error: float) -> Re
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "forecaster"
         model.save(path)
-        version = log_registered_pyfunc(name, "model", ForecasterPyfunc(),
-                                        {"forecaster": str(path)})
+        version = log_registered_pyfunc(
+            name, "model", ForecasterPyfunc(), {"forecaster": str(path)}
+        )
     return tag_version(name, version, model.name, backtest_error)
 
 
@@ -208,11 +226,18 @@ def version_by_alias(name: str, alias: str = CHAMPION) -> RegisteredVersion | No
         mv = MlflowClient().get_model_version_by_alias(name, alias)
     except MlflowException:
         return None
-    return RegisteredVersion(name, str(mv.version), mv.tags.get(FAMILY_TAG, "unknown"),
-                             float(mv.tags.get(BACKTEST_TAG, "nan")), mv.run_id)
+    return RegisteredVersion(
+        name,
+        str(mv.version),
+        mv.tags.get(FAMILY_TAG, "unknown"),
+        float(mv.tags.get(BACKTEST_TAG, "nan")),
+        mv.run_id,
+    )
 
 
-def champion(service: str, alias: str = CHAMPION, kind: str = "forecaster") -> RegisteredVersion | None:
+def champion(
+    service: str, alias: str = CHAMPION, kind: str = "forecaster"
+) -> RegisteredVersion | None:
     """The version of a service's model holding ``alias`` (default ``champion``), or ``None``."""
     return version_by_alias(registered_name(service, kind), alias)
 
@@ -242,8 +267,9 @@ def tag_version(name: str, version: str, family: str, backtest_error: float) -> 
     client.set_model_version_tag(name, version, BACKTEST_TAG, f"{backtest_error:.6g}")
     client.set_model_version_tag(name, version, FAMILY_TAG, family)
     run = mlflow.active_run()
-    return RegisteredVersion(name, version, family, backtest_error,
-                             run.info.run_id if run else None)
+    return RegisteredVersion(
+        name, version, family, backtest_error, run.info.run_id if run else None
+    )
 
 
 def load_forecaster(version: RegisteredVersion) -> Forecaster:

@@ -234,8 +234,9 @@ def _log_detector(detector: AnomalyDetector, error: float) -> RegisteredVersion:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "detector"
         AnomalyDetector(detector.settings, detector.threshold, detector.target).save(path)
-        version = log_registered_pyfunc(ANOMALY_MODEL, "detector", DetectorPyfunc(),
-                                        {"detector": str(path)})
+        version = log_registered_pyfunc(
+            ANOMALY_MODEL, "detector", DetectorPyfunc(), {"detector": str(path)}
+        )
     return tag_version(ANOMALY_MODEL, version, detector.name, error)
 
 

@@ -269,8 +269,10 @@ def pipeline_run(
     seed: Annotated[int, typer.Option(help="Synthetic seed.")] = 42,
     json_path: Annotated[
         Path | None,
-        typer.Option("--json", help="Write per service: family, version, backtest error, "
-                                    "promoted, peak replicas."),
+        typer.Option(
+            "--json",
+            help="Write per service: family, version, backtest error, promoted, peak replicas.",
+        ),
     ] = None,
 ) -> None:
     """Run ingest -> validate -> features -> train -> schedule -> publish once and summarise."""
@@ -381,21 +383,30 @@ def bench_forecast(
     ] = False,
     params: Annotated[
         Path | None,
-        typer.Option("--params", help="Params file whose forecasters the ops traces measure "
-                                      "(default: the repo's params.yaml)."),
+        typer.Option(
+            "--params",
+            help="Params file whose forecasters the ops traces measure "
+            "(default: the repo's params.yaml).",
+        ),
     ] = None,
     m4_params: Annotated[
         Path | None,
-        typer.Option("--m4-params", help="Params file whose forecasters M4 measures "
-                                         "(default: benchmarks/profiles/m4.yaml)."),
+        typer.Option(
+            "--m4-params",
+            help="Params file whose forecasters M4 measures "
+            "(default: benchmarks/profiles/m4.yaml).",
+        ),
     ] = None,
     report: Annotated[
-        Path | None, typer.Option(help="Write the Markdown report (e.g. docs/benchmarks/forecast.md).")
+        Path | None,
+        typer.Option(help="Write the Markdown report (e.g. docs/benchmarks/forecast.md)."),
     ] = None,
     from_json: Annotated[
         list[Path] | None,
-        typer.Option(help="Only write --report from the JSON of earlier runs (no benchmark); "
-                          "several: runs on parts of the data, merged."),
+        typer.Option(
+            help="Only write --report from the JSON of earlier runs (no benchmark); "
+            "several: runs on parts of the data, merged."
+        ),
     ] = None,
 ) -> None:
     """M4 Hourly and ops-trace forecasting benchmark of the forecasters a params file configures."""
@@ -415,16 +426,25 @@ def bench_forecast(
             raise typer.BadParameter("--from-json needs --report FILE")
         try:
             document = report_document(
-                merge_reports([json.loads(path.read_text()) for path in from_json]))
+                merge_reports([json.loads(path.read_text()) for path in from_json])
+            )
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise typer.BadParameter(
-                f"{', '.join(map(str, from_json))}: not bench forecast JSON ({err})") from err
+                f"{', '.join(map(str, from_json))}: not bench forecast JSON ({err})"
+            ) from err
         report.parent.mkdir(parents=True, exist_ok=True)
         report.write_text(document)
         return
-    run_forecast_bench(data, json_path, forecasts, quick=quick, training_part=training_part,
-                       params_file=params or OPS_PARAMS, m4_params_file=m4_params or M4_PARAMS,
-                       report_path=report)
+    run_forecast_bench(
+        data,
+        json_path,
+        forecasts,
+        quick=quick,
+        training_part=training_part,
+        params_file=params or OPS_PARAMS,
+        m4_params_file=m4_params or M4_PARAMS,
+        report_path=report,
+    )
 
 
 @bench_app.command("guard-cv")
@@ -446,10 +466,12 @@ def bench_guard_cv(
     _settings()
     report = run_guard_cv(data, params or OPS_PARAMS, cache, origins, json_path=json_path)
     for row in report["loso"]:
-        out.print(f"held out {row['held_out']} ({row['traces']} traces): ratio "
-                  f"{row['chosen_ratio']} -> mean {row['held_out_mean']:.3f}, max "
-                  f"{row['held_out_max']:.3f} (no guard: mean {row['no_guard_mean']:.3f}, max "
-                  f"{row['no_guard_max']:.3f})")
+        out.print(
+            f"held out {row['held_out']} ({row['traces']} traces): ratio "
+            f"{row['chosen_ratio']} -> mean {row['held_out_mean']:.3f}, max "
+            f"{row['held_out_max']:.3f} (no guard: mean {row['no_guard_mean']:.3f}, max "
+            f"{row['no_guard_max']:.3f})"
+        )
     out.print(f"chosen on every source: {report['chosen_on_all']}")
 
 

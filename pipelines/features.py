@@ -165,8 +165,11 @@ def apply_features(settings: Settings) -> None:
     store = feature_store(settings)
     declared = load_definitions(settings)
     names = {(type(o).__name__, o.name) for o in declared}
-    stale = [o for o in [*store.list_feature_views(), *store.list_feature_services()]
-             if (type(o).__name__, o.name) not in names]
+    stale = [
+        o
+        for o in [*store.list_feature_views(), *store.list_feature_services()]
+        if (type(o).__name__, o.name) not in names
+    ]
     store.apply(declared, objects_to_delete=stale, partial=not stale)
 
 
@@ -213,8 +216,9 @@ def compute_service_features(telemetry: pd.DataFrame, step_minutes: int = 5) -> 
 FEATURE_LOOKBACK = pd.Timedelta(hours=1)
 
 
-def update_offline_features(settings: Settings, services: Sequence[str] | None = None,
-                            since: datetime | None = None) -> Path:
+def update_offline_features(
+    settings: Settings, services: Sequence[str] | None = None, since: datetime | None = None
+) -> Path:
     """Recompute the offline source from the stored raw telemetry.
 
     Args:
@@ -234,8 +238,9 @@ def update_offline_features(settings: Settings, services: Sequence[str] | None =
     """
     path = offline_source_path(settings)
     since_ts = utc_timestamp(since) if since is not None and path.exists() else None
-    telemetry = read_telemetry(settings, services=services,
-                               start=None if since_ts is None else since_ts - FEATURE_LOOKBACK)
+    telemetry = read_telemetry(
+        settings, services=services, start=None if since_ts is None else since_ts - FEATURE_LOOKBACK
+    )
     if telemetry.empty:
         raise ValueError(
             f"no stored telemetry under {settings.telemetry_dir} for services "
@@ -243,8 +248,9 @@ def update_offline_features(settings: Settings, services: Sequence[str] | None =
         )
     missing = sorted(set(services or ()) - set(telemetry[SERVICE].unique()))
     if missing:
-        raise ValueError(f"no stored telemetry under {settings.telemetry_dir} for service(s) "
-                         f"{missing}")
+        raise ValueError(
+            f"no stored telemetry under {settings.telemetry_dir} for service(s) {missing}"
+        )
     features = compute_service_features(telemetry, settings.step_minutes)
     recomputed = sorted(telemetry[SERVICE].unique())
     if since_ts is not None:
@@ -308,8 +314,9 @@ def input_feature(settings: Settings) -> str:
     return "requests_max" if forecast_target(settings.params_file) == "peak" else "requests_mean"
 
 
-def model_inputs(settings: Settings, services: Sequence[str], start: datetime,
-                 end: datetime) -> pd.DataFrame:
+def model_inputs(
+    settings: Settings, services: Sequence[str], start: datetime, end: datetime
+) -> pd.DataFrame:
     """The forecasters' input series for every step of ``[start, end)``, read from Feast.
 
     The value of the step ``[ts, ts + step)`` is the step aggregate Feast serves at the step's
@@ -396,5 +403,3 @@ def _definitions_module() -> ModuleType:
     module.__file__ = str(path)
     exec(compile(path.read_text(), str(path), "exec"), module.__dict__)  # noqa: S102
     return module
-
-

@@ -49,8 +49,12 @@ def _run_time(run_dir: Path) -> pd.Timestamp | None:
         return None
 
 
-def recent_history(settings: Settings, services: Sequence[str], as_of: pd.Timestamp,
-                   days: int = HISTORY_DAYS_FOR_FORECAST) -> pd.DataFrame:
+def recent_history(
+    settings: Settings,
+    services: Sequence[str],
+    as_of: pd.Timestamp,
+    days: int = HISTORY_DAYS_FOR_FORECAST,
+) -> pd.DataFrame:
     """The forecasters' input series of the last ``days`` before ``as_of``, from Feast.
 
     The same reader as training's (:func:`pipelines.features.model_inputs`), so a forecast is
@@ -71,8 +75,9 @@ def recent_history(settings: Settings, services: Sequence[str], as_of: pd.Timest
     return model_inputs(settings, services, as_of - pd.Timedelta(days=days), as_of)
 
 
-def forecast_shard(settings: Settings, services: Sequence[str],
-                   as_of: datetime | None = None) -> Path:
+def forecast_shard(
+    settings: Settings, services: Sequence[str], as_of: datetime | None = None
+) -> Path:
     """Forecast every service of a shard with its champion.
 
     Args:
@@ -92,8 +97,9 @@ def forecast_shard(settings: Settings, services: Sequence[str],
     origin = resolve_as_of(settings, as_of)
     params = section(settings.params_file, "schedule")
     horizon = int(params.get("horizon_hours", 24)) * 60 // settings.step_minutes
-    quantiles = tuple(float(q) for q in section(settings.params_file, "training")
-                      .get("quantiles", [0.5, 0.9]))
+    quantiles = tuple(
+        float(q) for q in section(settings.params_file, "training").get("quantiles", [0.5, 0.9])
+    )
     history = recent_history(settings, services, origin)
     frames = []
     for service in services:
@@ -102,8 +108,10 @@ def forecast_shard(settings: Settings, services: Sequence[str],
             raise ValueError(f"service {service!r} has no champion model: run forecast_retrain")
         own = history[history[SERVICE] == service]
         if own.empty:
-            raise ValueError(f"service {service!r} has no telemetry in the "
-                             f"{HISTORY_DAYS_FOR_FORECAST} days before {origin}")
+            raise ValueError(
+                f"service {service!r} has no telemetry in the "
+                f"{HISTORY_DAYS_FOR_FORECAST} days before {origin}"
+            )
         forecast = load_forecaster(version).predict(horizon, quantiles, history=own)
         frames.append(forecast.assign(model_version=version.label))
     out = path_under(_run_dir(settings, "forecasts", origin), f"{services[0]}.parquet")
@@ -111,8 +119,12 @@ def forecast_shard(settings: Settings, services: Sequence[str],
     return out
 
 
-def issued_forecasts(settings: Settings, start: pd.Timestamp, end: pd.Timestamp,
-                     services: Sequence[str] | None = None) -> pd.DataFrame:
+def issued_forecasts(
+    settings: Settings,
+    start: pd.Timestamp,
+    end: pd.Timestamp,
+    services: Sequence[str] | None = None,
+) -> pd.DataFrame:
     """The forecasts :func:`forecast_shard` issued in ``[start, end)``, as they were written.
 
     Args:
@@ -135,16 +147,19 @@ def issued_forecasts(settings: Settings, start: pd.Timestamp, end: pd.Timestamp,
             frame = pd.read_parquet(path, filters=wanted)
             if not frame.empty:
                 frame = frame.sort_values([SERVICE, TS], kind="stable")
-                frames.append(frame.assign(issued=issued,
-                                           horizon_step=frame.groupby(SERVICE).cumcount() + 1))
+                frames.append(
+                    frame.assign(issued=issued, horizon_step=frame.groupby(SERVICE).cumcount() + 1)
+                )
     if not frames:
-        return pd.DataFrame(columns=[SERVICE, TS, "p50", "p90", "model_version", "issued",
-                                     "horizon_step"])
+        return pd.DataFrame(
+            columns=[SERVICE, TS, "p50", "p90", "model_version", "issued", "horizon_step"]
+        )
     return pd.concat(frames, ignore_index=True)
 
 
-def forecast_errors(settings: Settings, services: Sequence[str], as_of: pd.Timestamp,
-                    days: float) -> pd.DataFrame:
+def forecast_errors(
+    settings: Settings, services: Sequence[str], as_of: pd.Timestamp, days: float
+) -> pd.DataFrame:
     """Standardized errors of the forecasts issued in the ``days`` before ``as_of``.
 
     Each forecast step that ended by ``as_of`` is compared with the validated telemetry at the
@@ -174,8 +189,9 @@ def forecast_errors(settings: Settings, services: Sequence[str], as_of: pd.Times
     if actual.empty:
         return pd.DataFrame(columns=columns)
     joined = issued.merge(actual[[SERVICE, TS, TARGET]], on=[SERVICE, TS], how="inner")
-    joined["error"] = standardized_errors(joined[TARGET].to_numpy(), joined["p50"].to_numpy(),
-                                          joined["p90"].to_numpy())
+    joined["error"] = standardized_errors(
+        joined[TARGET].to_numpy(), joined["p50"].to_numpy(), joined["p90"].to_numpy()
+    )
     return joined[columns]
 
 
@@ -209,15 +225,19 @@ def build_schedules(settings: Settings, forecast_path: Path | str) -> Path:
     tail_days = float(section(settings.params_file, "schedule").get("tail_days", 0))
     errors = None
     if tail_days > 0 and not {"p50", "p90"} <= set(forecast.columns):
-        LOG.warning("schedule.tail_days is %s but %s has no p50/p90 forecast "
-                    "(training.quantiles): planning on the forecast's quantiles",
-                    tail_days, forecast_path)
+        LOG.warning(
+            "schedule.tail_days is %s but %s has no p50/p90 forecast "
+            "(training.quantiles): planning on the forecast's quantiles",
+            tail_days,
+            forecast_path,
+        )
     elif tail_days > 0:
         issued = _run_time(forecast_path.parent)
         if issued is None:
             raise ValueError(
                 f"{forecast_path}: schedule.tail_days needs the forecast's issue time as its "
-                f"folder name ({RUN_FOLDER_FORMAT}, as forecast_shard writes it)")
+                f"folder name ({RUN_FOLDER_FORMAT}, as forecast_shard writes it)"
+            )
         errors = forecast_errors(settings, sorted(forecast[SERVICE].unique()), issued, tail_days)
     frames = []
     for service, rows in forecast.groupby(SERVICE, sort=True):
@@ -226,8 +246,12 @@ def build_schedules(settings: Settings, forecast_path: Path | str) -> Path:
         tail = None
         if errors is not None:
             own = errors[(errors[SERVICE] == service) & (errors["model_version"] == version)]
-            tail = tail_factors(own["error"].to_numpy(float), own["horizon_step"].to_numpy(),
-                                1.0 - config.risk, len(rows))
+            tail = tail_factors(
+                own["error"].to_numpy(float),
+                own["horizon_step"].to_numpy(),
+                1.0 - config.risk,
+                len(rows),
+            )
         plan = plan_replicas(rows.drop(columns="model_version"), config, tail=tail)
         frames.append(plan.assign(model_version=version))
     out = forecast_path.parent.parent.parent / "schedules" / forecast_path.parent.name
@@ -237,8 +261,12 @@ def build_schedules(settings: Settings, forecast_path: Path | str) -> Path:
     return path
 
 
-def publish_schedules(settings: Settings, schedules_path: Path | str,
-                      as_of: datetime | None = None, now: datetime | None = None) -> Path:
+def publish_schedules(
+    settings: Settings,
+    schedules_path: Path | str,
+    as_of: datetime | None = None,
+    now: datetime | None = None,
+) -> Path:
     """Publish the schedules of a file to the serving store, with their explanations.
 
     All services of the file are published in one transaction (each gets its next version), so a
@@ -261,29 +289,46 @@ def publish_schedules(settings: Settings, schedules_path: Path | str,
 
     schedules_path = Path(schedules_path)
     schedules = pd.read_parquet(schedules_path)
-    validity = pd.Timedelta(hours=float(section(settings.params_file, "schedule")
-                                        .get("validity_hours", 2)))
+    validity = pd.Timedelta(
+        hours=float(section(settings.params_file, "schedule").get("validity_hours", 2))
+    )
     now = pd.Timestamp(as_of) if as_of is not None else pd.Timestamp.now(tz="UTC")
     configure_mlflow(settings)
     bodies: dict[str, SchedulePublish] = {}
     explanations: dict[str, dict] = {}
     for service, rows in schedules.groupby(SERVICE, sort=True):
         name = str(service)
-        steps = [ScheduleStep(ts=r.ts, replicas=int(r.replicas), forecast_p50=float(r.forecast_p50),
-                              forecast_p90=float(r.forecast_p90))
-                 for r in rows.itertuples()]
+        steps = [
+            ScheduleStep(
+                ts=r.ts,
+                replicas=int(r.replicas),
+                forecast_p50=float(r.forecast_p50),
+                forecast_p90=float(r.forecast_p90),
+            )
+            for r in rows.itertuples()
+        ]
         bodies[name] = SchedulePublish(
-            model_version=str(rows["model_version"].iloc[0]), generated_at=now.to_pydatetime(),
+            model_version=str(rows["model_version"].iloc[0]),
+            generated_at=now.to_pydatetime(),
             valid_until=(max(now, rows[TS].min()) + validity).to_pydatetime(),
             step_seconds=settings.step_minutes * 60,
-            dry_run=bool(service_config(settings.params_file, name).dry_run), steps=steps)
+            dry_run=bool(service_config(settings.params_file, name).dry_run),
+            steps=steps,
+        )
         explanations[name] = explain_schedule(settings, rows)
-    versions = publish_schedules_to_store(settings, bodies, explanations,
-                                          now=now or pd.Timestamp.now(tz="UTC").to_pydatetime())
-    summary = {name: {"version": versions[name], "model_version": body.model_version,
-                      "peak_replicas": max(step.replicas for step in body.steps),
-                      "steps": len(body.steps), "explanation": explanations[name]["summary"]}
-               for name, body in bodies.items()}
+    versions = publish_schedules_to_store(
+        settings, bodies, explanations, now=now or pd.Timestamp.now(tz="UTC").to_pydatetime()
+    )
+    summary = {
+        name: {
+            "version": versions[name],
+            "model_version": body.model_version,
+            "peak_replicas": max(step.replicas for step in body.steps),
+            "steps": len(body.steps),
+            "explanation": explanations[name]["summary"],
+        }
+        for name, body in bodies.items()
+    }
     out = schedules_path.with_suffix(".published.json")
     out.write_text(json.dumps(summary, indent=2))
     return out
@@ -317,7 +362,8 @@ def prune_runs(settings: Settings, now: datetime | None = None) -> list[Path]:
         raise ValueError(
             f"schedule.keep_days is {keep_days}, but schedule.tail_days ({tail_days}) and the "
             f"rollback check ({rollback_days:.2f} days) read older forecasts: keep at least "
-            f"{max(tail_days, rollback_days):.2f} days")
+            f"{max(tail_days, rollback_days):.2f} days"
+        )
     cutoff = utc_timestamp(now if now is not None else pd.Timestamp.now(tz="UTC"))
     cutoff -= pd.Timedelta(days=keep_days)
     deleted = []
@@ -348,8 +394,12 @@ def explain_schedule(settings: Settings, schedule: pd.DataFrame) -> dict:
     origin = schedule[TS].min()
     history = recent_history(settings, [service], origin)
     document = explain_peaks(load_version(label), history, schedule)
-    return {"service": service, "model_version": label, "sizing": sizing_in_words(schedule),
-            **document}
+    return {
+        "service": service,
+        "model_version": label,
+        "sizing": sizing_in_words(schedule),
+        **document,
+    }
 
 
 def sizing_in_words(schedule: pd.DataFrame) -> str:
@@ -373,7 +423,9 @@ def sizing_in_words(schedule: pd.DataFrame) -> str:
     if pd.isna(factor):
         basis = f"the forecast's own {100 * level:.3g}% quantile"
     else:
-        basis = (f"p50 + {factor:.2f} x (p90 - p50) at the first step (the {100 * level:.3g}% "
-                 f"quantile of its own recent errors; the forecast's tail would give "
-                 f"{normal:.2f})")
+        basis = (
+            f"p50 + {factor:.2f} x (p90 - p50) at the first step (the {100 * level:.3g}% "
+            f"quantile of its own recent errors; the forecast's tail would give "
+            f"{normal:.2f})"
+        )
     return f"risk {1 - level:.3g}: {basis}; {first['planned_load']:.1f} req/s at the first step"

@@ -45,8 +45,9 @@ class RollbackDecision:
     reason: str
 
 
-def served_forecasts(settings: Settings, service: str, model_label: str, start: pd.Timestamp,
-                     end: pd.Timestamp) -> pd.DataFrame:
+def served_forecasts(
+    settings: Settings, service: str, model_label: str, start: pd.Timestamp, end: pd.Timestamp
+) -> pd.DataFrame:
     """The forecast in force for each step of ``[start, end)``: the newest one issued before it.
 
     Args:
@@ -63,14 +64,16 @@ def served_forecasts(settings: Settings, service: str, model_label: str, start: 
     forecasts = forecasts[forecasts["model_version"] == model_label]
     if forecasts.empty:
         return pd.DataFrame(columns=[TS, "p50", "issued"])
-    forecasts = forecasts[(forecasts[TS] >= start) & (forecasts[TS] < end)
-                          & (forecasts[TS] >= forecasts["issued"])]
+    forecasts = forecasts[
+        (forecasts[TS] >= start) & (forecasts[TS] < end) & (forecasts[TS] >= forecasts["issued"])
+    ]
     newest = forecasts.sort_values("issued").groupby(TS, as_index=False).last()
     return newest[[TS, quantile_column(0.5), "issued"]]
 
 
-def live_error(settings: Settings, service: str, model_label: str, now: pd.Timestamp,
-               window_hours: float) -> tuple[float | None, int]:
+def live_error(
+    settings: Settings, service: str, model_label: str, now: pd.Timestamp, window_hours: float
+) -> tuple[float | None, int]:
     """Relative MAE (vs seasonal naive) of the forecasts a model served in the last hours.
 
     Args:
@@ -91,17 +94,22 @@ def live_error(settings: Settings, service: str, model_label: str, now: pd.Times
     if served.empty or actual.empty:
         return None, 0
     naive = actual.assign(**{TS: actual[TS] + pd.Timedelta(days=1)}).rename(
-        columns={TARGET: "naive"})
+        columns={TARGET: "naive"}
+    )
     joined = served.merge(actual, on=TS).merge(naive[[TS, "naive"]], on=TS)
     if joined.empty:
         return None, 0
-    error = relative_mae(joined[TARGET].to_numpy(float), joined["p50"].to_numpy(float),
-                         joined["naive"].to_numpy(float))
+    error = relative_mae(
+        joined[TARGET].to_numpy(float),
+        joined["p50"].to_numpy(float),
+        joined["naive"].to_numpy(float),
+    )
     return float(error), len(joined)
 
 
-def check_rollbacks(settings: Settings, services: Sequence[str] | None = None,
-                    now: datetime | None = None) -> Path:
+def check_rollbacks(
+    settings: Settings, services: Sequence[str] | None = None, now: datetime | None = None
+) -> Path:
     """Roll back every service whose champion's live error is too much worse than its predecessor.
 
     Args:
@@ -118,8 +126,11 @@ def check_rollbacks(settings: Settings, services: Sequence[str] | None = None,
     window = float(params.get("window_hours", 6))
     margin = float(params.get("margin", 0.2))
     min_points = int(params.get("min_points", 12))
-    stamp = pd.Timestamp(now, tz="UTC") if now is not None and pd.Timestamp(now).tzinfo is None \
+    stamp = (
+        pd.Timestamp(now, tz="UTC")
+        if now is not None and pd.Timestamp(now).tzinfo is None
         else pd.Timestamp(now if now is not None else pd.Timestamp.now(tz="UTC"))
+    )
     configure_mlflow(settings)
     decisions = []
     for service in services if services is not None else list_services(settings):
@@ -130,27 +141,61 @@ def check_rollbacks(settings: Settings, services: Sequence[str] | None = None,
     return out
 
 
-def _decide(settings: Settings, service: str, now: pd.Timestamp, window: float, margin: float,
-            min_points: int) -> RollbackDecision:
+def _decide(
+    settings: Settings,
+    service: str,
+    now: pd.Timestamp,
+    window: float,
+    margin: float,
+    min_points: int,
+) -> RollbackDecision:
     current, previous = champion(service), champion(service, PREVIOUS)
     if current is None or previous is None:
-        return RollbackDecision(service, current.label if current else None, None, None, None, 0,
-                                False, "no previous champion to roll back to")
+        return RollbackDecision(
+            service,
+            current.label if current else None,
+            None,
+            None,
+            None,
+            0,
+            False,
+            "no previous champion to roll back to",
+        )
     error, points = live_error(settings, service, current.label, now, window)
     limit = previous.backtest_error * (1 + margin)
     if error is None or points < min_points:
-        return RollbackDecision(service, current.label, previous.label, error,
-                                previous.backtest_error, points, False,
-                                f"only {points} served steps with actuals (need {min_points})")
+        return RollbackDecision(
+            service,
+            current.label,
+            previous.label,
+            error,
+            previous.backtest_error,
+            points,
+            False,
+            f"only {points} served steps with actuals (need {min_points})",
+        )
     if error <= limit:
-        return RollbackDecision(service, current.label, previous.label, error,
-                                previous.backtest_error, points, False,
-                                f"live error {error:.3f} within {limit:.3f}")
+        return RollbackDecision(
+            service,
+            current.label,
+            previous.label,
+            error,
+            previous.backtest_error,
+            points,
+            False,
+            f"live error {error:.3f} within {limit:.3f}",
+        )
     client = MlflowClient()
     client.set_registered_model_alias(current.name, CHAMPION, previous.version)
     client.set_registered_model_alias(current.name, PREVIOUS, current.version)
     decision = RollbackDecision(
-        service, current.label, previous.label, error, previous.backtest_error, points, True,
+        service,
+        current.label,
+        previous.label,
+        error,
+        previous.backtest_error,
+        points,
+        True,
         f"live error {error:.3f} over {window:g} h exceeds previous champion's backtest error "
         f"{previous.backtest_error:.3f} by more than {margin:.0%}; champion moved back to "
         f"{previous.label}",
@@ -162,12 +207,21 @@ def _decide(settings: Settings, service: str, now: pd.Timestamp, window: float, 
 def _log_event(settings: Settings, decision: RollbackDecision) -> None:
     experiment = configure_mlflow(settings, ROLLBACK_EXPERIMENT)
     with mlflow.start_run(experiment_id=experiment, run_name=f"rollback {decision.service}"):
-        mlflow.set_tags({"event": "rollback", "service": decision.service,
-                         "from": decision.champion or "", "to": decision.previous or "",
-                         "reason": decision.reason})
-        mlflow.log_metrics({"live_error": decision.live_error or float("nan"),
-                            "previous_backtest_error": decision.previous_backtest_error
-                            or float("nan")})
+        mlflow.set_tags(
+            {
+                "event": "rollback",
+                "service": decision.service,
+                "from": decision.champion or "",
+                "to": decision.previous or "",
+                "reason": decision.reason,
+            }
+        )
+        mlflow.log_metrics(
+            {
+                "live_error": decision.live_error or float("nan"),
+                "previous_backtest_error": decision.previous_backtest_error or float("nan"),
+            }
+        )
     configure_mlflow(settings)
     with (settings.artifacts_dir / "rollbacks.jsonl").open("a") as handle:
         handle.write(json.dumps(asdict(decision)) + "\n")

@@ -55,8 +55,9 @@ def summary_records(summaries: list[ServiceSummary]) -> list[dict[str, object]]:
     ]
 
 
-def ingest_frame(settings: Settings, frame: pd.DataFrame, start: pd.Timestamp,
-                 end: pd.Timestamp) -> list[Path]:
+def ingest_frame(
+    settings: Settings, frame: pd.DataFrame, start: pd.Timestamp, end: pd.Timestamp
+) -> list[Path]:
     """Validate a frame as one batch and store it (quarantined and raised if invalid).
 
     Args:
@@ -75,8 +76,9 @@ def ingest_frame(settings: Settings, frame: pd.DataFrame, start: pd.Timestamp,
     return store_batch(settings, validate_batch(settings, batch, start, end))
 
 
-def store_and_featurize(settings: Settings, frame: pd.DataFrame, step: pd.Timedelta,
-                        progress: Progress = lambda _: None) -> pd.Timestamp:
+def store_and_featurize(
+    settings: Settings, frame: pd.DataFrame, step: pd.Timedelta, progress: Progress = lambda _: None
+) -> pd.Timestamp:
     """Validate and store a frame of telemetry, then apply, update and materialize the features.
 
     Args:
@@ -100,10 +102,16 @@ def store_and_featurize(settings: Settings, frame: pd.DataFrame, step: pd.Timede
     return end
 
 
-def run_pipeline(settings: Settings, services: int = 5, days: int = 14,
-                 source_dir: Path | None = None, step_minutes: int = 1, seed: int = 42,
-                 progress: Progress = lambda _: None,
-                 run_end: pd.Timestamp | None = None) -> list[ServiceSummary]:
+def run_pipeline(
+    settings: Settings,
+    services: int = 5,
+    days: int = 14,
+    source_dir: Path | None = None,
+    step_minutes: int = 1,
+    seed: int = 42,
+    progress: Progress = lambda _: None,
+    run_end: pd.Timestamp | None = None,
+) -> list[ServiceSummary]:
     """Run every stage once on a synthetic fleet (or on files) and publish the schedules.
 
     Args:
@@ -138,39 +146,63 @@ def run_pipeline(settings: Settings, services: int = 5, days: int = 14,
     progress("anomaly detector: backtest, register, score the history")
     train_anomaly_model(settings, as_of=end)
     flagged = pd.read_parquet(score_anomalies(settings, start, end))
-    progress(f"{int(flagged['is_anomaly'].sum())} anomalous 5-minute points flagged "
-             "(excluded from training)")
+    progress(
+        f"{int(flagged['is_anomaly'].sum())} anomalous 5-minute points flagged "
+        "(excluded from training)"
+    )
 
     clock = utc_timestamp(run_end) if run_end is not None else pd.Timestamp.now(tz="UTC")
     publishable = end > clock - pd.Timedelta(hours=1)
     if not publishable:
-        progress(f"the data ends at {end}, in the past: schedules are built but not published "
-                 "(the API only accepts schedules for the future)")
+        progress(
+            f"the data ends at {end}, in the past: schedules are built but not published "
+            "(the API only accepts schedules for the future)"
+        )
     shards = plan_shards(settings)
     summaries: list[ServiceSummary] = []
     trained: dict[str, dict] = {}
     for index, shard in enumerate(shards, 1):
         progress(f"training shard {index}/{len(shards)}: {', '.join(shard)}")
-        result = json.loads(train_shard(settings, shard, reason="manual", as_of=end,
-                                             progress=progress).read_text())
+        result = json.loads(
+            train_shard(settings, shard, reason="manual", as_of=end, progress=progress).read_text()
+        )
         trained.update({r["service"]: r for r in result["services"]})
     for index, shard in enumerate(shards, 1):
         progress(f"scheduling shard {index}/{len(shards)}")
         schedules = build_schedules(settings, forecast_shard(settings, shard, as_of=end))
-        published = (json.loads(publish_schedules(settings, schedules, as_of=clock,
-                                                  now=clock.to_pydatetime()).read_text())
-                     if publishable else _unpublished_summary(schedules))
+        published = (
+            json.loads(
+                publish_schedules(
+                    settings, schedules, as_of=clock, now=clock.to_pydatetime()
+                ).read_text()
+            )
+            if publishable
+            else _unpublished_summary(schedules)
+        )
         for service in shard:
             t, p = trained[service], published[service]
-            summaries.append(ServiceSummary(service, t["family"], p["model_version"],
-                                            t["promoted"], t["backtest_error"],
-                                            p["peak_replicas"], p["version"]))
+            summaries.append(
+                ServiceSummary(
+                    service,
+                    t["family"],
+                    p["model_version"],
+                    t["promoted"],
+                    t["backtest_error"],
+                    p["peak_replicas"],
+                    p["version"],
+                )
+            )
     return summaries
 
 
 def _unpublished_summary(schedules_path: Path) -> dict[str, dict]:
     """What publish_schedules would report, for schedules that are not published."""
     schedules = pd.read_parquet(schedules_path)
-    return {str(service): {"model_version": str(rows["model_version"].iloc[0]),
-                           "peak_replicas": int(rows["replicas"].max()), "version": None}
-            for service, rows in schedules.groupby("service")}
+    return {
+        str(service): {
+            "model_version": str(rows["model_version"].iloc[0]),
+            "peak_replicas": int(rows["replicas"].max()),
+            "version": None,
+        }
+        for service, rows in schedules.groupby("service")
+    }

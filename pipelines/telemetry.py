@@ -52,8 +52,22 @@ from pipelines.telemetry_files import read_telemetry_file
 logger = logging.getLogger(__name__)
 
 SERVICE_NAMES: tuple[str, ...] = (
-    "checkout", "search", "catalog", "payments", "auth", "cart", "recommendations", "inventory",
-    "shipping", "reviews", "notifications", "profile", "pricing", "media", "gateway", "ads",
+    "checkout",
+    "search",
+    "catalog",
+    "payments",
+    "auth",
+    "cart",
+    "recommendations",
+    "inventory",
+    "shipping",
+    "reviews",
+    "notifications",
+    "profile",
+    "pricing",
+    "media",
+    "gateway",
+    "ads",
 )
 
 
@@ -122,16 +136,30 @@ def _profile(name: str, seed: int) -> ServiceProfile:
     )
 
 
-def _day_events(profile: ServiceProfile, seed: int, day: pd.Timestamp) -> list[tuple[str, float, float, float]]:
+def _day_events(
+    profile: ServiceProfile, seed: int, day: pd.Timestamp
+) -> list[tuple[str, float, float, float]]:
     """Campaigns and incidents that start on ``day``: (kind, start hour, hours, magnitude)."""
     rng = np.random.default_rng(_stable_seed(seed, profile.name, day.date().isoformat(), "events"))
     events: list[tuple[str, float, float, float]] = []
     if rng.random() < 0.25:  # a planned campaign about twice a week
-        events.append(("campaign", float(rng.uniform(9, 20)), float(rng.uniform(1, 3)),
-                       float(rng.uniform(1.8, 3.5))))
+        events.append(
+            (
+                "campaign",
+                float(rng.uniform(9, 20)),
+                float(rng.uniform(1, 3)),
+                float(rng.uniform(1.8, 3.5)),
+            )
+        )
     if rng.random() < 0.08:  # an incident: traffic drops while errors spike
-        events.append(("incident", float(rng.uniform(0, 23)), float(rng.uniform(0.2, 0.8)),
-                       float(rng.uniform(0.05, 0.4))))
+        events.append(
+            (
+                "incident",
+                float(rng.uniform(0, 23)),
+                float(rng.uniform(0.2, 0.8)),
+                float(rng.uniform(0.05, 0.4)),
+            )
+        )
     return events
 
 
@@ -142,14 +170,17 @@ def _daily_shape(hours: np.ndarray, evening_peak: float) -> np.ndarray:
     return night + (1 - night) * np.clip(morning + evening, 0, None) / (1 + evening_peak * 0.4)
 
 
-def _synthetic_day(profile: ServiceProfile, seed: int, day: pd.Timestamp, step_minutes: int,
-                   origin: pd.Timestamp) -> pd.DataFrame:
+def _synthetic_day(
+    profile: ServiceProfile, seed: int, day: pd.Timestamp, step_minutes: int, origin: pd.Timestamp
+) -> pd.DataFrame:
     steps = 24 * 60 // step_minutes
     ts = pd.date_range(day, periods=steps, freq=f"{step_minutes}min", tz="UTC")
     hours = ts.hour.to_numpy() + ts.minute.to_numpy() / 60.0
     weeks = (ts - origin).total_seconds().to_numpy() / (7 * 86400)
     weekday = ts.dayofweek.to_numpy()
-    rng = np.random.default_rng(_stable_seed(seed, profile.name, day.date().isoformat(), step_minutes))
+    rng = np.random.default_rng(
+        _stable_seed(seed, profile.name, day.date().isoformat(), step_minutes)
+    )
 
     level = profile.base_rps * (1 + profile.weekly_trend) ** weeks
     load = level * _daily_shape(hours, profile.evening_peak)
@@ -176,10 +207,17 @@ def _synthetic_day(profile: ServiceProfile, seed: int, day: pd.Timestamp, step_m
     cpu = replicas * 0.05 + requests * profile.cpu_per_request * rng.lognormal(0, 0.03, steps)
     latency = profile.base_latency_ms * (1 + 2.5 * utilisation**4) * rng.lognormal(0, 0.08, steps)
     errors = requests * error_rate * rng.lognormal(0, 0.2, steps)
-    return pd.DataFrame({
-        SERVICE: profile.name, TS: ts, REQUESTS: requests, CPU: cpu, LATENCY_P95: latency,
-        ERRORS: errors, REPLICAS: replicas.astype("int64"),
-    })
+    return pd.DataFrame(
+        {
+            SERVICE: profile.name,
+            TS: ts,
+            REQUESTS: requests,
+            CPU: cpu,
+            LATENCY_P95: latency,
+            ERRORS: errors,
+            REPLICAS: replicas.astype("int64"),
+        }
+    )
 
 
 class SyntheticFleetSource:
@@ -192,8 +230,13 @@ class SyntheticFleetSource:
         origin: Timestamp at which the trend is 1.0 (defaults to 2024-01-01 UTC).
     """
 
-    def __init__(self, n_services: int, seed: int = 42, step_minutes: int = 1,
-                 origin: pd.Timestamp | None = None) -> None:
+    def __init__(
+        self,
+        n_services: int,
+        seed: int = 42,
+        step_minutes: int = 1,
+        origin: pd.Timestamp | None = None,
+    ) -> None:
         if step_minutes <= 0 or (24 * 60) % step_minutes:
             raise ValueError(f"step_minutes must divide a day, got {step_minutes}")
         self.services = service_names(n_services)
@@ -213,11 +256,13 @@ class SyntheticFleetSource:
             Long-format telemetry.
         """
         start, end = utc_timestamp(start), utc_timestamp(end)
-        days = pd.date_range(start.floor("D"), (end - pd.Timedelta(microseconds=1)).floor("D"),
-                             freq="D")
+        days = pd.date_range(
+            start.floor("D"), (end - pd.Timedelta(microseconds=1)).floor("D"), freq="D"
+        )
         frames = [
             _synthetic_day(profile, self.seed, day, self.step_minutes, self.origin)
-            for profile in self.profiles for day in days
+            for profile in self.profiles
+            for day in days
         ]
         frame = pd.concat(frames, ignore_index=True)
         frame = frame[(frame[TS] >= start) & (frame[TS] < end)]
@@ -240,13 +285,15 @@ class SyntheticFleetSource:
                 for kind, start_h, hours_long, magnitude in _day_events(profile, self.seed, day):
                     begin = day + pd.Timedelta(hours=start_h)
                     if kind == "campaign" and start <= begin < end:
-                        rows.append((profile.name, begin, begin + pd.Timedelta(hours=hours_long),
-                                     magnitude))
+                        rows.append(
+                            (profile.name, begin, begin + pd.Timedelta(hours=hours_long), magnitude)
+                        )
         return pd.DataFrame(rows, columns=[SERVICE, "start", "end", "magnitude"])
 
 
-def generate_fleet(n_services: int, days: int, step_minutes: int = 1, seed: int = 42,
-                   end: datetime | None = None) -> pd.DataFrame:
+def generate_fleet(
+    n_services: int, days: int, step_minutes: int = 1, seed: int = 42, end: datetime | None = None
+) -> pd.DataFrame:
     """Telemetry of a synthetic fleet for the ``days`` whole days before ``end``.
 
     Args:
@@ -264,7 +311,9 @@ def generate_fleet(n_services: int, days: int, step_minutes: int = 1, seed: int 
     """
     if days < 1:
         raise ValueError(f"days must be at least 1, got {days}")
-    stop = utc_timestamp(end if end is not None else pd.Timestamp.now(tz="UTC")).floor(f"{step_minutes}min")
+    stop = utc_timestamp(end if end is not None else pd.Timestamp.now(tz="UTC")).floor(
+        f"{step_minutes}min"
+    )
     source = SyntheticFleetSource(n_services, seed=seed, step_minutes=step_minutes)
     return source.fetch(stop - pd.Timedelta(days=days), stop)
 
@@ -339,10 +388,10 @@ class FileSource:
 
 
 DEFAULT_PROMQL: dict[str, str] = {
-    REQUESTS: 'sum by (service) (rate(http_requests_total[1m]))',
-    CPU: 'sum by (service) (rate(container_cpu_usage_seconds_total[1m]))',
-    LATENCY_P95: '1000 * histogram_quantile(0.95, sum by (service, le) '
-                 '(rate(http_request_duration_seconds_bucket[5m])))',
+    REQUESTS: "sum by (service) (rate(http_requests_total[1m]))",
+    CPU: "sum by (service) (rate(container_cpu_usage_seconds_total[1m]))",
+    LATENCY_P95: "1000 * histogram_quantile(0.95, sum by (service, le) "
+    "(rate(http_request_duration_seconds_bucket[5m])))",
     ERRORS: 'sum by (service) (rate(http_requests_total{code=~"5.."}[1m]))',
 }
 
@@ -359,9 +408,15 @@ class PrometheusSource:
         client: Optional ``httpx.Client`` (injected by tests of fault handling).
     """
 
-    def __init__(self, url: str, queries: dict[str, str] | None = None, step_seconds: int = 60,
-                 service_label: str = "service", timeout: float = 30.0,
-                 client: httpx.Client | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        queries: dict[str, str] | None = None,
+        step_seconds: int = 60,
+        service_label: str = "service",
+        timeout: float = 30.0,
+        client: httpx.Client | None = None,
+    ) -> None:
         self.url = url.rstrip("/")
         self.queries = dict(queries or DEFAULT_PROMQL)
         if REQUESTS not in self.queries:
@@ -393,15 +448,24 @@ class PrometheusSource:
         merged = merged[(merged[TS] >= start) & (merged[TS] < end)]
         return to_long(merged, list(self.queries))
 
-    def _query_range(self, metric: str, query: str, start: pd.Timestamp,
-                     end: pd.Timestamp) -> pd.DataFrame:
+    def _query_range(
+        self, metric: str, query: str, start: pd.Timestamp, end: pd.Timestamp
+    ) -> pd.DataFrame:
         last = end - pd.Timedelta(seconds=self.step_seconds)
-        response = self.client.get(f"{self.url}/api/v1/query_range", params={
-            "query": query, "start": start.timestamp(), "end": max(last, start).timestamp(),
-            "step": self.step_seconds,
-        })
-        body = response.json() if response.headers.get("content-type", "").startswith(
-            "application/json") else {}
+        response = self.client.get(
+            f"{self.url}/api/v1/query_range",
+            params={
+                "query": query,
+                "start": start.timestamp(),
+                "end": max(last, start).timestamp(),
+                "step": self.step_seconds,
+            },
+        )
+        body = (
+            response.json()
+            if response.headers.get("content-type", "").startswith("application/json")
+            else {}
+        )
         if response.status_code != 200 or body.get("status") != "success":
             raise ValueError(
                 f"Prometheus query for metric '{metric}' failed ({response.status_code}): "
@@ -445,15 +509,19 @@ def make_source(settings: Settings, source: str | None = None) -> TelemetrySourc
     name = source or ingest.get("source", "synthetic")
     if name == "synthetic":
         fleet = params.get("fleet", {}) or {}
-        return SyntheticFleetSource(int(fleet.get("services", 5)), seed=int(fleet.get("seed", 42)),
-                                    step_minutes=int(fleet.get("step_minutes", 1)))
+        return SyntheticFleetSource(
+            int(fleet.get("services", 5)),
+            seed=int(fleet.get("seed", 42)),
+            step_minutes=int(fleet.get("step_minutes", 1)),
+        )
     if name == "prometheus":
         if not settings.prometheus_url:
             raise ValueError("source 'prometheus' needs FORESCALE_PROMETHEUS_URL")
         return PrometheusSource(settings.prometheus_url, ingest.get("promql"))
     if name.startswith("files:"):
-        return FileSource(Path(name.removeprefix("files:")),
-                          value_per=str(ingest.get("value_per", "second")))
+        return FileSource(
+            Path(name.removeprefix("files:")), value_per=str(ingest.get("value_per", "second"))
+        )
     raise ValueError(f"unknown telemetry source {name!r}: use synthetic, prometheus or files:<dir>")
 
 
@@ -465,8 +533,9 @@ def batch_name(start: pd.Timestamp, end: pd.Timestamp) -> str:
     return f"batch-{utc_timestamp(start):%Y%m%dT%H%M%S}-{utc_timestamp(end):%Y%m%dT%H%M%S}.parquet"
 
 
-def extract_batch(settings: Settings, start: datetime, end: datetime,
-                  source: str | TelemetrySource | None = None) -> Path:
+def extract_batch(
+    settings: Settings, start: datetime, end: datetime, source: str | TelemetrySource | None = None
+) -> Path:
     """Extract one interval of telemetry into the staging folder.
 
     Args:
@@ -484,8 +553,11 @@ def extract_batch(settings: Settings, start: datetime, end: datetime,
     start_ts, end_ts = utc_timestamp(start), utc_timestamp(end)
     if end_ts <= start_ts:
         raise ValueError(f"empty interval: start {start_ts} is not before end {end_ts}")
-    telemetry_source = source if source is not None and not isinstance(source, str) else \
-        make_source(settings, source)
+    telemetry_source = (
+        source
+        if source is not None and not isinstance(source, str)
+        else make_source(settings, source)
+    )
     frame = telemetry_source.fetch(start_ts, end_ts)
     settings.staging_dir.mkdir(parents=True, exist_ok=True)
     path = settings.staging_dir / batch_name(start_ts, end_ts)
@@ -553,8 +625,12 @@ def day_file(settings: Settings, service: str, day: str) -> Path:
     )
 
 
-def write_telemetry(settings: Settings, frame: pd.DataFrame, start: datetime | None = None,
-                    end: datetime | None = None) -> list[Path]:
+def write_telemetry(
+    settings: Settings,
+    frame: pd.DataFrame,
+    start: datetime | None = None,
+    end: datetime | None = None,
+) -> list[Path]:
     """Stage and store a whole frame as one batch (for imports and the one-shot pipeline).
 
     Validation is the caller's job: use :func:`pipelines.validation.validate_batch` between
@@ -572,8 +648,12 @@ def write_telemetry(settings: Settings, frame: pd.DataFrame, start: datetime | N
     return store_batch(settings, stage_frame(settings, frame, start, end))
 
 
-def stage_frame(settings: Settings, frame: pd.DataFrame, start: datetime | None = None,
-                end: datetime | None = None) -> Path:
+def stage_frame(
+    settings: Settings,
+    frame: pd.DataFrame,
+    start: datetime | None = None,
+    end: datetime | None = None,
+) -> Path:
     """Write a frame to the staging folder as a batch covering ``[start, end)``.
 
     Args:
@@ -600,8 +680,12 @@ def stage_frame(settings: Settings, frame: pd.DataFrame, start: datetime | None 
     return path
 
 
-def read_telemetry(settings: Settings, services: Sequence[str] | None = None,
-                   start: datetime | None = None, end: datetime | None = None) -> pd.DataFrame:
+def read_telemetry(
+    settings: Settings,
+    services: Sequence[str] | None = None,
+    start: datetime | None = None,
+    end: datetime | None = None,
+) -> pd.DataFrame:
     """Read stored telemetry.
 
     Args:
@@ -643,11 +727,16 @@ def telemetry_span(settings: Settings) -> tuple[pd.Timestamp, pd.Timestamp] | No
     The end is the step boundary (``settings.step_minutes``) just after the newest stored row,
     the natural "as of" of a training or forecast run.
     """
-    days = sorted({p.name.removeprefix("date=") for p in settings.telemetry_dir.glob("service=*/date=*")})
+    days = sorted(
+        {p.name.removeprefix("date=") for p in settings.telemetry_dir.glob("service=*/date=*")}
+    )
     if not days:
         return None
-    first = read_telemetry(settings, start=pd.Timestamp(days[0], tz="UTC"),
-                           end=pd.Timestamp(days[0], tz="UTC") + pd.Timedelta(days=1))[TS].min()
+    first = read_telemetry(
+        settings,
+        start=pd.Timestamp(days[0], tz="UTC"),
+        end=pd.Timestamp(days[0], tz="UTC") + pd.Timedelta(days=1),
+    )[TS].min()
     last = read_telemetry(settings, start=pd.Timestamp(days[-1], tz="UTC"))[TS].max()
     end = (last + pd.Timedelta(microseconds=1)).ceil(f"{settings.step_minutes}min")
     return pd.Timestamp(first), pd.Timestamp(end)
@@ -667,8 +756,9 @@ def resolve_as_of(settings: Settings, as_of: datetime | None) -> pd.Timestamp:
     return span[1]
 
 
-def _day_files(settings: Settings, services: Iterable[str] | None, start: datetime | None,
-               end: datetime | None) -> list[tuple[str, Path]]:
+def _day_files(
+    settings: Settings, services: Iterable[str] | None, start: datetime | None, end: datetime | None
+) -> list[tuple[str, Path]]:
     wanted = set(services) if services is not None else None
     first_day = utc_timestamp(start).strftime("%Y-%m-%d") if start is not None else None
     last_day = utc_timestamp(end).strftime("%Y-%m-%d") if end is not None else None
@@ -697,5 +787,3 @@ def _atomic_write(frame: pd.DataFrame, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     frame.to_parquet(tmp, index=False)
     tmp.replace(path)
-
-

@@ -95,8 +95,10 @@ class TrainingConfig:
             shard_size=int(params.get("shard_size", 25)),
             families=families,
             quantiles=tuple(float(q) for q in params.get("quantiles", [0.5, 0.9])),
-            model_params={family: dict((params.get("model_params") or {}).get(family) or {})
-                          for family in families},
+            model_params={
+                family: dict((params.get("model_params") or {}).get(family) or {})
+                for family in families
+            },
         )
         if config.backtest_folds < 1 or config.history_days < 1 or config.shard_size < 1:
             raise ValueError(f"training parameters must be positive: {config}")
@@ -120,8 +122,9 @@ class FamilyChoice:
     backtests: dict[str, tuple[pd.DataFrame, pd.DataFrame]]
 
 
-def choose_families(history: pd.DataFrame, config: TrainingConfig,
-                    progress: Callable[[str], None] | None = None) -> FamilyChoice:
+def choose_families(
+    history: pd.DataFrame, config: TrainingConfig, progress: Callable[[str], None] | None = None
+) -> FamilyChoice:
     """Backtest every configured family, pick per service the best, fit it on the whole window.
 
     The training decision of :func:`train_shard` without the registry: the replay benchmark
@@ -140,11 +143,17 @@ def choose_families(history: pd.DataFrame, config: TrainingConfig,
         backtests[family] = _backtest_family(family, history, config)
         if progress:
             progress(f"  backtested {family} on {history[SERVICE].nunique()} service(s)")
-    errors = pd.DataFrame({family: scores.groupby(SERVICE)[ERROR_METRIC].mean()
-                           for family, (_, scores) in backtests.items()})
+    errors = pd.DataFrame(
+        {
+            family: scores.groupby(SERVICE)[ERROR_METRIC].mean()
+            for family, (_, scores) in backtests.items()
+        }
+    )
     best_family = errors.idxmin(axis=1)
-    fitted = {family: _factory(family, config)().fit(history[history[SERVICE].isin(members)])
-              for family, members in best_family.groupby(best_family).groups.items()}
+    fitted = {
+        family: _factory(family, config)().fit(history[history[SERVICE].isin(members)])
+        for family, members in best_family.groupby(best_family).groups.items()
+    }
     return FamilyChoice(best_family, errors, fitted, backtests)
 
 
@@ -189,11 +198,12 @@ def plan_shards(settings: Settings, services: Sequence[str] | None = None) -> li
         else list_services(settings)
     )
     size = TrainingConfig.from_params(settings).shard_size
-    return [names[i:i + size] for i in range(0, len(names), size)]
+    return [names[i : i + size] for i in range(0, len(names), size)]
 
 
-def training_history(settings: Settings, services: Sequence[str], end: datetime,
-                     days: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+def training_history(
+    settings: Settings, services: Sequence[str], end: datetime, days: int
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The training set: 5-minute target history from the feature store, anomalies removed.
 
     Args:
@@ -216,8 +226,10 @@ def training_history(settings: Settings, services: Sequence[str], end: datetime,
     history, flagged = _split_anomalies(settings, history)
     missing = sorted(set(services) - set(history[SERVICE]))
     if missing:
-        raise ValueError(f"no training rows in the feature store for service(s) {missing} "
-                         f"between {end_ts - pd.Timedelta(days=days)} and {end_ts}")
+        raise ValueError(
+            f"no training rows in the feature store for service(s) {missing} "
+            f"between {end_ts - pd.Timedelta(days=days)} and {end_ts}"
+        )
     return history.sort_values([SERVICE, TS]).reset_index(drop=True), flagged
 
 
@@ -226,16 +238,20 @@ def _drop_anomalies(settings: Settings, history: pd.DataFrame) -> pd.DataFrame:
     return _split_anomalies(settings, history)[0]
 
 
-def _split_anomalies(settings: Settings,
-                     history: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _split_anomalies(
+    settings: Settings, history: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split history into ``(kept, flagged)`` by the points the anomaly stage flagged."""
     from serving.store import ScheduleStore
 
     store = ScheduleStore(settings.schedule_db)
     start, end = history[TS].min(), history[TS].max() + pd.Timedelta(seconds=1)
-    flagged = [(a.service, pd.Timestamp(a.ts)) for service in history[SERVICE].unique()
-               for a in store.anomalies(str(service), start.to_pydatetime(), end.to_pydatetime())
-               if a.is_anomaly]
+    flagged = [
+        (a.service, pd.Timestamp(a.ts))
+        for service in history[SERVICE].unique()
+        for a in store.anomalies(str(service), start.to_pydatetime(), end.to_pydatetime())
+        if a.is_anomaly
+    ]
     if not flagged:
         return history, history.iloc[:0]
     marks = pd.DataFrame(flagged, columns=[SERVICE, TS])
@@ -246,9 +262,14 @@ def _split_anomalies(settings: Settings,
     return merged[~is_flagged], merged[is_flagged]
 
 
-def train_shard(settings: Settings, services: Sequence[str], reason: str = "schedule",
-                as_of: datetime | None = None, drift_report: str | None = None,
-                progress: Callable[[str], None] | None = None) -> Path:
+def train_shard(
+    settings: Settings,
+    services: Sequence[str],
+    reason: str = "schedule",
+    as_of: datetime | None = None,
+    drift_report: str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Path:
     """Train, backtest, register and maybe promote a model for every service of a shard.
 
     Args:
@@ -275,50 +296,96 @@ def train_shard(settings: Settings, services: Sequence[str], reason: str = "sche
 
     results: list[ServiceResult] = []
     with mlflow.start_run(run_name=f"retrain {services[0]}..{services[-1]}") as parent:
-        mlflow.set_tags({"reason": reason, "services": ",".join(services),
-                         "window_end": end.isoformat()})
+        mlflow.set_tags(
+            {"reason": reason, "services": ",".join(services), "window_end": end.isoformat()}
+        )
         if drift_report:
             mlflow.set_tag("drift_report", drift_report)
-        mlflow.log_params({"families": ",".join(config.families), "folds": config.backtest_folds,
-                           "horizon_steps": config.horizon_steps,
-                           "history_days": config.history_days})
+        mlflow.log_params(
+            {
+                "families": ",".join(config.families),
+                "folds": config.backtest_folds,
+                "horizon_steps": config.horizon_steps,
+                "history_days": config.history_days,
+            }
+        )
         choice = choose_families(history, config, progress)
         for family, (_, scores) in choice.backtests.items():
             log_backtest(scores, prefix=f"backtest_{family}")
-        backtests, errors, best_family, fitted = (choice.backtests, choice.errors,
-                                                  choice.best_family, choice.fitted)
+        backtests, errors, best_family, fitted = (
+            choice.backtests,
+            choice.errors,
+            choice.best_family,
+            choice.fitted,
+        )
         for service in services:
             family = str(best_family[service])
-            results.append(_register_service(
-                settings, service, family, fitted[family], errors.loc[service].to_dict(),
-                backtests[family][0], history, config, reason, parent.info.run_id,
-                flagged_points(flagged, service, backtests[family][0]),
-            ))
+            results.append(
+                _register_service(
+                    settings,
+                    service,
+                    family,
+                    fitted[family],
+                    errors.loc[service].to_dict(),
+                    backtests[family][0],
+                    history,
+                    config,
+                    reason,
+                    parent.info.run_id,
+                    flagged_points(flagged, service, backtests[family][0]),
+                )
+            )
             if progress:
                 r = results[-1]
-                progress(f"  {service}: {family} v{r.version}, backtest error "
-                         f"{r.backtest_error:.3f}, {'promoted' if r.promoted else 'not promoted'}")
+                progress(
+                    f"  {service}: {family} v{r.version}, backtest error "
+                    f"{r.backtest_error:.3f}, {'promoted' if r.promoted else 'not promoted'}"
+                )
         mlflow.log_metric("services_promoted", sum(r.promoted for r in results))
 
-    out = path_under(settings.artifacts_dir, "training", f"{end:%Y%m%dT%H%M}", f"{services[0]}.json")
+    out = path_under(
+        settings.artifacts_dir, "training", f"{end:%Y%m%dT%H%M}", f"{services[0]}.json"
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"reason": reason, "window_end": end.isoformat(),
-                               "services": [asdict(r) for r in results]}, indent=2))
+    out.write_text(
+        json.dumps(
+            {
+                "reason": reason,
+                "window_end": end.isoformat(),
+                "services": [asdict(r) for r in results],
+            },
+            indent=2,
+        )
+    )
     return out
 
 
-def _register_service(settings: Settings, service: str, family: str, model: Forecaster,
-                      errors_by_family: dict[str, float], forecasts: pd.DataFrame,
-                      history: pd.DataFrame, config: TrainingConfig, reason: str,
-                      parent_run_id: str, anomalies: pd.DataFrame) -> ServiceResult:
+def _register_service(
+    settings: Settings,
+    service: str,
+    family: str,
+    model: Forecaster,
+    errors_by_family: dict[str, float],
+    forecasts: pd.DataFrame,
+    history: pd.DataFrame,
+    config: TrainingConfig,
+    reason: str,
+    parent_run_id: str,
+    anomalies: pd.DataFrame,
+) -> ServiceResult:
     own = forecasts[forecasts[SERVICE] == service]
     scores = score_forecasts(own, config.quantiles)
     error = float(scores[ERROR_METRIC].mean())
     with mlflow.start_run(run_name=service, nested=True, parent_run_id=parent_run_id) as run:
         mlflow.set_tags({"service": service, "reason": reason, "model_family": family})
         mlflow.log_params({"family": family, "service": service})
-        mlflow.log_metrics({f"backtest_{ERROR_METRIC}_{f}": v for f, v in errors_by_family.items()
-                            if np.isfinite(v)})
+        mlflow.log_metrics(
+            {
+                f"backtest_{ERROR_METRIC}_{f}": v
+                for f, v in errors_by_family.items()
+                if np.isfinite(v)
+            }
+        )
         for column in scores.columns:
             if column not in ("fold", SERVICE, "train_end", "n"):
                 mlflow.log_metric(f"backtest_{column}", float(scores[column].mean()))
@@ -328,23 +395,45 @@ def _register_service(settings: Settings, service: str, family: str, model: Fore
         _log_explanation(model, history[history[SERVICE] == service])
         candidate = log_forecaster(model, service, error)
         current = champion(service)
-        champion_error = (None if current is None else
-                          champion_backtest_error(load_forecaster(current),
-                                                  history[history[SERVICE] == service], config))
+        champion_error = (
+            None
+            if current is None
+            else champion_backtest_error(
+                load_forecaster(current), history[history[SERVICE] == service], config
+            )
+        )
         promoted = promotes(error, champion_error)
         if promoted:
             promote(candidate)
-        mlflow.log_metric("champion_backtest_error", champion_error if champion_error is not None
-                          else float("nan"))
+        mlflow.log_metric(
+            "champion_backtest_error",
+            champion_error if champion_error is not None else float("nan"),
+        )
         mlflow.set_tag("promoted", str(promoted))
-    log.info("%s: %s v%s error %.3f (champion %s) promoted=%s", service, family,
-             candidate.version, error, champion_error, promoted)
-    return ServiceResult(service, family, candidate.version, error, champion_error, promoted,
-                         errors_by_family, run.info.run_id)
+    log.info(
+        "%s: %s v%s error %.3f (champion %s) promoted=%s",
+        service,
+        family,
+        candidate.version,
+        error,
+        champion_error,
+        promoted,
+    )
+    return ServiceResult(
+        service,
+        family,
+        candidate.version,
+        error,
+        champion_error,
+        promoted,
+        errors_by_family,
+        run.info.run_id,
+    )
 
 
-def champion_backtest_error(model: Forecaster, history: pd.DataFrame,
-                            config: TrainingConfig) -> float:
+def champion_backtest_error(
+    model: Forecaster, history: pd.DataFrame, config: TrainingConfig
+) -> float:
     """Backtest error of the model in service on the same folds, forecasting from each origin.
 
     Args:
@@ -367,19 +456,30 @@ def champion_backtest_error(model: Forecaster, history: pd.DataFrame,
         forecast = model.predict(config.horizon_steps, quantiles=(0.5,), history=past)
         joined = forecast.merge(actual, on=[SERVICE, TS], how="inner")
         if joined.empty:
-            raise ValueError(f"champion {type(model).__name__} forecast no step of the fold "
-                             f"{test_start}..{test_end}")
+            raise ValueError(
+                f"champion {type(model).__name__} forecast no step of the fold "
+                f"{test_start}..{test_end}"
+            )
         naive = past[TARGET].to_numpy(float)[-season:]
         naive = np.resize(naive, len(joined))
-        values.append(relative_mae(joined[TARGET].to_numpy(float),
-                                   joined[quantile_column(0.5)].to_numpy(float), naive))
+        values.append(
+            relative_mae(
+                joined[TARGET].to_numpy(float), joined[quantile_column(0.5)].to_numpy(float), naive
+            )
+        )
     return float(np.mean(values))
 
 
-def _backtest_family(family: str, history: pd.DataFrame,
-                     config: TrainingConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
-    forecasts = backtest_forecasts(_factory(family, config), history, config.backtest_folds,
-                                   config.horizon_steps, quantiles=config.quantiles)
+def _backtest_family(
+    family: str, history: pd.DataFrame, config: TrainingConfig
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    forecasts = backtest_forecasts(
+        _factory(family, config),
+        history,
+        config.backtest_folds,
+        config.horizon_steps,
+        quantiles=config.quantiles,
+    )
     return forecasts, score_forecasts(forecasts, config.quantiles)
 
 
@@ -402,13 +502,15 @@ def flagged_points(flagged: pd.DataFrame, service: str, forecasts: pd.DataFrame)
     """
     own = forecasts[forecasts[SERVICE] == service]
     last = own[own["fold"] == own["fold"].max()]
-    points = flagged[(flagged[SERVICE] == service) & flagged[TS].between(last[TS].min(),
-                                                                         last[TS].max())]
+    points = flagged[
+        (flagged[SERVICE] == service) & flagged[TS].between(last[TS].min(), last[TS].max())
+    ]
     return points[[TS, TARGET]].rename(columns={TARGET: "y"})
 
 
-def _forecast_plot(forecasts: pd.DataFrame, service: str, family: str,
-                   anomalies: pd.DataFrame | None = None) -> Any:
+def _forecast_plot(
+    forecasts: pd.DataFrame, service: str, family: str, anomalies: pd.DataFrame | None = None
+) -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -419,11 +521,18 @@ def _forecast_plot(forecasts: pd.DataFrame, service: str, family: str,
     ax.plot(last[TS], last["y"], color="black", lw=1, label="actual")
     ax.plot(last[TS], last["p50"], color="tab:blue", lw=1.2, label=f"{family} p50")
     if "p90" in last:
-        ax.fill_between(last[TS], last["p50"], last["p90"], color="tab:blue", alpha=0.2,
-                        label="p50–p90")
+        ax.fill_between(
+            last[TS], last["p50"], last["p90"], color="tab:blue", alpha=0.2, label="p50–p90"
+        )
     if anomalies is not None and not anomalies.empty:
-        ax.scatter(anomalies[TS], anomalies["y"], color="tab:red", marker="x", zorder=3,
-                   label="flagged anomaly")
+        ax.scatter(
+            anomalies[TS],
+            anomalies["y"],
+            color="tab:red",
+            marker="x",
+            zorder=3,
+            label="flagged anomaly",
+        )
     ax.set_title(f"{service}: last backtest fold")
     ax.set_ylabel("requests/s")
     ax.legend(loc="upper left")

@@ -67,8 +67,9 @@ class BatchValidationError(ValueError):
         failures: One human-readable line per failing expectation.
     """
 
-    def __init__(self, message: str, quarantined_path: Path, report_path: Path,
-                 failures: list[str]) -> None:
+    def __init__(
+        self, message: str, quarantined_path: Path, report_path: Path, failures: list[str]
+    ) -> None:
         super().__init__(message)
         self.quarantined_path = quarantined_path
         self.report_path = report_path
@@ -112,12 +113,14 @@ def load_validation_limits(settings: Settings) -> ValidationLimits:
     try:
         return ValidationLimits(**{key: float(value) for key, value in values.items()})
     except (TypeError, ValueError) as err:
-        raise ValueError(f"{settings.params_file}: validation parameters must be numbers: "
-                         f"{err}") from err
+        raise ValueError(
+            f"{settings.params_file}: validation parameters must be numbers: {err}"
+        ) from err
 
 
-def build_expectation_suite(start: datetime, end: datetime, limits: ValidationLimits,
-                            metrics: Sequence[str] = METRICS) -> ExpectationSuite:
+def build_expectation_suite(
+    start: datetime, end: datetime, limits: ValidationLimits, metrics: Sequence[str] = METRICS
+) -> ExpectationSuite:
     """Build the expectation suite for a batch covering ``[start, end)``.
 
     Every expectation carries ``meta["rule"]``, the name used in error messages and reports:
@@ -168,8 +171,7 @@ def build_expectation_suite(start: datetime, end: datetime, limits: ValidationLi
         for metric in metrics
     ]
     expectations += [
-        expect.ExpectColumnValuesToNotBeNull(column=key, meta={"rule": "not_null"})
-        for key in KEYS
+        expect.ExpectColumnValuesToNotBeNull(column=key, meta={"rule": "not_null"}) for key in KEYS
     ]
     expectations += [
         expect.ExpectColumnValuesToBeBetween(
@@ -184,7 +186,9 @@ def build_expectation_suite(start: datetime, end: datetime, limits: ValidationLi
         for metric, bound in upper_bounds.items()
     ]
     expectations += [
-        expect.ExpectCompoundColumnsToBeUnique(column_list=list(KEYS), meta={"rule": "unique_keys"}),
+        expect.ExpectCompoundColumnsToBeUnique(
+            column_list=list(KEYS), meta={"rule": "unique_keys"}
+        ),
         expect.ExpectColumnValuesToBeBetween(
             column=TS,
             min_value=start_utc.to_pydatetime(),
@@ -269,8 +273,9 @@ def validate_batch(
     if origin is not None and len(origin) != len(batch):
         raise ValueError(f"origin has {len(origin)} rows, the batch {len(batch)}")
     frame = add_gap_column(batch)
-    suite = build_expectation_suite(start, end, load_validation_limits(settings),
-                                    batch_metrics(batch))
+    suite = build_expectation_suite(
+        start, end, load_validation_limits(settings), batch_metrics(batch)
+    )
     result = run_suite(frame, suite)
     if result.success:
         return batch_path
@@ -290,7 +295,10 @@ def validate_batch(
         "batch": batch_path.name,
         "source_path": str(batch_path),
         "source_files": None if origin is None else list(dict.fromkeys(map(str, origin["file"]))),
-        "interval": {"start": utc_timestamp(start).isoformat(), "end": utc_timestamp(end).isoformat()},
+        "interval": {
+            "start": utc_timestamp(start).isoformat(),
+            "end": utc_timestamp(end).isoformat(),
+        },
         "rows": len(batch),
         "failures": failures,
         "results": result.to_json_dict(),
@@ -396,8 +404,10 @@ def describe_failure(
     details = item.result or {}
     if rule == "schema":
         mismatched = (details.get("details") or {}).get("mismatched", {})
-        return f"{head}: missing column(s) {mismatched.get('missing', [])}; " \
-               f"table has {details.get('observed_value')}"
+        return (
+            f"{head}: missing column(s) {mismatched.get('missing', [])}; "
+            f"table has {details.get('observed_value')}"
+        )
     if "unexpected_index_list" not in details:
         return f"{head}: observed {details.get('observed_value')!r}"
     indices = list(details["unexpected_index_list"])
@@ -448,8 +458,13 @@ def _exception_messages(info: dict[str, Any]) -> list[str]:
     """Exception messages of a result: flat, or keyed by metric when a metric failed."""
     if info.get("raised_exception"):
         return [str(info.get("exception_message"))]
-    return sorted({str(value.get("exception_message")) for value in info.values()
-                   if isinstance(value, dict) and value.get("exception_message")})
+    return sorted(
+        {
+            str(value.get("exception_message"))
+            for value in info.values()
+            if isinstance(value, dict) and value.get("exception_message")
+        }
+    )
 
 
 def _span(indices: Iterable[Any]) -> str:
@@ -459,7 +474,6 @@ def _span(indices: Iterable[Any]) -> str:
 
 def _ts_text(value: Any) -> str:
     return "NaT" if pd.isna(value) else pd.Timestamp(value).isoformat()
-
 
 
 def _quiet_great_expectations() -> None:

@@ -44,8 +44,13 @@ FleetFactory = Callable[..., pd.DataFrame]
 def make_fleet() -> FleetFactory:
     """Build a small seeded synthetic fleet ending at a fixed Monday midnight."""
 
-    def factory(services: int = 2, days: int = 3, step_minutes: int = 1, seed: int = 7,
-                end: pd.Timestamp = FIXED_END) -> pd.DataFrame:
+    def factory(
+        services: int = 2,
+        days: int = 3,
+        step_minutes: int = 1,
+        seed: int = 7,
+        end: pd.Timestamp = FIXED_END,
+    ) -> pd.DataFrame:
         return generate_fleet(services, days, step_minutes=step_minutes, seed=seed, end=end)
 
     return factory

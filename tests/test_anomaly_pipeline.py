@@ -30,8 +30,11 @@ pytestmark = pytest.mark.slow
 def fleet_with_spike(settings, make_fleet):
     fleet = make_fleet(services=2, days=8, step_minutes=5)
     spike_at = fleet[TS].max() - pd.Timedelta(hours=3)
-    hit = (fleet[SERVICE] == "checkout") & (fleet[TS] >= spike_at) & \
-          (fleet[TS] < spike_at + pd.Timedelta(minutes=15))
+    hit = (
+        (fleet[SERVICE] == "checkout")
+        & (fleet[TS] >= spike_at)
+        & (fleet[TS] < spike_at + pd.Timedelta(minutes=15))
+    )
     fleet.loc[hit, REQUESTS] *= 6
     write_telemetry(settings, fleet)
     update_offline_features(settings)  # the detector reads the forecasters' inputs from Feast
@@ -43,22 +46,26 @@ def test_injection_puts_three_separate_events_into_a_copy(make_fleet) -> None:
     rows = make_fleet(services=1, days=1, step_minutes=5)
     injected, onsets = inject_anomalies(rows)
     assert len(onsets) == 3 and onsets == sorted(onsets) and onsets[2] - onsets[0] > 40
-    assert (injected[REQUESTS].to_numpy()[onsets[2]:onsets[2] + 12] == 0).all()
+    assert (injected[REQUESTS].to_numpy()[onsets[2] : onsets[2] + 12] == 0).all()
     assert rows[REQUESTS].iloc[onsets[0]] * 4 == pytest.approx(injected[REQUESTS].iloc[onsets[0]])
     with pytest.raises(ValueError, match="at least 60 rows"):
         inject_anomalies(rows.head(10))
 
 
-def test_detector_is_trained_registered_and_scores_new_telemetry(settings, fleet_with_spike) -> None:
+def test_detector_is_trained_registered_and_scores_new_telemetry(
+    settings, fleet_with_spike
+) -> None:
     fleet, spike_at = fleet_with_spike
-    summary = json.loads(train_anomaly_model(settings, as_of=spike_at - pd.Timedelta(hours=1))
-                         .read_text())
+    summary = json.loads(
+        train_anomaly_model(settings, as_of=spike_at - pd.Timedelta(hours=1)).read_text()
+    )
     assert summary["promoted"] is True and summary["recall"] >= 1 / 2
     configure_mlflow(settings, ANOMALY_EXPERIMENT)
     assert version_by_alias(ANOMALY_MODEL).label == summary["version"]
 
-    again = json.loads(train_anomaly_model(settings, as_of=spike_at - pd.Timedelta(hours=1))
-                       .read_text())
+    again = json.loads(
+        train_anomaly_model(settings, as_of=spike_at - pd.Timedelta(hours=1)).read_text()
+    )
     assert again["promoted"] is False  # same detector, same data: no better than the champion
 
     start, end = spike_at - pd.Timedelta(minutes=30), spike_at + pd.Timedelta(hours=1)
@@ -67,7 +74,9 @@ def test_detector_is_trained_registered_and_scores_new_telemetry(settings, fleet
     assert scores.groupby(SERVICE)[TS].min().eq(end - pd.Timedelta(hours=24)).all()
     later = pd.read_parquet(score_anomalies(settings, end, end + pd.Timedelta(minutes=5)))
     assert later.groupby(SERVICE)[TS].agg(list).to_dict() == {  # nothing left to catch up on
-        "checkout": [end], "search": [end]}
+        "checkout": [end],
+        "search": [end],
+    }
     flagged_anywhere = int(scores["is_anomaly"].sum()) + int(later["is_anomaly"].sum())
     scores = scores[scores[TS] >= start]
     flagged = scores[scores["is_anomaly"]]

@@ -125,8 +125,15 @@ def test_the_report_page_has_a_row_per_trace_and_merges_runs() -> None:
     from benchmarks.forecast import merge_reports, report_document
 
     rows = per_trace_rows().assign(origins=4).to_dict(orient="records")
-    first = {"m4": [], "ops": [], "ops_per_trace": rows[:2], "wall_seconds": 10.0,
-             "data_dir": "/x/cpu", "params_file": "params.yaml", "m4_params_file": "m4.yaml"}
+    first = {
+        "m4": [],
+        "ops": [],
+        "ops_per_trace": rows[:2],
+        "wall_seconds": 10.0,
+        "data_dir": "/x/cpu",
+        "params_file": "params.yaml",
+        "m4_params_file": "m4.yaml",
+    }
     second = {**first, "ops_per_trace": rows[2:], "data_dir": "/x/rest"}
     merged = merge_reports([first, second])
     assert merged["wall_seconds"] == 20.0 and len(merged["ops_per_trace"]) == 3

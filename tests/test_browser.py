@@ -345,8 +345,6 @@ def test_mlflow_experiment_opens_on_training_runs(browser: Any, stack: RunningSt
     _screenshot(page, "mlflow-training-runs")
     page.close()
 
-
-
     page = browser.new_page()
     page.goto(f"{stack.urls['api']}/docs")
     try:

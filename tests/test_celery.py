@@ -46,8 +46,9 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def celery_environment(settings: Settings, ports: StackPorts, metadata_url: str,
-                       queue: str) -> dict[str, str]:
+def celery_environment(
+    settings: Settings, ports: StackPorts, metadata_url: str, queue: str
+) -> dict[str, str]:
     """What a team sets to move the stack's Airflow onto Celery workers (and nothing else)."""
     return {
         **stack_environment(settings, ports),
@@ -76,8 +77,10 @@ def databases() -> Iterator[tuple[str, str]]:
         redis.Redis.from_url(REDIS, socket_connect_timeout=3).ping()
     except (psycopg.OperationalError, redis.exceptions.ConnectionError) as error:
         pytest.skip(f"local PostgreSQL or Redis unreachable: {error}")
-    yield (f"postgresql+psycopg://postgres@127.0.0.1:5432/{names[0]}",
-           f"postgresql+psycopg://postgres@127.0.0.1:5432/{names[1]}")
+    yield (
+        f"postgresql+psycopg://postgres@127.0.0.1:5432/{names[0]}",
+        f"postgresql+psycopg://postgres@127.0.0.1:5432/{names[1]}",
+    )
     with psycopg.connect(f"{POSTGRES}/postgres", autocommit=True) as admin:
         for name in names:
             admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
@@ -97,11 +100,16 @@ def test_a_retrain_runs_end_to_end_on_two_celery_workers(tmp_path: Path, databas
     metadata_url, mlflow_url = databases
     base = settings_with_params(
         tmp_path / "home",
-        training={"models": ["lightgbm", "naive"], "shard_size": 1, "backtest_folds": 2,
-                   "history_days": 8},
+        training={
+            "models": ["lightgbm", "naive"],
+            "shard_size": 1,
+            "backtest_folds": 2,
+            "history_days": 8,
+        },
     )
-    settings = get_settings(home=base.home, params_file=base.params_file,
-                            mlflow_tracking_uri=mlflow_url)
+    settings = get_settings(
+        home=base.home, params_file=base.params_file, mlflow_tracking_uri=mlflow_url
+    )
     # Whole days back from now: the daily phase of the fleet is fixed, the run is "now".
     end = FIXED_END + pd.Timedelta(days=(pd.Timestamp.now(tz="UTC") - FIXED_END).days)
     _seed(settings, end)
@@ -110,25 +118,52 @@ def test_a_retrain_runs_end_to_end_on_two_celery_workers(tmp_path: Path, databas
     queue = f"forescale-{uuid.uuid4().hex[:8]}"
     env = celery_environment(settings, ports, metadata_url, queue)
     airflow = str(Path(sys.executable).parent / "airflow")
-    migrated = subprocess.run([airflow, "db", "migrate"], env={**os.environ, **env},
-                              capture_output=True, text=True, timeout=600, check=False)
+    migrated = subprocess.run(
+        [airflow, "db", "migrate"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert migrated.returncode == 0, migrated.stderr[-3000:]
-    commands = {name: argv for name, argv in service_commands(settings, ports).items()
-                if name.startswith("airflow")}
+    commands = {
+        name: argv
+        for name, argv in service_commands(settings, ports).items()
+        if name.startswith("airflow")
+    }
     for worker in WORKERS:
-        commands[f"celery-{worker}"] = [airflow, "celery", "worker", "--concurrency", "1",
-                                        "--celery-hostname", f"{worker}@%h", "--queues", queue]
-    children = start_children({k: v for k, v in commands.items() if not k.startswith("celery")},
-                              env, settings.home / "logs")
+        commands[f"celery-{worker}"] = [
+            airflow,
+            "celery",
+            "worker",
+            "--concurrency",
+            "1",
+            "--celery-hostname",
+            f"{worker}@%h",
+            "--queues",
+            queue,
+        ]
+    children = start_children(
+        {k: v for k, v in commands.items() if not k.startswith("celery")},
+        env,
+        settings.home / "logs",
+    )
     # The workers log each workload they execute (INFO), which says which worker ran a shard.
-    children += start_children({k: v for k, v in commands.items() if k.startswith("celery")},
-                               {**env, "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO"},
-                               settings.home / "logs")
+    children += start_children(
+        {k: v for k, v in commands.items() if k.startswith("celery")},
+        {**env, "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO"},
+        settings.home / "logs",
+    )
     try:
-        wait_healthy({"airflow": f"http://127.0.0.1:{ports.airflow}/api/v2/monitor/health"},
-                     children, lambda _: None)
-        client = AirflowClient(f"http://127.0.0.1:{ports.airflow}", "admin",
-                               airflow_password(settings))
+        wait_healthy(
+            {"airflow": f"http://127.0.0.1:{ports.airflow}/api/v2/monitor/health"},
+            children,
+            lambda _: None,
+        )
+        client = AirflowClient(
+            f"http://127.0.0.1:{ports.airflow}", "admin", airflow_password(settings)
+        )
         client.wait_for_dags(["forecast_retrain"])
         client.unpause("forecast_retrain")
         run_id = client.trigger("forecast_retrain", {"reason": "manual"})
@@ -141,8 +176,10 @@ def test_a_retrain_runs_end_to_end_on_two_celery_workers(tmp_path: Path, databas
         shards = [t for t in instances if t["task_id"] == "train_shard"]
         assert len(shards) == 4 and all(t["state"] == "success" for t in shards)
         assert {t["queue"] for t in instances} == {queue}
-        ran = {worker: (settings.home / "logs" / f"celery-{worker}.log").read_text()
-               for worker in WORKERS}
+        ran = {
+            worker: (settings.home / "logs" / f"celery-{worker}.log").read_text()
+            for worker in WORKERS
+        }
         shard_ids = {t["id"] for t in shards}
         by_worker = {worker: {i for i in shard_ids if i in log} for worker, log in ran.items()}
         assert all(by_worker.values()), f"shards per worker: {by_worker}"

@@ -22,8 +22,18 @@ runner = CliRunner()
 def test_help_lists_every_stage() -> None:
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("telemetry", "features", "anomalies", "train", "schedule", "pipeline",
-                    "serve", "up", "drift", "bench"):
+    for command in (
+        "telemetry",
+        "features",
+        "anomalies",
+        "train",
+        "schedule",
+        "pipeline",
+        "serve",
+        "up",
+        "drift",
+        "bench",
+    ):
         assert command in result.output
 
 
@@ -43,14 +53,20 @@ def test_every_dvc_stage_runs_a_real_cli_command_with_existing_inputs() -> None:
             for part in key.split("."):
                 assert isinstance(node, dict) and part in node, key
                 node = node[part]
-    dag = subprocess.run([str(Path(sys.executable).parent / "dvc"), "dag"],
-                         check=False, cwd=REPO_ROOT, capture_output=True, text=True)
+    dag = subprocess.run(
+        [str(Path(sys.executable).parent / "dvc"), "dag"],
+        check=False,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert dag.returncode == 0, dag.stderr
 
 
 def test_generate_stores_validated_telemetry(settings) -> None:
-    result = runner.invoke(app, ["telemetry", "generate", "--services", "2", "--days", "1",
-                                 "--step-minutes", "5"])
+    result = runner.invoke(
+        app, ["telemetry", "generate", "--services", "2", "--days", "1", "--step-minutes", "5"]
+    )
     assert result.exit_code == 0, result.output
     stored = read_telemetry(settings)
     assert sorted(stored["service"].unique()) == ["checkout", "search"]
@@ -58,8 +74,13 @@ def test_generate_stores_validated_telemetry(settings) -> None:
 
 
 def test_importing_a_bad_file_fails_and_stores_nothing(settings, tmp_path: Path) -> None:
-    bad = pd.DataFrame({"service": ["api", "api"], "ts": ["2026-01-01 00:00", "2026-01-01 00:01"],
-                        "requests": [5.0, -1.0]})
+    bad = pd.DataFrame(
+        {
+            "service": ["api", "api"],
+            "ts": ["2026-01-01 00:00", "2026-01-01 00:01"],
+            "requests": [5.0, -1.0],
+        }
+    )
     bad.to_csv(tmp_path / "bad.csv", index=False)
     result = runner.invoke(app, ["telemetry", "import", str(tmp_path / "bad.csv")])
     assert result.exit_code == 2
@@ -71,8 +92,9 @@ def test_importing_a_bad_file_fails_and_stores_nothing(settings, tmp_path: Path)
     assert list(settings.quarantine_dir.glob("*.parquet"))
 
 
-@pytest.mark.parametrize("args", [["pipeline", "run", "--services", "0"],
-                                  ["telemetry", "import", "/nonexistent/path"]])
+@pytest.mark.parametrize(
+    "args", [["pipeline", "run", "--services", "0"], ["telemetry", "import", "/nonexistent/path"]]
+)
 def test_bad_arguments_give_a_clear_error(settings, args: list[str]) -> None:
     result = runner.invoke(app, args)
     assert result.exit_code != 0

@@ -19,8 +19,16 @@ from core.settings import REPO_ROOT
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 ENV_EXAMPLE = REPO_ROOT / ".env.example"
 COMPOSE_BIN = Path(compose.__file__).parent / "docker-compose"
-LONG_RUNNING = {"postgres", "redis", "airflow-api-server", "airflow-scheduler",
-                "airflow-dag-processor", "airflow-triggerer", "mlflow", "api"}
+LONG_RUNNING = {
+    "postgres",
+    "redis",
+    "airflow-api-server",
+    "airflow-scheduler",
+    "airflow-dag-processor",
+    "airflow-triggerer",
+    "mlflow",
+    "api",
+}
 
 
 def _compose(*args: str, env_file: Path | None = ENV_EXAMPLE) -> subprocess.CompletedProcess:
@@ -28,8 +36,13 @@ def _compose(*args: str, env_file: Path | None = ENV_EXAMPLE) -> subprocess.Comp
     if env_file is not None:
         command += ["--env-file", str(env_file)]
     # A clean environment: only what the env file says may reach the interpolation.
-    return subprocess.run([*command, *args], capture_output=True, text=True, check=False,
-                          env={"PATH": "/usr/bin:/bin", "HOME": str(REPO_ROOT)})
+    return subprocess.run(
+        [*command, *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(REPO_ROOT)},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +71,11 @@ def test_missing_secrets_are_refused_by_name(tmp_path: Path) -> None:
 
 def test_env_example_sets_every_variable_the_file_requires() -> None:
     required = set(re.findall(r"\$\{(\w+):\?", COMPOSE_FILE.read_text()))
-    example = {line.split("=", 1)[0] for line in ENV_EXAMPLE.read_text().splitlines()
-               if "=" in line and not line.startswith("#")}
+    example = {
+        line.split("=", 1)[0]
+        for line in ENV_EXAMPLE.read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    }
     assert required and required <= example, required - example
 
 
@@ -79,8 +95,12 @@ def test_every_long_running_service_has_a_healthcheck(config: dict[str, Any]) ->
 def test_airflow_runs_local_executor_after_the_migration(config: dict[str, Any]) -> None:
     services = config["services"]
     assert services["airflow-init"]["command"] == ["airflow", "db", "migrate"]
-    for name in ("airflow-api-server", "airflow-scheduler", "airflow-dag-processor",
-                 "airflow-triggerer"):
+    for name in (
+        "airflow-api-server",
+        "airflow-scheduler",
+        "airflow-dag-processor",
+        "airflow-triggerer",
+    ):
         env = services[name]["environment"]
         assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor", name  # AIRFLOW_EXECUTOR unset
         assert env["AIRFLOW__CORE__DAGS_FOLDER"] == "/opt/forescale/dags", name
@@ -113,5 +133,7 @@ def test_the_celery_profile_adds_scalable_workers_on_the_same_configuration() ->
     env = worker["environment"]
     assert env["AIRFLOW__CELERY__BROKER_URL"] == "redis://redis:6379/1"
     assert env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql+psycopg://")
-    assert env["AIRFLOW__API_AUTH__JWT_SECRET"] == (
-        services["airflow-api-server"]["environment"]["AIRFLOW__API_AUTH__JWT_SECRET"])
+    assert (
+        env["AIRFLOW__API_AUTH__JWT_SECRET"]
+        == (services["airflow-api-server"]["environment"]["AIRFLOW__API_AUTH__JWT_SECRET"])
+    )

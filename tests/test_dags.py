@@ -122,8 +122,6 @@ TINY_PARAMS = {
 }
 
 
-
-
 def _state(dag_run: Any) -> dict[str, str]:
     """``{task_id[map_index]: state}`` of a finished run."""
     return {

@@ -157,10 +157,14 @@ def test_model_inputs_are_point_in_time_correct(applied: tuple[Settings, list[st
 
     merged = before.merge(after, on=["service", "ts"], suffixes=("_before", "_after"))
     untouched = (merged["service"] != services[0]) | (merged["ts"] < cut)
-    pd.testing.assert_series_equal(merged.loc[untouched, "requests_before"],
-                                   merged.loc[untouched, "requests_after"], check_names=False)
-    np.testing.assert_allclose(merged.loc[~untouched, "requests_after"],
-                               merged.loc[~untouched, "requests_before"] * 3)
+    pd.testing.assert_series_equal(
+        merged.loc[untouched, "requests_before"],
+        merged.loc[untouched, "requests_after"],
+        check_names=False,
+    )
+    np.testing.assert_allclose(
+        merged.loc[~untouched, "requests_after"], merged.loc[~untouched, "requests_before"] * 3
+    )
     # A window ending earlier sees nothing of later steps.
     early = model_inputs(settings, services, window_start, cut)
     assert early["ts"].max() == cut - STEP
@@ -169,13 +173,17 @@ def test_model_inputs_are_point_in_time_correct(applied: tuple[Settings, list[st
 def test_a_step_without_telemetry_has_no_input_value(tmp_path: Path) -> None:
     settings = get_settings(home=tmp_path / "home")
     fleet = generate_fleet(1, 1, step_minutes=1, seed=3, end=END)
-    hole = (fleet["ts"] >= END - pd.Timedelta(hours=2)) & (fleet["ts"] < END - pd.Timedelta(hours=1))
+    hole = (fleet["ts"] >= END - pd.Timedelta(hours=2)) & (
+        fleet["ts"] < END - pd.Timedelta(hours=1)
+    )
     write_telemetry(settings, fleet[~hole], END - pd.Timedelta(days=1), END)
     update_offline_features(settings)
     apply_features(settings)
     inputs = model_inputs(settings, ["checkout"], END - pd.Timedelta(hours=3), END)
     assert len(inputs) == 36 - 12  # the hour without telemetry is left out, not filled
-    assert not inputs["ts"].between(END - pd.Timedelta(hours=2), END - pd.Timedelta(minutes=65)).any()
+    assert (
+        not inputs["ts"].between(END - pd.Timedelta(hours=2), END - pd.Timedelta(minutes=65)).any()
+    )
 
 
 def test_the_online_store_serves_the_origins_input_as_training_reads_it(tmp_path: Path) -> None:
@@ -229,8 +237,10 @@ def test_peak_target_labels_each_step_with_its_busiest_minute(tmp_path: Path) ->
     busiest = raw.set_index("ts")["requests"].resample(STEP).max()
     first = frame[frame["service"] == services[0]].set_index("ts")
     np.testing.assert_allclose(first["requests"], busiest.reindex(first.index))
-    assert (first["requests"] > raw.set_index("ts")["requests"].resample(STEP).mean()
-            .reindex(first.index)).mean() > 0.9
+    assert (
+        first["requests"]
+        > raw.set_index("ts")["requests"].resample(STEP).mean().reindex(first.index)
+    ).mean() > 0.9
     # The history a schedule is forecast from uses the same target.
     recent = recent_history(peak, [services[0]], END, days=1).set_index("ts")["requests"]
     np.testing.assert_allclose(recent, busiest.reindex(recent.index))

@@ -28,8 +28,17 @@ ALLOWED: dict[str, set[str]] = {
 }
 COMPOSITION_ROOT = "pipelines/cli.py"
 """The ``forescale`` command: it may load the benchmarks (``forescale bench``) from a checkout."""
-TRAINING_LIBRARIES = ("mlflow", "lightgbm", "prophet", "feast", "shap", "great_expectations",
-                      "evidently", "airflow", "sklearn")
+TRAINING_LIBRARIES = (
+    "mlflow",
+    "lightgbm",
+    "prophet",
+    "feast",
+    "shap",
+    "great_expectations",
+    "evidently",
+    "airflow",
+    "sklearn",
+)
 
 
 def _imports(path: Path) -> set[str]:
@@ -57,8 +66,11 @@ def _package_edges() -> dict[str, dict[str, list[str]]]:
 
 @pytest.mark.parametrize("package", PACKAGES)
 def test_a_package_imports_only_the_layers_below_it(package: str) -> None:
-    wrong = {target: files for target, files in _package_edges().get(package, {}).items()
-             if target not in ALLOWED[package]}
+    wrong = {
+        target: files
+        for target, files in _package_edges().get(package, {}).items()
+        if target not in ALLOWED[package]
+    }
     assert not wrong, f"{package} imports {wrong}"
 
 
@@ -82,18 +94,30 @@ def test_the_package_graph_has_no_cycle() -> None:
 
 
 def test_nothing_below_dags_imports_airflow() -> None:
-    offenders = [str(path.relative_to(REPO_ROOT))
-                 for package in PACKAGES if package != "dags"
-                 for path in (REPO_ROOT / package).rglob("*.py")
-                 if "airflow" in _imports(path)]
+    offenders = [
+        str(path.relative_to(REPO_ROOT))
+        for package in PACKAGES
+        if package != "dags"
+        for path in (REPO_ROOT / package).rglob("*.py")
+        if "airflow" in _imports(path)
+    ]
     assert not offenders
 
 
 def test_the_serving_process_loads_no_training_library() -> None:
-    code = ("import sys, serving.app; app = serving.app.create_app(); "
-            f"print(sorted(m for m in {TRAINING_LIBRARIES!r} if m in sys.modules))")
+    code = (
+        "import sys, serving.app; app = serving.app.create_app(); "
+        f"print(sorted(m for m in {TRAINING_LIBRARIES!r} if m in sys.modules))"
+    )
     tokens = {"FORESCALE_API_TOKEN": "w" * 32, "FORESCALE_API_READ_TOKEN": "r" * 32}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            cwd=REPO_ROOT, check=False, timeout=300, env={**os.environ, **tokens})
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        check=False,
+        timeout=300,
+        env={**os.environ, **tokens},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout + result.stderr

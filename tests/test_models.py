@@ -400,7 +400,6 @@ def test_ensemble_shrinkage_blends_service_weights_with_the_fleet() -> None:
         EnsembleForecaster(shrinkage=1.5)
 
 
-
 def constant_member(level: float, on_fit=None) -> type[SeasonalNaiveForecaster]:
     """An ensemble member forecasting ``level`` at the median (``+10 x (q - 0.5)`` elsewhere);
     ``on_fit`` is called at every fit."""
@@ -418,6 +417,7 @@ def constant_member(level: float, on_fit=None) -> type[SeasonalNaiveForecaster]:
             return out
 
     return Constant
+
 
 def test_ensemble_fixed_weights_skip_the_backtest_and_switch_members_per_bucket() -> None:
     from models.ensemble import EnsembleForecaster

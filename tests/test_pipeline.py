@@ -18,8 +18,6 @@ from serving.store import ScheduleStore
 pytestmark = pytest.mark.slow
 
 
-
-
 FAST_TRAINING = {"backtest_folds": 2, "history_days": 10, "models": ["prophet", "lightgbm"]}
 
 
@@ -32,11 +30,17 @@ def copy_of(settings: Settings, tmp_path, **sections: dict) -> Settings:
 
 @pytest.fixture(scope="module")
 def pipeline_home(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, list]:
-    settings = settings_with_params(tmp_path_factory.mktemp("pipeline") / "home",
-                                    training=FAST_TRAINING)
+    settings = settings_with_params(
+        tmp_path_factory.mktemp("pipeline") / "home", training=FAST_TRAINING
+    )
     lines: list[str] = []
     summaries = run_pipeline(
-        settings, services=2, days=9, step_minutes=5, seed=11, progress=lines.append,
+        settings,
+        services=2,
+        days=9,
+        step_minutes=5,
+        seed=11,
+        progress=lines.append,
         run_end=FIXED_END,
     )
     assert any("training" in line for line in lines) and any("feature" in line for line in lines)
@@ -66,8 +70,14 @@ def test_the_run_summary_records_what_pipeline_run_json_writes(pipeline_home) ->
     records = json.loads(json.dumps(summary_records(summaries)))
     configure_mlflow(settings)
     for record, summary in zip(records, summaries, strict=True):
-        assert set(record) == {"service", "family", "version", "backtest_error", "promoted",
-                               "peak_replicas"}
+        assert set(record) == {
+            "service",
+            "family",
+            "version",
+            "backtest_error",
+            "promoted",
+            "peak_replicas",
+        }
         assert record["family"] == summary.family and record["promoted"] is True
         assert f"{record['version']}" == champion(record["service"]).version
         assert record["backtest_error"] == pytest.approx(summary.backtest_error)
@@ -134,8 +144,9 @@ def test_the_holt_winters_family_trains_registers_and_forecasts(pipeline_home, t
     assert len(forecast) == 12 and (forecast["p90"] >= forecast["p50"]).all()
 
 
-def test_the_params_ensemble_trains_registers_forecasts_and_explains(pipeline_home,
-                                                                     tmp_path) -> None:
+def test_the_params_ensemble_trains_registers_forecasts_and_explains(
+    pipeline_home, tmp_path
+) -> None:
     settings, _ = pipeline_home
     from models.explain import explain_peaks
     from pipelines.training import train_shard
@@ -226,9 +237,11 @@ def test_pipeline_on_historical_files_builds_but_does_not_publish(tmp_path, make
     source = tmp_path / "traces"
     source.mkdir()
     trace[[TS, "requests"]].rename(columns={TS: "timestamp", "requests": "value"}).to_csv(
-        source / "legacy-api.csv", index=False)
-    settings = settings_with_params(tmp_path / "home",
-                                    training={**FAST_TRAINING, "history_days": 5})
+        source / "legacy-api.csv", index=False
+    )
+    settings = settings_with_params(
+        tmp_path / "home", training={**FAST_TRAINING, "history_days": 5}
+    )
     lines: list[str] = []
     [summary] = run_pipeline(settings, source_dir=source, step_minutes=5, progress=lines.append)
     assert summary.service == "legacy-api" and summary.schedule_version is None
@@ -261,25 +274,32 @@ def test_the_same_pipeline_runs_on_postgresql_and_redis(tmp_path) -> None:
     redis = pytest.importorskip("redis")
     database = f"forescale_{uuid.uuid4().hex[:8]}"
     try:
-        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True,
-                             connect_timeout=3) as admin:
+        with psycopg.connect(
+            "postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True, connect_timeout=3
+        ) as admin:
             admin.execute(f"CREATE DATABASE {database}")
         redis.Redis(host="127.0.0.1", port=6379, socket_connect_timeout=3).ping()
     except (psycopg.OperationalError, redis.exceptions.ConnectionError) as error:
         pytest.skip(f"local PostgreSQL or Redis unreachable: {error}")
     url = f"postgresql://postgres@127.0.0.1:5432/{database}"
     try:
-        base = settings_with_params(tmp_path / "home",
-                                    training={**FAST_TRAINING, "models": ["lightgbm"]})
-        settings = get_settings(home=base.home, params_file=base.params_file,
-                                schedule_db_url=url, online_store="redis",
-                                mlflow_tracking_uri=url.replace("postgresql://",
-                                                                "postgresql+psycopg://"))
-        summaries = run_pipeline(settings, services=2, days=9, step_minutes=5, seed=3,
-                                 run_end=FIXED_END)
+        base = settings_with_params(
+            tmp_path / "home", training={**FAST_TRAINING, "models": ["lightgbm"]}
+        )
+        settings = get_settings(
+            home=base.home,
+            params_file=base.params_file,
+            schedule_db_url=url,
+            online_store="redis",
+            mlflow_tracking_uri=url.replace("postgresql://", "postgresql+psycopg://"),
+        )
+        summaries = run_pipeline(
+            settings, services=2, days=9, step_minutes=5, seed=3, run_end=FIXED_END
+        )
         store = ScheduleStore(url)
         assert {s.service: store.latest(s.service).model_version for s in summaries} == {
-            s.service: s.model_version for s in summaries}
+            s.service: s.model_version for s in summaries
+        }
         store.dispose()
         configure_mlflow(settings)
         assert champion(summaries[0].service).label == summaries[0].model_version
@@ -289,8 +309,9 @@ def test_the_same_pipeline_runs_on_postgresql_and_redis(tmp_path) -> None:
         import mlflow
 
         mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'detach.db'}")  # let the DB be dropped
-        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres",
-                             autocommit=True) as admin:
+        with psycopg.connect(
+            "postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True
+        ) as admin:
             admin.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
 
 

@@ -40,14 +40,30 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     lines.append("# EOF")
     (base / "samples.om").write_text("\n".join(lines) + "\n")
     data = base / "data"
-    subprocess.run(["promtool", "tsdb", "create-blocks-from", "openmetrics",
-                    str(base / "samples.om"), str(data)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "promtool",
+            "tsdb",
+            "create-blocks-from",
+            "openmetrics",
+            str(base / "samples.om"),
+            str(data),
+        ],
+        check=True,
+        capture_output=True,
+    )
     (base / "prometheus.yml").write_text("global:\n  scrape_interval: 1h\n")
     port = _free_port()
     process = subprocess.Popen(
-        ["prometheus", f"--config.file={base / 'prometheus.yml'}", f"--storage.tsdb.path={data}",
-         f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=30d"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            "prometheus",
+            f"--config.file={base / 'prometheus.yml'}",
+            f"--storage.tsdb.path={data}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--storage.tsdb.retention.time=30d",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -67,10 +83,13 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def test_query_range_returns_long_format_per_service(prometheus: str) -> None:
-    source = PrometheusSource(prometheus, {
-        REQUESTS: "sum by (service) (app_requests_per_second)",
-        CPU: "sum by (service) (app_cpu_cores)",
-    })
+    source = PrometheusSource(
+        prometheus,
+        {
+            REQUESTS: "sum by (service) (app_requests_per_second)",
+            CPU: "sum by (service) (app_cpu_cores)",
+        },
+    )
     frame = source.fetch(START, START + pd.Timedelta(minutes=10))
     assert sorted(frame[SERVICE].unique()) == ["api", "web"]
     assert frame.groupby(SERVICE).size().eq(10).all()

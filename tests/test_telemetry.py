@@ -39,17 +39,23 @@ def test_fleet_has_daily_seasonality_and_campaign_surges(make_fleet) -> None:
     events = source.events(fleet[TS].min(), fleet[TS].max())
     assert not events.empty
     event = events.iloc[0]
-    during = fleet[(fleet[TS] >= event["start"] + pd.Timedelta(minutes=15))
-                   & (fleet[TS] < event["end"])][REQUESTS].mean()
-    same_hours_day_before = fleet[(fleet[TS] >= event["start"] - pd.Timedelta(days=1, minutes=-15))
-                                  & (fleet[TS] < event["end"] - pd.Timedelta(days=1))][REQUESTS]
+    during = fleet[
+        (fleet[TS] >= event["start"] + pd.Timedelta(minutes=15)) & (fleet[TS] < event["end"])
+    ][REQUESTS].mean()
+    same_hours_day_before = fleet[
+        (fleet[TS] >= event["start"] - pd.Timedelta(days=1, minutes=-15))
+        & (fleet[TS] < event["end"] - pd.Timedelta(days=1))
+    ][REQUESTS]
     if not same_hours_day_before.empty:
         assert during > 1.3 * same_hours_day_before.mean()
 
 
 def test_a_window_fetched_alone_equals_the_same_window_of_a_long_fetch() -> None:
     source = SyntheticFleetSource(2, seed=3)
-    start, end = pd.Timestamp("2026-03-01 23:50", tz="UTC"), pd.Timestamp("2026-03-02 00:10", tz="UTC")
+    start, end = (
+        pd.Timestamp("2026-03-01 23:50", tz="UTC"),
+        pd.Timestamp("2026-03-02 00:10", tz="UTC"),
+    )
     long = source.fetch(start - pd.Timedelta(days=1), end)
     window = long[(long[TS] >= start) & (long[TS] < end)].reset_index(drop=True)
     pd.testing.assert_frame_equal(source.fetch(start, end), window)
@@ -80,7 +86,10 @@ def test_storing_a_batch_replaces_only_its_interval(settings, make_fleet) -> Non
 
 
 def test_extract_batch_is_deterministic_per_interval(settings) -> None:
-    start, end = pd.Timestamp("2026-05-01 10:00", tz="UTC"), pd.Timestamp("2026-05-01 10:05", tz="UTC")
+    start, end = (
+        pd.Timestamp("2026-05-01 10:00", tz="UTC"),
+        pd.Timestamp("2026-05-01 10:05", tz="UTC"),
+    )
     first = pd.read_parquet(extract_batch(settings, start, end, "synthetic"))
     path = extract_batch(settings, start, end, "synthetic")
     pd.testing.assert_frame_equal(first, pd.read_parquet(path))
@@ -102,10 +111,17 @@ def test_read_telemetry_filters_services_and_time(settings, make_fleet) -> None:
 def test_file_source_reads_long_format_and_single_traces(tmp_path: Path, make_fleet) -> None:
     fleet = make_fleet(services=2, days=1)
     fleet.to_parquet(tmp_path / "fleet.parquet")
-    pd.testing.assert_frame_equal(FileSource(tmp_path / "fleet.parquet").read_all()[fleet.columns],
-                                  fleet, check_dtype=False)
-    trace = pd.DataFrame({"period": pd.date_range("1998-06-01", periods=5, freq="1min")
-                          .strftime("%Y-%m-%d %H:%M:%S"), "count": [60, 120, 180, 240, 300]})
+    pd.testing.assert_frame_equal(
+        FileSource(tmp_path / "fleet.parquet").read_all()[fleet.columns], fleet, check_dtype=False
+    )
+    trace = pd.DataFrame(
+        {
+            "period": pd.date_range("1998-06-01", periods=5, freq="1min").strftime(
+                "%Y-%m-%d %H:%M:%S"
+            ),
+            "count": [60, 120, 180, 240, 300],
+        }
+    )
     trace.to_csv(tmp_path / "worldcup.csv", index=False)
     frame = FileSource(tmp_path / "worldcup.csv", value_per="minute").read_all()
     assert list(frame[SERVICE].unique()) == ["worldcup"]
@@ -121,7 +137,8 @@ def test_file_source_names_the_problem(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="bad.csv.*long format"):
         FileSource(tmp_path / "bad.csv").read_all()
     pd.DataFrame({"service": ["x"], "ts": ["2024-01-01"], "cpu": [1.0]}).to_csv(
-        tmp_path / "nocpu.csv", index=False)
+        tmp_path / "nocpu.csv", index=False
+    )
     with pytest.raises(ValueError, match="'requests'"):
         FileSource(tmp_path / "nocpu.csv").read_all()
     with pytest.raises(ValueError, match="does not exist"):
@@ -129,7 +146,10 @@ def test_file_source_names_the_problem(tmp_path: Path) -> None:
 
 
 def test_shared_worldcup_trace_loads_as_one_service() -> None:
-    path = Path(__file__).resolve().parents[2] / "shared/data/request_traces/worldcup98_requests_per_minute.csv"
+    path = (
+        Path(__file__).resolve().parents[2]
+        / "shared/data/request_traces/worldcup98_requests_per_minute.csv"
+    )
     if not path.exists():
         pytest.skip("shared data not present")
     frame = FileSource(path, service="worldcup98", value_per="minute").read_all()

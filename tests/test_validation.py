@@ -30,7 +30,8 @@ def clean_batch(make_fleet: FleetFactory) -> pd.DataFrame:
     fleet = make_fleet(services=3, days=1)
     names = dict(zip(sorted(fleet["service"].unique()), ("api", "web", "db"), strict=True))
     return fleet.assign(service=fleet["service"].map(names)).sort_values(
-        ["service", "ts"], ignore_index=True)
+        ["service", "ts"], ignore_index=True
+    )
 
 
 def stage(settings: Settings, frame: pd.DataFrame, name: str = "batch_0001.parquet") -> Path:
@@ -60,8 +61,12 @@ def test_suite_lists_every_rule() -> None:
         assert ("non_negative", column) in rules
         assert ("max_value", column) in rules
         assert ("type", column) in rules
-    assert {("not_null", "service"), ("not_null", "ts"), ("in_interval", "ts"),
-            ("max_gap", "gap_minutes")} <= rules
+    assert {
+        ("not_null", "service"),
+        ("not_null", "ts"),
+        ("in_interval", "ts"),
+        ("max_gap", "gap_minutes"),
+    } <= rules
 
 
 def test_limits_come_from_params(settings: Settings) -> None:
@@ -215,7 +220,9 @@ def test_rule_failure_names_expectation_rows_and_quarantines(
     # Quarantined with its report, and nothing else written anywhere under home.
     assert not path.exists()
     assert sorted(p.name for p in settings.quarantine_dir.iterdir()) == [
-        "batch_0001.parquet", "batch_0001.report.json"]
+        "batch_0001.parquet",
+        "batch_0001.report.json",
+    ]
     assert sorted(p.name for p in settings.home.iterdir()) == ["quarantine", "staging"]
     assert not any(settings.staging_dir.iterdir())
     report = json.loads(caught.value.report_path.read_text())
@@ -269,8 +276,9 @@ def test_a_request_only_trace_is_validated_on_requests(settings, make_fleet) -> 
     with pytest.raises(BatchValidationError, match="non_negative.*'requests'"):
         validate_batch(settings, stage_frame(settings, broken, start, end), start, end)
     with pytest.raises(BatchValidationError, match=r"schema.*missing column\(s\) \[.*'requests'"):
-        validate_batch(settings, stage_frame(settings, fleet[["service", "ts", "cpu"]], start, end),
-                       start, end)
+        validate_batch(
+            settings, stage_frame(settings, fleet[["service", "ts", "cpu"]], start, end), start, end
+        )
 
 
 def test_two_bad_batches_for_the_same_interval_are_both_kept(settings, make_fleet) -> None:
