@@ -16,7 +16,8 @@ At every step of the window the replay does what production does:
 
 * **training** (:func:`pipelines.training.choose_families`, the training stage's own
   decision): at the start of the window, as ``forecast_retrain``'s weekly schedule does (drift
-  retrains are not replayed), per shard of ``training.shard_size`` traces, every family of
+  retrains are not replayed), per trace (traces from different years share no clock, so each
+  is a shard of its own), every family of
   ``training.models`` is backtested on the ``training.history_days`` before that instant, the
   best per trace is fitted, and it replaces the trace's champion only if it beats the champion's
   error on the same folds (:func:`pipelines.training.promotes`);
@@ -1038,7 +1039,9 @@ def forescale_targets(
         }
         frames_by_key[key] = frames
         names = sorted(frames)
-        size = profile.training.shard_size
+        # Each trace is its own shard: the traces come from different years, and a shard's
+        # backtest folds are cut on its services' common clock (production's share one).
+        size = 1
         jobs[key] = []
         for first in range(0, len(names), size):
             shard = {n: frames[n] for n in names[first : first + size]}

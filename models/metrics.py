@@ -8,7 +8,10 @@ absolute seasonal difference, OWA as the mean of the two ratios to Naive2.
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 from numpy.typing import ArrayLike
+
+from core.schema import SERVICE, TARGET, TS
 
 
 def _pair(actual: ArrayLike, forecast: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
@@ -122,3 +125,37 @@ def pinball_loss(actual: ArrayLike, quantile_forecast: ArrayLike, quantile: floa
     y, f = _pair(actual, quantile_forecast)
     diff = y - f
     return float(np.mean(np.maximum(quantile * diff, (quantile - 1.0) * diff)))
+
+
+def live_errors(forecasts: pd.DataFrame, actuals: pd.DataFrame) -> dict[str, tuple[float, int]]:
+    """The live error of served forecasts: relative MAE against "same step yesterday".
+
+    The one definition of a model's live error (the rollback guard and the drift monitor both
+    use it): the MAE of the ``p50`` forecast over the MAE of the seasonal-naive forecast (the
+    actual one day earlier), over the steps that have an actual and a naive value.
+
+    Args:
+        forecasts: Long frame ``service, ts, p50`` at the forecast step.
+        actuals: Long frame ``service, ts, requests`` at the same step (each step's target),
+            covering the forecast steps and the day before them.
+
+    Returns:
+        ``{service: (relative MAE, steps compared)}`` for services with a finite error.
+    """
+    keys = [SERVICE, TS]
+    if forecasts.empty or actuals.empty:
+        return {}
+    stepped = actuals[[SERVICE, TS, TARGET]].copy()
+    stepped[TS] = pd.to_datetime(stepped[TS], utc=True)
+    naive = stepped.assign(**{TS: stepped[TS] + pd.Timedelta(days=1)}).rename(
+        columns={TARGET: "naive"}
+    )
+    predicted = forecasts[[SERVICE, TS, "p50"]].copy()
+    predicted[TS] = pd.to_datetime(predicted[TS], utc=True)
+    joined = stepped.merge(predicted, on=keys).merge(naive, on=keys)
+    errors: dict[str, tuple[float, int]] = {}
+    for service, rows in joined.groupby(SERVICE):
+        error = relative_mae(rows[TARGET], rows["p50"], rows["naive"])
+        if np.isfinite(error):
+            errors[str(service)] = (float(error), len(rows))
+    return errors

@@ -294,7 +294,7 @@ def forecast_errors(
     Raises:
         ValueError: If a required column is missing.
     """
-    from models.metrics import relative_mae
+    from models.metrics import live_errors
 
     for frame, what, columns in (
         (forecasts, "forecasts", (SERVICE, TS, FORECAST_COLUMN)),
@@ -310,20 +310,8 @@ def forecast_errors(
     if forecasts.empty or actuals.empty:
         return {}
     stepped = aggregate_steps(actuals, f"{step_minutes}min", target, REQUESTS)
-    naive = stepped.assign(**{TS: stepped[TS] + pd.Timedelta(days=1)}).rename(
-        columns={REQUESTS: "naive"}
-    )
-    predicted = forecasts[[SERVICE, TS, FORECAST_COLUMN]].copy()
-    predicted[TS] = pd.to_datetime(predicted[TS], utc=True)
-    joined = stepped.merge(predicted, on=[SERVICE, TS], how="inner").merge(
-        naive, on=[SERVICE, TS], how="inner"
-    )
-    errors: dict[str, float] = {}
-    for service, rows in joined.groupby(SERVICE):
-        error = relative_mae(rows[REQUESTS], rows[FORECAST_COLUMN], rows["naive"])
-        if math.isfinite(error):
-            errors[str(service)] = error
-    return errors
+    predicted = forecasts[[SERVICE, TS, FORECAST_COLUMN]].rename(columns={FORECAST_COLUMN: "p50"})
+    return {service: error for service, (error, _) in live_errors(predicted, stepped).items()}
 
 
 def recent_forecasts(settings: Settings, start: datetime, end: datetime) -> pd.DataFrame:

@@ -22,9 +22,9 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from core.params import load_params
-from core.schema import TARGET, TS, quantile_column
+from core.schema import SERVICE, TS, quantile_column
 from core.settings import Settings
-from models.metrics import relative_mae
+from models.metrics import live_errors
 from models.registry import CHAMPION, PREVIOUS, champion, configure_mlflow
 from pipelines.publish import issued_forecasts
 
@@ -91,20 +91,8 @@ def live_error(
     start = now - pd.Timedelta(hours=window_hours)
     served = served_forecasts(settings, service, model_label, start, now)
     actual = recent_history(settings, [service], now, days=int(np.ceil(window_hours / 24)) + 1)
-    if served.empty or actual.empty:
-        return None, 0
-    naive = actual.assign(**{TS: actual[TS] + pd.Timedelta(days=1)}).rename(
-        columns={TARGET: "naive"}
-    )
-    joined = served.merge(actual, on=TS).merge(naive[[TS, "naive"]], on=TS)
-    if joined.empty:
-        return None, 0
-    error = relative_mae(
-        joined[TARGET].to_numpy(float),
-        joined["p50"].to_numpy(float),
-        joined["naive"].to_numpy(float),
-    )
-    return float(error), len(joined)
+    error = live_errors(served.assign(**{SERVICE: service}), actual).get(service)
+    return (None, 0) if error is None else error
 
 
 def check_rollbacks(
