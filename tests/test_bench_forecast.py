@@ -141,6 +141,6 @@ def test_the_report_page_has_a_row_per_trace_and_merges_runs() -> None:
     assert summary["relative_mae_24h_mean"] == pytest.approx(1.0)
     page = report_document(merged)
     assert "| c | 4 | 1.500 (2.200) |" in page
-    assert "`cpu`, `rest`" in page
+    assert "- data: 3 ops traces, 0 M4 Hourly series" in page
     with pytest.raises(ValueError, match="different params files"):
         merge_reports([first, {**second, "params_file": "other.yaml"}])

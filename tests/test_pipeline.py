@@ -130,16 +130,21 @@ def test_a_retrain_that_does_not_beat_the_champion_is_registered_but_not_promote
     assert int(row["version"]) == int(first["version"]) + 1
 
 
-def test_the_holt_winters_family_trains_registers_and_forecasts(pipeline_home, tmp_path) -> None:
-    settings, _ = pipeline_home
+def _trained_alone(pipeline_home, tmp_path, family: str):
+    """Train ``search`` with ``family`` as the only family; the registered model, loaded back."""
     from pipelines.training import train_shard
 
-    hw = copy_of(settings, tmp_path, training={**FAST_TRAINING, "models": ["holt_winters"]})
-    result = json.loads(train_shard(hw, ["search"], reason="drift").read_text())
+    settings, _ = pipeline_home
+    alone = copy_of(settings, tmp_path, training={**FAST_TRAINING, "models": [family]})
+    result = json.loads(train_shard(alone, ["search"], reason="drift").read_text())
     row = result["services"][0]
-    assert row["family"] == "holt_winters" and row["backtest_error"] > 0
-    configure_mlflow(hw)
-    model = load_version(f"forescale-search/{row['version']}")
+    assert row["family"] == family and row["backtest_error"] > 0
+    configure_mlflow(alone)
+    return load_version(f"forescale-search/{row['version']}")
+
+
+def test_the_holt_winters_family_trains_registers_and_forecasts(pipeline_home, tmp_path) -> None:
+    model = _trained_alone(pipeline_home, tmp_path, "holt_winters")
     forecast = model.predict(12, (0.5, 0.9))
     assert len(forecast) == 12 and (forecast["p90"] >= forecast["p50"]).all()
 
@@ -147,16 +152,9 @@ def test_the_holt_winters_family_trains_registers_and_forecasts(pipeline_home, t
 def test_the_params_ensemble_trains_registers_forecasts_and_explains(
     pipeline_home, tmp_path
 ) -> None:
-    settings, _ = pipeline_home
     from models.explain import explain_peaks
-    from pipelines.training import train_shard
 
-    ens = copy_of(settings, tmp_path, training={**FAST_TRAINING, "models": ["ensemble"]})
-    result = json.loads(train_shard(ens, ["search"], reason="drift").read_text())
-    row = result["services"][0]
-    assert row["family"] == "ensemble" and row["backtest_error"] > 0
-    configure_mlflow(ens)
-    model = load_version(f"forescale-search/{row['version']}")
+    model = _trained_alone(pipeline_home, tmp_path, "ensemble")
     assert set(model.members) == {"short", "lightgbm", "lightgbm_log", "naive"}
     assert model.guard_windows == 1 and set(model.guard_ratios_) <= {"search"}
     forecast = model.predict(24, (0.5, 0.9))
