@@ -18,6 +18,7 @@ One rule for the API (``serving.recommend``) and for the replay benchmark (``ben
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
@@ -115,3 +116,37 @@ def planned_max_at(
         if stop > first and (first < len(ts_us) - 1 or last_end > instants_us[i]):
             served[i] = replicas[first:stop].max()
     return served
+
+
+def next_window_change(
+    ts_us: Sequence[int], step_us: int, instant_us: int, lead_us: int
+) -> int | None:
+    """The first instant after ``instant_us`` at which :func:`planned_max_at` may answer otherwise.
+
+    The steps in force over ``[instant, instant + lead]`` change only when a step start enters
+    the window (at ``start - lead``), when the step in force at ``instant`` ends (at the next
+    start), or when the last step ends (at ``last start + step``). The earliest of these after
+    ``instant`` is returned; until then every instant gets the same answer.
+
+    Args:
+        ts_us: Step starts in microseconds, sorted ascending.
+        step_us: Length of the last step in microseconds.
+        instant_us: The instant asked about (microseconds, same epoch as ``ts_us``).
+        lead_us: The window length (the pod start-up time) in microseconds.
+
+    Returns:
+        That instant in microseconds, or None when the answer never changes again.
+    """
+    if not len(ts_us):
+        return None
+    changes = []
+    entering = bisect_right(ts_us, instant_us + lead_us)
+    if entering < len(ts_us):
+        changes.append(ts_us[entering] - lead_us)
+    leaving = bisect_right(ts_us, instant_us)
+    if leaving < len(ts_us):
+        changes.append(ts_us[leaving])
+    last_end = ts_us[-1] + step_us
+    if last_end > instant_us:
+        changes.append(last_end)
+    return min(changes) if changes else None

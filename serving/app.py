@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -44,6 +45,7 @@ from prometheus_client import (
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from core.service_config import ServiceConfig, default_service_config, load_service_configs
 from core.settings import Settings, get_settings
@@ -57,8 +59,14 @@ from serving.access import (
     WriteRoute,
     document_access,
 )
+from serving.answers import ReadyAnswers
 from serving.plans import PlanView
-from serving.recommend import fallback_recommendation, publish_problems, recommend
+from serving.recommend import (
+    fallback_recommendation,
+    publish_problems,
+    recommend,
+    recommendation_expires_at,
+)
 from serving.schemas import (
     IDEMPOTENCY_KEY_PATTERN,
     MAX_VERSION,
@@ -196,7 +204,8 @@ class ServingMetrics:
             registry=self.registry,
         )
 
-    def _children(self, service: str) -> tuple[Any, Any, Any, Any]:
+    def children(self, service: str) -> tuple[Any, Any, Any, Any]:
+        """A service's replicas, stale and schedule-age gauges and its fallback counter."""
         children = self._by_service.get(service)
         if children is None:
             children = (
@@ -210,7 +219,7 @@ class ServingMetrics:
 
     def observe(self, recommendation: Recommendation, schedule: Schedule | None) -> None:
         """Record a served recommendation."""
-        replicas, stale, age, fallbacks = self._children(recommendation.service)
+        replicas, stale, age, fallbacks = self.children(recommendation.service)
         replicas.set(recommendation.replicas)
         stale.set(1 if recommendation.stale else 0)
         if schedule is not None:
@@ -276,6 +285,65 @@ def _require_known(store: ScheduleStore, services: ServiceDirectory, service: st
 
 # ---- routes ------------------------------------------------------------------------------------
 
+
+def ready_recommendation(scope: Scope) -> bytes | None:
+    """The kept answer of ``GET .../recommendation``, when the request may have it at once.
+
+    That is: the ``Authorization`` header is exactly ``Bearer <read or write token>`` and the
+    service's kept answer still holds (:class:`serving.answers.ReadyAnswers`). Anything else
+    (no or another token, an unknown service or invalid name, an answer to compute) goes through
+    the route as usual.
+
+    Args:
+        scope: The ASGI scope of a ``GET`` the route matched.
+
+    Returns:
+        The JSON body, or None.
+    """
+    state = scope["app"].state
+    header = next((value for name, value in scope["headers"] if name == b"authorization"), b"")
+    read_header, write_header = state.bearer_headers
+    # Both compared, in constant time, whichever matches.
+    if not (
+        secrets.compare_digest(header, read_header) | secrets.compare_digest(header, write_header)
+    ):
+        return None
+    service: str = scope["path_params"]["service"]
+    found = state.plans.cached(service)
+    if found is None:
+        return None
+    answers: ReadyAnswers = state.answers
+    return answers.answer(
+        service, found[1], found[2], state.services.config(service), state.clock()
+    )
+
+
+class RecommendationRoute(ReadRoute):
+    """The read route KEDA polls: a kept answer is sent straight away."""
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Send the kept answer when there is one, else handle the request as any route."""
+        if scope["method"] == "GET":
+            body = ready_recommendation(scope)
+            if body is not None:
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 200,
+                        "headers": [
+                            (b"content-length", str(len(body)).encode()),
+                            (b"content-type", b"application/json"),
+                        ],
+                    }
+                )
+                await send({"type": "http.response.body", "body": body})
+                return
+        await super().handle(scope, receive, send)
+
+
+recommendation_router = APIRouter(
+    prefix="/v1", route_class=RecommendationRoute, responses=READ_RESPONSES
+)
 read_router = APIRouter(prefix="/v1", route_class=ReadRoute, responses=READ_RESPONSES)
 write_router = APIRouter(prefix="/v1", route_class=WriteRoute, responses=WRITE_RESPONSES)
 ops_router = APIRouter(route_class=ReadRoute, responses=READ_RESPONSES)
@@ -381,7 +449,7 @@ def publish_schedule(
     return PublishResult(service=service, version=version, created_at=created_at)
 
 
-@read_router.get(
+@recommendation_router.get(
     "/services/{service}/recommendation",
     response_model=Recommendation,
     tags=["scaling"],
@@ -438,7 +506,18 @@ async def read_recommendation(request: Request) -> Response:
     )
     result = recommend(service, schedule, floor, config, now)
     metrics.observe(result, schedule)
-    return Response(result.model_dump_json(), media_type="application/json")
+    _, _, age_gauge, fallback_counter = metrics.children(service)
+    answers: ReadyAnswers = state.answers
+    body = answers.keep(
+        result,
+        plan,
+        floor,
+        config,
+        recommendation_expires_at(result, plan, floor, config, now),
+        age_gauge,
+        fallback_counter,
+    )
+    return Response(body, media_type="application/json")
 
 
 @write_router.put(
@@ -615,6 +694,12 @@ def create_app(
     app.state.plans = PlanView(app.state.store)
     app.state.services = ServiceDirectory(settings.params_file)
     app.state.metrics = ServingMetrics()
+    app.state.answers = ReadyAnswers()
+    app.state.bearer_headers = (
+        b"Bearer " + app.state.tokens.read,
+        b"Bearer " + app.state.tokens.write,
+    )
+    app.include_router(recommendation_router)
     app.include_router(read_router)
     app.include_router(write_router)
     app.include_router(ops_router)

@@ -41,11 +41,13 @@ STORE_ERRORS = (SQLAlchemyError, OSError)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def _microseconds(instant: datetime) -> int:
+def microseconds_since_epoch(instant: datetime) -> int:
+    """An aware instant as whole microseconds since the Unix epoch."""
     return (instant - _EPOCH) // timedelta(microseconds=1)
 
 
-def _instant(microseconds: int) -> datetime:
+def instant_of_microseconds(microseconds: int) -> datetime:
+    """The UTC instant of whole microseconds since the Unix epoch."""
     return _EPOCH + timedelta(microseconds=microseconds)
 
 
@@ -92,14 +94,14 @@ class ServicePlan:
             valid_until=schedule.valid_until,
             step_seconds=schedule.step_seconds,
             dry_run=schedule.dry_run,
-            starts=array("q", (_microseconds(step.ts) for step in schedule.steps)),
+            starts=array("q", (microseconds_since_epoch(step.ts) for step in schedule.steps)),
             replicas=array("q", (step.replicas for step in schedule.steps)),
         )
 
     def _schedule(self, indices: list[int]) -> Schedule:
         steps = [
             ScheduleStep.model_construct(
-                ts=_instant(self.starts[index]),
+                ts=instant_of_microseconds(self.starts[index]),
                 replicas=self.replicas[index],
                 forecast_p50=None,
                 forecast_p90=None,
@@ -135,8 +137,8 @@ class ServicePlan:
             A schedule (forecasts left out) with at most the steps the window needs.
         """
         count = len(self.starts)
-        first = _microseconds(start)
-        last = _microseconds(end)
+        first = microseconds_since_epoch(start)
+        last = microseconds_since_epoch(end)
         span_end = self.starts[-1] + self.step_seconds * 1_000_000
         if last < self.starts[0] or first >= span_end:
             indices: tuple[int, ...] = (0, count - 1) if count > 1 else (0,)

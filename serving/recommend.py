@@ -21,7 +21,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from core.service_config import ServiceConfig
-from core.serving_rule import clamp_replicas, fallback_replicas, is_stale, planned_max
+from core.serving_rule import (
+    clamp_replicas,
+    fallback_replicas,
+    is_stale,
+    next_window_change,
+    planned_max,
+)
+from serving.plans import ServicePlan, instant_of_microseconds, microseconds_since_epoch
 from serving.schemas import Recommendation, RecommendationSource, Schedule, SchedulePublish
 from serving.store import FloorReading
 
@@ -191,6 +198,51 @@ def recommend(
         **_schedule_fields(schedule),
         reason=reason,
     )
+
+
+def recommendation_expires_at(
+    result: Recommendation,
+    plan: ServicePlan | None,
+    floor: FloorReading | None,
+    config: ServiceConfig,
+    now: datetime,
+) -> datetime | None:
+    """The first instant at which :func:`recommend` may answer otherwise than ``result``.
+
+    With the same schedule, live floor and settings, every instant before it gets the same
+    recommendation (but for ``ts``): the schedule does not turn stale, no step enters or leaves
+    the start-up window and the live floor does not age out before then.
+
+    Args:
+        result: What :func:`recommend` answered at ``now`` for these inputs.
+        plan: The schedule it was given (as the plan view holds it), or None.
+        floor: The live floor it was given, or None.
+        config: The settings it was given.
+        now: The instant it answered for.
+
+    Returns:
+        That instant; ``now`` when the answer names ``now`` itself (a schedule that does not
+        cover it); None when it never changes with time alone.
+    """
+    if plan is None or is_stale(plan.valid_until, now):
+        return None  # a missing or stale schedule stays so: fallback or dry run, not timed
+    turns_stale = plan.valid_until + timedelta(microseconds=1)
+    if config.dry_run or plan.dry_run:
+        return turns_stale
+    if result.source == "fallback":
+        return now
+    changes = [turns_stale]
+    window_change = next_window_change(
+        plan.starts,
+        plan.step_seconds * 1_000_000,
+        microseconds_since_epoch(now),
+        config.startup_seconds * 1_000_000,
+    )
+    if window_change is not None:
+        changes.append(instant_of_microseconds(window_change))
+    if floor is not None and floor_is_fresh(floor, now):
+        changes.append(floor.ts + FLOOR_MAX_AGE)
+    return min(changes)
 
 
 def publish_problems(schedule: SchedulePublish, now: datetime) -> list[tuple[tuple, str]]:

@@ -21,12 +21,14 @@ from schemathesis.config import SchemathesisConfig
 from schemathesis.engine import events, from_schema
 
 from core.service_config import ServiceConfig
+from core.serving_rule import next_window_change, planned_max_at
 from core.settings import DEV_READ_TOKEN, DEV_WRITE_TOKEN, REPO_ROOT
 from serving.access import MAX_BODY_BYTES
+from serving.answers import ReadyAnswers
 from serving.app import create_app
 from serving.plans import PlanView, ServicePlan
 from serving.recommend import recommend
-from serving.schemas import MAX_STEPS, Schedule, SchedulePublish
+from serving.schemas import MAX_STEPS, Recommendation, Schedule, SchedulePublish
 from serving.store import FloorReading, ScheduleStore
 from tests.serving_fixtures import (
     READ_TOKEN,
@@ -333,6 +335,96 @@ def test_recommendation_follows_publishes_floors_and_staleness(
     assert recommendation(client)["replicas"] == 11
     clock.now = NOW + timedelta(hours=2, seconds=1)  # valid for 2 h: stale now, no refresh needed
     assert recommendation(client)["source"] == "fallback"
+
+
+class ComputedRecommendations:
+    """Counts the recommendations the app computes (the real rule runs)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        monkeypatch.setattr("serving.app.recommend", self)
+
+    def __call__(self, *args: object) -> Recommendation:
+        self.count += 1
+        return recommend(*args)  # type: ignore[arg-type]
+
+
+def served(app: FastAPI, client: TestClient) -> dict:
+    """The recommendation for "checkout" now, checked against one computed afresh."""
+    response = client.get("/v1/services/checkout/recommendation", headers=auth(READ_TOKEN))
+    assert response.status_code == 200, response.text
+    kept = app.state.answers
+    app.state.answers = ReadyAnswers()
+    fresh = client.get("/v1/services/checkout/recommendation", headers=auth(READ_TOKEN))
+    app.state.answers = kept
+    assert response.content == fresh.content
+    assert response.headers["content-type"] == fresh.headers["content-type"] == "application/json"
+    return response.json()
+
+
+def test_a_kept_answer_changes_exactly_at_its_boundaries(
+    app: FastAPI, client: TestClient, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    computed = ComputedRecommendations(monkeypatch)
+    # Lead 120 s; 5-minute steps 3, 3, 9, 3, ...; the 9 enters the window at NOW + 480 s.
+    assert publish(client, "checkout", schedule_body(NOW, [3, 3, 9] + [3] * 27)).status_code == 201
+    first = served(app, client)
+    assert (first["replicas"], first["source"], first["ts"]) == (
+        3,
+        "schedule",
+        "2026-11-16T12:00:00Z",
+    )
+    computations = computed.count
+    clock.now = NOW + timedelta(seconds=170, microseconds=1)
+    answer = served(app, client)
+    assert (answer["replicas"], answer["ts"]) == (3, "2026-11-16T12:02:50.000001Z")
+    assert computed.count == computations + 1  # the kept answer was sent; only the check computed
+    clock.now = NOW + timedelta(seconds=480, microseconds=-1)
+    assert served(app, client)["replicas"] == 3
+    clock.now = NOW + timedelta(seconds=480)  # the 9 enters the window
+    assert served(app, client)["replicas"] == 9
+    clock.now = NOW + timedelta(seconds=900, microseconds=-1)  # the 9 is in force until 900 s
+    assert served(app, client)["replicas"] == 9
+    clock.now = NOW + timedelta(seconds=900)  # ... and has left it
+    assert served(app, client)["replicas"] == 3
+    # A live floor written through the API: at once; it raises the plan while it is fresh.
+    floor = {"replicas": 11, "ts": clock.now.isoformat()}
+    assert client.put("/v1/services/checkout/live-floor", json=floor, headers=auth()).status_code
+    assert served(app, client)["source"] == "floor"
+    clock.now += timedelta(minutes=10, microseconds=-1)
+    assert served(app, client)["replicas"] == 11
+    clock.now += timedelta(microseconds=1)  # the floor has aged out
+    assert served(app, client)["source"] == "schedule"
+    # valid_until (NOW + 2 h) is still fresh; a microsecond later the fallback is served.
+    clock.now = NOW + timedelta(hours=2)
+    assert served(app, client)["source"] == "schedule"
+    clock.now = NOW + timedelta(hours=2, microseconds=1)
+    stale = served(app, client)
+    assert (stale["source"], stale["stale"]) == ("fallback", True)
+    # A publish through the API: at once.
+    assert publish(client, "checkout", schedule_body(clock.now, [8] * 24)).status_code == 201
+    assert served(app, client)["replicas"] == 8
+
+
+def test_the_next_window_change_is_the_first_instant_answering_otherwise() -> None:
+    starts = [0, 300, 600, 1200]
+    replicas = [3, 5, 9, 4]
+    for lead in (0, 120, 450):
+        for instant in range(-600, 1600, 7):
+            change = next_window_change(starts, 300, instant, lead)
+            now = planned_max_at(starts, replicas, 300, [instant], lead)[0]
+            expected = next(
+                (
+                    later
+                    for later in range(instant + 1, 2000)
+                    if planned_max_at(starts, replicas, 300, [later], lead)[0] != now
+                ),
+                None,
+            )
+            # Never after the real change (it may come earlier: then the answer is recomputed).
+            assert change is not None if expected is not None else True
+            if expected is not None:
+                assert change is not None and instant < change <= expected
 
 
 def test_writes_of_other_processes_reach_the_view(app: FastAPI, client: TestClient) -> None:
