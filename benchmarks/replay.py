@@ -113,7 +113,7 @@ from core.policy import (
     standardized_errors,
     tail_factors,
 )
-from core.schema import SERVICE, TARGET, TS
+from core.schema import SERVICE, TARGET, TS, quantile_column
 from core.service_config import ServiceConfig, default_service_config
 from core.serving_rule import clamp_replicas, fallback_replicas, planned_max_at
 from core.settings import REPO_ROOT
@@ -716,6 +716,8 @@ def rolling_forecasts(
             history = history_before(active, origins, training.history_days)
             choice = choose_families(history, training)
             for name in origins:
+                if name in choice.cold:
+                    continue
                 family = str(choice.best_family[name])
                 error = float(choice.errors.loc[name, family])
                 current = champions.get(name)
@@ -736,6 +738,8 @@ def rolling_forecasts(
         recent = history_before(active, origins, HISTORY_DAYS_FOR_FORECAST)
         by_model: dict[int, list[str]] = {}
         for name in origins:
+            if name not in champions:  # cold start: the reactive floor serves it
+                continue
             by_model.setdefault(id(champions[name][1]), []).append(name)
         for names in by_model.values():
             family, model = champions[names[0]]
@@ -745,6 +749,16 @@ def rolling_forecasts(
                 history=recent[recent[SERVICE].isin(names)],
             )
             parts.append(predicted.assign(offset=offset, family=family))
+    if not parts:
+        return pd.DataFrame(
+            columns=[
+                "offset",
+                "family",
+                SERVICE,
+                TS,
+                *(quantile_column(q) for q in training.quantiles),
+            ]
+        )
     return pd.concat(parts, ignore_index=True)
 
 
@@ -1073,7 +1087,7 @@ def forescale_targets(
         by_trace = dict(iter(forecasts[key].groupby(SERVICE, sort=False)))
         families[profile.name] = {}
         for name, start in starts.items():
-            own = by_trace[name]
+            own = by_trace.get(name, forecasts[key].iloc[0:0])
             firsts = own.drop_duplicates("offset")
             families[profile.name][name] = {
                 str(f): int(n) for f, n in firsts["family"].value_counts().items()

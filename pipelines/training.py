@@ -63,6 +63,7 @@ class TrainingConfig:
     families: tuple[str, ...]
     quantiles: tuple[float, ...]
     model_params: dict[str, dict[str, Any]]
+    steps_per_day: int = 288
 
     @classmethod
     def from_params(cls, settings: Settings) -> TrainingConfig:
@@ -99,10 +100,42 @@ class TrainingConfig:
                 family: dict((params.get("model_params") or {}).get(family) or {})
                 for family in families
             },
+            steps_per_day=24 * steps_per_hour,
         )
         if config.backtest_folds < 1 or config.history_days < 1 or config.shard_size < 1:
             raise ValueError(f"training parameters must be positive: {config}")
         return config
+
+    @property
+    def min_history_steps(self) -> int:
+        """Fewest steps a service needs to be trained: one horizon of its own history before
+        the first backtest fold, then the folds."""
+        return (self.backtest_folds + 1) * self.horizon_steps
+
+
+def history_shortfall(history: pd.DataFrame, config: TrainingConfig) -> dict[str, str]:
+    """Services with less history than training needs, each with why (cold start).
+
+    Args:
+        history: Long frame ``service, ts, requests`` (a shard's training window).
+        config: The training section.
+
+    Returns:
+        Service -> ``"not enough history (N of M days)"`` for every service whose distinct
+        steps are fewer than :attr:`TrainingConfig.min_history_steps`.
+    """
+    if history.empty:
+        return {}
+    steps_per_day = config.steps_per_day
+    counts = history.groupby(SERVICE)[TS].nunique()
+    need = config.min_history_steps
+    return {
+        str(service): (
+            f"not enough history ({n / steps_per_day:.1f} of {need / steps_per_day:.0f} days)"
+        )
+        for service, n in counts.items()
+        if n < need
+    }
 
 
 @dataclass
@@ -120,6 +153,7 @@ class FamilyChoice:
     errors: pd.DataFrame
     fitted: dict[str, Forecaster]
     backtests: dict[str, tuple[pd.DataFrame, pd.DataFrame]]
+    cold: dict[str, str]
 
 
 def choose_families(
@@ -136,8 +170,13 @@ def choose_families(
         progress: Called with a line per backtested family.
 
     Returns:
-        The choice (see :class:`FamilyChoice`).
+        The choice (see :class:`FamilyChoice`); services with too little history
+        (:func:`history_shortfall`) are left out of it and listed in ``cold``.
     """
+    cold = history_shortfall(history, config)
+    history = history[~history[SERVICE].isin(list(cold))]
+    if history.empty:
+        return FamilyChoice(pd.Series(dtype=object), pd.DataFrame(), {}, {}, cold)
     backtests = {}
     for family in config.families:
         backtests[family] = _backtest_family(family, history, config)
@@ -154,7 +193,7 @@ def choose_families(
         family: _factory(family, config)().fit(history[history[SERVICE].isin(members)])
         for family, members in best_family.groupby(best_family).groups.items()
     }
-    return FamilyChoice(best_family, errors, fitted, backtests)
+    return FamilyChoice(best_family, errors, fitted, backtests, cold)
 
 
 def promotes(candidate_error: float, champion_error: float | None) -> bool:
@@ -318,7 +357,15 @@ def train_shard(
             choice.best_family,
             choice.fitted,
         )
+        if choice.cold:
+            mlflow.set_tag("not_trained", json.dumps(choice.cold, sort_keys=True))
+        for service, why in choice.cold.items():
+            log.info("%s: not trained, %s", service, why)
+            if progress:
+                progress(f"  {service}: not trained, {why}")
         for service in services:
+            if service in choice.cold:
+                continue
             family = str(best_family[service])
             results.append(
                 _register_service(
@@ -353,6 +400,7 @@ def train_shard(
                 "reason": reason,
                 "window_end": end.isoformat(),
                 "services": [asdict(r) for r in results],
+                "not_trained": choice.cold,
             },
             indent=2,
         )
