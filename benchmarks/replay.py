@@ -108,7 +108,9 @@ from benchmarks.hpa import (
 )
 from core.params import load_params, section
 from core.policy import (
+    Persistence,
     forecast_quantiles,
+    persistence_weights,
     plan_quantiles,
     standardized_errors,
     tail_factors,
@@ -491,6 +493,8 @@ class Profile:
         service: Its ``service_defaults`` (every replayed trace is a service without overrides).
         target: ``training.target``.
         tail_days: ``schedule.tail_days`` (0: plan on the forecast's quantiles).
+        blend: ``schedule.blend_with_persistence`` (only with ``tail_days`` > 0, as in
+            publishing).
         training: ``training`` as the training stage reads it.
     """
 
@@ -500,6 +504,7 @@ class Profile:
     service: ServiceConfig
     target: str
     tail_days: float
+    blend: bool
     training: Any
 
     @property
@@ -543,6 +548,7 @@ def load_profile(path: Path, name: str | None = None) -> Profile:
         service=default_service_config(path),
         target=forecast_target(path),
         tail_days=tail_days,
+        blend=bool(schedule.get("blend_with_persistence", False)) and tail_days > 0,
         training=TrainingConfig.from_file(path, int(FORECAST_STEP / pd.Timedelta(minutes=1))),
     )
 
@@ -792,6 +798,7 @@ def served_targets(
     config: ServiceConfig,
     tail_days: float,
     actuals: pd.DataFrame | None,
+    blend: bool = False,
 ) -> np.ndarray:
     """The value the API serves at every minute of one trace's replayed period.
 
@@ -808,6 +815,9 @@ def served_targets(
             and start-up delay).
         tail_days: ``schedule.tail_days``.
         actuals: The trace's step frame (for the tail of its errors).
+        blend: ``schedule.blend_with_persistence``: blend each plan with the last complete
+            step's load (:class:`core.policy.Persistence`, weights from the same record as
+            the tail).
 
     Returns:
         Replicas served per minute.
@@ -820,6 +830,12 @@ def served_targets(
         _tail_factor_sources(forecasts, actuals) if tail_days > 0 and actuals is not None else {}
     )
     tail_source = next(iter(tails.values()), None)
+    blends = (
+        _persistence_sources(forecasts, actuals, start)
+        if blend and tail_days > 0 and actuals is not None
+        else {}
+    )
+    blend_source = next(iter(blends.values()), None)
     for offset, forecast in forecasts.groupby("offset", sort=True):
         offset = int(offset)
         if offset >= span:
@@ -835,7 +851,12 @@ def served_targets(
                 start_us + offset // TAIL_REFRESH_MINUTES * TAIL_REFRESH_MINUTES * 60_000_000
             )
             tail = tail_source(refreshed, tail_days, 1.0 - config.risk, len(stamps_us))
-        replicas = plan_quantiles(quantiles, FORECAST_STEP, config, tail=tail)
+        persistence = None
+        if blend_source is not None:
+            persistence = blend_source(offset, tail_days, len(stamps_us))
+        replicas = plan_quantiles(
+            quantiles, FORECAST_STEP, config, tail=tail, persistence=persistence
+        )
         minutes = np.arange(offset, min(offset + PUBLISH_MINUTES, span))
         instants = start_us + minutes.astype(np.int64) * 60_000_000
         served[minutes] = planned_max_at(stamps_us, replicas, step_us, instants, lead_us)
@@ -884,6 +905,76 @@ def _tail_factor_sources(
         )
         ends = stamps + int(FORECAST_STEP / pd.Timedelta(microseconds=1))
         sources[str(name)] = _memoised_tail(errors, own["horizon_step"].to_numpy(), ends)
+    return sources
+
+
+def _persistence_sources(
+    forecasts: pd.DataFrame, actuals: pd.DataFrame, start: pd.Timestamp
+) -> dict[str, Callable[[int, float, int], Persistence | None]]:
+    """Per trace, :class:`core.policy.Persistence` as known at a publication.
+
+    Each is a function ``(offset in minutes, days, steps) -> Persistence or None``: the load of
+    the last step that ended by the publication, and :func:`core.policy.persistence_weights` of
+    the forecasts whose steps ended by the last hourly refresh (as the tail factors) within
+    ``days``; ``None`` while no step or too short a record is known.
+    """
+    rows = forecasts.sort_values(["offset", SERVICE, TS], kind="stable")
+    rows = rows.assign(horizon_step=rows.groupby(["offset", SERVICE]).cumcount() + 1)
+    step_us = int(FORECAST_STEP / pd.Timedelta(microseconds=1))
+    observed = pd.Series(
+        actuals[TARGET].to_numpy(float),
+        index=actuals[TS].to_numpy(dtype="datetime64[us]").astype(np.int64),
+    )
+    step_ends = observed.index.to_numpy() + step_us
+    start_us = _epoch_us(start)
+
+    def last_by(instant: int) -> float:
+        """The load of the latest step that ended by ``instant`` (NaN if none within a day)."""
+        position = int(np.searchsorted(step_ends, instant, side="right")) - 1
+        if position < 0 or step_ends[position] <= instant - 86_400_000_000:
+            return math.nan
+        return float(observed.iloc[position])
+
+    sources: dict[str, Callable[[int, float, int], Persistence | None]] = {}
+    for name, own in rows.groupby(SERVICE, sort=False):
+        stamps = own[TS].to_numpy(dtype="datetime64[us]").astype(np.int64)
+        issued = start_us + own["offset"].to_numpy(dtype=np.int64) * 60_000_000
+        actual = observed.reindex(stamps).to_numpy()
+        last_at_issue = np.array([last_by(int(i)) for i in np.unique(issued)])
+        last = last_at_issue[np.searchsorted(np.unique(issued), issued)]
+        ends = stamps + step_us
+        horizon = own["horizon_step"].to_numpy()
+        p50 = own["p50"].to_numpy(float)
+        memo: dict[tuple[int, float, int], np.ndarray | None] = {}
+
+        def source(
+            offset: int,
+            days: float,
+            steps: int,
+            *,
+            actual: np.ndarray = actual,
+            p50: np.ndarray = p50,
+            last: np.ndarray = last,
+            ends: np.ndarray = ends,
+            horizon: np.ndarray = horizon,
+            memo: dict[tuple[int, float, int], np.ndarray | None] = memo,
+        ) -> Persistence | None:
+            instant = start_us + offset * 60_000_000
+            refreshed = (
+                start_us + offset // TAIL_REFRESH_MINUTES * TAIL_REFRESH_MINUTES * 60_000_000
+            )
+            key = (refreshed, days, steps)
+            if key not in memo:
+                usable = (ends <= refreshed) & (ends > refreshed - int(days * 86_400_000_000))
+                memo[key] = persistence_weights(
+                    actual[usable], p50[usable], last[usable], horizon[usable], steps
+                )
+            weights, now = memo[key], last_by(instant)
+            if weights is None or not math.isfinite(now):
+                return None
+            return Persistence(now, weights)
+
+        sources[str(name)] = source
     return sources
 
 
@@ -1100,6 +1191,7 @@ def forescale_targets(
                     replay_config(profile, capacity[name], delay),
                     profile.tail_days,
                     frames_by_key[key][name],
+                    profile.blend,
                 )
     return targets, families
 

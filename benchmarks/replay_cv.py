@@ -1,7 +1,7 @@
 """Cross-validation of params profiles on the replay: leave one source out.
 
 The candidates are complete params files, written from the repository's ``params.yaml`` with a
-few ``service_defaults`` overridden (:data:`CANDIDATE_OVERRIDES`, :func:`write_candidates`), so
+few settings overridden (:data:`CANDIDATE_OVERRIDES`, :func:`write_candidates`), so
 each is a file the product runs as it is. One ``forescale bench replay --shift-weeks 1`` run
 replays them all on the development weeks; :func:`leave_one_source_out` then, for every source
 (traces grouped by the first word of their file name: ``azure``, ``bitbrains``, ``crane``,
@@ -26,26 +26,29 @@ import yaml
 from benchmarks.replay import TARGETS
 from core.params import load_params
 
-CANDIDATE_OVERRIDES: dict[str, dict[str, Any]] = {
-    f"cand_r{risk:g}_u{utilization:g}".replace(".", ""): {
-        "risk": risk,
-        "target_utilization": utilization,
+CANDIDATE_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
+    f"cand_{'blend' if blend else 'plain'}_r{risk:g}_u{utilization:g}".replace(".", ""): {
+        "service_defaults": {"risk": risk, "target_utilization": utilization},
+        "schedule": {"blend_with_persistence": blend},
     }
-    for risk in (0.1, 0.25)
-    for utilization in (0.7, 0.8, 0.9)
+    for blend in (False, True)
+    for risk in (0.1, 0.5)
+    for utilization in (0.7, 0.85)
 }
-"""The candidates: ``service_defaults`` overrides of the repository's ``params.yaml``."""
+"""The candidates: per section, the fields of the repository's ``params.yaml`` they change."""
 
 
 def write_candidates(
-    base: Path, out_dir: Path, overrides: Mapping[str, Mapping[str, Any]] = CANDIDATE_OVERRIDES
+    base: Path,
+    out_dir: Path,
+    overrides: Mapping[str, Mapping[str, Mapping[str, Any]]] = CANDIDATE_OVERRIDES,
 ) -> list[Path]:
     """Write one complete params file per candidate.
 
     Args:
         base: The ``params.yaml`` the candidates start from.
         out_dir: Where to write ``<name>.yaml``.
-        overrides: Candidate name -> ``service_defaults`` fields to change.
+        overrides: Candidate name -> section -> fields to change.
 
     Returns:
         The written files.
@@ -53,13 +56,14 @@ def write_candidates(
     params = load_params(Path(base))
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name, changes in overrides.items():
+    for name, sections in overrides.items():
         candidate = json.loads(json.dumps(params))
-        candidate["service_defaults"] = {**candidate.get("service_defaults", {}), **changes}
+        for section_name, changes in sections.items():
+            candidate[section_name] = {**(candidate.get(section_name) or {}), **changes}
         path = out_dir / f"{name}.yaml"
         path.write_text(
-            f"# Replay cross-validation candidate {name}: params.yaml with service_defaults "
-            f"{dict(changes)}\n" + yaml.safe_dump(candidate, sort_keys=False)
+            f"# Replay cross-validation candidate {name}: {base.name} with "
+            f"{json.dumps(sections, sort_keys=True)}\n" + yaml.safe_dump(candidate, sort_keys=False)
         )
         paths.append(path)
     return paths

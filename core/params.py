@@ -74,6 +74,7 @@ class ScheduleSection(_Section):
     validity_hours: float = Field(default=2.0, gt=0)
     horizon_hours: int = Field(default=24, ge=1)
     tail_days: float = Field(default=3.0, ge=0)
+    blend_with_persistence: bool = False
     keep_days: float = Field(default=7.0, gt=0)
 
 

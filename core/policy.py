@@ -23,6 +23,14 @@ For every service and every forecast step the policy
    (at least one) per step;
 6. never plans below the reactive floor when live metrics are given (``live_floor``).
 
+With ``persistence`` (:class:`Persistence`), step 1's level is first blended with the last
+observed load: ``last + w * (level - last)``, with ``w`` per horizon step the weight that
+minimised the squared error of that blend on the service's own recent forecasts
+(:func:`persistence_weights`, the Bates-Granger combination of the forecast with "the load stays
+as it is", which is what the reactive autoscaler assumes). A forecast that does not beat
+persistence gets ``w = 0`` and the schedule plans the current load, leaving surges to the HPA
+beside it; a forecast that does gets its full say.
+
 Every stage is a non-decreasing function of its input, so more forecast load (every quantile
 raised, the upper ones at least as much as the median) never yields fewer replicas at any step
 (tested in ``tests/test_policy.py``). A higher median under an unchanged p90 is a *narrower*
@@ -36,6 +44,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from statistics import NormalDist
 from typing import Protocol
@@ -73,6 +82,19 @@ p95 distance. A guard against forecasts whose interval collapsed (p90 = p50, e.g
 zero load), whose errors are huge in units of that spread; it never binds in the replay (the
 largest factor there is 9.6)."""
 _EPSILON = 1e-9  # absorbs float noise in ceil(): 2.0000000001 pods is 2 pods
+
+
+@dataclass(frozen=True)
+class Persistence:
+    """The last observed load and the forecast's weight against it, per horizon step.
+
+    Attributes:
+        last: The service's load in the last complete step before the forecast's first step.
+        weights: :func:`persistence_weights` per horizon step (the last one repeats).
+    """
+
+    last: float
+    weights: np.ndarray
 
 
 class ScalingSettings(Protocol):
@@ -270,6 +292,7 @@ def plan_quantiles(
     config: ScalingSettings,
     live_floor: int | None = None,
     tail: np.ndarray | None = None,
+    persistence: Persistence | None = None,
 ) -> np.ndarray:
     """Replicas per step for one service's forecast quantiles (the core of :func:`plan_replicas`).
 
@@ -283,6 +306,7 @@ def plan_quantiles(
         live_floor: Pods needed by the live load now (see :func:`plan_service`).
         tail: Empirical tail factors per horizon step (:func:`tail_factors` at ``1 - risk``);
             the last one is repeated beyond its length. Needs the ``0.5`` and ``0.9`` levels.
+        persistence: Blend the levels with the last observed load (module docstring).
 
     Returns:
         Integer replicas per step.
@@ -291,7 +315,7 @@ def plan_quantiles(
         ValueError: As :func:`risk_load` (a ``tail`` without the ``0.5`` and ``0.9`` levels,
             or empty, negative or not finite).
     """
-    return _replicas_and_load(quantiles, step, config, live_floor, tail)[0]
+    return _replicas_and_load(quantiles, step, config, live_floor, tail, persistence)[0]
 
 
 def _replicas_and_load(
@@ -300,12 +324,95 @@ def _replicas_and_load(
     config: ScalingSettings,
     live_floor: int | None,
     tail: np.ndarray | None,
+    persistence: Persistence | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`plan_quantiles`'s replicas and the :func:`risk_load` they were sized on."""
     level = 1.0 - config.risk
     load = risk_load(quantiles, level, tail)
     median = quantile_from_levels(quantiles, 0.5) if level > 0.5 else load
+    if persistence is not None:
+        load = blend_with_persistence(load, persistence)
+        median = blend_with_persistence(median, persistence)
     return plan_service(load, step, config, live_floor, median), load
+
+
+def blend_with_persistence(values: np.ndarray, persistence: Persistence) -> np.ndarray:
+    """``last + w * (values - last)`` per step (``w`` from ``persistence``, the last repeats).
+
+    Args:
+        values: A level per forecast step.
+        persistence: The last observed load and the weights.
+
+    Returns:
+        The blended levels, never below 0.
+    """
+    values = np.asarray(values, dtype=float)
+    weights = per_step(persistence.weights, len(values))
+    return np.maximum(persistence.last + weights * (values - persistence.last), 0.0)
+
+
+def persistence_weights(
+    actual: np.ndarray,
+    forecast: np.ndarray,
+    last: np.ndarray,
+    horizon_steps: np.ndarray,
+    steps: int,
+    min_errors: int = TAIL_MIN_ERRORS,
+    min_total: int = TAIL_MIN_TOTAL,
+) -> np.ndarray | None:
+    """The forecast's weight against persistence per horizon step, from its own record.
+
+    For each horizon step, ``w`` minimises the squared error of ``last + w * (forecast -
+    last)`` over the past forecasts of that step (the Bates-Granger weight of two forecasts),
+    clipped to [0, 1]: ``w = sum(e_p * (e_p - e_f)) / sum((e_p - e_f) ** 2)`` with ``e_f =
+    actual - forecast`` and ``e_p = actual - last``. Steps with fewer than ``min_errors``
+    records use the weight of all steps pooled; where forecast and persistence never differ,
+    ``w = 1``.
+
+    Args:
+        actual: What happened at each past forecast step (NaN where unknown).
+        forecast: The level that was planned on at that step (e.g. the p50).
+        last: The load of the last complete step when that forecast was issued.
+        horizon_steps: The horizon step of each record (1 = the first step ahead).
+        steps: Horizon steps to return (1..steps).
+        min_errors: Fewest records of a step to use its own weight.
+        min_total: Fewest records in all to weigh at all.
+
+    Returns:
+        ``steps`` weights in [0, 1]; ``None`` when fewer than ``min_total`` records are known.
+
+    Raises:
+        ValueError: If the arrays differ in length.
+    """
+    arrays = [np.asarray(a, dtype=float) for a in (actual, forecast, last)]
+    horizon_steps = np.asarray(horizon_steps)
+    if any(a.shape != horizon_steps.shape for a in arrays):
+        raise ValueError(
+            "actual, forecast, last and horizon_steps differ in length: "
+            f"{[a.shape for a in arrays]} and {horizon_steps.shape}"
+        )
+    actual_, forecast_, last_ = arrays
+    known = np.isfinite(actual_) & np.isfinite(forecast_) & np.isfinite(last_)
+    e_f = (actual_ - forecast_)[known]
+    e_p = (actual_ - last_)[known]
+    horizon_steps = horizon_steps[known]
+    if e_f.size < max(min_total, 1):
+        return None
+
+    def weight(f: np.ndarray, p: np.ndarray) -> float:
+        gap = p - f
+        denominator = float(np.dot(gap, gap))
+        if denominator <= 0.0:
+            return 1.0
+        return float(np.clip(np.dot(p, gap) / denominator, 0.0, 1.0))
+
+    pooled = weight(e_f, e_p)
+    weights = np.full(steps, pooled)
+    for step_ahead in range(1, steps + 1):
+        own = horizon_steps == step_ahead
+        if int(own.sum()) >= min_errors:
+            weights[step_ahead - 1] = weight(e_f[own], e_p[own])
+    return weights
 
 
 def risk_load(
@@ -430,6 +537,7 @@ def plan_replicas(
     now: datetime | pd.Timestamp | None = None,
     live_floor: int | Mapping[str, int] | None = None,
     tail: np.ndarray | Mapping[str, np.ndarray | None] | None = None,
+    persistence: Persistence | Mapping[str, Persistence | None] | None = None,
 ) -> pd.DataFrame:
     """Turn forecast quantiles into a replica schedule.
 
@@ -443,6 +551,9 @@ def plan_replicas(
         tail: Empirical tail factors per horizon step (:func:`tail_factors`), for every service
             or a mapping service -> factors (``None`` or absent: the forecast's quantiles); the
             first factor is for the forecast's first step (before ``now`` drops any).
+        persistence: The last observed load and the forecast's weights against it
+            (:class:`Persistence`), for every service or a mapping service -> it (``None`` or
+            absent: the forecast alone); its first weight is for the forecast's first step.
 
     Returns:
         ``service``, ``ts``, ``replicas`` (pods to request at ``ts``), ``forecast_p50``,
@@ -482,10 +593,14 @@ def plan_replicas(
         factors = tail.get(str(service)) if isinstance(tail, Mapping) else tail
         if factors is not None and dropped:
             factors = np.asarray(factors)[min(dropped, len(factors) - 1) :]
+        blend = persistence.get(str(service)) if isinstance(persistence, Mapping) else persistence
+        if blend is not None and dropped:
+            kept_weights = np.asarray(blend.weights)[min(dropped, len(blend.weights) - 1) :]
+            blend = Persistence(blend.last, kept_weights)
         quantiles = {
             q: group[c].to_numpy(dtype=float) for q, c in forecast_quantiles(group).items()
         }
-        replicas, load = _replicas_and_load(quantiles, step, service_config, floor, factors)
+        replicas, load = _replicas_and_load(quantiles, step, service_config, floor, factors, blend)
         parts.append(
             pd.DataFrame(
                 {

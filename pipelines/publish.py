@@ -174,12 +174,14 @@ def forecast_errors(
         days: How far back forecasts count.
 
     Returns:
-        ``service, model_version, horizon_step, error`` (empty when no forecast or no telemetry
-        overlaps).
+        ``service, model_version, horizon_step, error`` and, for
+        :func:`core.policy.persistence_weights`, ``actual``, ``p50`` and ``last`` (the load of the
+        latest step that ended by the forecast's issue time, NaN when none within a day); empty
+        when no forecast or no telemetry overlaps.
     """
     from core.policy import standardized_errors
 
-    columns = [SERVICE, "model_version", "horizon_step", "error"]
+    columns = [SERVICE, "model_version", "horizon_step", "error", "actual", "p50", "last"]
     issued = issued_forecasts(settings, as_of - pd.Timedelta(days=days), as_of, services)
     step = pd.Timedelta(minutes=settings.step_minutes)
     issued = issued[issued[TS] + step <= as_of] if not issued.empty else issued
@@ -192,7 +194,39 @@ def forecast_errors(
     joined["error"] = standardized_errors(
         joined[TARGET].to_numpy(), joined["p50"].to_numpy(), joined["p90"].to_numpy()
     )
-    return joined[columns]
+    last = actual[[SERVICE, TS, TARGET]].rename(columns={TS: "issued", TARGET: "last"})
+    last["issued"] = (last["issued"] + step).astype(joined["issued"].dtype)
+    joined = pd.merge_asof(
+        joined.sort_values("issued"),
+        last.sort_values("issued"),
+        on="issued",
+        by=SERVICE,
+        direction="backward",
+        tolerance=pd.Timedelta(days=1),
+    )
+    return joined.rename(columns={TARGET: "actual"})[columns]
+
+
+def last_complete_step(
+    settings: Settings, services: Sequence[str], as_of: pd.Timestamp
+) -> dict[str, float]:
+    """Each service's load in the latest step that ended by ``as_of`` within a day (services
+    without one are left out): the "load stays as it is" forecast that :func:`core.policy.persistence_weights`
+    weighs the model against.
+
+    Args:
+        settings: Runtime settings.
+        services: Services to read.
+        as_of: The forecast's issue time.
+
+    Returns:
+        Service -> load.
+    """
+    recent = recent_history(settings, services, as_of, days=1)
+    if recent.empty:
+        return {}
+    ended = recent.sort_values(TS).groupby(SERVICE).tail(1)
+    return {str(s): float(v) for s, v in zip(ended[SERVICE], ended[TARGET], strict=True)}
 
 
 def build_schedules(settings: Settings, forecast_path: Path | str) -> Path:
@@ -217,13 +251,16 @@ def build_schedules(settings: Settings, forecast_path: Path | str) -> Path:
         ValueError: If ``tail_days`` is on and the file is not in a folder named by its issue
             time, as :func:`forecast_shard` writes it.
     """
-    from core.policy import plan_replicas, tail_factors
+    from core.policy import Persistence, persistence_weights, plan_replicas, tail_factors
     from core.service_config import service_config
 
     forecast_path = Path(forecast_path)
     forecast = pd.read_parquet(forecast_path)
-    tail_days = float(section(settings.params_file, "schedule").get("tail_days", 0))
+    schedule = section(settings.params_file, "schedule")
+    tail_days = float(schedule.get("tail_days", 0))
+    blend = bool(schedule.get("blend_with_persistence", False)) and tail_days > 0
     errors = None
+    last_now: dict[str, float] = {}
     if tail_days > 0 and not {"p50", "p90"} <= set(forecast.columns):
         LOG.warning(
             "schedule.tail_days is %s but %s has no p50/p90 forecast "
@@ -238,7 +275,10 @@ def build_schedules(settings: Settings, forecast_path: Path | str) -> Path:
                 f"{forecast_path}: schedule.tail_days needs the forecast's issue time as its "
                 f"folder name ({RUN_FOLDER_FORMAT}, as forecast_shard writes it)"
             )
-        errors = forecast_errors(settings, sorted(forecast[SERVICE].unique()), issued, tail_days)
+        services = sorted(forecast[SERVICE].unique())
+        errors = forecast_errors(settings, services, issued, tail_days)
+        if blend:
+            last_now = last_complete_step(settings, services, issued)
     frames = []
     for service, rows in forecast.groupby(SERVICE, sort=True):
         config = service_config(settings.params_file, str(service))
@@ -252,7 +292,20 @@ def build_schedules(settings: Settings, forecast_path: Path | str) -> Path:
                 1.0 - config.risk,
                 len(rows),
             )
-        plan = plan_replicas(rows.drop(columns="model_version"), config, tail=tail)
+        persistence = None
+        if errors is not None and blend and str(service) in last_now:
+            weights = persistence_weights(
+                own["actual"].to_numpy(float),
+                own["p50"].to_numpy(float),
+                own["last"].to_numpy(float),
+                own["horizon_step"].to_numpy(),
+                len(rows),
+            )
+            if weights is not None:
+                persistence = Persistence(last_now[str(service)], weights)
+        plan = plan_replicas(
+            rows.drop(columns="model_version"), config, tail=tail, persistence=persistence
+        )
         frames.append(plan.assign(model_version=version))
     out = forecast_path.parent.parent.parent / "schedules" / forecast_path.parent.name
     out.mkdir(parents=True, exist_ok=True)

@@ -370,6 +370,34 @@ def test_schedules_are_planned_on_the_tail_of_the_models_own_recent_errors(
         fallback = pd.read_parquet(build_schedules(tailed, median_only))
     assert fallback["tail_factor"].isna().all() and "no p50/p90" in caplog.text
 
+    # blended with persistence: the weights come from the same record (p50 at half the load
+    # against the load of the step before each issue time), the level from the last step
+    from core.policy import Persistence, persistence_weights
+    from pipelines.publish import last_complete_step
+
+    blended = settings_with_params(
+        tailed.home,
+        schedule={"tail_days": 3, "blend_with_persistence": True},
+        service_defaults=sized,
+    )
+    assert {"actual", "p50", "last"} <= set(errors.columns)
+    assert errors["last"].notna().all()
+    weights = persistence_weights(
+        errors["actual"].to_numpy(float),
+        errors["p50"].to_numpy(float),
+        errors["last"].to_numpy(float),
+        errors["horizon_step"].to_numpy(),
+        len(forecast),
+    )
+    assert weights is not None and ((weights >= 0) & (weights <= 1)).all()
+    last = last_complete_step(blended, ["checkout"], now)["checkout"]
+    assert last == float(actual["requests"].iloc[-1])
+    mixed = pd.read_parquet(build_schedules(blended, forecast_path))
+    expected = plan_replicas(
+        forecast, config, tail=np.full(len(forecast), 5.0), persistence=Persistence(last, weights)
+    )
+    assert mixed["replicas"].tolist() == expected["replicas"].tolist()
+
 
 def test_old_forecast_and_schedule_runs_are_pruned(tmp_path) -> None:
     from pipelines.publish import prune_runs

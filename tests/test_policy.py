@@ -12,8 +12,10 @@ from core.policy import (
     PREWARM_MINUTES,
     SCALE_DOWN_FRACTION,
     TAIL_MAX_FACTOR,
+    Persistence,
     calibrated_utilization,
     empirical_quantile,
+    persistence_weights,
     plan_quantiles,
     plan_replicas,
     quantile_at,
@@ -279,3 +281,41 @@ def test_more_forecast_load_never_yields_fewer_replicas_on_tail_factors(seed: in
         tail=tail,
     )
     assert (high >= low).all() and (high > low).any()
+
+
+def test_persistence_weight_is_the_least_squares_blend_per_horizon_step() -> None:
+    rng = np.random.default_rng(3)
+    n = 600
+    actual = rng.uniform(50, 150, n)
+    last = actual + rng.normal(0, 10, n)  # persistence: close at step 1
+    useless = rng.uniform(50, 150, n)  # a forecast unrelated to the load
+    steps = np.r_[np.ones(n // 2, dtype=int), np.full(n // 2, 2)]
+    weights = persistence_weights(actual, useless, last, steps, 3)
+    assert weights is not None and len(weights) == 3
+    assert (weights < 0.1).all()  # persistence wins: the forecast gets (almost) no say
+    exact = persistence_weights(actual, actual, last, steps, 3)
+    assert exact is not None and np.allclose(exact, 1.0)  # a perfect forecast gets all of it
+    # the weight minimises the squared error of the blend on the record
+    half = 0.5 * actual + 0.5 * useless
+    w = persistence_weights(actual, half, last, np.ones(n, dtype=int), 1)
+    assert w is not None
+    blend = lambda x: last + x * (half - last)
+    best = np.mean((actual - blend(w[0])) ** 2)
+    for other in (w[0] - 0.05, w[0] + 0.05):
+        assert best <= np.mean((actual - blend(np.clip(other, 0, 1))) ** 2)
+    assert persistence_weights(actual[:10], half[:10], last[:10], steps[:10], 3) is None
+    with pytest.raises(ValueError, match="differ in length"):
+        persistence_weights(actual, half[:-1], last, steps, 3)
+
+
+def test_a_forecast_without_skill_plans_the_current_load() -> None:
+    settings = config(startup_seconds=0, scale_down_delay_minutes=0, max_surge_per_step=100)
+    p50, p90 = np.full(4, 200.0), np.full(4, 220.0)
+    zero = Persistence(last=50.0, weights=np.zeros(1))
+    full = Persistence(last=50.0, weights=np.ones(1))
+    plain = plan_quantiles({0.5: p50, 0.9: p90}, STEP, settings)
+    assert list(plan_quantiles({0.5: p50, 0.9: p90}, STEP, settings, persistence=full)) == list(
+        plain
+    )
+    # w = 0: 50 req/s at 10 x 0.5 per pod -> 10 pods at every step
+    assert list(plan_quantiles({0.5: p50, 0.9: p90}, STEP, settings, persistence=zero)) == [10] * 4
