@@ -8,9 +8,10 @@ replays them all on the development weeks; :func:`leave_one_source_out` then, fo
 ``msft``, ``nasa``, ``worldcup98``, ``elb``), chooses the candidate on the other sources and
 reports it on the held-out one. The frozen choice is the candidate chosen on every source.
 
-Choice rule (:func:`choose`): among the candidates whose summed short minutes stay within
-:data:`benchmarks.replay.TARGETS` ``short_vs_hpa_max`` of the HPA's at both start-up delays,
-the fewest pod-hours (summed over both delays); when none qualifies, the fewest short minutes.
+Choice rule (:func:`choose`), the pod-hour budget first: among the candidates whose summed
+pod-hours stay within :data:`benchmarks.replay.TARGETS` ``pod_hours_vs_hpa_max`` of the HPA's
+at both start-up delays, the fewest short minutes (summed over both delays); when none stays
+within the budget, the fewest pod-hours.
 """
 
 from __future__ import annotations
@@ -92,6 +93,7 @@ def totals_on(
             "hpa_short_minutes": hpa_short,
             "short_vs_hpa": short / hpa_short if hpa_short else float("nan"),
             "pod_hours": pods,
+            "hpa_pod_hours": hpa_pods,
             "pod_hours_vs_hpa": pods / hpa_pods if hpa_pods else float("nan"),
         }
     return out
@@ -103,12 +105,11 @@ def choose(result: Mapping[str, Any], traces: Sequence[str], candidates: Sequenc
     for name in candidates:
         figures = totals_on(result, traces, name).values()
         within = all(
-            f["short_minutes"] <= TARGETS["short_vs_hpa_max"] * f["hpa_short_minutes"]
-            for f in figures
+            f["pod_hours"] <= TARGETS["pod_hours_vs_hpa_max"] * f["hpa_pod_hours"] for f in figures
         )
         pods = sum(f["pod_hours"] for f in figures)
         short = sum(f["short_minutes"] for f in figures)
-        scored.append((0 if within else 1, pods if within else short, name))
+        scored.append((0 if within else 1, short if within else pods, name))
     return min(scored)[2]
 
 

@@ -438,3 +438,25 @@ def test_unshifted_replay_refuses_a_short_trace_and_can_take_a_subset() -> None:
         select_traces({"long": _minutes(9)}, shift_weeks=-1)
     with pytest.raises(ValueError, match="no trace to replay"):
         select_traces({"long": _minutes(9)}, only=("nothing",))
+
+
+def test_the_cv_choice_spends_the_pod_hour_budget_then_minimises_short_minutes() -> None:
+    from benchmarks.replay_cv import choose
+
+    def rows(short: int, pods: float) -> dict[str, float]:
+        return {"short_minutes": short, "pod_hours": pods}
+
+    per_trace = {
+        "a/x_1": {
+            "hpa": rows(100, 100.0),
+            "lavish": rows(5, 150.0),  # few short minutes, far over budget
+            "lean": rows(60, 104.0),  # within 105 %
+            "leaner": rows(90, 101.0),  # within, but shorter more often
+        }
+    }
+    result = {"summary": {"2": {"per_trace": per_trace}, "5": {"per_trace": per_trace}}}
+    assert choose(result, ["a/x_1"], ["lavish", "lean", "leaner"]) == "lean"
+    # none within the budget: the fewest pod-hours
+    assert choose(result, ["a/x_1"], ["lavish"]) == "lavish"
+    per_trace["a/x_1"]["costly"] = rows(0, 120.0)
+    assert choose(result, ["a/x_1"], ["lavish", "costly"]) == "costly"
