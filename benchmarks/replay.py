@@ -1525,6 +1525,7 @@ def run_replay_bench(
             p.name: {
                 "target": p.target,
                 "tail_days": p.tail_days,
+                "blend_with_persistence": p.blend,
                 "families": list(p.training.families),
                 "service_defaults": p.service.model_dump(),
             }

@@ -17,8 +17,12 @@ PROTOCOL = """## Protocol
 
 * **What is replayed.** Each params profile is a complete `params.yaml` the product runs as it
   is; `forescale` is the repository's own. At every 5-minute publication the product's champion
-  (trained daily by the training stage's own decision, `pipelines.training.choose_families`,
-  with the champion rule) forecasts, `core.policy` plans, and `core.serving_rule` serves;
+  (retrained weekly, as `forecast_retrain` is scheduled, by the training stage's own decision,
+  `pipelines.training.choose_families`, with the champion rule; a trace with less history than
+  training needs is served the reactive floor until it has enough) forecasts, `core.policy`
+  plans (with `schedule.blend_with_persistence`, each plan is blended with the last observed
+  load by the forecast's least-squares weight on its own recent record), and
+  `core.serving_rule` serves;
   KEDA's HPA then runs the larger of the served value and the `cpu` trigger at the service's
   own HPA target (`service_defaults.hpa.target_utilization`) with the ScaledObject's
   `behavior` read from `serving/deploy/scaledobject.yaml`. Nothing in the product writes
@@ -28,13 +32,14 @@ PROTOCOL = """## Protocol
   the default: whatever the forecast says, the pods never fall below what the HPA would run,
   except by start-up timing (tested with a forecast at a tenth of the load).
 * **Choosing settings.** Candidates are complete params files (`benchmarks/replay_cv.py`,
-  `CANDIDATE_OVERRIDES`: risk x target utilisation over the repository's file). They are
-  replayed on the development weeks (`--shift-weeks 1`: every trace loses its last week), and
-  chosen leave-one-source-out: for each source (traces grouped by the first word of their file
-  name), the candidate whose short minutes stay within 10 % of the HPA's at both start-up
-  delays with the fewest pod-hours on the *other* sources is scored on the held-out one. The
-  candidate chosen on all sources is frozen into `params.yaml`; then the final weeks are
-  replayed once.
+  `CANDIDATE_OVERRIDES`: blending with persistence x risk x target utilisation over the
+  repository's file). They are replayed on the development weeks (`--shift-weeks 1`: every
+  trace loses its last week), and chosen leave-one-source-out: for each source (traces grouped
+  by the first word of their file name), the candidate chosen on the *other* sources is scored
+  on the held-out one. The choice spends the pod-hour budget first: among the candidates within
+  {pods:.0f} % of the HPA's pod-hours at both start-up delays, the fewest short minutes; if none
+  is within it, the fewest pod-hours. The candidate chosen on all sources is frozen into
+  `params.yaml`; then the final weeks are replayed once.
 * **Targets** (summed over the traces, at 2- and 5-minute start-up): short minutes at most
   {short:.0f} % of the HPA's, pod-hours at most {pods:.0f} % of the HPA's, median lead before
   surges at least {lead:.0f} minutes; on every trace at most the HPA's short minutes + {trace}.
@@ -64,15 +69,16 @@ def replay_markdown(result: Mapping[str, Any], cv: Mapping[str, Any] | None = No
         ),
         "## Profiles replayed",
         "",
-        "| profile | file | sha256 | target | tail days | risk | utilisation | HPA target |",
-        "|---|---|---|---|---:|---:|---:|---:|",
+        "| profile | file | sha256 | target | tail days | blend | risk | utilisation | HPA target |",
+        "|---|---|---|---|---:|---|---:|---:|---:|",
     ]
     for entry in result["params_files"]:
         profile = result["profiles"][entry["name"]]
         service = profile["service_defaults"]
         lines.append(
             f"| {entry['name']} | `{Path(entry['path']).name}` | `{entry['sha256'][:12]}` | "
-            f"{profile['target']} | {profile['tail_days']:g} | {service['risk']:g} | "
+            f"{profile['target']} | {profile['tail_days']:g} | "
+            f"{'yes' if profile.get('blend_with_persistence') else 'no'} | {service['risk']:g} | "
             f"{service['target_utilization']:g} | {service['hpa']['target_utilization']:g} |"
         )
     shift = result.get("shift_weeks", 0)
