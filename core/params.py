@@ -139,12 +139,26 @@ class ForescaleConfig(_Section):
     anomaly: AnomalySection = Field(default_factory=AnomalySection)
 
 
-def _describe(error: ValidationError) -> str:
-    """One clause per problem: the key's path, what is wrong, and the value found."""
+def describe_validation_error(
+    error: ValidationError, root: str = "file", found: bool = True
+) -> str:
+    """One clause per problem of a pydantic validation error: the key's path and what is wrong.
+
+    Args:
+        error: The validation error.
+        root: What a problem of the whole input (an empty path) is named.
+        found: Also give the value found, and say ``unknown key`` for a key that is not allowed;
+            otherwise pydantic's message alone.
+
+    Returns:
+        The clauses, joined by ``"; "``.
+    """
     clauses = []
     for item in error.errors():
-        where = ".".join(str(part) for part in item["loc"]) or "file"
-        if item["type"] == "extra_forbidden":
+        where = ".".join(str(part) for part in item["loc"]) or root
+        if not found:
+            clauses.append(f"{where}: {item['msg']}")
+        elif item["type"] == "extra_forbidden":
             clauses.append(f"{where}: unknown key")
         else:
             clauses.append(f"{where}: {item['msg']}, got {repr(item.get('input'))[:80]}")
@@ -168,7 +182,7 @@ def _parse(path: Path, size: int, mtime_ns: int) -> ForescaleConfig:
     try:
         config = ForescaleConfig.model_validate(raw)
     except ValidationError as error:
-        raise ValueError(f"parameters file {path}: {_describe(error)}") from error
+        raise ValueError(f"parameters file {path}: {describe_validation_error(error)}") from error
     from core.service_config import check_service_sections
 
     check_service_sections(path, config.service_defaults, config.services)

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from core.params import load_params
+from core.params import describe_validation_error, load_params
 
 DEFAULTS_SECTION = "service_defaults"
 SERVICES_SECTION = "services"
@@ -94,10 +94,7 @@ def _build(params_file: Path, name: str, defaults: dict[str, Any], override: Any
     try:
         return ServiceConfig(**merged)
     except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in item['loc']) or 'settings'}: {item['msg']}"
-            for item in error.errors()
-        )
+        problems = describe_validation_error(error, root="settings", found=False)
         raise ValueError(
             f"{params_file}: invalid settings for service {name!r}: {problems}"
         ) from error

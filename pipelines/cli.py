@@ -1,6 +1,8 @@
 """The ``forescale`` command line: every pipeline stage runs from a terminal without Airflow.
 
-Heavy libraries are imported inside the commands, so ``forescale --help`` stays fast.
+Heavy libraries are imported inside the commands, so ``forescale --help`` stays fast. More command
+groups come from plugins: every Typer app of the ``forescale.commands`` entry-point group (e.g.
+``forescale bench`` from ``benchmarks.cli``), found without importing their packages here.
 """
 
 from __future__ import annotations
@@ -9,14 +11,17 @@ import logging
 import os
 import warnings
 from datetime import datetime
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from typer.main import get_command_name
 
-from core.settings import REPO_ROOT, Settings, get_settings
+from core.settings import Settings, get_settings
 
 app = typer.Typer(
     help="Forescale: predictive scaling schedules for Kubernetes services.",
@@ -27,17 +32,15 @@ app = typer.Typer(
 telemetry_app = typer.Typer(help="Generate, import and ingest telemetry.", no_args_is_help=True)
 features_app = typer.Typer(help="The Feast feature store.", no_args_is_help=True)
 pipeline_app = typer.Typer(help="Run the whole pipeline once.", no_args_is_help=True)
-bench_app = typer.Typer(
-    help="Benchmarks on public data (print figures; not tests).", no_args_is_help=True
-)
 app.add_typer(telemetry_app, name="telemetry")
 app.add_typer(features_app, name="features")
 app.add_typer(pipeline_app, name="pipeline")
-app.add_typer(bench_app, name="bench")
+
+PLUGIN_GROUP = "forescale.commands"
+"""Entry-point group whose Typer apps become command groups of ``forescale``, named by entry."""
 
 console = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
-DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data"
 
 Services = Annotated[
     list[str] | None, typer.Option("--service", "-s", help="Service to include (repeatable).")
@@ -55,7 +58,12 @@ QUIET_LOGGERS = (
 )
 
 
-def _settings() -> Settings:
+def cli_settings() -> Settings:
+    """The runtime settings, with the environment and logging every command runs under.
+
+    Returns:
+        The settings of this ``FORESCALE_HOME``.
+    """
     settings = get_settings()
     os.environ.setdefault("AIRFLOW_HOME", str(settings.airflow_home))  # never ~/airflow
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -95,7 +103,7 @@ def telemetry_generate(
     from pipelines.run import ingest_frame
     from pipelines.telemetry import generate_fleet
 
-    settings = _settings()
+    settings = cli_settings()
     frame = generate_fleet(services, days, step_minutes=step_minutes, seed=seed)
     start, end = frame["ts"].min(), frame["ts"].max() + pd.Timedelta(minutes=step_minutes)
     files = ingest_frame(settings, frame, start, end)
@@ -116,11 +124,9 @@ def telemetry_import(
     A refused import prints one line per problem (file, column, rows), stores nothing, copies the
     refused files to the quarantine folder with a report, and exits with code 2.
     """
-    from rich.markup import escape
-
     from pipelines.telemetry_files import import_telemetry
 
-    settings = _settings()
+    settings = cli_settings()
     try:
         result = import_telemetry(settings, path, service=service, value_per=value_per)
     except ValueError as err:
@@ -149,7 +155,7 @@ def telemetry_ingest(
     from pipelines.telemetry import extract_batch, store_batch
     from pipelines.validation import validate_batch
 
-    settings = _settings()
+    settings = cli_settings()
     begin, stop = _parse_time(start), _parse_time(end)
     assert begin is not None and stop is not None
     batch = extract_batch(settings, begin, stop, source)
@@ -165,7 +171,7 @@ def features_apply() -> None:
     """Register the feature definitions (`feast apply`) for this FORESCALE_HOME."""
     from pipelines.features import apply_features
 
-    apply_features(_settings())
+    apply_features(cli_settings())
     out.print("feature store applied")
 
 
@@ -179,7 +185,7 @@ def features_update(
     from pipelines.features import apply_features, materialize_features, update_offline_features
     from pipelines.telemetry import telemetry_span
 
-    settings = _settings()
+    settings = cli_settings()
     apply_features(settings)
     path = update_offline_features(settings)
     span = telemetry_span(settings)
@@ -207,7 +213,7 @@ def anomalies(
     from pipelines.anomalies import score_anomalies, train_anomaly_model
     from pipelines.telemetry import telemetry_span
 
-    settings = _settings()
+    settings = cli_settings()
     span = telemetry_span(settings)
     if span is None:
         raise typer.BadParameter(f"no telemetry under {settings.telemetry_dir}")
@@ -231,7 +237,7 @@ def train(
     """Backtest, register and promote models for every shard of services."""
     from pipelines.training import plan_shards, train_shard
 
-    settings = _settings()
+    settings = cli_settings()
     for shard in plan_shards(settings, service):
         _progress(f"training {', '.join(shard)}")
         path = train_shard(settings, shard, reason, _parse_time(as_of), progress=_progress)
@@ -249,7 +255,7 @@ def schedule(
     from pipelines.publish import build_schedules, forecast_shard, publish_schedules
     from pipelines.training import plan_shards
 
-    settings = _settings()
+    settings = cli_settings()
     for shard in plan_shards(settings, service):
         forecasts = forecast_shard(settings, shard, _parse_time(as_of))
         published = publish_schedules(settings, build_schedules(settings, forecasts))
@@ -281,7 +287,7 @@ def pipeline_run(
 
     from pipelines.run import run_pipeline, summary_records
 
-    settings = _settings()
+    settings = cli_settings()
     began = time.perf_counter()
 
     def progress(line: str) -> None:
@@ -335,7 +341,7 @@ def serve(
     """Start the schedule API alone."""
     from serving.app import run_server
 
-    settings = _settings()
+    settings = cli_settings()
     if dev:
         settings = settings.model_copy(update={"dev": True})
     run_server(settings, host, port)
@@ -349,7 +355,7 @@ def up(
     """Start Airflow, MLflow and the API locally, run the DAGs once, wait for Ctrl-C."""
     from pipelines.local_stack import run_local_stack
 
-    run_local_stack(_settings(), services, days)
+    run_local_stack(cli_settings(), services, days)
 
 
 @app.command("drift")
@@ -359,284 +365,53 @@ def drift(
     """Run the Evidently drift monitor once and print what it found."""
     from pipelines.drift import run_drift_monitor
 
-    path = run_drift_monitor(_settings(), end=_parse_time(end))
+    path = run_drift_monitor(cli_settings(), end=_parse_time(end))
     out.print(Path(path).read_text())
 
 
-# --------------------------------------------------------------------------- benchmarks
+def add_plugin_commands(target: typer.Typer) -> list[str]:
+    """Add every Typer app of the ``forescale.commands`` entry-point group to ``target``.
 
-DataDir = Annotated[Path, typer.Option("--data", help="Folder with the layout of shared/data.")]
-JsonOut = Annotated[Path | None, typer.Option("--json", help="Write the figures as JSON.")]
+    A plugin that fails to load (import error, not a ``typer.Typer``, a name already taken) is
+    reported as one line on stderr and left out; the other commands keep working
+    (``FORESCALE_DEBUG=1`` raises the load error instead). Calling this again does not add a
+    plugin twice.
 
+    Args:
+        target: The command line to extend (``app``).
 
-@bench_app.command("forecast")
-def bench_forecast(
-    data: DataDir = DEFAULT_DATA,
-    json_path: JsonOut = None,
-    forecasts: Annotated[Path | None, typer.Option(help="Write every scored forecast.")] = None,
-    quick: Annotated[bool, typer.Option(help="A small subset, for a smoke run.")] = False,
-    training_part: Annotated[
-        bool,
-        typer.Option(
-            help="Score on the training data only (how settings are chosen); ignores the tests."
-        ),
-    ] = False,
-    params: Annotated[
-        Path | None,
-        typer.Option(
-            "--params",
-            help="Params file whose forecasters the ops traces measure "
-            "(default: the repo's params.yaml).",
-        ),
-    ] = None,
-    m4_params: Annotated[
-        Path | None,
-        typer.Option(
-            "--m4-params",
-            help="Params file whose forecasters M4 measures "
-            "(default: benchmarks/profiles/m4.yaml).",
-        ),
-    ] = None,
-    report: Annotated[
-        Path | None,
-        typer.Option(help="Write the Markdown report (e.g. docs/benchmarks/forecast.md)."),
-    ] = None,
-    from_json: Annotated[
-        list[Path] | None,
-        typer.Option(
-            help="Only write --report from the JSON of earlier runs (no benchmark); "
-            "several: runs on parts of the data, merged."
-        ),
-    ] = None,
-) -> None:
-    """M4 Hourly and ops-trace forecasting benchmark of the forecasters a params file configures."""
-    import json
-
-    from benchmarks.forecast import (
-        M4_PARAMS,
-        OPS_PARAMS,
-        merge_reports,
-        report_document,
-        run_forecast_bench,
-    )
-
-    _settings()
-    if from_json:
-        if report is None:
-            raise typer.BadParameter("--from-json needs --report FILE")
+    Returns:
+        The names of the command groups added by this call.
+    """
+    added: list[str] = []
+    for entry in entry_points(group=PLUGIN_GROUP):
         try:
-            document = report_document(
-                merge_reports([json.loads(path.read_text()) for path in from_json])
-            )
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            raise typer.BadParameter(
-                f"{', '.join(map(str, from_json))}: not bench forecast JSON ({err})"
-            ) from err
-        report.parent.mkdir(parents=True, exist_ok=True)
-        report.write_text(document)
-        return
-    run_forecast_bench(
-        data,
-        json_path,
-        forecasts,
-        quick=quick,
-        training_part=training_part,
-        params_file=params or OPS_PARAMS,
-        m4_params_file=m4_params or M4_PARAMS,
-        report_path=report,
-    )
+            plugin = entry.load()
+            if not isinstance(plugin, typer.Typer):
+                raise TypeError(f"{type(plugin).__name__} is not a typer.Typer")
+        except Exception as err:  # a broken plugin must not stop the other commands
+            if os.environ.get("FORESCALE_DEBUG"):
+                raise
+            _plugin_error(entry.name, entry.value, f"{type(err).__name__}: {err}")
+            continue
+        groups = {group.name: group.typer_instance for group in target.registered_groups}
+        if groups.get(entry.name) is plugin:
+            continue
+        taken = set(groups)
+        for command in target.registered_commands:
+            callback = command.callback
+            taken.add(command.name or (get_command_name(callback.__name__) if callback else ""))
+        if entry.name in taken:
+            _plugin_error(entry.name, entry.value, "a command of that name exists")
+            continue
+        target.add_typer(plugin, name=entry.name)
+        added.append(entry.name)
+    return added
 
 
-@bench_app.command("guard-cv")
-def bench_guard_cv(
-    data: DataDir = DEFAULT_DATA,
-    json_path: JsonOut = None,
-    params: Annotated[
-        Path | None, typer.Option("--params", help="Params file whose ensemble is studied.")
-    ] = None,
-    cache: Annotated[
-        Path | None, typer.Option(help="Keep (and reuse) each trace's forecasts in this folder.")
-    ] = None,
-    origins: Annotated[int, typer.Option(min=2, help="Daily origins per trace.")] = 6,
-) -> None:
-    """Choose the ensemble guard's ratio by leave-one-source-out CV on the training parts."""
-    from benchmarks.forecast import OPS_PARAMS
-    from benchmarks.guard_cv import run_guard_cv
-
-    _settings()
-    report = run_guard_cv(data, params or OPS_PARAMS, cache, origins, json_path=json_path)
-    for row in report["loso"]:
-        out.print(
-            f"held out {row['held_out']} ({row['traces']} traces): ratio "
-            f"{row['chosen_ratio']} -> mean {row['held_out_mean']:.3f}, max "
-            f"{row['held_out_max']:.3f} (no guard: mean {row['no_guard_mean']:.3f}, max "
-            f"{row['no_guard_max']:.3f})"
-        )
-    out.print(f"chosen on every source: {report['chosen_on_all']}")
-
-
-@bench_app.command("replay")
-def bench_replay(
-    data: DataDir = DEFAULT_DATA,
-    json_path: JsonOut = None,
-    timeline: Annotated[
-        Path | None, typer.Option(help="Write the minute-by-minute replay.")
-    ] = None,
-    plots: Annotated[Path | None, typer.Option(help="Folder for one PNG per trace.")] = None,
-    params: Annotated[
-        list[Path] | None,
-        typer.Option(
-            "--params",
-            help="A params profile to replay (repeatable; named by its file stem). "
-            "Default: the repository's params.yaml as 'forescale'.",
-        ),
-    ] = None,
-    shift_weeks: Annotated[
-        int, typer.Option(help="Drop the last N weeks of every trace first (blind development).")
-    ] = 0,
-    trace: Annotated[
-        list[str] | None, typer.Option(help="Replay only traces whose name contains this.")
-    ] = None,
-    jobs: Annotated[int, typer.Option(help="Worker processes (1: all in this process).")] = 2,
-    cache: Annotated[
-        Path | None, typer.Option(help="Cache the rolling forecasts in this folder.")
-    ] = None,
-    report: Annotated[
-        Path | None, typer.Option(help="Also write the Markdown report (docs/benchmarks).")
-    ] = None,
-) -> None:
-    """Replay real traffic: params profiles walked forward beside HPA, KEDA and other baselines."""
-    from benchmarks.replay import run_replay_bench
-
-    _settings()
-    result = run_replay_bench(
-        data,
-        json_path,
-        timeline,
-        plots,
-        params_files=tuple(params or ()),
-        shift_weeks=shift_weeks,
-        only=tuple(trace or ()),
-        n_jobs=jobs,
-        cache_dir=cache,
-    )
-    if report is not None:
-        from benchmarks.replay_report import write_report
-
-        write_report(result, report)
-
-
-@bench_app.command("replay-cv")
-def bench_replay_cv(
-    json_path: Annotated[
-        Path, typer.Option("--json", help="A `bench replay --shift-weeks 1 --json` file.")
-    ],
-    out_path: Annotated[Path, typer.Option("--out", help="Write the cross-validation JSON.")],
-    candidate: Annotated[
-        list[str] | None,
-        typer.Option(help="Candidate profile names (default: every profile of the run)."),
-    ] = None,
-) -> None:
-    """Leave-one-source-out choice among the params profiles of a replay run."""
-    import json
-
-    from benchmarks.replay_cv import leave_one_source_out
-
-    result = json.loads(json_path.read_text())
-    names = list(candidate or [p["name"] for p in result["params_files"]])
-    unknown = sorted(set(names) - {p["name"] for p in result["params_files"]})
-    if unknown:
-        raise ValueError(f"{json_path}: no profile named {unknown} in params_files")
-    cv = leave_one_source_out(result, names)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(cv, indent=2, default=float))
-    out.print(f"chosen on every source: {cv['chosen_on_all']}")
-
-
-@bench_app.command("report")
-def bench_report(
-    json_path: Annotated[Path, typer.Option("--json", help="A `bench replay --json` file.")],
-    out_path: Annotated[Path, typer.Option("--out", help="The Markdown file to write.")],
-    cv: Annotated[
-        Path | None, typer.Option(help="The cross-validation JSON (`bench replay-cv --json`).")
-    ] = None,
-) -> None:
-    """Write docs/benchmarks/replay.md from the replay (and cross-validation) JSON."""
-    import json
-
-    from benchmarks.replay_report import write_report
-
-    try:
-        result = json.loads(json_path.read_text())
-        cv_result = json.loads(cv.read_text()) if cv is not None else None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"not a JSON file ({json_path} / {cv}): {err}") from err
-    write_report(result, out_path, cv_result)
-
-
-@bench_app.command("nab")
-def bench_nab(
-    data: DataDir = DEFAULT_DATA,
-    json_path: JsonOut = None,
-    scores: Annotated[Path | None, typer.Option(help="Write NAB-layout result files here.")] = None,
-    cv: Annotated[
-        bool, typer.Option("--cv", help="Also compare the structural candidates by family.")
-    ] = False,
-    doc: Annotated[Path | None, typer.Option(help="Write the Markdown report here.")] = None,
-) -> None:
-    """Numenta Anomaly Benchmark scores of the anomaly detector (any folder of NAB's layout)."""
-    from benchmarks.nab import run_nab_bench
-
-    settings = _settings()
-    run_nab_bench(data, settings.params_file, json_path, scores, cross_validate=cv, doc_path=doc)
-
-
-@bench_app.command("features")
-def bench_features(
-    services: Annotated[int, typer.Option(help="Synthetic services.")] = 100,
-    days: Annotated[int, typer.Option(help="Days of telemetry.")] = 28,
-    step_minutes: Annotated[int, typer.Option(help="Telemetry resolution.")] = 5,
-    online_store: Annotated[str, typer.Option(help="sqlite | redis")] = "sqlite",
-    json_path: JsonOut = None,
-) -> None:
-    """Feature-store timings: feast apply, materialize, model_inputs on a synthetic fleet."""
-    import json
-    import tempfile
-
-    from benchmarks.features import markdown, run
-
-    _settings()
-    home = Path(tempfile.mkdtemp(prefix="forescale-bench-features-")) / "home"
-    records = run(home, services, days, step_minutes, online_store)
-    out.print(markdown(records))
-    if json_path is not None:
-        json_path.write_text(
-            json.dumps(
-                {
-                    "services": services,
-                    "days": days,
-                    "step_minutes": step_minutes,
-                    "online_store": online_store,
-                    "stages": records,
-                },
-                indent=2,
-            )
-        )
-
-
-@bench_app.command("serve")
-def bench_serve(
-    services: Annotated[int, typer.Option(help="Services with a published schedule.")] = 2000,
-    steps: Annotated[int, typer.Option(help="Steps per schedule.")] = 288,
-    seconds: Annotated[int, typer.Option(help="wrk duration of each measurement.")] = 15,
-    threads: Annotated[int, typer.Option(help="wrk threads.")] = 2,
-    connections: Annotated[int, typer.Option(help="wrk connections.")] = 50,
-    json_path: JsonOut = None,
-) -> None:
-    """wrk against /recommendation (one service among many) beside a bare FastAPI route."""
-    from benchmarks.serve import run_serve_bench
-
-    run_serve_bench(_settings(), services, steps, seconds, threads, connections, json_path)
+def _plugin_error(name: str, value: str, reason: str) -> None:
+    message = " ".join(f"command plugin {name!r} ({value}) not loaded: {reason}".split())
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
 
 
 def main() -> None:
@@ -645,6 +420,7 @@ def main() -> None:
     Bad input (a ``ValueError``, a missing file) is reported as one readable message and exit
     code 1; ``FORESCALE_DEBUG=1`` shows the full traceback instead.
     """
+    add_plugin_commands(app)
     try:
         app()
     except (ValueError, FileNotFoundError) as err:

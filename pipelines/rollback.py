@@ -151,31 +151,18 @@ def _decide(
         )
     error, points = live_error(settings, service, current.label, now, window)
     limit = previous.backtest_error * (1 + margin)
+    rolled_back = False
     if error is None or points < min_points:
-        return RollbackDecision(
-            service,
-            current.label,
-            previous.label,
-            error,
-            previous.backtest_error,
-            points,
-            False,
-            f"only {points} served steps with actuals (need {min_points})",
+        reason = f"only {points} served steps with actuals (need {min_points})"
+    elif error <= limit:
+        reason = f"live error {error:.3f} within {limit:.3f}"
+    else:
+        rolled_back = True
+        reason = (
+            f"live error {error:.3f} over {window:g} h exceeds previous champion's backtest error "
+            f"{previous.backtest_error:.3f} by more than {margin:.0%}; champion moved back to "
+            f"{previous.label}"
         )
-    if error <= limit:
-        return RollbackDecision(
-            service,
-            current.label,
-            previous.label,
-            error,
-            previous.backtest_error,
-            points,
-            False,
-            f"live error {error:.3f} within {limit:.3f}",
-        )
-    client = MlflowClient()
-    client.set_registered_model_alias(current.name, CHAMPION, previous.version)
-    client.set_registered_model_alias(current.name, PREVIOUS, current.version)
     decision = RollbackDecision(
         service,
         current.label,
@@ -183,12 +170,14 @@ def _decide(
         error,
         previous.backtest_error,
         points,
-        True,
-        f"live error {error:.3f} over {window:g} h exceeds previous champion's backtest error "
-        f"{previous.backtest_error:.3f} by more than {margin:.0%}; champion moved back to "
-        f"{previous.label}",
+        rolled_back,
+        reason,
     )
-    _log_event(settings, decision)
+    if rolled_back:
+        client = MlflowClient()
+        client.set_registered_model_alias(current.name, CHAMPION, previous.version)
+        client.set_registered_model_alias(current.name, PREVIOUS, current.version)
+        _log_event(settings, decision)
     return decision
 
 

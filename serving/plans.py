@@ -28,6 +28,7 @@ from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Literal, TypeAlias, overload
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -108,17 +109,7 @@ class ServicePlan:
             )
             for index in indices
         ]
-        return Schedule.model_construct(
-            service=self.service,
-            version=self.version,
-            created_at=self.created_at,
-            model_version=self.model_version,
-            generated_at=self.generated_at,
-            valid_until=self.valid_until,
-            step_seconds=self.step_seconds,
-            dry_run=self.dry_run,
-            steps=steps,
-        )
+        return Schedule.of_stored(self, steps)
 
     def schedule_around(self, start: datetime, end: datetime) -> Schedule:
         """The schedule as seen from the window ``[start, end]``.
@@ -159,6 +150,11 @@ class ServicePlan:
         return self._schedule(list(range(len(self.starts))))
 
 
+Answer: TypeAlias = tuple[bool, ServicePlan | None, FloorReading | None]
+"""``(known, plan, floor)``: whether the service has a schedule or a live floor, its latest plan,
+its live floor."""
+
+
 class PlanView:
     """Each service's latest plan and live floor, answered from memory.
 
@@ -191,7 +187,7 @@ class PlanView:
 
     # ---- reading ------------------------------------------------------------------------------
 
-    def cached(self, service: str) -> tuple[bool, ServicePlan | None, FloorReading | None] | None:
+    def cached(self, service: str) -> Answer | None:
         """What the view holds for a service, if it can answer without reading the store.
 
         Args:
@@ -206,16 +202,9 @@ class PlanView:
             return None
         if self.monotonic() - self._checked_at >= self.refresh_seconds:
             self._refresh_in_background()
-        version = self._versions.get(service)
-        floor = self._floors.get(service)
-        if version is None:
-            return floor is not None, None, floor
-        plan = self._plans.get(service)
-        if plan is None or plan.version != version:
-            return None
-        return True, plan, floor
+        return self._answer(service, load=False)
 
-    def lookup(self, service: str) -> tuple[bool, ServicePlan | None, FloorReading | None]:
+    def lookup(self, service: str) -> Answer:
         """What the view holds for a service, reading the store when it must.
 
         Args:
@@ -234,20 +223,40 @@ class PlanView:
             return answer
         if not self._loaded:
             self.refresh()
-        version = self._versions.get(service)
-        floor = self._floors.get(service)
-        if version is None:
-            return floor is not None, None, floor
-        plan = self._plans.get(service)
-        if plan is None or plan.version != version:
-            plan = self._load_plan(service)
-        return True, plan, floor
+        return self._answer(service, load=True)
 
     def versions(self) -> dict[str, int]:
         """Service -> latest schedule version, as the view holds it."""
         if not self._loaded:
             self.refresh()
         return dict(self._versions)
+
+    @overload
+    def _answer(self, service: str, load: Literal[True]) -> Answer: ...
+    @overload
+    def _answer(self, service: str, load: Literal[False]) -> Answer | None: ...
+
+    def _answer(self, service: str, load: bool) -> Answer | None:
+        """``(known, plan, floor)`` from the view's versions, plans and floors.
+
+        Args:
+            service: Service name.
+            load: Read the service's latest plan from the store when it is not in memory
+                (otherwise the answer is None then).
+
+        Returns:
+            ``(known, plan, floor)`` as :meth:`cached`, or None (``load`` false only).
+        """
+        version = self._versions.get(service)
+        floor = self._floors.get(service)
+        if version is None:
+            return floor is not None, None, floor
+        plan = self._plans.get(service)
+        if plan is None or plan.version != version:
+            if not load:
+                return None
+            plan = self._load_plan(service)
+        return True, plan, floor
 
     def _load_plan(self, service: str) -> ServicePlan | None:
         """Read a service's latest schedule into the view (its first request after a change)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import (
     AfterValidator,
@@ -201,6 +201,50 @@ class Schedule(SchedulePublish):
     service: str
     version: int = Field(ge=1)
     created_at: UTCInstant
+
+    @classmethod
+    def of_stored(cls, header: StoredHeader, steps: list[ScheduleStep]) -> Schedule:
+        """A schedule rebuilt from parts validated when it was published, not validated again.
+
+        Args:
+            header: Every field but the steps (a store row, a served plan).
+            steps: The steps, already valid.
+
+        Returns:
+            The schedule.
+        """
+        return cls.model_construct(
+            service=header.service,
+            version=header.version,
+            created_at=header.created_at,
+            model_version=header.model_version,
+            generated_at=header.generated_at,
+            valid_until=header.valid_until,
+            step_seconds=header.step_seconds,
+            dry_run=header.dry_run,
+            steps=steps,
+        )
+
+
+class StoredHeader(Protocol):
+    """The fields of a stored schedule besides its steps (:meth:`Schedule.of_stored`)."""
+
+    @property
+    def service(self) -> str: ...
+    @property
+    def version(self) -> int: ...
+    @property
+    def created_at(self) -> datetime: ...
+    @property
+    def model_version(self) -> str: ...
+    @property
+    def generated_at(self) -> datetime: ...
+    @property
+    def valid_until(self) -> datetime: ...
+    @property
+    def step_seconds(self) -> int: ...
+    @property
+    def dry_run(self) -> bool: ...
 
 
 class PublishResult(BaseModel):

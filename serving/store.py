@@ -480,17 +480,7 @@ class ScheduleStore:
             )
             for step in row.steps
         ]
-        return Schedule.model_construct(
-            service=row.service,
-            version=row.version,
-            created_at=row.created_at,
-            model_version=row.model_version,
-            generated_at=row.generated_at,
-            valid_until=row.valid_until,
-            step_seconds=row.step_seconds,
-            dry_run=row.dry_run,
-            steps=steps,
-        )
+        return Schedule.of_stored(row, steps)
 
     def get(self, service: str, version: int | None = None) -> Schedule | None:
         """One stored schedule.

@@ -2,24 +2,62 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import typer
 import yaml
 from typer.testing import CliRunner
 
 from core.settings import REPO_ROOT
-from pipelines.cli import app
+from pipelines.cli import PLUGIN_GROUP, add_plugin_commands, app
 from pipelines.telemetry import read_telemetry
 
 runner = CliRunner()
+FORESCALE = Path(sys.executable).parent / "forescale"
+BENCH_OPTIONS = {
+    "forecast": [
+        "--data",
+        "--json",
+        "--forecasts",
+        "--quick",
+        "--no-quick",
+        "--training-part",
+        "--no-training-part",
+        "--params",
+        "--m4-params",
+        "--report",
+        "--from-json",
+    ],
+    "guard-cv": ["--data", "--json", "--params", "--cache", "--origins"],
+    "replay": [
+        "--data",
+        "--json",
+        "--timeline",
+        "--plots",
+        "--params",
+        "--shift-weeks",
+        "--trace",
+        "--jobs",
+        "--cache",
+        "--report",
+    ],
+    "replay-cv": ["--json", "--out", "--candidate"],
+    "report": ["--json", "--out", "--cv"],
+    "nab": ["--data", "--json", "--scores", "--cv", "--doc"],
+    "features": ["--services", "--days", "--step-minutes", "--online-store", "--json"],
+    "serve": ["--services", "--steps", "--seconds", "--threads", "--connections", "--json"],
+}
 
 
 def test_help_lists_every_stage() -> None:
+    add_plugin_commands(app)
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
     for command in (
@@ -35,6 +73,59 @@ def test_help_lists_every_stage() -> None:
         "bench",
     ):
         assert command in result.output
+
+
+def test_bench_is_a_plugin_of_the_installed_entry_point_group() -> None:
+    plugins = {entry.name: entry.value for entry in entry_points(group=PLUGIN_GROUP)}
+    assert plugins.get("bench") == "benchmarks.cli:bench_app"
+    add_plugin_commands(app)
+    assert add_plugin_commands(app) == []  # once only
+    assert [group.name for group in app.registered_groups].count("bench") == 1
+
+
+@pytest.mark.parametrize("command", sorted(BENCH_OPTIONS))
+def test_every_bench_command_keeps_its_options(command: str) -> None:
+    add_plugin_commands(app)
+    result = runner.invoke(app, ["bench", command, "--help"])
+    assert result.exit_code == 0, result.output
+    group = typer.main.get_command(app).commands["bench"]  # type: ignore[attr-defined]
+    params = group.commands[command].params
+    options = {name for param in params for name in [*param.opts, *param.secondary_opts]}
+    assert options == set(BENCH_OPTIONS[command])
+
+
+def test_a_broken_plugin_is_one_line_on_stderr_and_the_other_commands_work(
+    tmp_path: Path,
+) -> None:
+    info = tmp_path / "broken_plugins-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugins\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(
+        f"[{PLUGIN_GROUP}]\n"
+        "missing = no_such_forescale_plugin.cli:app\n"
+        "not-typer = os:sep\n"
+        "train = benchmarks.cli:bench_app\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "COLUMNS": "200"}
+    runs = {
+        args: subprocess.run(
+            [str(FORESCALE), *args], capture_output=True, text=True, env=env, check=False
+        )
+        for args in (("--help",), ("bench", "--help"))
+    }
+    for result in runs.values():
+        assert result.returncode == 0, result.stderr
+        assert "Traceback" not in result.stderr
+        errors = result.stderr.strip().splitlines()
+        assert len(errors) == 3, result.stderr
+        assert (
+            "'missing' (no_such_forescale_plugin.cli:app) not loaded: ModuleNotFoundError"
+            in (errors[0])
+        )
+        assert "'not-typer' (os:sep) not loaded: TypeError: str is not a typer.Typer" in errors[1]
+        assert "'train' (benchmarks.cli:bench_app) not loaded: a command of that name" in errors[2]
+    assert "train" in runs[("--help",)].stdout and "bench" in runs[("--help",)].stdout
+    assert "replay-cv" in runs[("bench", "--help")].stdout
 
 
 def test_every_dvc_stage_runs_a_real_cli_command_with_existing_inputs() -> None:

@@ -26,8 +26,6 @@ ALLOWED: dict[str, set[str]] = {
     "benchmarks": {"core", "models", "serving", "pipelines"},
     "dags": {"core", "pipelines"},
 }
-COMPOSITION_ROOT = "pipelines/cli.py"
-"""The ``forescale`` command: it may load the benchmarks (``forescale bench``) from a checkout."""
 TRAINING_LIBRARIES = (
     "mlflow",
     "lightgbm",
@@ -59,7 +57,7 @@ def _package_edges() -> dict[str, dict[str, list[str]]]:
         for path in sorted((REPO_ROOT / package).rglob("*.py")):
             name = str(path.relative_to(REPO_ROOT))
             for target in _imports(path) & set(PACKAGES):
-                if target != package and not (name == COMPOSITION_ROOT and target == "benchmarks"):
+                if target != package:
                     edges.setdefault(package, {}).setdefault(target, []).append(name)
     return edges
 
