@@ -373,7 +373,8 @@ def add_plugin_commands(target: typer.Typer) -> list[str]:
     """Add every Typer app of the ``forescale.commands`` entry-point group to ``target``.
 
     A plugin that fails to load (import error, not a ``typer.Typer``, a name already taken) is
-    reported as one line on stderr and left out; the other commands keep working
+    reported as one line on stderr and left out, silently when its whole package is absent
+    from this install (the container image ships without ``benchmarks/``); the other commands keep working
     (``FORESCALE_DEBUG=1`` raises the load error instead). Calling this again does not add a
     plugin twice.
 
@@ -392,6 +393,8 @@ def add_plugin_commands(target: typer.Typer) -> list[str]:
         except Exception as err:  # a broken plugin must not stop the other commands
             if os.environ.get("FORESCALE_DEBUG"):
                 raise
+            if isinstance(err, ModuleNotFoundError) and err.name == entry.module.split(".")[0]:
+                continue  # an install without that package (e.g. the image has no benchmarks/)
             _plugin_error(entry.name, entry.value, f"{type(err).__name__}: {err}")
             continue
         groups = {group.name: group.typer_instance for group in target.registered_groups}

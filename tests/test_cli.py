@@ -102,7 +102,8 @@ def test_a_broken_plugin_is_one_line_on_stderr_and_the_other_commands_work(
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugins\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text(
         f"[{PLUGIN_GROUP}]\n"
-        "missing = no_such_forescale_plugin.cli:app\n"
+        "absent = no_such_forescale_plugin.cli:app\n"  # package not installed: silent
+        "missing = benchmarks.no_such_module:app\n"
         "not-typer = os:sep\n"
         "train = benchmarks.cli:bench_app\n"
     )
@@ -119,7 +120,7 @@ def test_a_broken_plugin_is_one_line_on_stderr_and_the_other_commands_work(
         errors = result.stderr.strip().splitlines()
         assert len(errors) == 3, result.stderr
         assert (
-            "'missing' (no_such_forescale_plugin.cli:app) not loaded: ModuleNotFoundError"
+            "'missing' (benchmarks.no_such_module:app) not loaded: ModuleNotFoundError"
             in (errors[0])
         )
         assert "'not-typer' (os:sep) not loaded: TypeError: str is not a typer.Typer" in errors[1]
