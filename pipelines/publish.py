@@ -283,7 +283,6 @@ def publish_schedules(
     Returns:
         Path of a JSON summary: per service the published version, model version and peak.
     """
-    from core.service_config import service_config
     from serving.client import publish_schedules_to_store
     from serving.schemas import SchedulePublish, ScheduleStep
 
@@ -312,7 +311,6 @@ def publish_schedules(
             generated_at=now.to_pydatetime(),
             valid_until=(max(now, rows[TS].min()) + validity).to_pydatetime(),
             step_seconds=settings.step_minutes * 60,
-            dry_run=bool(service_config(settings.params_file, name).dry_run),
             steps=steps,
         )
         explanations[name] = explain_schedule(settings, rows)
