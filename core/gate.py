@@ -85,6 +85,21 @@ def run_of_days(
     return run
 
 
+def streaks(cards: Sequence[ScorecardDay], pod_hour_budget: float) -> tuple[int, int]:
+    """Consecutive passing and failing days ending with the newest day (:func:`run_of_days`).
+
+    Args:
+        cards: Scorecard days of one service.
+        pod_hour_budget: ``gate.pod_hour_budget``.
+
+    Returns:
+        ``(passing_days, failing_days)``; at most one of them is above 0.
+    """
+    passing = run_of_days(cards, lambda card: day_passes(card, pod_hour_budget))
+    failing = run_of_days(cards, lambda card: day_fails(card, pod_hour_budget))
+    return len(passing), len(failing)
+
+
 def _figures(card: ScorecardDay, pod_hour_budget: float) -> str:
     """One day's comparison with the HPA, in words."""
     if card.status != "scored" or HPA not in card.policies or FORESCALE not in card.policies:
