@@ -643,6 +643,7 @@ def read_scorecard(
             pattern=DAY_PATTERN,
             description="UTC day (YYYY-MM-DD); the latest scored day if omitted",
             examples=["2026-11-15"],
+            json_schema_extra={"format": "date"},
         ),
     ] = None,
 ) -> ScorecardAnswer:
