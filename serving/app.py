@@ -670,7 +670,7 @@ def read_scorecard(
         found = store.scorecards(service, wanted)
         card = found[0] if found else None
     if card is None:
-        if not store.scorecards(service):
+        if wanted is None or store.latest_scorecard(service) is None:
             _require_known(store, services, service)
             raise HTTPException(
                 404,
