@@ -29,8 +29,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
+import yaml
 from fastapi import FastAPI, Response
 
+from core.params import load_params
 from core.settings import REPO_ROOT, Settings
 from serving.client import publish_schedules_to_store
 from serving.schemas import SchedulePublish, ScheduleStep
@@ -56,6 +58,17 @@ def serve_bare(host: str, port: int) -> None:
     import uvicorn
 
     uvicorn.run(bare_app(), host=host, port=port, log_level="info")
+
+
+def active_params(params_file: Path, home: Path) -> Path:
+    """The installation's params file with every service ``active`` (a promoted fleet: the
+    route answers from the schedules, not the shadow floor), written under ``home``."""
+    params = load_params(Path(params_file))
+    params = json.loads(json.dumps(params))
+    params["service_defaults"] = {**(params.get("service_defaults") or {}), "mode": "active"}
+    path = home / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
 
 
 def _free_port() -> int:
@@ -199,7 +212,12 @@ def run_serve_bench(
     home = Path(tempfile.mkdtemp(prefix="forescale-bench-serve-"))
     read_token, write_token = secrets.token_hex(24), secrets.token_hex(24)
     settings = base_settings.model_copy(
-        update={"home": home, "schedule_db_url": None, "dev": False}
+        update={
+            "home": home,
+            "schedule_db_url": None,
+            "dev": False,
+            "params_file": active_params(base_settings.params_file, home),
+        }
     )
     now = datetime.now(UTC)
     began = time.perf_counter()

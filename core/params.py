@@ -120,6 +120,26 @@ class AnomalySection(_Section):
     backfill_hours: float = Field(default=24.0, gt=0)
 
 
+class GateSection(_Section):
+    """The go-live gate (:mod:`core.gate`): when a service moves between ``shadow`` and ``active``.
+
+    Attributes:
+        auto: Let the gate move services (``False``: it only proposes moves; ``params.yaml``'s
+            ``mode`` alone decides what is served).
+        pass_days: Consecutive passing scorecard days that move a ``shadow`` service to
+            ``active``.
+        fail_days: Consecutive failing scorecard days that move an ``active`` service back to
+            ``shadow``.
+        pod_hour_budget: Extra pod-hours over the HPA's a passing day may use, as a share of the
+            HPA's (:func:`core.scorecard.day_passes`).
+    """
+
+    auto: bool = False
+    pass_days: int = Field(default=7, ge=1, le=366)
+    fail_days: int = Field(default=2, ge=1, le=366)
+    pod_hour_budget: float = Field(default=0.1, ge=0, le=10)
+
+
 class ForescaleConfig(_Section):
     """The whole ``params.yaml``, validated.
 
@@ -137,6 +157,7 @@ class ForescaleConfig(_Section):
     ingest: IngestSection = Field(default_factory=IngestSection)
     rollback: RollbackSection = Field(default_factory=RollbackSection)
     anomaly: AnomalySection = Field(default_factory=AnomalySection)
+    gate: GateSection = Field(default_factory=GateSection)
 
 
 def describe_validation_error(

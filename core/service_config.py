@@ -7,8 +7,9 @@ silently ignored.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -16,6 +17,46 @@ from core.params import describe_validation_error, load_params
 
 DEFAULTS_SECTION = "service_defaults"
 SERVICES_SECTION = "services"
+Mode = Literal["shadow", "active"]
+SHADOW: Mode = "shadow"
+ACTIVE: Mode = "active"
+DEFAULT_MODE: Mode = SHADOW
+"""A service nobody has decided about is served the reactive floor (docs/decisions/0006)."""
+
+LOG = logging.getLogger(__name__)
+_WARNED: set[str] = set()  # deprecation warnings already logged (once per file and section)
+
+
+def migrate_dry_run(settings: Any, where: str = "settings") -> Any:
+    """Read the deprecated ``dry_run`` setting as ``mode`` (``true`` -> shadow, ``false`` -> active).
+
+    Args:
+        settings: One mapping of service settings (anything else is returned as is).
+        where: What the mapping is, for messages (e.g. ``services.checkout``).
+
+    Returns:
+        The mapping with ``dry_run`` replaced by ``mode``.
+
+    Raises:
+        ValueError: If ``dry_run`` is not a boolean or contradicts a ``mode`` beside it.
+    """
+    if not isinstance(settings, dict) or "dry_run" not in settings:
+        return settings
+    migrated = dict(settings)
+    dry_run = migrated.pop("dry_run")
+    if not isinstance(dry_run, bool):
+        raise ValueError(f"{where}.dry_run: must be true or false, got {dry_run!r}")  # noqa: TRY004
+    mode = SHADOW if dry_run else ACTIVE
+    if migrated.get("mode", mode) != mode:
+        raise ValueError(
+            f"{where}: dry_run {str(dry_run).lower()} contradicts mode {migrated['mode']!r}; "
+            "dry_run is deprecated, keep only mode"
+        )
+    if where not in _WARNED:
+        _WARNED.add(where)
+        LOG.warning("%s: dry_run is deprecated, read as mode: %s", where, mode)
+    migrated["mode"] = mode
+    return migrated
 
 
 class HpaSettings(BaseModel):
@@ -49,7 +90,10 @@ class ServiceConfig(BaseModel):
         scale_down_delay_minutes: How long a planned scale-down is held back.
         max_surge_per_step: Most pods added in one schedule step.
         risk: Accepted probability of running short (0.1 -> plan on the 0.9 quantile).
-        dry_run: Forecast only: the API serves the reactive floor, the schedule stays readable.
+        mode: ``shadow``: schedules are published and scored but the API serves the reactive
+            floor; ``active``: the API serves the schedule. With ``gate.auto`` on this is the
+            starting mode, which the go-live gate then moves (:mod:`core.gate`). The deprecated
+            ``dry_run: true``/``false`` is read as ``shadow``/``active``.
         hpa: The service's own HPA (:class:`HpaSettings`), the reactive lower bound.
     """
 
@@ -63,8 +107,13 @@ class ServiceConfig(BaseModel):
     scale_down_delay_minutes: int = Field(default=15, ge=0)
     max_surge_per_step: int = Field(default=10, ge=1)
     risk: float = Field(default=0.1, gt=0, lt=1)
-    dry_run: bool = False
+    mode: Mode = DEFAULT_MODE
     hpa: HpaSettings = Field(default_factory=HpaSettings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dry_run_alias(cls, data: Any) -> Any:
+        return migrate_dry_run(data)
 
     @model_validator(mode="after")
     def _min_not_above_max(self) -> ServiceConfig:
@@ -87,6 +136,8 @@ def _build(params_file: Path, name: str, defaults: dict[str, Any], override: Any
         override = {}
     if not isinstance(override, dict):
         raise ValueError(f"{params_file}: services.{name} must be a mapping of settings")  # noqa: TRY004
+    defaults = migrate_dry_run(defaults, f"{params_file}: {DEFAULTS_SECTION}")
+    override = migrate_dry_run(override, f"{params_file}: {SERVICES_SECTION}.{name}")
     merged = {**defaults, **override}
     for key, value in defaults.items():  # a sub-block (``hpa``) is merged field by field
         if isinstance(value, dict) and isinstance(override.get(key), dict):

@@ -277,7 +277,10 @@ def pipeline_run(
         Path | None,
         typer.Option(
             "--json",
-            help="Write per service: family, version, backtest error, promoted, peak replicas.",
+            help=(
+                "Write per service: status (trained/not_trained) and reason, family, version, "
+                "backtest error, promoted, peak replicas."
+            ),
         ),
     ] = None,
 ) -> None:
@@ -308,6 +311,9 @@ def pipeline_run(
     ):
         table.add_column(column)
     for s in summaries:
+        if s.status != "trained":
+            table.add_row(s.service, "not trained", "-", "-", "-", "-", s.reason)
+            continue
         table.add_row(
             s.service,
             s.family,

@@ -25,7 +25,15 @@ from pathlib import Path
 import pandas as pd
 
 from core.params import section
-from core.schema import SERVICE, TARGET, TS, path_under, utc_timestamp, validate_service_name
+from core.schema import (
+    SERVICE,
+    TARGET,
+    TS,
+    path_under,
+    quantile_column,
+    utc_timestamp,
+    validate_service_name,
+)
 from core.settings import Settings
 from models.registry import champion, configure_mlflow, load_forecaster
 from pipelines.telemetry import resolve_as_of
@@ -80,19 +88,26 @@ def forecast_shard(
 ) -> Path:
     """Forecast every service of a shard with its champion.
 
+    A service without a champion (a cold start: training left it out for lack of history, see
+    ``not_trained`` in the training summary) is skipped with a log line; the serving API serves
+    it the reactive floor and says why.
+
     Args:
         settings: Runtime settings.
         services: The shard's services.
         as_of: Forecast origin (default: end of stored telemetry).
 
     Returns:
-        Path of a Parquet file: ``service, ts, p50, p90, ..., model_version``.
+        Path of a Parquet file: ``service, ts, p50, p90, ..., model_version`` (no rows, same
+        columns, when no service of the shard has a champion).
 
     Raises:
-        ValueError: If a service name is invalid, or a service has no champion or no recent
-            telemetry.
+        ValueError: If the shard is empty, a service name is invalid, or a service with a
+            champion has no recent telemetry.
     """
     services = [validate_service_name(s) for s in services]
+    if not services:
+        raise ValueError("forecast_shard needs at least one service")
     configure_mlflow(settings)
     origin = resolve_as_of(settings, as_of)
     params = section(settings.params_file, "schedule")
@@ -100,12 +115,14 @@ def forecast_shard(
     quantiles = tuple(
         float(q) for q in section(settings.params_file, "training").get("quantiles", [0.5, 0.9])
     )
-    history = recent_history(settings, services, origin)
-    frames = []
-    for service in services:
-        version = champion(service)
+    champions = {service: champion(service) for service in services}
+    for service, version in champions.items():
         if version is None:
-            raise ValueError(f"service {service!r} has no champion model: run forecast_retrain")
+            LOG.info("%s: no champion model (not trained yet): no forecast, skipped", service)
+    ready = {service: version for service, version in champions.items() if version is not None}
+    frames = []
+    history = recent_history(settings, list(ready), origin) if ready else pd.DataFrame()
+    for service, version in ready.items():
         own = history[history[SERVICE] == service]
         if own.empty:
             raise ValueError(
@@ -115,8 +132,21 @@ def forecast_shard(
         forecast = load_forecaster(version).predict(horizon, quantiles, history=own)
         frames.append(forecast.assign(model_version=version.label))
     out = path_under(_run_dir(settings, "forecasts", origin), f"{services[0]}.parquet")
-    pd.concat(frames, ignore_index=True).to_parquet(out, index=False)
+    frame = pd.concat(frames, ignore_index=True) if frames else empty_forecast(quantiles)
+    frame.to_parquet(out, index=False)
     return out
+
+
+def empty_forecast(quantiles: Sequence[float]) -> pd.DataFrame:
+    """A forecast file's frame without rows: ``service, ts, p<q>..., model_version``, typed."""
+    columns: dict[str, pd.Series] = {
+        SERVICE: pd.Series(dtype=object),
+        TS: pd.Series(dtype="datetime64[ns, UTC]"),
+    }
+    for quantile in quantiles:
+        columns[quantile_column(quantile)] = pd.Series(dtype=float)
+    columns["model_version"] = pd.Series(dtype=object)
+    return pd.DataFrame(columns)
 
 
 def issued_forecasts(
@@ -261,6 +291,9 @@ def build_schedules(settings: Settings, forecast_path: Path | str) -> Path:
     blend = bool(schedule.get("blend_with_persistence", False)) and tail_days > 0
     errors = None
     last_now: dict[str, float] = {}
+    if forecast.empty:
+        tail_days = 0.0  # nothing to plan: no error record to read
+        blend = False
     if tail_days > 0 and not {"p50", "p90"} <= set(forecast.columns):
         LOG.warning(
             "schedule.tail_days is %s but %s has no p50/p90 forecast "
@@ -310,8 +343,27 @@ def build_schedules(settings: Settings, forecast_path: Path | str) -> Path:
     out = forecast_path.parent.parent.parent / "schedules" / forecast_path.parent.name
     out.mkdir(parents=True, exist_ok=True)
     path = out / forecast_path.name
-    pd.concat(frames, ignore_index=True).to_parquet(path, index=False)
+    (pd.concat(frames, ignore_index=True) if frames else empty_schedules()).to_parquet(
+        path, index=False
+    )
     return path
+
+
+def empty_schedules() -> pd.DataFrame:
+    """A schedules file's frame without rows (the columns of :func:`build_schedules`), typed."""
+    return pd.DataFrame(
+        {
+            SERVICE: pd.Series(dtype=object),
+            TS: pd.Series(dtype="datetime64[ns, UTC]"),
+            "replicas": pd.Series(dtype="int64"),
+            "forecast_p50": pd.Series(dtype=float),
+            "forecast_p90": pd.Series(dtype=float),
+            "quantile_used": pd.Series(dtype=float),
+            "planned_load": pd.Series(dtype=float),
+            "tail_factor": pd.Series(dtype=float),
+            "model_version": pd.Series(dtype=object),
+        }
+    )
 
 
 def publish_schedules(
@@ -334,9 +386,9 @@ def publish_schedules(
             clock); a run on a pinned clock passes its own instant.
 
     Returns:
-        Path of a JSON summary: per service the published version, model version and peak.
+        Path of a JSON summary: per service the published version, model version and peak
+        (empty when the file holds no schedule).
     """
-    from core.service_config import service_config
     from serving.client import publish_schedules_to_store
     from serving.schemas import SchedulePublish, ScheduleStep
 
@@ -365,13 +417,18 @@ def publish_schedules(
             generated_at=now.to_pydatetime(),
             valid_until=(max(now, rows[TS].min()) + validity).to_pydatetime(),
             step_seconds=settings.step_minutes * 60,
-            dry_run=bool(service_config(settings.params_file, name).dry_run),
             steps=steps,
         )
         explanations[name] = explain_schedule(settings, rows)
-    versions = publish_schedules_to_store(
-        settings, bodies, explanations, now=now or pd.Timestamp.now(tz="UTC").to_pydatetime()
-    )
+    if bodies:
+        versions = publish_schedules_to_store(
+            settings, bodies, explanations, now=now or pd.Timestamp.now(tz="UTC").to_pydatetime()
+        )
+    else:
+        LOG.info(
+            "%s holds no schedule (no service had a champion): nothing published", schedules_path
+        )
+        versions = {}
     summary = {
         name: {
             "version": versions[name],

@@ -19,9 +19,18 @@ from core.settings import Settings
 Progress = Callable[[str], None]
 
 
+TRAINED = "trained"
+NOT_TRAINED = "not_trained"
+
+
 @dataclass(frozen=True)
 class ServiceSummary:
-    """One line of the run summary."""
+    """One line of the run summary.
+
+    A service training left out (``status`` ``not_trained``, a cold start) has no family, model
+    or schedule: ``family`` and ``model_version`` are empty, ``backtest_error`` is NaN,
+    ``peak_replicas`` 0, and ``reason`` says why (e.g. ``"not enough history (2.0 of 4 days)"``).
+    """
 
     service: str
     family: str
@@ -30,6 +39,13 @@ class ServiceSummary:
     backtest_error: float
     peak_replicas: int
     schedule_version: int | None
+    status: str = TRAINED
+    reason: str = ""
+
+    @classmethod
+    def not_trained(cls, service: str, reason: str) -> ServiceSummary:
+        """The summary of a service training left out."""
+        return cls(service, "", "", False, float("nan"), 0, None, NOT_TRAINED, reason)
 
 
 def summary_records(summaries: list[ServiceSummary]) -> list[dict[str, object]]:
@@ -39,15 +55,19 @@ def summary_records(summaries: list[ServiceSummary]) -> list[dict[str, object]]:
         summaries: One summary per service.
 
     Returns:
-        Per service: ``service``, ``family``, ``version`` (the registered version number),
-        ``backtest_error``, ``promoted`` and ``peak_replicas``.
+        Per service: ``service``, ``status`` (``trained`` or ``not_trained``), ``reason`` (why
+        not trained, else empty), ``family``, ``version`` (the registered version number),
+        ``backtest_error``, ``promoted`` and ``peak_replicas``; ``family``, ``version`` and
+        ``backtest_error`` are null for a service that was not trained.
     """
     return [
         {
             "service": s.service,
-            "family": s.family,
-            "version": s.model_version.rpartition("/")[2],
-            "backtest_error": float(s.backtest_error),
+            "status": s.status,
+            "reason": s.reason,
+            "family": s.family or None,
+            "version": s.model_version.rpartition("/")[2] or None,
+            "backtest_error": None if s.status != TRAINED else float(s.backtest_error),
             "promoted": bool(s.promoted),
             "peak_replicas": int(s.peak_replicas),
         }
@@ -161,12 +181,19 @@ def run_pipeline(
     shards = plan_shards(settings)
     summaries: list[ServiceSummary] = []
     trained: dict[str, dict] = {}
+    cold: dict[str, str] = {}
     for index, shard in enumerate(shards, 1):
         progress(f"training shard {index}/{len(shards)}: {', '.join(shard)}")
         result = json.loads(
             train_shard(settings, shard, reason="manual", as_of=end, progress=progress).read_text()
         )
         trained.update({r["service"]: r for r in result["services"]})
+        cold.update(result.get("not_trained") or {})
+    if cold:
+        progress(
+            f"{len(cold)} service(s) not trained (cold start, served the reactive floor): "
+            + "; ".join(f"{service}: {why}" for service, why in sorted(cold.items()))
+        )
     for index, shard in enumerate(shards, 1):
         progress(f"scheduling shard {index}/{len(shards)}")
         schedules = build_schedules(settings, forecast_shard(settings, shard, as_of=end))
@@ -180,6 +207,11 @@ def run_pipeline(
             else _unpublished_summary(schedules)
         )
         for service in shard:
+            if service not in trained:
+                summaries.append(
+                    ServiceSummary.not_trained(service, cold.get(service, "not trained"))
+                )
+                continue
             t, p = trained[service], published[service]
             summaries.append(
                 ServiceSummary(
@@ -198,6 +230,8 @@ def run_pipeline(
 def _unpublished_summary(schedules_path: Path) -> dict[str, dict]:
     """What publish_schedules would report, for schedules that are not published."""
     schedules = pd.read_parquet(schedules_path)
+    if schedules.empty:
+        return {}
     return {
         str(service): {
             "model_version": str(rows["model_version"].iloc[0]),

@@ -30,6 +30,7 @@ from core.schema import (
     TS,
     path_under,
     quantile_column,
+    utc_timestamp,
     validate_service_name,
 )
 from core.settings import Settings
@@ -301,6 +302,29 @@ def _split_anomalies(
     return merged[~is_flagged], merged[is_flagged]
 
 
+def record_cold_starts(
+    settings: Settings, cold: dict[str, str], trained: Sequence[str], as_of: pd.Timestamp
+) -> None:
+    """Tell the serving API which services training left out, and which it has now trained.
+
+    The API serves a service without a schedule the reactive floor; with a cold start record
+    its ``reason`` says why (e.g. ``"not enough history (2.0 of 4 days)"``).
+
+    Args:
+        settings: Runtime settings (``schedule_db``).
+        cold: Service -> why it was not trained.
+        trained: Services trained in this run (their records are removed).
+        as_of: End of the training window.
+    """
+    from serving.store import ScheduleStore
+
+    store = ScheduleStore(settings.schedule_db)
+    try:
+        store.set_cold_starts(cold, trained, utc_timestamp(as_of).to_pydatetime())
+    finally:
+        store.dispose()
+
+
 def train_shard(
     settings: Settings,
     services: Sequence[str],
@@ -389,6 +413,7 @@ def train_shard(
                     f"{r.backtest_error:.3f}, {'promoted' if r.promoted else 'not promoted'}"
                 )
         mlflow.log_metric("services_promoted", sum(r.promoted for r in results))
+    record_cold_starts(settings, choice.cold, [r.service for r in results], end)
 
     out = path_under(
         settings.artifacts_dir, "training", f"{end:%Y%m%dT%H%M}", f"{services[0]}.json"

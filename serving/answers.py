@@ -1,7 +1,8 @@
 """Recommendations kept ready to send: the encoded answer of each service and until when it holds.
 
 ``GET .../recommendation`` is what KEDA polls. Its answer only changes when the schedule, the
-live floor or the service's settings change, or at an instant known in advance
+live floor, the service's settings, its gate move or its cold start change, or at an instant
+known in advance
 (:func:`serving.recommend.recommendation_expires_at`): a step entering or leaving the start-up
 window, the schedule turning stale, the live floor ageing out. So the answer is computed once by
 :func:`serving.recommend.recommend`, encoded, and sent again as long as the view still holds the
@@ -20,7 +21,7 @@ from pydantic import TypeAdapter
 from core.service_config import ServiceConfig
 from serving.plans import ServicePlan
 from serving.schemas import Recommendation
-from serving.store import FloorReading
+from serving.store import ColdStart, FloorReading, ModeChange
 
 _TS_KEY = b',"ts":"'
 
@@ -33,6 +34,8 @@ class ReadyAnswer:
         plan: The plan it was computed from (None without one).
         floor: The live floor it was computed from (None without one).
         config: The service's settings it was computed with.
+        last_move: The go-live gate's last move it was computed with (None without one).
+        cold_start: The cold start record it was computed with (None without one).
         expires_at: First instant it may no longer hold; None when only a change of the inputs
             ends it.
         head: The JSON up to the ``ts`` value.
@@ -45,6 +48,8 @@ class ReadyAnswer:
     plan: ServicePlan | None
     floor: FloorReading | None
     config: ServiceConfig
+    last_move: ModeChange | None
+    cold_start: ColdStart | None
     expires_at: datetime | None
     head: bytes
     tail: bytes
@@ -66,6 +71,8 @@ class ReadyAnswers:
         plan: ServicePlan | None,
         floor: FloorReading | None,
         config: ServiceConfig,
+        last_move: ModeChange | None,
+        cold_start: ColdStart | None,
         expires_at: datetime | None,
         age_gauge: Any,
         fallback_counter: Any,
@@ -77,6 +84,8 @@ class ReadyAnswers:
             plan: The plan it was computed from.
             floor: The live floor it was computed from.
             config: The settings it was computed with.
+            last_move: The gate's last move it was computed with.
+            cold_start: The cold start record it was computed with.
             expires_at: First instant it may no longer hold
                 (:func:`serving.recommend.recommendation_expires_at`).
             age_gauge: The service's schedule-age gauge.
@@ -92,6 +101,8 @@ class ReadyAnswers:
             plan=plan,
             floor=floor,
             config=config,
+            last_move=last_move,
+            cold_start=cold_start,
             expires_at=expires_at,
             head=encoded[: ts_start - 1],
             tail=encoded[ts_end + 1 :],
@@ -107,6 +118,8 @@ class ReadyAnswers:
         plan: ServicePlan | None,
         floor: FloorReading | None,
         config: ServiceConfig,
+        last_move: ModeChange | None,
+        cold_start: ColdStart | None,
         now: datetime,
     ) -> bytes | None:
         """The encoded recommendation for ``now``, if the kept one still holds.
@@ -115,7 +128,10 @@ class ReadyAnswers:
             service: The service.
             plan: The plan the view holds for it now.
             floor: The live floor the view holds for it now.
-            config: Its settings now.
+            config: Its settings now (a changed ``params.yaml``, ``gate.auto`` included, gives
+                new settings objects).
+            last_move: The gate's last move the view holds for it now.
+            cold_start: The cold start record the view holds for it now.
             now: The current instant.
 
         Returns:
@@ -127,6 +143,8 @@ class ReadyAnswers:
             or ready.plan is not plan
             or ready.floor is not floor
             or ready.config is not config
+            or ready.last_move is not last_move
+            or ready.cold_start is not cold_start
             or (ready.expires_at is not None and now >= ready.expires_at)
         ):
             return None

@@ -14,7 +14,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path as FilePath
 from typing import Annotated, Any
 
@@ -47,6 +47,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from core.params import GateSection, load_config
 from core.service_config import ServiceConfig, default_service_config, load_service_configs
 from core.settings import Settings, get_settings
 from serving.access import (
@@ -62,12 +63,16 @@ from serving.access import (
 from serving.answers import ReadyAnswers
 from serving.plans import PlanView
 from serving.recommend import (
+    GATE_ORIGIN,
+    PARAMS_ORIGIN,
     fallback_recommendation,
     publish_problems,
     recommend,
     recommendation_expires_at,
+    served_mode,
 )
 from serving.schemas import (
+    DAY_PATTERN,
     IDEMPOTENCY_KEY_PATTERN,
     MAX_VERSION,
     SERVICE_NAME_PATTERN,
@@ -75,11 +80,13 @@ from serving.schemas import (
     ErrorMessage,
     Explanation,
     LiveFloor,
+    ModeChangeRecord,
     PublishResult,
     QueryInstant,
     Recommendation,
     Schedule,
     SchedulePublish,
+    ScorecardAnswer,
     ServiceList,
     ServiceSummary,
 )
@@ -127,6 +134,7 @@ class ServiceDirectory:
         self._mtime: float | None = None
         self._configured: dict[str, ServiceConfig] = {}
         self._default = ServiceConfig()
+        self._gate = GateSection()
         self._refresh()
 
     def _refresh(self) -> None:
@@ -143,7 +151,9 @@ class ServiceDirectory:
             with self._lock:
                 configured = load_service_configs(self.params_file)
                 default = default_service_config(self.params_file)
-                self._configured, self._default, self._mtime = configured, default, mtime
+                gate = load_config(self.params_file).gate
+                self._configured, self._default, self._gate = configured, default, gate
+                self._mtime = mtime
         except (OSError, ValueError, yaml.YAMLError) as error:
             if self._mtime is None:
                 raise ValueError(f"cannot load service settings: {error}") from error
@@ -165,6 +175,12 @@ class ServiceDirectory:
         """Settings of a service (the defaults for a service without its own entry)."""
         self._refresh()
         return self._configured.get(service, self._default)
+
+    def gate(self) -> GateSection:
+        """The go-live gate's settings (``gate``); re-read with the services' settings, so a
+        changed ``gate.auto`` also gives every service new settings objects."""
+        self._refresh()
+        return self._gate
 
 
 class ServingMetrics:
@@ -309,12 +325,20 @@ def ready_recommendation(scope: Scope) -> bytes | None:
     ):
         return None
     service: str = scope["path_params"]["service"]
-    found = state.plans.cached(service)
+    plans: PlanView = state.plans
+    found = plans.cached(service)
     if found is None:
         return None
+    last_move, cold_start = plans.context(service)
     answers: ReadyAnswers = state.answers
     return answers.answer(
-        service, found[1], found[2], state.services.config(service), state.clock()
+        service,
+        found[1],
+        found[2],
+        state.services.config(service),
+        last_move,
+        cold_start,
+        state.clock(),
     )
 
 
@@ -485,26 +509,41 @@ async def read_recommendation(request: Request) -> Response:
     metrics: ServingMetrics = state.metrics
     plans: PlanView = state.plans
     config = services.config(service)
+    auto = services.gate().auto
     try:
         found = plans.cached(service)
         if found is None:
             found = await run_in_threadpool(plans.lookup, service)
     except STORE_ERRORS as error:
         logger.exception("reading the schedule of %s failed; serving the fallback", service)
+        last_move, _ = plans.context(service)
         result = fallback_recommendation(
-            service, config, now, f"schedule store unavailable ({type(error).__name__})"
+            service,
+            config,
+            now,
+            f"schedule store unavailable ({type(error).__name__})",
+            mode=served_mode(config, last_move, auto).mode,
         )
         metrics.observe(result, None)
         return Response(result.model_dump_json(), media_type="application/json")
     known, plan, floor = found
     if not known and not services.is_configured(service):
         raise _unknown_service(service)
+    last_move, cold_start = plans.context(service)
     schedule = (
         None
         if plan is None
         else plan.schedule_around(now, now + timedelta(seconds=config.startup_seconds))
     )
-    result = recommend(service, schedule, floor, config, now)
+    result = recommend(
+        service,
+        schedule,
+        floor,
+        config,
+        now,
+        served_mode(config, last_move, auto),
+        cold_start.reason if cold_start is not None else None,
+    )
     metrics.observe(result, schedule)
     _, _, age_gauge, fallback_counter = metrics.children(service)
     answers: ReadyAnswers = state.answers
@@ -513,6 +552,8 @@ async def read_recommendation(request: Request) -> Response:
         plan,
         floor,
         config,
+        last_move,
+        cold_start,
         recommendation_expires_at(result, plan, floor, config, now),
         age_gauge,
         fallback_counter,
@@ -584,6 +625,78 @@ def read_explanation(
         raise HTTPException(404, f"service {service!r} has no explanation for {which}")
     schedule_version, explanation = found
     return Explanation(service=service, schedule_version=schedule_version, explanation=explanation)
+
+
+@read_router.get(
+    "/services/{service}/scorecard",
+    response_model=ScorecardAnswer,
+    tags=["insights"],
+    responses={**UNKNOWN_SERVICE, **STORE_DOWN},
+)
+def read_scorecard(
+    service: ServiceName,
+    store: StoreDep,
+    services: ServicesDep,
+    day: Annotated[
+        str | None,
+        Query(
+            pattern=DAY_PATTERN,
+            description="UTC day (YYYY-MM-DD); the latest scored day if omitted",
+            examples=["2026-11-15"],
+            json_schema_extra={"format": "date"},
+        ),
+    ] = None,
+) -> ScorecardAnswer:
+    """The shadow scorecard of a service (the latest day, or one day), with the mode it is
+    served in and every move of the go-live gate. Read from the store: nothing is replayed."""
+    wanted: date | None = None
+    if day is not None:
+        try:
+            wanted = date.fromisoformat(day)
+        except ValueError as error:
+            raise HTTPException(
+                422,
+                [
+                    {
+                        "loc": ["query", "day"],
+                        "msg": f"not a calendar day: {error}",
+                        "type": "value_error",
+                    }
+                ],
+            ) from error
+    if wanted is None:
+        card = store.latest_scorecard(service)
+    else:
+        found = store.scorecards(service, wanted)
+        card = found[0] if found else None
+    if card is None:
+        if wanted is None or store.latest_scorecard(service) is None:
+            _require_known(store, services, service)
+            raise HTTPException(
+                404,
+                f"service {service!r} has no scorecard yet: the scorecard stage writes one per "
+                "day once it has replayed a day of its telemetry",
+            )
+        raise HTTPException(404, f"service {service!r} has no scorecard for {wanted}")
+    history = store.mode_history(service)
+    auto = services.gate().auto
+    served = served_mode(services.config(service), history[0] if history else None, auto)
+    return ScorecardAnswer(
+        service=service,
+        scorecard=card,
+        mode=served.mode,
+        mode_set_by=GATE_ORIGIN if served.set_by == GATE_ORIGIN else PARAMS_ORIGIN,
+        gate_auto=auto,
+        mode_history=[
+            ModeChangeRecord(
+                ts=move.ts,
+                from_mode=move.from_mode,
+                to_mode=move.to_mode,
+                reason=move.reason,
+            )
+            for move in history
+        ],
+    )
 
 
 @ops_router.get(

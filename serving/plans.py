@@ -1,4 +1,5 @@
-"""The in-memory view of what is served: each service's latest schedule and live floor.
+"""The in-memory view of what is served: each service's latest schedule and live floor, the
+go-live gate's last move and the cold start record of each service.
 
 ``GET .../recommendation`` answers from this view without touching the store. The view changes:
 
@@ -33,7 +34,7 @@ from typing import Literal, TypeAlias, overload
 from sqlalchemy.exc import SQLAlchemyError
 
 from serving.schemas import Schedule, SchedulePublish, ScheduleStep
-from serving.store import FloorReading, ScheduleStore
+from serving.store import ColdStart, FloorReading, ModeChange, ScheduleStore
 
 logger = logging.getLogger(__name__)
 
@@ -181,6 +182,8 @@ class PlanView:
         self._versions: dict[str, int] = {}
         self._plans: dict[str, ServicePlan] = {}
         self._floors: dict[str, FloorReading] = {}
+        self._moves: dict[str, ModeChange] = {}
+        self._cold: dict[str, ColdStart] = {}
         self._checked_at = float("-inf")
         self._refreshing = False
         self._refresh_thread: threading.Thread | None = None
@@ -194,9 +197,9 @@ class PlanView:
             service: Service name.
 
         Returns:
-            ``(known, plan, floor)`` (``known``: the service has a schedule or a live floor), or
-            None when the view was never loaded or the service's latest plan is not in memory
-            yet (then :meth:`lookup` reads it).
+            ``(known, plan, floor)`` (``known``: the service has a schedule, a live floor, a
+            gate move or a cold start record), or None when the view was never loaded or the
+            service's latest plan is not in memory yet (then :meth:`lookup` reads it).
         """
         if not self._loaded:
             return None
@@ -225,6 +228,21 @@ class PlanView:
             self.refresh()
         return self._answer(service, load=True)
 
+    def _known_without_plan(self, service: str, floor: FloorReading | None) -> bool:
+        return floor is not None or service in self._cold or service in self._moves
+
+    def context(self, service: str) -> tuple[ModeChange | None, ColdStart | None]:
+        """The gate's last move and the cold start record the view holds for a service.
+
+        Args:
+            service: Service name.
+
+        Returns:
+            ``(last_move, cold_start)``, each None when there is none (or the view was never
+            loaded; :meth:`lookup` loads it).
+        """
+        return self._moves.get(service), self._cold.get(service)
+
     def versions(self) -> dict[str, int]:
         """Service -> latest schedule version, as the view holds it."""
         if not self._loaded:
@@ -250,7 +268,7 @@ class PlanView:
         version = self._versions.get(service)
         floor = self._floors.get(service)
         if version is None:
-            return floor is not None, None, floor
+            return self._known_without_plan(service, floor), None, floor
         plan = self._plans.get(service)
         if plan is None or plan.version != version:
             if not load:
@@ -293,6 +311,8 @@ class PlanView:
                 return False
             versions = self.store.latest_versions()
             floors = self.store.live_floors()
+            moves = self.store.current_modes()
+            cold = self.store.cold_starts()
             with self._lock:
                 if generation != self._generation and attempt < 2:
                     continue  # this process changed the view meanwhile: read again
@@ -300,6 +320,8 @@ class PlanView:
                 # the next check reads the store again.
                 self._versions = versions
                 self._floors = floors
+                self._moves = moves
+                self._cold = cold
                 self._plans = {
                     service: plan
                     for service, plan in self._plans.items()

@@ -1,11 +1,13 @@
-"""The replica count served for "now": schedule, live floor, fallback and dry-run rules.
+"""The replica count served for "now": schedule, live floor, fallback and shadow rules.
 
 Rules, in order:
 
-1. Dry run (the schedule's ``dry_run`` or the service's ``dry_run`` setting): serve the reactive
-   floor only, ``max(last known floor, min_replicas)``; the schedule stays readable.
-2. No schedule, a stale one (``now > valid_until``) or one that does not cover ``now``: fall back
-   to ``max(last known floor, min_replicas)`` with ``stale: true``.
+1. Shadow (the service's mode, :func:`served_mode`) or a dry-run schedule (its ``dry_run``):
+   serve the reactive floor only, ``max(last known floor, min_replicas)``; the schedule stays
+   readable (and is scored).
+2. No schedule (a cold start says why: not enough history), a stale one (``now > valid_until``)
+   or one that does not cover ``now``: fall back to ``max(last known floor, min_replicas)`` with
+   ``stale: true``.
 3. Otherwise the planned value is the largest replica count planned over
    ``[now, now + startup_seconds]`` (a pod started now is ready at the window's end), raised to the
    live floor when one is fresh (younger than :data:`FLOOR_MAX_AGE`).
@@ -17,10 +19,12 @@ scales to zero because of missing data. The rules themselves live in :mod:`core.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from core.service_config import ServiceConfig
+from core.gate import effective_mode
+from core.service_config import SHADOW, Mode, ServiceConfig
 from core.serving_rule import (
     clamp_replicas,
     fallback_replicas,
@@ -30,9 +34,51 @@ from core.serving_rule import (
 )
 from serving.plans import ServicePlan, instant_of_microseconds, microseconds_since_epoch
 from serving.schemas import Recommendation, RecommendationSource, Schedule, SchedulePublish
-from serving.store import FloorReading
+from serving.store import FloorReading, ModeChange
 
 FLOOR_MAX_AGE = timedelta(minutes=10)
+PARAMS_ORIGIN = "params.yaml"
+GATE_ORIGIN = "gate"
+
+
+@dataclass(frozen=True)
+class ServedMode:
+    """The mode a service is served in, and what set it.
+
+    Attributes:
+        mode: ``shadow`` or ``active``.
+        set_by: ``params.yaml`` or ``gate``.
+        why: For the gate, when and why it moved the service.
+    """
+
+    mode: Mode
+    set_by: str = PARAMS_ORIGIN
+    why: str = ""
+
+    def describe(self) -> str:
+        """E.g. ``"shadow mode (params.yaml)"``."""
+        origin = self.set_by if not self.why else f"{self.set_by}: {self.why}"
+        return f"{self.mode} mode ({origin})"
+
+
+def served_mode(config: ServiceConfig, last_move: ModeChange | None, auto: bool) -> ServedMode:
+    """The mode a service is served in (:func:`core.gate.effective_mode`).
+
+    Args:
+        config: Its settings (``mode`` from ``params.yaml``).
+        last_move: The gate's last recorded move for it, or None.
+        auto: ``gate.auto``.
+
+    Returns:
+        The mode and what set it.
+    """
+    recorded = last_move.to_mode if last_move is not None else None
+    mode = effective_mode(config.mode, recorded, auto)  # type: ignore[arg-type]
+    if auto and last_move is not None:
+        return ServedMode(
+            mode, GATE_ORIGIN, f"moved {last_move.ts.isoformat()}, {last_move.reason}"
+        )
+    return ServedMode(mode)
 
 
 def planned_replicas(schedule: Schedule, start: datetime, end: datetime) -> int | None:
@@ -80,6 +126,7 @@ def fallback_recommendation(
     reason: str,
     floor: FloorReading | None = None,
     schedule: Schedule | None = None,
+    mode: Mode | None = None,
 ) -> Recommendation:
     """The safe value when no usable schedule exists: ``max(last known floor, min_replicas)``.
 
@@ -90,6 +137,7 @@ def fallback_recommendation(
         reason: Why the fallback is used; the floor used is appended.
         floor: Last known live floor, whatever its age.
         schedule: The unusable schedule, if any (its version is reported).
+        mode: The service's mode (``config.mode`` when None).
 
     Returns:
         A ``fallback`` recommendation with ``stale: true``.
@@ -106,6 +154,7 @@ def fallback_recommendation(
         service=service,
         replicas=replicas,
         source="fallback",
+        mode=mode or config.mode,
         stale=True,
         ts=now,
         **_schedule_fields(schedule),
@@ -119,6 +168,8 @@ def recommend(
     floor: FloorReading | None,
     config: ServiceConfig,
     now: datetime,
+    mode: ServedMode | None = None,
+    cold_start: str | None = None,
 ) -> Recommendation:
     """Replicas to run now for one service.
 
@@ -127,30 +178,49 @@ def recommend(
         schedule: Its latest schedule, or None if it never had one.
         floor: Its latest live floor, or None.
         config: Its settings (``min_replicas``, ``max_replicas``, ``startup_seconds``,
-            ``dry_run``).
+            ``mode``).
         now: The current instant (aware).
+        mode: The mode it is served in (:func:`served_mode`); ``config.mode`` when None.
+        cold_start: Why training left it out (e.g. ``"not enough history (2.0 of 4 days)"``),
+            or None.
 
     Returns:
         The recommendation; see the module docstring for the rules.
     """
+    served = mode or ServedMode(config.mode)
     stale = schedule is None or is_stale(schedule.valid_until, now)
-    if config.dry_run or (schedule is not None and schedule.dry_run):
-        why = "service is configured dry_run" if config.dry_run else "schedule is a dry run"
+    cold = (
+        f"cold start, {cold_start}: no schedule yet"
+        if schedule is None and cold_start is not None
+        else None
+    )
+    if served.mode == SHADOW or (schedule is not None and schedule.dry_run):
+        shadow = served.mode == SHADOW
+        why = (
+            f"{served.describe()}: schedules are published and scored, not served"
+            if shadow
+            else "schedule is a dry run"
+        )
+        if cold is not None:
+            why += f"; {cold}"
         floor_replicas = floor.replicas if floor is not None else 0
         return Recommendation(
             service=service,
             replicas=fallback_replicas(floor_replicas, config.min_replicas, config.max_replicas),
-            source="dry_run",
+            source="shadow" if shadow else "dry_run",
+            mode=served.mode,
             stale=stale,
             ts=now,
             **_schedule_fields(schedule),
             reason=(
-                f"{why}: serving the reactive floor only, max(live floor {floor_replicas}, "
+                f"{why}; serving the reactive floor only, max(live floor {floor_replicas}, "
                 f"min_replicas {config.min_replicas})"
             ),
         )
     if schedule is None:
-        return fallback_recommendation(service, config, now, "no schedule published", floor)
+        return fallback_recommendation(
+            service, config, now, cold or "no schedule published", floor, mode=served.mode
+        )
     if stale:
         return fallback_recommendation(
             service,
@@ -160,6 +230,7 @@ def recommend(
             f"{schedule.valid_until.isoformat()})",
             floor,
             schedule,
+            mode=served.mode,
         )
     lead = timedelta(seconds=config.startup_seconds)
     planned = planned_replicas(schedule, now, now + lead)
@@ -172,6 +243,7 @@ def recommend(
             f"(steps {schedule.steps[0].ts.isoformat()} to {schedule.ends_at.isoformat()})",
             floor,
             schedule,
+            mode=served.mode,
         )
     source: RecommendationSource = "schedule"
     reason = (
@@ -193,6 +265,7 @@ def recommend(
         service=service,
         replicas=clamped,
         source=source,
+        mode=served.mode,
         stale=False,
         ts=now,
         **_schedule_fields(schedule),
@@ -227,7 +300,7 @@ def recommendation_expires_at(
     if plan is None or is_stale(plan.valid_until, now):
         return None  # a missing or stale schedule stays so: fallback or dry run, not timed
     turns_stale = plan.valid_until + timedelta(microseconds=1)
-    if config.dry_run or plan.dry_run:
+    if result.source in ("shadow", "dry_run"):
         return turns_stale
     if result.source == "fallback":
         return now

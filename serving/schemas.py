@@ -22,8 +22,12 @@ from pydantic import (
     model_validator,
 )
 
+from core.scorecard import ScorecardDay
+
 SERVICE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,126}$"
-RecommendationSource = Literal["schedule", "floor", "fallback", "dry_run"]
+RecommendationSource = Literal["schedule", "floor", "fallback", "dry_run", "shadow"]
+ServiceMode = Literal["shadow", "active"]
+DAY_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
 
 MAX_STEPS = 10_080  # one week of one-minute steps
 MAX_REPLICAS = 100_000
@@ -276,7 +280,10 @@ class Recommendation(BaseModel):
         service: The service.
         replicas: Replicas to run now; never below the configured minimum.
         source: ``schedule`` (planned value), ``floor`` (live load needs more than planned),
-            ``fallback`` (no usable schedule), ``dry_run`` (forecast-only service).
+            ``fallback`` (no usable schedule, e.g. a cold start), ``shadow`` (the service is in
+            shadow mode: the reactive floor), ``dry_run`` (the schedule was published for
+            display only: the reactive floor).
+        mode: The service's mode: ``shadow`` or ``active`` (:mod:`core.gate`).
         stale: True when no fresh schedule backs the value.
         ts: The instant the recommendation is for.
         valid_until: Validity end of the schedule used, if any.
@@ -288,6 +295,7 @@ class Recommendation(BaseModel):
     service: str
     replicas: int = Field(ge=1)
     source: RecommendationSource
+    mode: ServiceMode
     stale: bool
     ts: datetime
     valid_until: datetime | None = None
@@ -352,3 +360,40 @@ class ErrorMessage(BaseModel):
     """An error answer (401, 403, 404, 409, 413, 503)."""
 
     detail: str
+
+
+class ModeChangeRecord(BaseModel):
+    """One move of the go-live gate.
+
+    Attributes:
+        ts: When the gate moved the service.
+        from_mode: The mode it left.
+        to_mode: The mode it entered.
+        reason: Why (the scorecard days and figures behind the move).
+    """
+
+    ts: datetime
+    from_mode: ServiceMode
+    to_mode: ServiceMode
+    reason: str
+
+
+class ScorecardAnswer(BaseModel):
+    """Response of ``GET /v1/services/{service}/scorecard``.
+
+    Attributes:
+        service: The service.
+        scorecard: The scorecard day (the latest, or the day asked for).
+        mode: The mode the service is served in now.
+        mode_set_by: ``params.yaml`` (its ``mode``) or ``gate`` (the go-live gate's last move,
+            with ``gate.auto`` on).
+        gate_auto: Whether the gate moves services itself (``gate.auto``).
+        mode_history: Every move of the gate for the service, newest first.
+    """
+
+    service: str
+    scorecard: ScorecardDay
+    mode: ServiceMode
+    mode_set_by: Literal["params.yaml", "gate"]
+    gate_auto: bool
+    mode_history: list[ModeChangeRecord]

@@ -7,8 +7,12 @@ Tables (created on first use, never at import):
 - ``anomalies``: scored telemetry points per (service, ts).
 - ``live_floor``: the latest reactive floor (replicas the live load needs) per service.
 - ``publish_keys``: the idempotency key of a publish -> the version it created.
+- ``scorecards``: one shadow scorecard (:class:`core.scorecard.ScorecardDay`) per (service, day).
+- ``mode_changes``: every move of the go-live gate (service, ts, from, to, reason).
+- ``cold_starts``: services training left out for lack of history, with the reason.
 - ``store_revision``: one counter, raised by every write that changes what is served (a
-  schedule, a live floor), so a reader learns with one tiny query whether anything changed.
+  schedule, a live floor, a gate move, a cold start), so a reader learns with one tiny query
+  whether anything changed.
 
 Every write is one transaction: a publish either stores the schedule (and its explanation) with a
 new version, or changes nothing.
@@ -20,17 +24,19 @@ import hashlib
 import json
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import (
     JSON,
     Boolean,
     Column,
+    Date,
     DateTime,
     Engine,
     Float,
@@ -53,6 +59,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.types import TypeDecorator
 
+from core.schema import validate_service_name
+from core.scorecard import ScorecardDay
+from core.service_config import ACTIVE, SHADOW
 from serving.schemas import Anomaly, Schedule, SchedulePublish, ScheduleStep
 
 PUBLISH_ATTEMPTS = 5  # retries when two publishers race for the same next version
@@ -142,6 +151,37 @@ publish_keys_table = Table(
     UniqueConstraint("service", "idempotency_key", name="uq_publish_keys_service_key"),
 )
 
+scorecards_table = Table(
+    "scorecards",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("service", String(128), nullable=False),
+    Column("day", Date, nullable=False),
+    Column("generated_at", UTCDateTime, nullable=False),
+    Column("status", String(32), nullable=False),
+    Column("body", Text, nullable=False),
+    UniqueConstraint("service", "day", name="uq_scorecards_service_day"),
+)
+
+mode_changes_table = Table(
+    "mode_changes",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("service", String(128), nullable=False, index=True),
+    Column("ts", UTCDateTime, nullable=False),
+    Column("from_mode", String(16), nullable=False),
+    Column("to_mode", String(16), nullable=False),
+    Column("reason", Text, nullable=False),
+)
+
+cold_starts_table = Table(
+    "cold_starts",
+    metadata,
+    Column("service", String(128), primary_key=True),
+    Column("ts", UTCDateTime, nullable=False),
+    Column("reason", Text, nullable=False),
+)
+
 revision_table = Table(
     "store_revision",
     metadata,
@@ -181,6 +221,41 @@ class FloorReading:
 
     ts: datetime
     replicas: int
+
+
+@dataclass(frozen=True)
+class ModeChange:
+    """One move of the go-live gate.
+
+    Attributes:
+        service: The service.
+        ts: When the gate moved it.
+        from_mode: The mode it left.
+        to_mode: The mode it entered.
+        reason: Why (the days and figures behind the move).
+    """
+
+    service: str
+    ts: datetime
+    from_mode: str
+    to_mode: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ColdStart:
+    """A service training left out for lack of history.
+
+    Attributes:
+        ts: When training found it so.
+        reason: E.g. ``"not enough history (2.0 of 4 days)"``.
+    """
+
+    ts: datetime
+    reason: str
+
+
+MODES = (SHADOW, ACTIVE)
 
 
 def _engine_for(url: str) -> Engine:
@@ -715,6 +790,212 @@ class ScheduleStore:
         with self._connect() as connection:
             row = connection.execute(query).first()
         return None if row is None else FloorReading(ts=row.ts, replicas=row.replicas)
+
+    # ---- scorecards ------------------------------------------------------------------------
+
+    def save_scorecards(self, cards: Sequence[ScorecardDay]) -> int:
+        """Store scorecard days, each replacing the stored one of its (service, day).
+
+        All in one transaction: re-scoring a day replaces it, and a failure leaves every stored
+        day as it was.
+
+        Args:
+            cards: The days (a later one of the same service and day wins).
+
+        Returns:
+            Number of (service, day) records stored.
+
+        Raises:
+            ValueError: If a card is not a :class:`core.scorecard.ScorecardDay` or names an
+                invalid service.
+        """
+        rows: dict[tuple[str, date], dict[str, Any]] = {}
+        for index, card in enumerate(cards):
+            if not isinstance(card, ScorecardDay):
+                raise ValueError(  # noqa: TRY004 (contract: ValueError)
+                    f"scorecard {index} is a {type(card).__name__}, not a ScorecardDay"
+                )
+            validate_service_name(card.service)
+            rows[(card.service, card.day)] = {
+                "service": card.service,
+                "day": card.day,
+                "generated_at": card.generated_at,
+                "status": card.status,
+                "body": card.model_dump_json(),
+            }
+        if not rows:
+            return 0
+        table = scorecards_table
+        with self._begin() as connection:
+            for service, day in rows:
+                connection.execute(
+                    delete(table).where(table.c.service == service, table.c.day == day)
+                )
+            connection.execute(insert(table), list(rows.values()))
+        return len(rows)
+
+    def scorecards(
+        self,
+        service: str,
+        day: date | None = None,
+        *,
+        since: date | None = None,
+        until: date | None = None,
+    ) -> list[ScorecardDay]:
+        """A service's stored scorecard days, newest first.
+
+        Args:
+            service: Service name.
+            day: Only this day (a list of at most one).
+            since: Only days on or after this one.
+            until: Only days on or before this one.
+
+        Returns:
+            The days.
+        """
+        table = scorecards_table
+        query = select(table.c.body).where(table.c.service == service)
+        if day is not None:
+            query = query.where(table.c.day == day)
+        if since is not None:
+            query = query.where(table.c.day >= since)
+        if until is not None:
+            query = query.where(table.c.day <= until)
+        with self._connect() as connection:
+            bodies = connection.execute(query.order_by(table.c.day.desc())).scalars().all()
+        return [_scorecard(service, body) for body in bodies]
+
+    def latest_scorecard(self, service: str) -> ScorecardDay | None:
+        """The newest stored scorecard day of a service, or None."""
+        table = scorecards_table
+        query = (
+            select(table.c.body)
+            .where(table.c.service == service)
+            .order_by(table.c.day.desc())
+            .limit(1)
+        )
+        with self._connect() as connection:
+            body = connection.execute(query).scalar_one_or_none()
+        return None if body is None else _scorecard(service, body)
+
+    def scorecard_services(self) -> list[str]:
+        """Services with at least one stored scorecard day, sorted."""
+        query = select(scorecards_table.c.service).distinct()
+        with self._connect() as connection:
+            return sorted(connection.execute(query).scalars().all())
+
+    # ---- go-live gate ----------------------------------------------------------------------
+
+    def record_mode_change(
+        self, service: str, ts: datetime, from_mode: str, to_mode: str, reason: str
+    ) -> ModeChange:
+        """Record a move of the go-live gate (served from the next store check on).
+
+        Args:
+            service: Service name.
+            ts: When the move happens (aware).
+            from_mode: The mode the service leaves (``shadow`` or ``active``).
+            to_mode: The mode it enters.
+            reason: Why.
+
+        Returns:
+            The recorded move.
+
+        Raises:
+            ValueError: If the service name or a mode is invalid, the two modes are equal, or
+                ``ts`` is naive.
+        """
+        validate_service_name(service)
+        for name, mode in (("from_mode", from_mode), ("to_mode", to_mode)):
+            if mode not in MODES:
+                raise ValueError(f"{name} must be one of {MODES}, got {mode!r}")
+        if from_mode == to_mode:
+            raise ValueError(f"mode change of {service!r} from {from_mode!r} to itself")
+        if ts.tzinfo is None:
+            raise ValueError(f"mode change of {service!r}: ts must be timezone-aware")
+        change = ModeChange(service, ts.astimezone(UTC), from_mode, to_mode, reason)
+        with self._begin() as connection:
+            connection.execute(
+                insert(mode_changes_table).values(
+                    service=service,
+                    ts=change.ts,
+                    from_mode=from_mode,
+                    to_mode=to_mode,
+                    reason=reason,
+                )
+            )
+            self._bump_revision(connection)
+        return change
+
+    def mode_history(self, service: str) -> list[ModeChange]:
+        """Every recorded move of a service, newest first."""
+        table = mode_changes_table
+        query = (
+            select(table)
+            .where(table.c.service == service)
+            .order_by(table.c.ts.desc(), table.c.id.desc())
+        )
+        with self._connect() as connection:
+            rows = connection.execute(query).all()
+        return [_mode_change(row) for row in rows]
+
+    def current_mode(self, service: str) -> str | None:
+        """The mode the gate last moved a service to, or None if it never moved it."""
+        history = self.mode_history(service)
+        return history[0].to_mode if history else None
+
+    def current_modes(self) -> dict[str, ModeChange]:
+        """Every service the gate ever moved -> its last move."""
+        table = mode_changes_table
+        with self._connect() as connection:
+            rows = connection.execute(select(table).order_by(table.c.ts, table.c.id)).all()
+        return {row.service: _mode_change(row) for row in rows}
+
+    # ---- cold starts -----------------------------------------------------------------------
+
+    def set_cold_starts(
+        self, cold: Mapping[str, str], trained: Iterable[str], ts: datetime | None = None
+    ) -> None:
+        """Record which services training left out for lack of history, and which it trained.
+
+        Args:
+            cold: Service -> why it was not trained (replaces its earlier record).
+            trained: Services that were trained (their records are removed).
+            ts: When (aware); now when None.
+        """
+        cold = dict(cold)
+        gone = set(trained) | set(cold)
+        if not gone:
+            return
+        table = cold_starts_table
+        with self._begin() as connection:
+            connection.execute(delete(table).where(table.c.service.in_(sorted(gone))))
+            if cold:
+                connection.execute(
+                    insert(table),
+                    [
+                        {"service": service, "ts": ts or _now(), "reason": reason}
+                        for service, reason in cold.items()
+                    ],
+                )
+            self._bump_revision(connection)
+
+    def cold_starts(self) -> dict[str, ColdStart]:
+        """Every service currently left out of training -> when and why."""
+        with self._connect() as connection:
+            rows = connection.execute(select(cold_starts_table)).all()
+        return {row.service: ColdStart(ts=row.ts, reason=row.reason) for row in rows}
+
+
+def _scorecard(service: str, body: str) -> ScorecardDay:
+    try:
+        return ScorecardDay.model_validate_json(body)
+    except ValidationError as error:
+        raise ValueError(f"stored scorecard of {service!r} is unreadable: {error}") from error
+
+
+def _mode_change(row: Any) -> ModeChange:
+    return ModeChange(row.service, row.ts, row.from_mode, row.to_mode, row.reason)
 
 
 def _dump_json(service: str, document: Mapping[str, Any]) -> str:

@@ -30,12 +30,12 @@ SERVICE_PARAMS: dict[str, Any] = {
         "scale_down_delay_minutes": 15,
         "max_surge_per_step": 10,
         "risk": 0.1,
-        "dry_run": False,
+        "mode": "active",
     },
     "services": {
         "checkout": {"max_replicas": 40},
         "slowstart": {"startup_seconds": 600},
-        "shadow": {"dry_run": True},
+        "shadow": {"mode": "shadow"},
     },
 }
 

@@ -72,6 +72,8 @@ def test_the_run_summary_records_what_pipeline_run_json_writes(pipeline_home) ->
     for record, summary in zip(records, summaries, strict=True):
         assert set(record) == {
             "service",
+            "status",
+            "reason",
             "family",
             "version",
             "backtest_error",
@@ -79,6 +81,7 @@ def test_the_run_summary_records_what_pipeline_run_json_writes(pipeline_home) ->
             "peak_replicas",
         }
         assert record["family"] == summary.family and record["promoted"] is True
+        assert (record["status"], record["reason"]) == ("trained", "")
         assert f"{record['version']}" == champion(record["service"]).version
         assert record["backtest_error"] == pytest.approx(summary.backtest_error)
         assert record["peak_replicas"] == summary.peak_replicas >= 1
@@ -246,6 +249,74 @@ def test_pipeline_on_historical_files_builds_but_does_not_publish(tmp_path, make
     assert summary.peak_replicas >= 2 and summary.model_version.startswith("forescale-legacy-api/")
     assert any("not published" in line for line in lines)
     assert ScheduleStore(settings.schedule_db).latest("legacy-api") is None
+
+
+def test_a_service_with_too_little_history_is_reported_and_served_the_floor(
+    tmp_path, make_fleet
+) -> None:
+    """Cold start end to end: training leaves the newcomer out, the forecast skips it, the run
+    reports it, and the API serves it the reactive floor saying why."""
+    from fastapi.testclient import TestClient
+    from pydantic import SecretStr
+
+    from pipelines.run import summary_records
+    from serving.app import create_app
+    from tests.serving_fixtures import READ_TOKEN, TOKEN, auth
+
+    trace = make_fleet(services=2, days=5, step_minutes=5, end=FIXED_END)
+    names = sorted(trace[SERVICE].unique())
+    source = tmp_path / "traces"
+    source.mkdir()
+    for name, file_name, days in ((names[0], "steady", 5), (names[1], "newcomer", 1)):
+        own = trace[(trace[SERVICE] == name) & (trace[TS] >= FIXED_END - pd.Timedelta(days=days))]
+        own[[TS, "requests"]].rename(columns={TS: "timestamp", "requests": "value"}).to_csv(
+            source / f"{file_name}.csv", index=False
+        )
+    settings = settings_with_params(
+        tmp_path / "home",
+        training={"backtest_folds": 2, "history_days": 5, "models": ["naive"]},
+        service_defaults={"mode": "active"},
+    )
+    lines: list[str] = []
+    summaries = run_pipeline(
+        settings, source_dir=source, step_minutes=5, progress=lines.append, run_end=FIXED_END
+    )
+    by_name = {s.service: s for s in summaries}
+    assert by_name["steady"].status == "trained" and by_name["steady"].schedule_version == 1
+    assert by_name["newcomer"].status == "not_trained"
+    assert by_name["newcomer"].reason == "not enough history (1.0 of 3 days)"
+    assert any("not trained (cold start" in line for line in lines)
+    records = {r["service"]: r for r in json.loads(json.dumps(summary_records(summaries)))}
+    assert records["newcomer"]["status"] == "not_trained"
+    assert records["newcomer"]["version"] is None and records["newcomer"]["backtest_error"] is None
+    store = ScheduleStore(settings.schedule_db)
+    assert store.latest("newcomer") is None
+    assert store.cold_starts()["newcomer"].reason == "not enough history (1.0 of 3 days)"
+    store.dispose()
+    api = settings.model_copy(
+        update={"api_token": SecretStr(TOKEN), "api_read_token": SecretStr(READ_TOKEN)}
+    )
+    app = create_app(api, clock=lambda: FIXED_END.to_pydatetime())
+    with TestClient(app, headers=auth(READ_TOKEN)) as client:
+        served = client.get("/v1/services/newcomer/recommendation").json()
+    app.state.store.dispose()
+    assert (served["source"], served["mode"]) == ("fallback", "active")
+    assert served["reason"].startswith("cold start, not enough history (1.0 of 3 days)")
+
+
+def test_a_shard_without_champions_forecasts_and_publishes_nothing(tmp_path) -> None:
+    from pipelines.publish import build_schedules, forecast_shard, publish_schedules
+
+    settings = settings_with_params(tmp_path / "home")
+    settings.ensure_dirs()
+    forecast = forecast_shard(settings, ["nobody-trained"], as_of=FIXED_END.to_pydatetime())
+    frame = pd.read_parquet(forecast)
+    assert frame.empty and list(frame.columns) == [SERVICE, TS, "p50", "p90", "model_version"]
+    assert str(frame[TS].dtype) == "datetime64[ns, UTC]"
+    schedules = build_schedules(settings, forecast)
+    assert pd.read_parquet(schedules).empty
+    published = publish_schedules(settings, schedules, as_of=FIXED_END.to_pydatetime())
+    assert json.loads(published.read_text()) == {}
 
 
 def test_mlflow_holds_overall_and_per_series_backtest_metrics(pipeline_home) -> None:

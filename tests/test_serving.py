@@ -191,21 +191,31 @@ def test_planned_replicas_uses_step_intervals() -> None:
 def test_recommend_takes_max_over_startup_lead() -> None:
     schedule = stored_schedule("checkout", schedule_body(NOW - timedelta(minutes=5), [3, 5, 12]))
     now = NOW + timedelta(minutes=1)
-    short = recommend("checkout", schedule, None, ServiceConfig(startup_seconds=120), now)
-    long = recommend("checkout", schedule, None, ServiceConfig(startup_seconds=300), now)
+    short = recommend(
+        "checkout", schedule, None, ServiceConfig(startup_seconds=120, mode="active"), now
+    )
+    long = recommend(
+        "checkout", schedule, None, ServiceConfig(startup_seconds=300, mode="active"), now
+    )
     assert (short.replicas, short.source, short.stale) == (5, "schedule", False)
     assert (long.replicas, long.source) == (12, "schedule")
-    clamped = recommend("checkout", schedule, None, ServiceConfig(max_replicas=8), now)
+    clamped = recommend(
+        "checkout", schedule, None, ServiceConfig(max_replicas=8, mode="active"), now
+    )
     assert clamped.replicas == 5
     capped = recommend(
-        "checkout", schedule, None, ServiceConfig(max_replicas=8, startup_seconds=300), now
+        "checkout",
+        schedule,
+        None,
+        ServiceConfig(max_replicas=8, startup_seconds=300, mode="active"),
+        now,
     )
     assert capped.replicas == 8 and "clamped" in capped.reason
 
 
 def test_recommend_live_floor_only_when_fresh() -> None:
     schedule = stored_schedule("checkout", schedule_body(NOW, [4, 4]))
-    config = ServiceConfig()
+    config = ServiceConfig(mode="active")
     fresh = FloorReading(ts=NOW - timedelta(minutes=2), replicas=9)
     old = FloorReading(ts=NOW - FLOOR_MAX_AGE - timedelta(seconds=1), replicas=9)
     low = FloorReading(ts=NOW, replicas=1)
@@ -217,7 +227,7 @@ def test_recommend_live_floor_only_when_fresh() -> None:
 
 
 def test_recommend_fallbacks_never_go_below_minimum() -> None:
-    config = ServiceConfig(min_replicas=3)
+    config = ServiceConfig(min_replicas=3, mode="active")
     schedule = stored_schedule("checkout", schedule_body(NOW, [10, 10]))
     missing = recommend("checkout", None, None, config, NOW)
     assert (missing.replicas, missing.source, missing.stale) == (3, "fallback", True)
@@ -238,16 +248,22 @@ def test_recommend_dry_run_serves_floor_only() -> None:
     body = schedule_body(NOW, [20, 20], dry_run=True)
     schedule = stored_schedule("checkout", body)
     floor = FloorReading(ts=NOW, replicas=6)
-    result = recommend("checkout", schedule, floor, ServiceConfig(), NOW)
-    assert (result.replicas, result.source, result.stale) == (6, "dry_run", False)
+    result = recommend("checkout", schedule, floor, ServiceConfig(mode="active"), NOW)
+    assert (result.replicas, result.source, result.stale, result.mode) == (
+        6,
+        "dry_run",
+        False,
+        "active",
+    )
     configured = recommend(
         "checkout",
         stored_schedule("checkout", schedule_body(NOW, [20])),
         None,
-        ServiceConfig(dry_run=True),
+        ServiceConfig(mode="shadow"),
         NOW,
     )
-    assert (configured.replicas, configured.source) == (2, "dry_run")
+    assert (configured.replicas, configured.source, configured.mode) == (2, "shadow", "shadow")
+    assert configured.reason.startswith("shadow mode (params.yaml)")
 
 
 def test_recommendation_route_lead_window_and_floor(client: TestClient, clock: Clock) -> None:
@@ -312,9 +328,9 @@ def test_dry_run_schedule_stays_readable(client: TestClient) -> None:
     assert (recommendation["replicas"], recommendation["source"]) == (2, "dry_run")
     schedule = client.get("/v1/services/checkout/schedule").json()
     assert schedule["dry_run"] is True and schedule["steps"][0]["replicas"] == 25
-    # A service configured dry_run in params.yaml ignores a normal schedule too.
+    # A service in shadow mode in params.yaml ignores a normal schedule too.
     assert publish(client, "shadow", schedule_body(NOW, [25, 25])).status_code == 201
-    assert client.get("/v1/services/shadow/recommendation").json()["source"] == "dry_run"
+    assert client.get("/v1/services/shadow/recommendation").json()["source"] == "shadow"
 
 
 def test_store_failure_serves_minimum_not_error(tmp_path: Path, clock: Clock) -> None:
@@ -492,7 +508,7 @@ def test_service_config_merges_defaults_and_rejects_typos(tmp_path: Path) -> Non
     configs = load_service_configs(params)
     assert set(configs) == {"checkout", "slowstart", "shadow"}
     assert configs["checkout"].max_replicas == 40 and configs["checkout"].min_replicas == 2
-    assert service_config(params, "unlisted") == ServiceConfig(max_replicas=50)
+    assert service_config(params, "unlisted") == ServiceConfig(max_replicas=50, mode="active")
     broken = tmp_path / "broken"
     broken.mkdir()
     bad = write_params(broken, {"service_defaults": {}, "services": {"cart": {"max_replicaz": 3}}})
@@ -514,14 +530,14 @@ def test_params_edits_apply_without_restart(tmp_path: Path, clock: Clock) -> Non
         assert publish(test_client, "checkout", schedule_body(NOW, [9, 9])).status_code == 201
         assert test_client.get("/v1/services/checkout/recommendation").json()["replicas"] == 9
         edited = yaml.safe_load(params.read_text())
-        edited["services"]["checkout"]["dry_run"] = True
+        edited["services"]["checkout"]["mode"] = "shadow"
         params.write_text(yaml.safe_dump(edited))
         os.utime(params, (1, 1))  # a distinct mtime, whatever the file system's resolution
-        assert test_client.get("/v1/services/checkout/recommendation").json()["source"] == "dry_run"
+        assert test_client.get("/v1/services/checkout/recommendation").json()["source"] == "shadow"
         params.write_text("services: [this is not a mapping")
         os.utime(params, (2, 2))
         kept = test_client.get("/v1/services/checkout/recommendation")
-        assert kept.status_code == 200 and kept.json()["source"] == "dry_run"
+        assert kept.status_code == 200 and kept.json()["source"] == "shadow"
     application.state.store.dispose()
     with pytest.raises(ValueError, match="cannot load service settings"):
         create_app(serving_settings(tmp_path, params_file=tmp_path / "missing.yaml"))

@@ -480,7 +480,9 @@ def test_the_windowed_schedule_gives_the_whole_schedules_answer(
         NOW, replicas, valid_for=timedelta(seconds=valid_for), step_seconds=step_seconds
     )
     schedule = Schedule(service="checkout", version=1, created_at=NOW, **body)
-    config = ServiceConfig(startup_seconds=startup, max_replicas=50, dry_run=dry_run)
+    config = ServiceConfig(
+        startup_seconds=startup, max_replicas=50, mode="shadow" if dry_run else "active"
+    )
     now = NOW + timedelta(seconds=offset)
     reading = None if floor is None else FloorReading(now - timedelta(seconds=floor[1]), floor[0])
     plan = ServicePlan.of("checkout", 1, NOW, schedule)
