@@ -137,7 +137,7 @@ class GateSection(_Section):
     auto: bool = False
     pass_days: int = Field(default=7, ge=1, le=366)
     fail_days: int = Field(default=2, ge=1, le=366)
-    pod_hour_budget: float = Field(default=0.1, ge=0, le=10)
+    pod_hour_budget: float = Field(default=0.05, ge=0, le=10)
 
 
 class ForescaleConfig(_Section):

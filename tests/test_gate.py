@@ -140,7 +140,7 @@ def test_effective_mode_follows_the_gate_only_when_it_is_on() -> None:
 
 def test_gate_section_defaults_and_unknown_keys(tmp_path: Path) -> None:
     shipped = load_config(Path(__file__).parent.parent / "params.yaml")
-    assert shipped.gate == GateSection(auto=False, pass_days=7, fail_days=2, pod_hour_budget=0.1)
+    assert shipped.gate == GateSection(auto=False, pass_days=7, fail_days=2, pod_hour_budget=0.05)
     assert ServiceConfig().mode == "shadow"
     bad = tmp_path / "bad.yaml"
     bad.write_text("gate:\n  auto: true\n  pass_dayz: 3\n")
