@@ -54,7 +54,7 @@ Cluster model (identical for every policy):
 Baselines, all in the same run on the same trace (``hpa_target`` is the service's own HPA target
 of the first profile, the repository's ``params.yaml`` by default):
 
-* ``hpa``: the Kubernetes HPA (:mod:`benchmarks.hpa`, default behaviour, metric one minute
+* ``hpa``: the Kubernetes HPA (:mod:`core.simulation`, default behaviour, metric one minute
   old) at ``hpa_target``;
 * ``keda_cpu``: KEDA with only the ``cpu`` trigger at ``hpa_target`` and the ScaledObject's
   behaviour (Forescale's reactive part alone);
@@ -89,7 +89,6 @@ import hashlib
 import json
 import math
 import time
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass
@@ -99,13 +98,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from benchmarks.hpa import (
-    METRIC_DELAY_SECONDS,
-    SYNC_SECONDS,
-    HpaBehavior,
-    HpaController,
-    ScalingPolicy,
-)
 from core.params import load_params, section
 from core.policy import (
     forecast_quantiles,
@@ -117,12 +109,22 @@ from core.schema import SERVICE, TARGET, TS, quantile_column
 from core.service_config import ServiceConfig, default_service_config
 from core.serving_rule import clamp_replicas, fallback_replicas, planned_max_at
 from core.settings import REPO_ROOT
+from core.simulation import (
+    HpaBehavior,
+    ReplayResult,
+    direct_controller,
+    hpa_controller,
+    keda_behavior,
+    keda_controller,
+    policy_figures,
+    simulate,
+    surge_onsets,
+)
 from core.steps import aggregate_steps
 
 WINDOW_MINUTES = 7 * 24 * 60
 PEAK_REPLICAS = 30  # the window's peak minute needs this many pods at 100 % utilisation
 STARTUP_DELAYS_MINUTES: tuple[int, ...] = (2, 5)
-TICKS_PER_MINUTE = 60 // SYNC_SECONDS
 MIN_REPLICAS = 1
 MAX_REPLICAS = 100
 FORECAST_STEP = pd.Timedelta(minutes=5)
@@ -140,15 +142,6 @@ BASELINES: tuple[str, ...] = (
     "oracle",
 )
 DEFAULT_PROFILE = "forescale"
-SCALED_OBJECT = REPO_ROOT / "serving" / "deploy" / "scaledobject.yaml"
-
-SURGE_SMOOTH_MINUTES = 10
-SURGE_RATIO = 1.5
-SURGE_MIN_RISE = 0.15
-SURGE_BASELINE_MINUTES = 30
-SURGE_GAP_MINUTES = 60
-SURGE_LEVEL_MINUTES = 10
-LEAD_CAP_MINUTES = 60
 TARGETS = {
     "short_vs_hpa_max": 0.10,
     "pod_hours_vs_hpa_max": 1.05,
@@ -235,119 +228,6 @@ def read_trace(path: Path) -> pd.Series:
 
 # --------------------------------------------------------------------------------------------
 # Cluster model
-
-
-@dataclass
-class ReplayResult:
-    """Per-minute outcome of one policy on one trace."""
-
-    desired: np.ndarray  # desired replicas at the end of each minute
-    ready: np.ndarray  # fewest ready replicas during each minute
-    pod_minutes: float
-    actions: int
-
-
-Controller = Callable[[int, int, int, int], int]
-"""``controller(tick, minute, ready, starting) -> desired replicas`` (called every tick)."""
-
-
-def simulate(
-    demand: np.ndarray, capacity: float, delay_minutes: int, initial: int, controller: Controller
-) -> ReplayResult:
-    """Replay one policy on the cluster model.
-
-    Args:
-        demand: Load per minute of the window.
-        capacity: Load one ready pod serves.
-        delay_minutes: Pod start-up delay.
-        initial: Pods ready at the start.
-        controller: The policy, called every 15 s tick.
-
-    Returns:
-        The per-minute desired and ready replicas, pod-minutes and scaling actions.
-    """
-    minutes = len(demand)
-    delay_ticks = delay_minutes * TICKS_PER_MINUTE
-    ready = initial
-    starting: deque[list[int]] = deque()  # [ready_tick, count], oldest first
-    starting_count = 0
-    desired_out = np.zeros(minutes, dtype=np.int64)
-    ready_out = np.zeros(minutes, dtype=np.int64)
-    pod_ticks = 0
-    actions = 0
-    desired = initial
-    for minute in range(minutes):
-        fewest = None
-        for sub in range(TICKS_PER_MINUTE):
-            tick = minute * TICKS_PER_MINUTE + sub
-            while starting and starting[0][0] <= tick:
-                ready += starting[0][1]
-                starting_count -= starting[0][1]
-                starting.popleft()
-            new_desired = controller(tick, minute, ready, starting_count)
-            if new_desired != desired:
-                actions += 1
-                desired = new_desired
-            total = ready + starting_count
-            if desired > total:
-                starting.append([tick + delay_ticks, desired - total])
-                starting_count += desired - total
-            elif desired < total:
-                surplus = total - desired
-                while surplus and starting:
-                    take = min(surplus, starting[-1][1])
-                    starting[-1][1] -= take
-                    starting_count -= take
-                    surplus -= take
-                    if starting[-1][1] == 0:
-                        starting.pop()
-                ready -= surplus
-            pod_ticks += ready + starting_count
-            fewest = ready if fewest is None else min(fewest, ready)
-        desired_out[minute] = desired
-        ready_out[minute] = fewest
-    return ReplayResult(desired_out, ready_out, pod_ticks / TICKS_PER_MINUTE, actions)
-
-
-def observed_load(demand: np.ndarray, tick: int) -> float:
-    """Load the metrics pipeline reports at ``tick`` (the minute ``METRIC_DELAY_SECONDS`` ago)."""
-    minute = (tick * SYNC_SECONDS - METRIC_DELAY_SECONDS) // 60
-    return float(demand[max(minute, 0)])
-
-
-def hpa_controller(
-    demand: np.ndarray,
-    capacity: float,
-    target: float,
-    predictor: HoltWintersReplicas | None = None,
-) -> Controller:
-    """The Kubernetes HPA (optionally with a Holt-Winters replica prediction, as the PHPA does).
-
-    Args:
-        demand: Load per minute of the window.
-        capacity: Load one pod serves at 100 % utilisation.
-        target: The HPA's target utilisation.
-        predictor: When given, every minute the HPA's recommendation is stored as an evaluation
-            and the recommendation becomes ``max(hpa, predicted next-minute replicas)``.
-
-    Returns:
-        The controller.
-    """
-    hpa = HpaController(MIN_REPLICAS, MAX_REPLICAS, target)
-    state = {"replicas": None}
-
-    def control(tick: int, minute: int, ready: int, starting: int) -> int:
-        current = ready + starting if state["replicas"] is None else state["replicas"]
-        utilization = observed_load(demand, tick) / (max(ready, 1) * capacity)
-        recommendation = hpa.recommend(ready, starting, utilization)
-        if predictor is not None:
-            if tick % TICKS_PER_MINUTE == 0:
-                predictor.update(recommendation)
-            recommendation = max(recommendation, predictor.predict())
-        state["replicas"] = hpa.sync(tick * SYNC_SECONDS, current, recommendation)
-        return state["replicas"]
-
-    return control
 
 
 # --------------------------------------------------------------------------------------------
@@ -567,89 +447,6 @@ def default_profiles(params_files: Sequence[Path] = ()) -> list[Profile]:
     if clash:
         raise ValueError(f"params profile names {clash} clash with baseline policies")
     return profiles
-
-
-def keda_behavior(manifest: Path = SCALED_OBJECT) -> HpaBehavior:
-    """The ``behavior`` of the shipped KEDA ScaledObject, as the HPA model's.
-
-    Args:
-        manifest: The YAML with the ``ScaledObject``.
-
-    Returns:
-        Its scale-up/scale-down policies and stabilisation windows.
-
-    Raises:
-        ValueError: If the file holds no ScaledObject with a behavior.
-    """
-    import yaml
-
-    for document in yaml.safe_load_all(Path(manifest).read_text()):
-        if not isinstance(document, dict) or document.get("kind") != "ScaledObject":
-            continue
-        try:
-            behavior = document["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
-            up, down = behavior["scaleUp"], behavior["scaleDown"]
-        except (KeyError, TypeError) as err:
-            raise ValueError(f"{manifest}: the ScaledObject has no behavior ({err})") from err
-
-        def policies(rules: dict[str, Any]) -> tuple[ScalingPolicy, ...]:
-            return tuple(
-                ScalingPolicy(p["type"], int(p["value"]), int(p["periodSeconds"]))
-                for p in rules["policies"]
-            )
-
-        return HpaBehavior(
-            scale_up_policies=policies(up),
-            scale_down_policies=policies(down),
-            scale_up_window_seconds=int(up.get("stabilizationWindowSeconds", 0)),
-            scale_down_window_seconds=int(down.get("stabilizationWindowSeconds", 300)),
-        )
-    raise ValueError(f"{manifest}: no ScaledObject found")
-
-
-def keda_controller(
-    served_per_minute: np.ndarray,
-    demand: np.ndarray,
-    capacity: float,
-    cpu_target: float,
-    behavior: HpaBehavior,
-) -> Controller:
-    """KEDA's HPA: the larger of the ``metrics-api`` and ``cpu`` triggers, then ``behavior``.
-
-    ``autoscaling/v2`` ``HorizontalPodAutoscalerSpec.metrics``: "the maximum replica count
-    across all metrics will be used"; the ``cpu`` trigger sees the load ``METRIC_DELAY_SECONDS``
-    late.
-
-    Args:
-        served_per_minute: The value the ``metrics-api`` trigger reads, per minute.
-        demand: Load per minute (for the ``cpu`` trigger).
-        capacity: Load one pod serves at 100 % utilisation.
-        cpu_target: The ``cpu`` trigger's target utilisation.
-        behavior: The ScaledObject's ``behavior``.
-
-    Returns:
-        The controller.
-    """
-    hpa = HpaController(MIN_REPLICAS, MAX_REPLICAS, cpu_target, behavior)
-    state: dict[str, int | None] = {"replicas": None}
-
-    def control(tick: int, minute: int, ready: int, starting: int) -> int:
-        current = ready + starting if state["replicas"] is None else state["replicas"]
-        utilization = observed_load(demand, tick) / (max(ready, 1) * capacity)
-        proposal = max(int(served_per_minute[minute]), hpa.recommend(ready, starting, utilization))
-        state["replicas"] = hpa.sync(tick * SYNC_SECONDS, current, proposal)
-        return state["replicas"]
-
-    return control
-
-
-def direct_controller(desired_per_minute: np.ndarray) -> Controller:
-    """Apply a per-minute replica target as it is (static and oracle baselines)."""
-
-    def control(tick: int, minute: int, ready: int, starting: int) -> int:
-        return int(desired_per_minute[minute])
-
-    return control
 
 
 # --------------------------------------------------------------------------------------------
@@ -931,60 +728,6 @@ def _submit(pool: Executor | None, function: Callable[..., Any], *args: Any) -> 
 
 # --------------------------------------------------------------------------------------------
 # Metrics
-
-
-def surge_onsets(demand: np.ndarray) -> list[tuple[int, float]]:
-    """Surge onsets of a window (see the module docstring) as ``(minute, level)``."""
-    smooth = pd.Series(demand).rolling(SURGE_SMOOTH_MINUTES, min_periods=1).mean().to_numpy()
-    baseline = (
-        pd.Series(smooth).shift(1).rolling(SURGE_BASELINE_MINUTES, min_periods=1).min().to_numpy()
-    )
-    peak = float(np.max(demand))
-    onsets: list[tuple[int, float]] = []
-    last = -SURGE_GAP_MINUTES
-    for t in range(SURGE_BASELINE_MINUTES, len(demand)):
-        b = baseline[t]
-        if (
-            t - last >= SURGE_GAP_MINUTES
-            and smooth[t] >= SURGE_RATIO * b
-            and smooth[t] - b >= SURGE_MIN_RISE * peak
-        ):
-            onsets.append((t, float(smooth[t : t + SURGE_LEVEL_MINUTES + 1].max())))
-            last = t
-    return onsets
-
-
-def surge_lead(capacity: np.ndarray, onset: int, level: float) -> int:
-    """Minutes a policy's ready capacity reached ``level`` before ``onset`` (negative: late)."""
-    if capacity[onset] >= level:
-        lead = 0
-        while (
-            lead < LEAD_CAP_MINUTES
-            and onset - lead - 1 >= 0
-            and capacity[onset - lead - 1] >= level
-        ):
-            lead += 1
-        return lead
-    for late in range(1, LEAD_CAP_MINUTES + 1):
-        if onset + late < len(capacity) and capacity[onset + late] >= level:
-            return -late
-    return -LEAD_CAP_MINUTES
-
-
-def policy_figures(
-    result: ReplayResult, demand: np.ndarray, capacity: float, onsets: list[tuple[int, float]]
-) -> dict[str, float]:
-    """Under-provisioned minutes, pod-hours, scaling actions and surge leads (with their median)."""
-    ready_capacity = result.ready * capacity
-    leads = [surge_lead(ready_capacity, t, level) for t, level in onsets]
-    return {
-        "short_minutes": int(np.sum(demand > ready_capacity * (1 + 1e-12))),
-        "pod_hours": round(result.pod_minutes / 60.0, 2),
-        "scaling_actions": int(result.actions),
-        "median_lead_minutes": float(np.median(leads)) if leads else float("nan"),
-        "surges": len(onsets),
-        "leads_minutes": leads,
-    }
 
 
 def forecast_cache_path(
