@@ -265,6 +265,8 @@ class ReplayResult:
     ready: np.ndarray  # fewest ready replicas during each minute
     pod_minutes: float
     actions: int
+    pod_ticks: np.ndarray | None = None  # pods (starting or ready) summed over each minute's ticks
+    minute_actions: np.ndarray | None = None  # scaling actions within each minute
 
 
 Controller = Callable[[int, int, int, int], int]
@@ -272,14 +274,18 @@ Controller = Callable[[int, int, int, int], int]
 
 
 def simulate(
-    demand: np.ndarray, capacity: float, delay_minutes: int, initial: int, controller: Controller
+    demand: np.ndarray,
+    capacity: float,
+    delay_minutes: float,
+    initial: int,
+    controller: Controller,
 ) -> ReplayResult:
     """Replay one policy on the cluster model.
 
     Args:
         demand: Load per minute of the window.
         capacity: Load one ready pod serves.
-        delay_minutes: Pod start-up delay.
+        delay_minutes: Pod start-up delay (rounded up to the 15 s tick).
         initial: Pods ready at the start.
         controller: The policy, called every 15 s tick.
 
@@ -287,12 +293,14 @@ def simulate(
         The per-minute desired and ready replicas, pod-minutes and scaling actions.
     """
     minutes = len(demand)
-    delay_ticks = delay_minutes * TICKS_PER_MINUTE
+    delay_ticks = math.ceil(delay_minutes * TICKS_PER_MINUTE - 1e-9)
     ready = initial
     starting: deque[list[int]] = deque()  # [ready_tick, count], oldest first
     starting_count = 0
     desired_out = np.zeros(minutes, dtype=np.int64)
     ready_out = np.zeros(minutes, dtype=np.int64)
+    ticks_out = np.zeros(minutes, dtype=np.int64)
+    actions_out = np.zeros(minutes, dtype=np.int64)
     pod_ticks = 0
     actions = 0
     desired = initial
@@ -307,6 +315,7 @@ def simulate(
             new_desired = controller(tick, minute, ready, starting_count)
             if new_desired != desired:
                 actions += 1
+                actions_out[minute] += 1
                 desired = new_desired
             total = ready + starting_count
             if desired > total:
@@ -323,10 +332,13 @@ def simulate(
                         starting.pop()
                 ready -= surplus
             pod_ticks += ready + starting_count
+            ticks_out[minute] += ready + starting_count
             fewest = ready if fewest is None else min(fewest, ready)
         desired_out[minute] = desired
         ready_out[minute] = ready if fewest is None else fewest
-    return ReplayResult(desired_out, ready_out, pod_ticks / TICKS_PER_MINUTE, actions)
+    return ReplayResult(
+        desired_out, ready_out, pod_ticks / TICKS_PER_MINUTE, actions, ticks_out, actions_out
+    )
 
 
 def observed_load(demand: np.ndarray, tick: int) -> float:
@@ -549,13 +561,53 @@ def policy_figures(
     result: ReplayResult, demand: np.ndarray, capacity: float, onsets: list[tuple[int, float]]
 ) -> dict[str, Any]:
     """Under-provisioned minutes, pod-hours, scaling actions and surge leads (with their median)."""
+    return window_figures(result, demand, capacity, onsets, 0, len(demand))
+
+
+def window_figures(
+    result: ReplayResult,
+    demand: np.ndarray,
+    capacity: float,
+    onsets: list[tuple[int, float]],
+    start: int,
+    stop: int,
+) -> dict[str, Any]:
+    """:func:`policy_figures` of the minutes ``[start, stop)`` of a replay (e.g. one day).
+
+    Args:
+        result: The replay (from :func:`simulate`).
+        demand: Load per minute of the whole replay.
+        capacity: Load one ready pod serves.
+        onsets: Surge onsets of the whole replay (:func:`surge_onsets`); those in the minutes
+            count, their leads measured on the whole replay.
+        start: First minute.
+        stop: Minute after the last.
+
+    Returns:
+        ``short_minutes``, ``pod_hours``, ``scaling_actions``, ``median_lead_minutes`` (NaN
+        without a surge), ``surges`` and ``leads_minutes``.
+
+    Raises:
+        ValueError: If the minutes are not within the replay.
+    """
+    if not 0 <= start <= stop <= len(demand):
+        raise ValueError(f"minutes [{start}, {stop}) are not within the {len(demand)} replayed")
     ready_capacity = result.ready * capacity
-    leads = [surge_lead(ready_capacity, t, level) for t, level in onsets]
+    leads = [surge_lead(ready_capacity, t, level) for t, level in onsets if start <= t < stop]
+    whole = start == 0 and stop == len(demand)
+    if whole or result.pod_ticks is None or result.minute_actions is None:
+        if not whole:
+            raise ValueError("per-minute figures need a replay from simulate()")
+        pod_minutes, actions = result.pod_minutes, int(result.actions)
+    else:
+        pod_minutes = float(result.pod_ticks[start:stop].sum()) / TICKS_PER_MINUTE
+        actions = int(result.minute_actions[start:stop].sum())
+    short = demand[start:stop] > ready_capacity[start:stop] * (1 + 1e-12)
     return {
-        "short_minutes": int(np.sum(demand > ready_capacity * (1 + 1e-12))),
-        "pod_hours": round(result.pod_minutes / 60.0, 2),
-        "scaling_actions": int(result.actions),
+        "short_minutes": int(np.sum(short)),
+        "pod_hours": round(pod_minutes / 60.0, 2),
+        "scaling_actions": actions,
         "median_lead_minutes": float(np.median(leads)) if leads else float("nan"),
-        "surges": len(onsets),
+        "surges": len(leads),
         "leads_minutes": leads,
     }
