@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import FIXED_END, settings_with_params
 from typer.testing import CliRunner
 
 from core.scorecard import FORESCALE, HPA, POLICIES, ScorecardDay
 from core.settings import Settings
-from tests.conftest import FIXED_END, settings_with_params
 
 pytestmark = pytest.mark.slow
 
@@ -174,3 +174,55 @@ def test_cli_scorecard_prints_the_fleet_table_and_writes_the_json(
     }
     bad = CliRunner().invoke(app, ["scorecard", "--services", "Not_A_Name", "--no-mlflow"])
     assert bad.exit_code == 2 and "Traceback" not in bad.output
+
+
+def test_published_schedules_are_served_by_the_api_rule_with_staleness_fallback(
+    settings: Settings,
+) -> None:
+    from core.service_config import ServiceConfig
+    from pipelines.scorecard import (
+        coverage,
+        published_schedules,
+        schedule_forecasts,
+        schedule_served,
+    )
+    from serving.schemas import SchedulePublish, ScheduleStep
+    from serving.store import ScheduleStore
+
+    start = FIXED_END - pd.Timedelta(days=1)
+
+    def body(published: pd.Timestamp, replicas: int, hours: float) -> SchedulePublish:
+        steps = [
+            ScheduleStep(
+                ts=published + pd.Timedelta(minutes=5 * i),
+                replicas=replicas,
+                forecast_p50=100.0,
+                forecast_p90=120.0,
+            )
+            for i in range(36)
+        ]
+        return SchedulePublish(
+            model_version="m/1",
+            generated_at=published,
+            valid_until=published + pd.Timedelta(hours=hours),
+            step_seconds=300,
+            steps=steps,
+        )
+
+    settings.ensure_dirs()
+    store = ScheduleStore(settings.schedule_db)
+    store.publish("web", body(start - pd.Timedelta(hours=2), 9, 1))  # stale before the day
+    store.publish("web", body(start + pd.Timedelta(hours=1), 5, 2))
+    store.publish("web", body(start + pd.Timedelta(days=1), 7, 2))  # after the day: not used
+    store.dispose()
+    schedules = published_schedules(settings, "web", start, start + pd.Timedelta(days=1))
+    assert [s.version for s in schedules] == [1, 2]
+    config = ServiceConfig(min_replicas=2, max_replicas=50, startup_seconds=120)
+    served = schedule_served(schedules, start, 1440, config)
+    assert (served[:60] == 2).all()  # version 1 is stale: the fallback, min_replicas
+    assert (served[60:180] == 5).all()  # version 2 while valid
+    assert (served[181:] == 2).all()  # stale again after its 2 h
+    actual = pd.DataFrame({"ts": pd.date_range(start, periods=288, freq="5min"), "requests": 110.0})
+    rows = coverage(schedule_forecasts(schedules), actual)
+    assert len(rows) == 36 + 12  # the steps of version 2, and the tail of version 1
+    assert float((rows["requests"] <= rows["p90"]).mean()) == 1.0
