@@ -269,7 +269,12 @@ def coverage(forecasts: pd.DataFrame, actuals: pd.DataFrame) -> pd.DataFrame:
 
 
 def last_week_need(
-    load: np.ndarray, week_before: np.ndarray, capacity: float, target: float, delay: float, bounds
+    load: np.ndarray,
+    week_before: np.ndarray,
+    capacity: float,
+    target: float,
+    delay: float,
+    bounds: tuple[int, int],
 ) -> np.ndarray:
     """Pods the load of a week earlier needed at ``target``, the most over the next start-up
     time (the ``last_week`` trigger); ``bounds[0]`` where nothing is known a week earlier."""
@@ -522,11 +527,9 @@ def score_services(
             continue
         loads[service] = np.nan_to_num(load, nan=0.0)
         week_start = start - pd.Timedelta(days=7)
-        weeks[service] = minute_load(
-            own[pd.to_datetime(own[TS], utc=True) < start], week_start, minutes
-        )
-        if not (own[TS] < start).any():
-            weeks[service] = np.full(minutes, np.nan)
+        earlier = minute_load(own, week_start, minutes)
+        known = pd.date_range(week_start, periods=minutes, freq="min") >= own[TS].min()
+        weeks[service] = np.where(known, earlier, np.nan)
         schedules[service] = published_schedules(settings, service, start, end)
 
     served: dict[str, np.ndarray] = {}
