@@ -54,7 +54,7 @@ Cluster model (identical for every policy):
 Baselines, all in the same run on the same trace (``hpa_target`` is the service's own HPA target
 of the first profile, the repository's ``params.yaml`` by default):
 
-* ``hpa``: the Kubernetes HPA (:mod:`benchmarks.hpa`, default behaviour, metric one minute
+* ``hpa``: the Kubernetes HPA (:mod:`core.simulation`, default behaviour, metric one minute
   old) at ``hpa_target``;
 * ``keda_cpu``: KEDA with only the ``cpu`` trigger at ``hpa_target`` and the ScaledObject's
   behaviour (Forescale's reactive part alone);
@@ -89,7 +89,6 @@ import hashlib
 import json
 import math
 import time
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass
@@ -99,39 +98,33 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from benchmarks.hpa import (
-    METRIC_DELAY_SECONDS,
-    SYNC_SECONDS,
-    HpaBehavior,
-    HpaController,
-    ScalingPolicy,
-)
 from core.params import load_params, section
-from core.policy import (
-    Persistence,
-    forecast_quantiles,
-    persistence_weights,
-    plan_quantiles,
-    standardized_errors,
-    tail_factors,
-)
-from core.schema import SERVICE, TARGET, TS, quantile_column
+from core.schema import SERVICE, TARGET, TS
 from core.service_config import ServiceConfig, default_service_config
-from core.serving_rule import clamp_replicas, fallback_replicas, planned_max_at
 from core.settings import REPO_ROOT
+from core.simulation import (
+    HpaBehavior,
+    ReplayResult,
+    direct_controller,
+    hpa_controller,
+    keda_behavior,
+    keda_controller,
+    policy_figures,
+    simulate,
+    surge_onsets,
+)
 from core.steps import aggregate_steps
+from pipelines.walk_forward import (
+    FORECAST_STEP,
+    rolling_forecasts,
+    served_targets,
+)
 
 WINDOW_MINUTES = 7 * 24 * 60
 PEAK_REPLICAS = 30  # the window's peak minute needs this many pods at 100 % utilisation
 STARTUP_DELAYS_MINUTES: tuple[int, ...] = (2, 5)
-TICKS_PER_MINUTE = 60 // SYNC_SECONDS
 MIN_REPLICAS = 1
 MAX_REPLICAS = 100
-FORECAST_STEP = pd.Timedelta(minutes=5)
-PUBLISH_MINUTES = 5  # schedule_publish runs every 5 minutes
-REFIT_MINUTES = 7 * 24 * 60  # forecast_retrain's weekly schedule (drift retrains are not replayed)
-SCHEDULE_LOOKAHEAD_STEPS = 12
-TAIL_REFRESH_MINUTES = 60
 HOLT_WINTERS = {"alpha": 0.9, "beta": 0.01, "gamma": 0.3, "stored_seasons": 4}
 BASELINES: tuple[str, ...] = (
     "hpa",
@@ -142,15 +135,6 @@ BASELINES: tuple[str, ...] = (
     "oracle",
 )
 DEFAULT_PROFILE = "forescale"
-SCALED_OBJECT = REPO_ROOT / "serving" / "deploy" / "scaledobject.yaml"
-
-SURGE_SMOOTH_MINUTES = 10
-SURGE_RATIO = 1.5
-SURGE_MIN_RISE = 0.15
-SURGE_BASELINE_MINUTES = 30
-SURGE_GAP_MINUTES = 60
-SURGE_LEVEL_MINUTES = 10
-LEAD_CAP_MINUTES = 60
 TARGETS = {
     "short_vs_hpa_max": 0.10,
     "pod_hours_vs_hpa_max": 1.05,
@@ -237,119 +221,6 @@ def read_trace(path: Path) -> pd.Series:
 
 # --------------------------------------------------------------------------------------------
 # Cluster model
-
-
-@dataclass
-class ReplayResult:
-    """Per-minute outcome of one policy on one trace."""
-
-    desired: np.ndarray  # desired replicas at the end of each minute
-    ready: np.ndarray  # fewest ready replicas during each minute
-    pod_minutes: float
-    actions: int
-
-
-Controller = Callable[[int, int, int, int], int]
-"""``controller(tick, minute, ready, starting) -> desired replicas`` (called every tick)."""
-
-
-def simulate(
-    demand: np.ndarray, capacity: float, delay_minutes: int, initial: int, controller: Controller
-) -> ReplayResult:
-    """Replay one policy on the cluster model.
-
-    Args:
-        demand: Load per minute of the window.
-        capacity: Load one ready pod serves.
-        delay_minutes: Pod start-up delay.
-        initial: Pods ready at the start.
-        controller: The policy, called every 15 s tick.
-
-    Returns:
-        The per-minute desired and ready replicas, pod-minutes and scaling actions.
-    """
-    minutes = len(demand)
-    delay_ticks = delay_minutes * TICKS_PER_MINUTE
-    ready = initial
-    starting: deque[list[int]] = deque()  # [ready_tick, count], oldest first
-    starting_count = 0
-    desired_out = np.zeros(minutes, dtype=np.int64)
-    ready_out = np.zeros(minutes, dtype=np.int64)
-    pod_ticks = 0
-    actions = 0
-    desired = initial
-    for minute in range(minutes):
-        fewest = None
-        for sub in range(TICKS_PER_MINUTE):
-            tick = minute * TICKS_PER_MINUTE + sub
-            while starting and starting[0][0] <= tick:
-                ready += starting[0][1]
-                starting_count -= starting[0][1]
-                starting.popleft()
-            new_desired = controller(tick, minute, ready, starting_count)
-            if new_desired != desired:
-                actions += 1
-                desired = new_desired
-            total = ready + starting_count
-            if desired > total:
-                starting.append([tick + delay_ticks, desired - total])
-                starting_count += desired - total
-            elif desired < total:
-                surplus = total - desired
-                while surplus and starting:
-                    take = min(surplus, starting[-1][1])
-                    starting[-1][1] -= take
-                    starting_count -= take
-                    surplus -= take
-                    if starting[-1][1] == 0:
-                        starting.pop()
-                ready -= surplus
-            pod_ticks += ready + starting_count
-            fewest = ready if fewest is None else min(fewest, ready)
-        desired_out[minute] = desired
-        ready_out[minute] = fewest
-    return ReplayResult(desired_out, ready_out, pod_ticks / TICKS_PER_MINUTE, actions)
-
-
-def observed_load(demand: np.ndarray, tick: int) -> float:
-    """Load the metrics pipeline reports at ``tick`` (the minute ``METRIC_DELAY_SECONDS`` ago)."""
-    minute = (tick * SYNC_SECONDS - METRIC_DELAY_SECONDS) // 60
-    return float(demand[max(minute, 0)])
-
-
-def hpa_controller(
-    demand: np.ndarray,
-    capacity: float,
-    target: float,
-    predictor: HoltWintersReplicas | None = None,
-) -> Controller:
-    """The Kubernetes HPA (optionally with a Holt-Winters replica prediction, as the PHPA does).
-
-    Args:
-        demand: Load per minute of the window.
-        capacity: Load one pod serves at 100 % utilisation.
-        target: The HPA's target utilisation.
-        predictor: When given, every minute the HPA's recommendation is stored as an evaluation
-            and the recommendation becomes ``max(hpa, predicted next-minute replicas)``.
-
-    Returns:
-        The controller.
-    """
-    hpa = HpaController(MIN_REPLICAS, MAX_REPLICAS, target)
-    state = {"replicas": None}
-
-    def control(tick: int, minute: int, ready: int, starting: int) -> int:
-        current = ready + starting if state["replicas"] is None else state["replicas"]
-        utilization = observed_load(demand, tick) / (max(ready, 1) * capacity)
-        recommendation = hpa.recommend(ready, starting, utilization)
-        if predictor is not None:
-            if tick % TICKS_PER_MINUTE == 0:
-                predictor.update(recommendation)
-            recommendation = max(recommendation, predictor.predict())
-        state["replicas"] = hpa.sync(tick * SYNC_SECONDS, current, recommendation)
-        return state["replicas"]
-
-    return control
 
 
 # --------------------------------------------------------------------------------------------
@@ -575,89 +446,6 @@ def default_profiles(params_files: Sequence[Path] = ()) -> list[Profile]:
     return profiles
 
 
-def keda_behavior(manifest: Path = SCALED_OBJECT) -> HpaBehavior:
-    """The ``behavior`` of the shipped KEDA ScaledObject, as the HPA model's.
-
-    Args:
-        manifest: The YAML with the ``ScaledObject``.
-
-    Returns:
-        Its scale-up/scale-down policies and stabilisation windows.
-
-    Raises:
-        ValueError: If the file holds no ScaledObject with a behavior.
-    """
-    import yaml
-
-    for document in yaml.safe_load_all(Path(manifest).read_text()):
-        if not isinstance(document, dict) or document.get("kind") != "ScaledObject":
-            continue
-        try:
-            behavior = document["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
-            up, down = behavior["scaleUp"], behavior["scaleDown"]
-        except (KeyError, TypeError) as err:
-            raise ValueError(f"{manifest}: the ScaledObject has no behavior ({err})") from err
-
-        def policies(rules: dict[str, Any]) -> tuple[ScalingPolicy, ...]:
-            return tuple(
-                ScalingPolicy(p["type"], int(p["value"]), int(p["periodSeconds"]))
-                for p in rules["policies"]
-            )
-
-        return HpaBehavior(
-            scale_up_policies=policies(up),
-            scale_down_policies=policies(down),
-            scale_up_window_seconds=int(up.get("stabilizationWindowSeconds", 0)),
-            scale_down_window_seconds=int(down.get("stabilizationWindowSeconds", 300)),
-        )
-    raise ValueError(f"{manifest}: no ScaledObject found")
-
-
-def keda_controller(
-    served_per_minute: np.ndarray,
-    demand: np.ndarray,
-    capacity: float,
-    cpu_target: float,
-    behavior: HpaBehavior,
-) -> Controller:
-    """KEDA's HPA: the larger of the ``metrics-api`` and ``cpu`` triggers, then ``behavior``.
-
-    ``autoscaling/v2`` ``HorizontalPodAutoscalerSpec.metrics``: "the maximum replica count
-    across all metrics will be used"; the ``cpu`` trigger sees the load ``METRIC_DELAY_SECONDS``
-    late.
-
-    Args:
-        served_per_minute: The value the ``metrics-api`` trigger reads, per minute.
-        demand: Load per minute (for the ``cpu`` trigger).
-        capacity: Load one pod serves at 100 % utilisation.
-        cpu_target: The ``cpu`` trigger's target utilisation.
-        behavior: The ScaledObject's ``behavior``.
-
-    Returns:
-        The controller.
-    """
-    hpa = HpaController(MIN_REPLICAS, MAX_REPLICAS, cpu_target, behavior)
-    state: dict[str, int | None] = {"replicas": None}
-
-    def control(tick: int, minute: int, ready: int, starting: int) -> int:
-        current = ready + starting if state["replicas"] is None else state["replicas"]
-        utilization = observed_load(demand, tick) / (max(ready, 1) * capacity)
-        proposal = max(int(served_per_minute[minute]), hpa.recommend(ready, starting, utilization))
-        state["replicas"] = hpa.sync(tick * SYNC_SECONDS, current, proposal)
-        return state["replicas"]
-
-    return control
-
-
-def direct_controller(desired_per_minute: np.ndarray) -> Controller:
-    """Apply a per-minute replica target as it is (static and oracle baselines)."""
-
-    def control(tick: int, minute: int, ready: int, starting: int) -> int:
-        return int(desired_per_minute[minute])
-
-    return control
-
-
 # --------------------------------------------------------------------------------------------
 # Forescale: training, publication, serving
 
@@ -680,194 +468,6 @@ def step_frame(name: str, load: pd.Series, target: str) -> pd.DataFrame:
     )
 
 
-def rolling_forecasts(
-    frames: Mapping[str, pd.DataFrame],
-    starts: Mapping[str, pd.Timestamp],
-    spans: Mapping[str, int],
-    training: Any,
-    progress: Callable[[str], None] | None = None,
-) -> pd.DataFrame:
-    """The forecasts the product would have published over the replayed period.
-
-    For one shard of traces: every ``REFIT_MINUTES`` the training stage's decision
-    (:func:`pipelines.training.choose_families` on the ``training.history_days`` before the
-    instant, then the champion rule), every ``PUBLISH_MINUTES`` each trace's champion forecasts
-    :data:`SCHEDULE_LOOKAHEAD_STEPS` steps from the complete steps of the
-    ``HISTORY_DAYS_FOR_FORECAST`` days before the instant.
-
-    Args:
-        frames: Trace -> its step frame (:func:`step_frame`).
-        starts: Trace -> first replayed minute.
-        spans: Trace -> replayed minutes.
-        training: The profile's ``TrainingConfig``.
-        progress: Called with a line per training day.
-
-    Returns:
-        ``offset`` (minutes into the period), ``family``, ``service``, ``ts`` and the quantile
-        columns of every published forecast.
-    """
-    from pipelines.publish import HISTORY_DAYS_FOR_FORECAST
-    from pipelines.training import champion_backtest_error, choose_families, promotes
-
-    champions: dict[str, tuple[str, Any]] = {}
-    parts: list[pd.DataFrame] = []
-    for offset in range(0, max(spans.values(), default=0), PUBLISH_MINUTES):
-        origins = {
-            name: start + pd.Timedelta(minutes=offset)
-            for name, start in starts.items()
-            if offset < spans[name]
-        }
-        active = {name: frames[name] for name in origins}
-        if offset % REFIT_MINUTES == 0:
-            history = history_before(active, origins, training.history_days)
-            choice = choose_families(history, training)
-            for name in origins:
-                if name in choice.cold:
-                    continue
-                family = str(choice.best_family[name])
-                error = float(choice.errors.loc[name, family])
-                current = champions.get(name)
-                champion_error = None
-                if current is not None:
-                    try:
-                        champion_error = champion_backtest_error(
-                            current[1], history[history[SERVICE] == name], training
-                        )
-                    except ValueError:
-                        champion_error = math.inf
-                if promotes(error, champion_error):
-                    champions[name] = (family, choice.fitted[family])
-            if progress:
-                progress(
-                    f"  retrain {offset // REFIT_MINUTES + 1}: champions {_families(champions)}"
-                )
-        recent = history_before(active, origins, HISTORY_DAYS_FOR_FORECAST)
-        by_model: dict[int, list[str]] = {}
-        for name in origins:
-            if name not in champions:  # cold start: the reactive floor serves it
-                continue
-            by_model.setdefault(id(champions[name][1]), []).append(name)
-        for names in by_model.values():
-            family, model = champions[names[0]]
-            predicted = model.predict(
-                SCHEDULE_LOOKAHEAD_STEPS,
-                quantiles=training.quantiles,
-                history=recent[recent[SERVICE].isin(names)],
-            )
-            parts.append(predicted.assign(offset=offset, family=family))
-    if not parts:
-        return pd.DataFrame(
-            columns=[
-                "offset",
-                "family",
-                SERVICE,
-                TS,
-                *(quantile_column(q) for q in training.quantiles),
-            ]
-        )
-    return pd.concat(parts, ignore_index=True)
-
-
-def _families(champions: Mapping[str, tuple[str, Any]]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for family, _ in champions.values():
-        counts[family] = counts.get(family, 0) + 1
-    return counts
-
-
-def history_before(
-    frames: Mapping[str, pd.DataFrame], origins: Mapping[str, pd.Timestamp], days: float
-) -> pd.DataFrame:
-    """The complete steps of each trace within ``days`` before its origin."""
-    return pd.concat(
-        [
-            f[
-                (f[TS] + FORECAST_STEP <= origins[n])
-                & (f[TS] >= origins[n] - pd.Timedelta(days=days))
-            ]
-            for n, f in frames.items()
-        ],
-        ignore_index=True,
-    )
-
-
-def served_targets(
-    forecasts: pd.DataFrame,
-    start: pd.Timestamp,
-    span: int,
-    config: ServiceConfig,
-    tail_days: float,
-    actuals: pd.DataFrame | None,
-    blend: bool = False,
-) -> np.ndarray:
-    """The value the API serves at every minute of one trace's replayed period.
-
-    Each published forecast is planned (:func:`core.policy.plan_quantiles`, on the tail of the
-    forecaster's own errors when ``tail_days`` > 0) and served until the next publication with
-    :func:`core.serving_rule.planned_max_at`; a minute no schedule covers gets
-    :func:`core.serving_rule.fallback_replicas` (no floor is written in production).
-
-    Args:
-        forecasts: This trace's rows of :func:`rolling_forecasts`.
-        start: The period's first minute.
-        span: Its minutes.
-        config: The service settings (the profile's, with the cluster model's capacity, bounds
-            and start-up delay).
-        tail_days: ``schedule.tail_days``.
-        actuals: The trace's step frame (for the tail of its errors).
-        blend: ``schedule.blend_with_persistence``: blend each plan with the last complete
-            step's load (:class:`core.policy.Persistence`, weights from the same record as
-            the tail).
-
-    Returns:
-        Replicas served per minute.
-    """
-    served = np.full(span, -1, dtype=np.int64)
-    start_us = _epoch_us(start)
-    lead_us = int(config.startup_seconds * 1_000_000)
-    step_us = int(FORECAST_STEP / pd.Timedelta(microseconds=1))
-    tails = (
-        _tail_factor_sources(forecasts, actuals) if tail_days > 0 and actuals is not None else {}
-    )
-    tail_source = next(iter(tails.values()), None)
-    blends = (
-        _persistence_sources(forecasts, actuals, start)
-        if blend and tail_days > 0 and actuals is not None
-        else {}
-    )
-    blend_source = next(iter(blends.values()), None)
-    for offset, forecast in forecasts.groupby("offset", sort=True):
-        offset = int(offset)
-        if offset >= span:
-            continue
-        forecast = forecast.sort_values(TS)
-        stamps_us = forecast[TS].to_numpy(dtype="datetime64[us]").astype(np.int64)
-        quantiles = {
-            q: forecast[c].to_numpy(dtype=float) for q, c in forecast_quantiles(forecast).items()
-        }
-        tail = None
-        if tail_source is not None:
-            refreshed = (
-                start_us + offset // TAIL_REFRESH_MINUTES * TAIL_REFRESH_MINUTES * 60_000_000
-            )
-            tail = tail_source(refreshed, tail_days, 1.0 - config.risk, len(stamps_us))
-        persistence = None
-        if blend_source is not None:
-            persistence = blend_source(offset, tail_days, len(stamps_us))
-        replicas = plan_quantiles(
-            quantiles, FORECAST_STEP, config, tail=tail, persistence=persistence
-        )
-        minutes = np.arange(offset, min(offset + PUBLISH_MINUTES, span))
-        instants = start_us + minutes.astype(np.int64) * 60_000_000
-        served[minutes] = planned_max_at(stamps_us, replicas, step_us, instants, lead_us)
-    fallback = fallback_replicas(None, config.min_replicas, config.max_replicas)
-    served = np.where(served < 0, fallback, served)
-    return np.array(
-        [clamp_replicas(v, config.min_replicas, config.max_replicas) for v in served],
-        dtype=np.int64,
-    )
-
-
 def replay_config(profile: Profile, capacity: float, delay: int) -> ServiceConfig:
     """The profile's service settings on the cluster model (capacity, bounds, start-up)."""
     return profile.service.model_copy(
@@ -877,131 +477,6 @@ def replay_config(profile: Profile, capacity: float, delay: int) -> ServiceConfi
             "max_replicas": MAX_REPLICAS,
             "startup_seconds": delay * 60,
         }
-    )
-
-
-def _tail_factor_sources(
-    forecasts: pd.DataFrame, actuals: pd.DataFrame
-) -> dict[str, Callable[[int, float, float, int], np.ndarray | None]]:
-    """Per trace, its tail factors as known at an instant.
-
-    ``forecasts`` are :func:`rolling_forecasts` rows of one trace, ``actuals`` its step frame.
-    Each is a function ``(instant in µs, days, level, steps) -> factors or None``
-    (:func:`core.policy.tail_factors`) that uses only the errors of forecast steps that
-    ended at or before the instant and within ``days`` of it, memoised per argument set.
-    """
-    rows = forecasts.sort_values(["offset", SERVICE, TS], kind="stable")
-    rows = rows.assign(horizon_step=rows.groupby(["offset", SERVICE]).cumcount() + 1)
-    sources: dict[str, Callable[[int, float, float, int], np.ndarray | None]] = {}
-    for name, own in rows.groupby(SERVICE, sort=False):
-        stamps = own[TS].to_numpy(dtype="datetime64[us]").astype(np.int64)
-        actual = actuals
-        observed = pd.Series(
-            actual[TARGET].to_numpy(float),
-            index=actual[TS].to_numpy(dtype="datetime64[us]").astype(np.int64),
-        )
-        errors = standardized_errors(
-            observed.reindex(stamps).to_numpy(), own["p50"].to_numpy(), own["p90"].to_numpy()
-        )
-        ends = stamps + int(FORECAST_STEP / pd.Timedelta(microseconds=1))
-        sources[str(name)] = _memoised_tail(errors, own["horizon_step"].to_numpy(), ends)
-    return sources
-
-
-def _persistence_sources(
-    forecasts: pd.DataFrame, actuals: pd.DataFrame, start: pd.Timestamp
-) -> dict[str, Callable[[int, float, int], Persistence | None]]:
-    """Per trace, :class:`core.policy.Persistence` as known at a publication.
-
-    Each is a function ``(offset in minutes, days, steps) -> Persistence or None``: the load of
-    the last step that ended by the publication, and :func:`core.policy.persistence_weights` of
-    the forecasts whose steps ended by the last hourly refresh (as the tail factors) within
-    ``days``; ``None`` while no step or too short a record is known.
-    """
-    rows = forecasts.sort_values(["offset", SERVICE, TS], kind="stable")
-    rows = rows.assign(horizon_step=rows.groupby(["offset", SERVICE]).cumcount() + 1)
-    step_us = int(FORECAST_STEP / pd.Timedelta(microseconds=1))
-    observed = pd.Series(
-        actuals[TARGET].to_numpy(float),
-        index=actuals[TS].to_numpy(dtype="datetime64[us]").astype(np.int64),
-    )
-    step_ends = observed.index.to_numpy() + step_us
-    start_us = _epoch_us(start)
-
-    def last_by(instant: int) -> float:
-        """The load of the latest step that ended by ``instant`` (NaN if none within a day)."""
-        position = int(np.searchsorted(step_ends, instant, side="right")) - 1
-        if position < 0 or step_ends[position] <= instant - 86_400_000_000:
-            return math.nan
-        return float(observed.iloc[position])
-
-    sources: dict[str, Callable[[int, float, int], Persistence | None]] = {}
-    for name, own in rows.groupby(SERVICE, sort=False):
-        stamps = own[TS].to_numpy(dtype="datetime64[us]").astype(np.int64)
-        issued = start_us + own["offset"].to_numpy(dtype=np.int64) * 60_000_000
-        actual = observed.reindex(stamps).to_numpy()
-        last_at_issue = np.array([last_by(int(i)) for i in np.unique(issued)])
-        last = last_at_issue[np.searchsorted(np.unique(issued), issued)]
-        ends = stamps + step_us
-        horizon = own["horizon_step"].to_numpy()
-        p50 = own["p50"].to_numpy(float)
-        memo: dict[tuple[int, float, int], np.ndarray | None] = {}
-
-        def source(
-            offset: int,
-            days: float,
-            steps: int,
-            *,
-            actual: np.ndarray = actual,
-            p50: np.ndarray = p50,
-            last: np.ndarray = last,
-            ends: np.ndarray = ends,
-            horizon: np.ndarray = horizon,
-            memo: dict[tuple[int, float, int], np.ndarray | None] = memo,
-        ) -> Persistence | None:
-            instant = start_us + offset * 60_000_000
-            refreshed = (
-                start_us + offset // TAIL_REFRESH_MINUTES * TAIL_REFRESH_MINUTES * 60_000_000
-            )
-            key = (refreshed, days, steps)
-            if key not in memo:
-                usable = (ends <= refreshed) & (ends > refreshed - int(days * 86_400_000_000))
-                memo[key] = persistence_weights(
-                    actual[usable], p50[usable], last[usable], horizon[usable], steps
-                )
-            weights, now = memo[key], last_by(instant)
-            if weights is None or not math.isfinite(now):
-                return None
-            return Persistence(now, weights)
-
-        sources[str(name)] = source
-    return sources
-
-
-def _memoised_tail(
-    errors: np.ndarray, horizon: np.ndarray, ends: np.ndarray
-) -> Callable[[int, float, float, int], np.ndarray | None]:
-    """:func:`core.policy.tail_factors` of the errors whose steps ended by an instant."""
-    memo: dict[tuple[int, float, float, int], np.ndarray | None] = {}
-
-    def factors(instant: int, days: float, level: float, steps: int) -> np.ndarray | None:
-        key = (instant, days, round(level, 9), steps)
-        if key not in memo:
-            usable = (ends <= instant) & (ends > instant - int(days * 86_400_000_000))
-            memo[key] = tail_factors(errors[usable], horizon[usable], level, steps)
-        return memo[key]
-
-    return factors
-
-
-def _epoch_us(stamp: pd.Timestamp) -> int:
-    """Microseconds since the epoch of a UTC timestamp."""
-    return int(
-        stamp.tz_convert("UTC")
-        .tz_localize(None)
-        .to_datetime64()
-        .astype("datetime64[us]")
-        .astype(np.int64)
     )
 
 
@@ -1022,60 +497,6 @@ def _submit(pool: Executor | None, function: Callable[..., Any], *args: Any) -> 
 
 # --------------------------------------------------------------------------------------------
 # Metrics
-
-
-def surge_onsets(demand: np.ndarray) -> list[tuple[int, float]]:
-    """Surge onsets of a window (see the module docstring) as ``(minute, level)``."""
-    smooth = pd.Series(demand).rolling(SURGE_SMOOTH_MINUTES, min_periods=1).mean().to_numpy()
-    baseline = (
-        pd.Series(smooth).shift(1).rolling(SURGE_BASELINE_MINUTES, min_periods=1).min().to_numpy()
-    )
-    peak = float(np.max(demand))
-    onsets: list[tuple[int, float]] = []
-    last = -SURGE_GAP_MINUTES
-    for t in range(SURGE_BASELINE_MINUTES, len(demand)):
-        b = baseline[t]
-        if (
-            t - last >= SURGE_GAP_MINUTES
-            and smooth[t] >= SURGE_RATIO * b
-            and smooth[t] - b >= SURGE_MIN_RISE * peak
-        ):
-            onsets.append((t, float(smooth[t : t + SURGE_LEVEL_MINUTES + 1].max())))
-            last = t
-    return onsets
-
-
-def surge_lead(capacity: np.ndarray, onset: int, level: float) -> int:
-    """Minutes a policy's ready capacity reached ``level`` before ``onset`` (negative: late)."""
-    if capacity[onset] >= level:
-        lead = 0
-        while (
-            lead < LEAD_CAP_MINUTES
-            and onset - lead - 1 >= 0
-            and capacity[onset - lead - 1] >= level
-        ):
-            lead += 1
-        return lead
-    for late in range(1, LEAD_CAP_MINUTES + 1):
-        if onset + late < len(capacity) and capacity[onset + late] >= level:
-            return -late
-    return -LEAD_CAP_MINUTES
-
-
-def policy_figures(
-    result: ReplayResult, demand: np.ndarray, capacity: float, onsets: list[tuple[int, float]]
-) -> dict[str, float]:
-    """Under-provisioned minutes, pod-hours, scaling actions and surge leads (with their median)."""
-    ready_capacity = result.ready * capacity
-    leads = [surge_lead(ready_capacity, t, level) for t, level in onsets]
-    return {
-        "short_minutes": int(np.sum(demand > ready_capacity * (1 + 1e-12))),
-        "pod_hours": round(result.pod_minutes / 60.0, 2),
-        "scaling_actions": int(result.actions),
-        "median_lead_minutes": float(np.median(leads)) if leads else float("nan"),
-        "surges": len(onsets),
-        "leads_minutes": leads,
-    }
 
 
 def forecast_cache_path(

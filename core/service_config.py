@@ -59,21 +59,97 @@ def migrate_dry_run(settings: Any, where: str = "settings") -> Any:
     return migrated
 
 
+class HpaScalingPolicy(BaseModel):
+    """One ``HPAScalingPolicy``: how much may change per period.
+
+    Attributes:
+        type: ``Pods`` (a number of pods) or ``Percent`` (a share of the current count).
+        value: The pods or percent allowed per period.
+        period_seconds: The period, 1 s to 30 min as Kubernetes allows.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["Pods", "Percent"]
+    value: int = Field(gt=0)
+    period_seconds: int = Field(gt=0, le=1800)
+
+
+class HpaScalingRules(BaseModel):
+    """One direction of ``spec.behavior`` (``HPAScalingRules``).
+
+    Attributes:
+        stabilization_window_seconds: Past recommendations considered (0 to one hour).
+        select_policy: ``Max`` (the policy allowing the largest change), ``Min`` or
+            ``Disabled`` (no change in this direction).
+        policies: The policies.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    stabilization_window_seconds: int = Field(ge=0, le=3600)
+    select_policy: Literal["Max", "Min", "Disabled"] = "Max"
+    policies: tuple[HpaScalingPolicy, ...] = Field(min_length=1)
+
+
+def _default_scale_up() -> HpaScalingRules:
+    """Kubernetes' default scale-up: no window, ``max(100 %, 4 pods)`` per 15 s."""
+    return HpaScalingRules(
+        stabilization_window_seconds=0,
+        policies=(
+            HpaScalingPolicy(type="Percent", value=100, period_seconds=15),
+            HpaScalingPolicy(type="Pods", value=4, period_seconds=15),
+        ),
+    )
+
+
+def _default_scale_down() -> HpaScalingRules:
+    """Kubernetes' default scale-down: a 300 s window, then up to 100 % per 15 s."""
+    return HpaScalingRules(
+        stabilization_window_seconds=300,
+        policies=(HpaScalingPolicy(type="Percent", value=100, period_seconds=15),),
+    )
+
+
 class HpaSettings(BaseModel):
     """The service's own Horizontal Pod Autoscaler: the reactive autoscaler Forescale sits beside.
 
     In the shipped KEDA ``ScaledObject`` it is the ``cpu`` trigger next to the schedule's
     ``metrics-api`` trigger; KEDA's HPA runs the larger of the two proposals, so the pods never
-    fall below what this HPA alone would run (except by start-up timing).
+    fall below what this HPA alone would run (except by start-up timing). The shadow scorecard
+    (``forescale scorecard``) replays the service's telemetry under exactly this HPA, so these are
+    the settings the service runs today; defaults are Kubernetes' own.
 
     Attributes:
         target_utilization: The CPU utilisation the HPA keeps the pods at, in (0, 1] (the
             ``cpu`` trigger's ``value`` in percent).
+        min_replicas: ``spec.minReplicas`` (Kubernetes' default 1).
+        max_replicas: ``spec.maxReplicas``.
+        tolerance: The controller's tolerance around the target (Kubernetes' default 0.1).
+        scale_up: ``spec.behavior.scaleUp`` (default: no window, 100 % or 4 pods per 15 s).
+        scale_down: ``spec.behavior.scaleDown`` (default: 300 s window, 100 % per 15 s).
+        pod_startup_seconds: Seconds from a pod's creation until it serves; ``None``: the
+            service's ``startup_seconds``.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     target_utilization: float = Field(default=0.7, gt=0, le=1)
+    min_replicas: int = Field(default=1, ge=1)
+    max_replicas: int = Field(default=100, ge=1)
+    tolerance: float = Field(default=0.1, ge=0, lt=1)
+    scale_up: HpaScalingRules = Field(default_factory=_default_scale_up)
+    scale_down: HpaScalingRules = Field(default_factory=_default_scale_down)
+    pod_startup_seconds: int | None = Field(default=None, ge=0, le=3600)
+
+    @model_validator(mode="after")
+    def _min_not_above_max(self) -> HpaSettings:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"hpa.min_replicas ({self.min_replicas}) exceeds hpa.max_replicas "
+                f"({self.max_replicas})"
+            )
+        return self
 
 
 class ServiceConfig(BaseModel):
@@ -96,6 +172,13 @@ class ServiceConfig(BaseModel):
             ``dry_run: true``/``false`` is read as ``shadow``/``active``.
         hpa: The service's own HPA (:class:`HpaSettings`), the reactive lower bound.
     """
+
+    @property
+    def pod_startup_seconds(self) -> int:
+        """Seconds a new pod takes to serve: ``hpa.pod_startup_seconds`` or ``startup_seconds``."""
+        if self.hpa.pod_startup_seconds is not None:
+            return self.hpa.pod_startup_seconds
+        return self.startup_seconds
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -131,6 +214,15 @@ def _mapping(params: dict[str, Any], name: str, params_file: Path) -> dict[str, 
     return value
 
 
+def _merge(defaults: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``override`` over ``defaults``; sub-blocks (``hpa``, ``hpa.scale_down``) field by field."""
+    merged = {**defaults, **override}
+    for key, value in defaults.items():
+        if isinstance(value, dict) and isinstance(override.get(key), dict):
+            merged[key] = _merge(value, override[key])
+    return merged
+
+
 def _build(params_file: Path, name: str, defaults: dict[str, Any], override: Any) -> ServiceConfig:
     if override is None:
         override = {}
@@ -138,10 +230,7 @@ def _build(params_file: Path, name: str, defaults: dict[str, Any], override: Any
         raise ValueError(f"{params_file}: services.{name} must be a mapping of settings")  # noqa: TRY004
     defaults = migrate_dry_run(defaults, f"{params_file}: {DEFAULTS_SECTION}")
     override = migrate_dry_run(override, f"{params_file}: {SERVICES_SECTION}.{name}")
-    merged = {**defaults, **override}
-    for key, value in defaults.items():  # a sub-block (``hpa``) is merged field by field
-        if isinstance(value, dict) and isinstance(override.get(key), dict):
-            merged[key] = {**value, **override[key]}
+    merged = _merge(defaults, override)
     try:
         return ServiceConfig(**merged)
     except ValidationError as error:

@@ -330,6 +330,124 @@ def pipeline_run(
         out.print(f"summary: {json_path}")
 
 
+@app.command("scorecard")
+def scorecard(
+    days: Annotated[int, typer.Option(help="Complete UTC days to score.")] = 7,
+    services: Annotated[
+        str | None, typer.Option(help="Comma-separated services (default: all stored).")
+    ] = None,
+    as_of: Annotated[
+        str | None, typer.Option(help="Score up to this instant (UTC; default: end of data).")
+    ] = None,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Write the scorecard (summary and cards) here.")
+    ] = None,
+    mlflow_run: Annotated[
+        bool, typer.Option("--mlflow/--no-mlflow", help="Log the run and plots to MLflow.")
+    ] = True,
+) -> None:
+    """Replay each service's telemetry under its own HPA and under Forescale, per day."""
+    import json
+
+    from pipelines.scorecard import run_scorecard
+
+    settings = cli_settings()
+    names = [s.strip() for s in services.split(",") if s.strip()] if services else None
+    try:
+        path = run_scorecard(
+            settings,
+            days=days,
+            as_of=_parse_time(as_of),
+            services=names,
+            progress=_progress,
+            log_to_mlflow=mlflow_run,
+        )
+    except ValueError as err:
+        console.print(f"[bold red]error:[/] {err}", markup=True, highlight=False)
+        raise typer.Exit(2) from None
+    document = json.loads(path.read_text())
+    out.print(scorecard_table(document))
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(document, indent=2))
+        out.print(f"scorecard: {json_path}")
+
+
+@app.command("gate")
+def gate(
+    as_of: Annotated[
+        str | None, typer.Option(help="Evaluate at this instant (UTC; default: now).")
+    ] = None,
+) -> None:
+    """Evaluate the go-live gate on the stored scorecards (moves services when gate.auto)."""
+    import json
+
+    from pipelines.gate import run_gate
+
+    try:
+        path = run_gate(cli_settings(), _parse_time(as_of))
+    except ValueError as err:
+        console.print(f"[bold red]error:[/] {err}", markup=True, highlight=False)
+        raise typer.Exit(2) from None
+    document = json.loads(path.read_text()) if path.is_file() else {}
+    table = Table("service", "mode", "moves to", "applied", "passing", "failing", "reason")
+    for row in document.get("services", []):
+        table.add_row(
+            str(row.get("service")),
+            str(row.get("mode")),
+            str(row.get("moved_to") or "-"),
+            "yes" if row.get("applied") else "no",
+            str(row.get("passing_days")),
+            str(row.get("failing_days")),
+            str(row.get("reason")),
+        )
+    out.print(table)
+    out.print(f"gate: {path}")
+
+
+def scorecard_table(document: dict) -> Table:
+    """The fleet summary of a scorecard as a table (per service, HPA against Forescale)."""
+
+    def number(value: object, text: str = "{:g}") -> str:
+        return "-" if value is None else text.format(value)
+
+    table = Table(
+        title=(
+            f"Shadow scorecard: {document['days']} day(s) to {document['as_of']} "
+            f"({document['seconds']} s)"
+        )
+    )
+    for column in (
+        "service",
+        "scored days",
+        "HPA short min",
+        "Forescale short min",
+        "HPA pod-h",
+        "Forescale pod-h",
+        "pod-h % of HPA",
+        "lead HPA / Forescale (min)",
+        "published",
+    ):
+        table.add_column(column)
+    for row in document["summary"]:
+        if not row["scored_days"]:
+            table.add_row(row["service"], "0", row["reason"], *[""] * 6)
+            continue
+        table.add_row(
+            row["service"],
+            f"{row['scored_days']}/{row['days']}",
+            str(row["hpa_short_minutes"]),
+            str(row["forescale_short_minutes"]),
+            f"{row['hpa_pod_hours']:.1f}",
+            f"{row['forescale_pod_hours']:.1f}",
+            number(row["pod_hours_vs_hpa"] and 100 * row["pod_hours_vs_hpa"], "{:.1f}"),
+            f"{number(row['hpa_median_lead_minutes'])} / "
+            f"{number(row['forescale_median_lead_minutes'])}",
+            number(row["published_share"] and 100 * row["published_share"], "{:.0f} %"),
+        )
+    return table
+
+
 # --------------------------------------------------------------------------- serving and stack
 
 

@@ -14,6 +14,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import mlflow
 
@@ -167,3 +168,22 @@ def _log_run(settings: Settings, as_of: datetime, auto: bool, outcomes: list[Gat
         )
     )
     return run_id
+
+
+def run_gate(settings: Settings, as_of: datetime | None = None) -> Path:
+    """:func:`apply_gate` on the settings' schedule store (the daily scorecard DAG's last task).
+
+    Args:
+        settings: Runtime settings.
+        as_of: The evaluation instant (aware; default: now).
+
+    Returns:
+        The evaluation's JSON under ``artifacts/gate/``.
+    """
+    as_of = (as_of or datetime.now(UTC)).astimezone(UTC)
+    store = ScheduleStore(settings.schedule_db)
+    try:
+        apply_gate(settings, store, as_of)
+    finally:
+        store.dispose()
+    return settings.artifacts_dir / "gate" / f"{as_of:%Y%m%dT%H%M}.json"

@@ -131,7 +131,7 @@ def test_a_broken_plugin_is_one_line_on_stderr_and_the_other_commands_work(
 
 def test_every_dvc_stage_runs_a_real_cli_command_with_existing_inputs() -> None:
     stages = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
-    assert list(stages) == ["telemetry", "features", "anomalies", "train", "schedule"]
+    assert list(stages) == ["telemetry", "features", "anomalies", "train", "schedule", "scorecard"]
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
     for name, stage in stages.items():
         words = shlex.split(stage["cmd"])

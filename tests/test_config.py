@@ -49,3 +49,41 @@ def test_the_file_is_parsed_once_per_version(tmp_path: Path) -> None:
     assert load_config(path).schedule.validity_hours == 4.5
     assert section(path, "schedule")["validity_hours"] == 4.5
     assert section(path, "training")["backtest_folds"] == 3  # defaults filled in
+
+
+def test_the_hpa_settings_default_to_kubernetes_and_merge_field_by_field(tmp_path: Path) -> None:
+    from core.service_config import HpaSettings, load_service_configs, service_config
+    from core.simulation import HpaBehavior, hpa_behavior
+
+    assert hpa_behavior(HpaSettings()) == HpaBehavior()  # Kubernetes' documented defaults
+    shipped = service_config(REPO_ROOT / "params.yaml", "any")
+    assert hpa_behavior(shipped.hpa) == HpaBehavior()
+    assert shipped.pod_startup_seconds == shipped.startup_seconds
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params["services"] = {
+        "web": {"hpa": {"max_replicas": 12, "scale_down": {"stabilization_window_seconds": 60}}},
+        "api": {"hpa": {"pod_startup_seconds": 45, "scale_up": {"select_policy": "Disabled"}}},
+    }
+    configs = load_service_configs(_write(tmp_path / "params.yaml", params))
+    web, api = configs["web"].hpa, configs["api"].hpa
+    assert (web.max_replicas, web.min_replicas) == (12, 2)
+    assert web.scale_down.stabilization_window_seconds == 60
+    assert web.scale_down.policies == shipped.hpa.scale_down.policies  # kept from the defaults
+    assert configs["api"].pod_startup_seconds == 45
+    assert hpa_behavior(api).scale_up_select == "Disabled"
+
+
+@pytest.mark.parametrize(
+    ("hpa", "message"),
+    [
+        ({"max_replica": 3}, r"hpa.max_replica: Extra inputs"),
+        ({"scale_up": {"policies": [{"type": "Pods", "value": 4, "period": 15}]}}, "period"),
+        ({"scale_down": {"select_policy": "Fastest"}}, "select_policy"),
+        ({"min_replicas": 5, "max_replicas": 3}, "hpa.min_replicas"),
+    ],
+)
+def test_unknown_or_bad_hpa_settings_are_refused(tmp_path: Path, hpa: dict, message: str) -> None:
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params["services"] = {"web": {"hpa": hpa}}
+    with pytest.raises(ValueError, match=rf"service 'web'.*{message}"):
+        load_config(_write(tmp_path / "params.yaml", params))

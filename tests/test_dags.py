@@ -27,7 +27,7 @@ from core.settings import REPO_ROOT, get_settings
 DAGS_FOLDER = REPO_ROOT / "dags"
 FIXED_END = pd.Timestamp("2026-11-16 00:00", tz="UTC")  # the seeded fleet is generated up to here
 END = FIXED_END  # for the interval tests; the end-to-end fleet is moved to end near now
-DAG_IDS = {"telemetry_ingest", "forecast_retrain", "schedule_publish", "drift_monitor"}
+DAG_IDS = {"telemetry_ingest", "forecast_retrain", "schedule_publish", "drift_monitor", "scorecard"}
 SHIFTED = "checkout"  # the two-service synthetic fleet is checkout and search
 STEADY = "search"
 
@@ -75,6 +75,7 @@ def test_schedules(dagbag: Any) -> None:
         "telemetry_ingest": "*/5 * * * *",
         "schedule_publish": "*/5 * * * *",
         "drift_monitor": "0 * * * *",
+        "scorecard": "0 4 * * *",
     }
     for dag_id, cron in expected.items():
         timetable = dagbag.dags[dag_id].timetable

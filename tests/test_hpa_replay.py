@@ -9,27 +9,32 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmarks.hpa import HpaBehavior, HpaController, ScalingPolicy, usage_ratio_replicas
 from benchmarks.replay import (
     WINDOW_MINUTES,
     HoltWintersReplicas,
     PreparedTrace,
-    direct_controller,
     discover_traces,
-    keda_behavior,
-    keda_controller,
     read_trace,
     replay_trace,
     select_traces,
     served_targets,
-    simulate,
     step_frame,
-    surge_lead,
-    surge_onsets,
 )
 from core.policy import plan_replicas
 from core.service_config import ServiceConfig
 from core.serving_rule import planned_max
+from core.simulation import (
+    HpaBehavior,
+    HpaController,
+    ScalingPolicy,
+    direct_controller,
+    keda_behavior,
+    keda_controller,
+    simulate,
+    surge_lead,
+    surge_onsets,
+    usage_ratio_replicas,
+)
 
 START = pd.Timestamp("2026-11-16 00:00", tz="UTC")
 

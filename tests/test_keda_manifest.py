@@ -137,10 +137,9 @@ def test_scaled_object_wiring(documents) -> None:
 
 
 def test_scaled_object_is_the_reactive_hpa_the_replay_benchmark_replays(documents) -> None:
-    from benchmarks.hpa import HpaBehavior
-    from benchmarks.replay import SCALED_OBJECT, keda_behavior
     from core.service_config import default_service_config
     from core.settings import REPO_ROOT
+    from core.simulation import SCALED_OBJECT, HpaBehavior, keda_behavior
 
     assert SCALED_OBJECT == DEPLOY_DIR / "scaledobject.yaml"
     replayed = keda_behavior()
