@@ -74,13 +74,7 @@ anything else, so that with 1 the replayed window is the penultimate week; a tra
 is left out and listed. Settings are chosen on ``--shift-weeks 1`` by cross-validation
 (:mod:`benchmarks.replay_cv`) and reported once on the last week.
 
-Surge (for the lead figure): on the 10-minute trailing mean ``s`` of the demand, minute ``t`` is a
-surge onset when ``s(t) >= 1.5 * b`` and ``s(t) - b >= 0.15 * peak``, with ``b`` the minimum of
-``s`` over the 30 minutes before ``t`` and ``peak`` the window's peak demand; onsets are at least
-60 minutes apart. The surge's level ``L`` is the maximum of ``s`` over ``[t, t + 10]``. A policy's
-lead for a surge is how many minutes before ``t`` its ready capacity last reached ``L`` and stayed
-there until ``t`` (positive: early), or minus the minutes after ``t`` until it reaches ``L``
-(negative: late); both are capped at 60 minutes.
+Surges and the lead before them: as :mod:`core.simulation` defines them.
 """
 
 from __future__ import annotations
