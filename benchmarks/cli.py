@@ -181,6 +181,20 @@ def bench_replay(
         write_report(result, report)
 
 
+@bench_app.command("candidates")
+def bench_candidates(
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the candidate files.")],
+    base: Annotated[
+        Path, typer.Option(help="The params file the candidates start from.")
+    ] = REPO_ROOT / "params.yaml",
+) -> None:
+    """Write the replay cross-validation's candidates: complete params files from --base."""
+    from benchmarks.replay_cv import write_candidates
+
+    for path in write_candidates(base, out_dir):
+        out.print(str(path))
+
+
 @bench_app.command("replay-cv")
 def bench_replay_cv(
     json_path: Annotated[

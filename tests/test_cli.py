@@ -49,6 +49,7 @@ BENCH_OPTIONS = {
         "--report",
     ],
     "replay-cv": ["--json", "--out", "--candidate"],
+    "candidates": ["--out", "--base"],
     "report": ["--json", "--out", "--cv"],
     "nab": ["--data", "--json", "--scores", "--cv", "--doc"],
     "features": ["--services", "--days", "--step-minutes", "--online-store", "--json"],
