@@ -34,7 +34,7 @@ CANDIDATE_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
     }
     for blend in (False, True)
     for risk in (0.1, 0.5)
-    for utilization in (0.7, 0.85)
+    for utilization in (0.7, 0.85, 1.0)
 }
 """The candidates: per section, the fields of the repository's ``params.yaml`` they change."""
 
