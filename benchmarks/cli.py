@@ -306,3 +306,41 @@ def bench_serve(
     from benchmarks.serve import run_serve_bench
 
     run_serve_bench(cli_settings(), services, steps, seconds, threads, connections, json_path)
+
+
+@bench_app.command("fleet")
+def bench_fleet(
+    services: Annotated[
+        list[int],
+        typer.Option(
+            "--services", help="Fleet size (repeatable; each in its own home and process)."
+        ),
+    ],
+    days: Annotated[int, typer.Option(help="Days of synthetic history.")],
+    step_minutes: Annotated[int, typer.Option(help="Telemetry resolution in minutes.")] = 5,
+    json_path: JsonOut = None,
+) -> None:
+    """Time forecast_retrain, one telemetry_ingest and one schedule_publish per fleet size."""
+    import json
+
+    from benchmarks.fleet import FleetBenchError, run_fleet_bench, table
+    from pipelines.cli import console
+
+    settings = cli_settings()
+    try:
+        result = run_fleet_bench(
+            services,
+            days,
+            step_minutes,
+            settings.params_file,
+            settings.step_minutes,
+            progress=lambda line: console.print(f"> {line}", markup=False, highlight=False),
+        )
+    except (ValueError, FleetBenchError) as err:
+        console.print(f"error: {err}", markup=False, highlight=False)
+        raise typer.Exit(2 if isinstance(err, ValueError) else 1) from None
+    out.print(table(result), markup=False, highlight=False)
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(result, indent=2))
+        out.print(f"figures: {json_path}", markup=False, highlight=False)

@@ -54,6 +54,7 @@ BENCH_OPTIONS = {
     "nab": ["--data", "--json", "--scores", "--cv", "--doc"],
     "features": ["--services", "--days", "--step-minutes", "--online-store", "--json"],
     "serve": ["--services", "--steps", "--seconds", "--threads", "--connections", "--json"],
+    "fleet": ["--services", "--days", "--step-minutes", "--json"],
 }
 
 
