@@ -7,8 +7,10 @@ returns ``service, ts, y`` on a gap-free grid (missing steps interpolated, flagg
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -91,11 +93,54 @@ def steps_of(value: Steps, step: pd.Timedelta) -> int | None:
     return max(1, int(pd.Timedelta(value) // step))
 
 
+class _LastPrepared:
+    """The last :func:`prepare_history` result, kept for the same frame asked again (an
+    ensemble's members each prepare the history they are given)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.entry: tuple[pd.DataFrame, str, pd.Timedelta, tuple[Any, ...], pd.DataFrame] | None
+        self.entry = None
+
+    @staticmethod
+    def fingerprint(history: pd.DataFrame, target: str) -> tuple[Any, ...]:
+        values = pd.to_numeric(history[target], errors="coerce").to_numpy(dtype=float)
+        stamps = history[TS]
+        return (
+            len(history),
+            tuple(history.columns),
+            stamps.iloc[0] if len(stamps) else None,
+            stamps.iloc[-1] if len(stamps) else None,
+            float(np.nansum(values)),
+            float(np.nansum(values * np.arange(len(values)))),
+        )
+
+    def get(self, history: pd.DataFrame, target: str, step: pd.Timedelta) -> pd.DataFrame | None:
+        with self.lock:
+            entry = self.entry
+        if entry is None or entry[0] is not history or entry[1] != target or entry[2] != step:
+            return None
+        if entry[3] != self.fingerprint(history, target):
+            return None
+        return entry[4].copy()
+
+    def put(
+        self, history: pd.DataFrame, target: str, step: pd.Timedelta, prepared: pd.DataFrame
+    ) -> None:
+        fingerprint = self.fingerprint(history, target)
+        with self.lock:
+            self.entry = (history, target, step, fingerprint, prepared.copy())
+
+
+_LAST_PREPARED = _LastPrepared()
+
+
 def prepare_history(history: pd.DataFrame, target: str, step: pd.Timedelta) -> pd.DataFrame:
     """Validate long-format history and put every service on a regular ``step`` grid.
 
     Duplicated timestamps are averaged; missing steps are linearly interpolated (and flagged in
-    the ``filled`` column) so gaps never shift lags. Negative values are clipped to zero.
+    the ``filled`` column) so gaps never shift lags. Negative values are clipped to zero. The
+    same frame (unchanged) asked again returns a copy of the last result.
 
     Args:
         history: Rows of ``service``, ``ts`` and ``target``.
@@ -112,6 +157,16 @@ def prepare_history(history: pd.DataFrame, target: str, step: pd.Timedelta) -> p
     require_columns(history, (SERVICE, TS, target), "history")
     if history.empty:
         raise ValueError("history has no rows")
+    known = _LAST_PREPARED.get(history, target, step)
+    if known is not None:
+        return known
+    out = _prepare_history(history, target, step)
+    _LAST_PREPARED.put(history, target, step, out)
+    return out
+
+
+def _prepare_history(history: pd.DataFrame, target: str, step: pd.Timedelta) -> pd.DataFrame:
+    """:func:`prepare_history` without the reuse of the last result."""
     frame = to_long(history, [target]).rename(columns={target: Y})
     frame[Y] = pd.to_numeric(frame[Y], errors="coerce").astype(float)
     parts: list[pd.DataFrame] = []

@@ -737,3 +737,22 @@ def test_ensemble_guard_keeps_a_combination_that_beats_seasonal_naive() -> None:
     for peak in explained["peaks"]:  # the member's SHAP drivers, not "same time yesterday +0 %"
         assert len(peak["drivers"]) == 3
         assert any(abs(d["effect_pct"]) > 0 for d in peak["drivers"])
+
+
+def test_prepare_history_asked_again_for_the_same_frame_gives_the_same_result() -> None:
+    from models.features import _prepare_history, prepare_history
+
+    step = pd.Timedelta(minutes=5)
+    stamps = pd.date_range("2026-11-01", periods=50, freq="5min", tz="UTC")
+    history = pd.DataFrame({"service": "api", "ts": stamps.delete([7, 8]), "requests": 1.0})
+    history["requests"] = np.arange(len(history), dtype=float)
+    first = prepare_history(history, "requests", step)
+    again = prepare_history(history, "requests", step)
+    pd.testing.assert_frame_equal(first, again)
+    pd.testing.assert_frame_equal(first, _prepare_history(history, "requests", step))
+    again.loc[0, "y"] = -1.0  # the caller's copy: the kept result is untouched
+    pd.testing.assert_frame_equal(first, prepare_history(history, "requests", step))
+    history.loc[3, "requests"] = 1000.0  # changed in place: prepared anew
+    changed = prepare_history(history, "requests", step)
+    assert changed["y"].max() == 1000.0
+    pd.testing.assert_frame_equal(changed, _prepare_history(history, "requests", step))
