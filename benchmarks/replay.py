@@ -585,7 +585,7 @@ def forescale_targets(
     forecasts = {
         key: pd.concat([j.result() for j in shard_jobs]) for key, shard_jobs in jobs.items()
     }
-    targets: dict[tuple[str, str, int], np.ndarray] = {}
+    pending: dict[tuple[str, str, int], Any] = {}
     families: dict[str, dict[str, dict[str, int]]] = {}
     capacity = {t.name: t.capacity for t in traces}
     for profile in profiles:
@@ -599,7 +599,9 @@ def forescale_targets(
                 str(f): int(n) for f, n in firsts["family"].value_counts().items()
             }
             for delay in delays:
-                targets[(profile.name, name, delay)] = served_targets(
+                pending[(profile.name, name, delay)] = _submit(
+                    pool,
+                    served_targets,
                     own,
                     start,
                     spans[name],
@@ -608,6 +610,7 @@ def forescale_targets(
                     frames_by_key[key][name],
                     profile.blend,
                 )
+    targets = {k: job.result() for k, job in pending.items()}
     return targets, families
 
 

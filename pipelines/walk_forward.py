@@ -17,6 +17,7 @@ and the replay benchmark (``benchmarks/replay.py``).
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -199,15 +200,20 @@ def served_targets(
         else {}
     )
     blend_source = next(iter(blends.values()), None)
-    for offset, forecast in forecasts.groupby("offset", sort=True):
-        offset = int(offset)
+    ordered = forecasts.sort_values(["offset", TS], kind="stable")
+    offsets = ordered["offset"].to_numpy(dtype=np.int64)
+    all_stamps = ordered[TS].to_numpy(dtype="datetime64[us]").astype(np.int64)
+    all_quantiles = {
+        q: ordered[c].to_numpy(dtype=float) for q, c in forecast_quantiles(ordered).items()
+    }
+    firsts = np.flatnonzero(np.r_[True, offsets[1:] != offsets[:-1]]) if len(offsets) else []
+    bounds = np.r_[firsts, len(offsets)].astype(np.int64)
+    for first, last in itertools.pairwise(bounds):
+        offset = int(offsets[first])
         if offset >= span:
             continue
-        forecast = forecast.sort_values(TS)
-        stamps_us = forecast[TS].to_numpy(dtype="datetime64[us]").astype(np.int64)
-        quantiles = {
-            q: forecast[c].to_numpy(dtype=float) for q, c in forecast_quantiles(forecast).items()
-        }
+        stamps_us = all_stamps[first:last]
+        quantiles = {q: values[first:last] for q, values in all_quantiles.items()}
         tail = None
         if tail_source is not None:
             refreshed = (
