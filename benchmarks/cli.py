@@ -344,3 +344,51 @@ def bench_fleet(
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(result, indent=2))
         out.print(f"figures: {json_path}", markup=False, highlight=False)
+
+
+@bench_app.command("scorecard")
+def bench_scorecard(
+    day: Annotated[
+        str | None,
+        typer.Option(
+            help="The scored UTC day, YYYY-MM-DD (default: the day before the data's end)."
+        ),
+    ] = None,
+    publish: Annotated[
+        bool,
+        typer.Option(
+            "--publish/--no-publish",
+            help="First publish a schedule per service every 5 minutes of the day.",
+        ),
+    ] = True,
+    mlflow_run: Annotated[
+        bool, typer.Option("--mlflow/--no-mlflow", help="Log the scorecard's MLflow run.")
+    ] = True,
+    json_path: JsonOut = None,
+) -> None:
+    """Time one daily scorecard of every stored service in steady state (no walk-forward)."""
+    import json
+    from datetime import date, timedelta
+
+    from benchmarks.scorecard_fleet import publish_day, time_scorecard
+    from pipelines.cli import _progress
+    from pipelines.telemetry import list_services, resolve_as_of
+
+    settings = cli_settings()
+    try:
+        scored = (
+            date.fromisoformat(day)
+            if day
+            else resolve_as_of(settings, None).date() - timedelta(days=1)
+        )
+    except ValueError as err:
+        raise typer.BadParameter(f"--day: {err}") from None
+    services = list_services(settings)
+    if publish:
+        count = publish_day(settings, scored, services, _progress)
+        out.print(f"published {count} schedules on {scored} for {len(services)} service(s)")
+    result = time_scorecard(settings, scored, log_to_mlflow=mlflow_run)
+    out.print(json.dumps(result, indent=2))
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(result, indent=2))

@@ -42,7 +42,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -71,6 +71,9 @@ from core.simulation import (
     surge_onsets,
     window_figures,
 )
+
+if TYPE_CHECKING:
+    from serving.store import ScheduleStore
 
 Progress = Callable[[str], None]
 DAY_MINUTES = 24 * 60
@@ -152,10 +155,15 @@ def minute_load(telemetry: pd.DataFrame, start: pd.Timestamp, minutes: int) -> n
 
 
 def published_schedules(
-    settings: Settings, service: str, start: pd.Timestamp, end: pd.Timestamp
+    settings: Settings,
+    service: str,
+    start: pd.Timestamp,
+    end: pd.Timestamp,
+    store: ScheduleStore | None = None,
 ) -> list[Any]:
     """The schedules published for a service that were in force in ``[start, end)``, oldest
-    first: every version published before ``end`` back to the newest one published by ``start``.
+    first: every version published before ``end`` back to the newest one published by ``start``
+    (:meth:`serving.store.ScheduleStore.schedules_in_force`, one read for the whole period).
 
     A schedule is in force from its publication (``generated_at``) until the next one.
 
@@ -164,29 +172,23 @@ def published_schedules(
         service: The service.
         start: Period start.
         end: Period end.
+        store: An open :class:`serving.store.ScheduleStore` to read (default: the settings'
+            schedule store, opened and closed for this read).
 
     Returns:
         The schedules (:class:`serving.schemas.Schedule`).
     """
     from serving.store import ScheduleStore
 
-    store = ScheduleStore(settings.schedule_db)
+    own = store is None
+    reader = ScheduleStore(settings.schedule_db) if own else store
     try:
-        latest = store.latest_versions().get(service)
-        found: list[Any] = []
-        for version in range(latest or 0, 0, -1):
-            schedule = store.get(service, version)
-            if schedule is None:
-                continue
-            published = utc_timestamp(schedule.generated_at)
-            if published >= end:
-                continue
-            found.append(schedule)
-            if published <= start:
-                break
+        return reader.schedules_in_force(
+            service, utc_timestamp(start).to_pydatetime(), utc_timestamp(end).to_pydatetime()
+        )
     finally:
-        store.dispose()
-    return sorted(found, key=lambda s: (utc_timestamp(s.generated_at), s.version))
+        if own:
+            reader.dispose()
 
 
 def _us(stamps: Any) -> np.ndarray:
@@ -476,6 +478,7 @@ def score_services(
     from pipelines.telemetry import read_telemetry
     from pipelines.training import TrainingConfig, history_shortfall
     from pipelines.walk_forward import FORECAST_STEP, rolling_forecasts, served_targets
+    from serving.store import ScheduleStore
 
     if pd.Timedelta(minutes=settings.step_minutes) != FORECAST_STEP:
         raise ValueError(
@@ -522,17 +525,21 @@ def score_services(
     loads: dict[str, np.ndarray] = {}
     weeks: dict[str, np.ndarray] = {}
     schedules: dict[str, list[Any]] = {}
-    for service in services:
-        own = telemetry[telemetry[SERVICE] == service]
-        load = minute_load(own, start, minutes)
-        if len(shortfall[service]) == len(days) or np.isnan(load).all():
-            continue
-        loads[service] = np.nan_to_num(load, nan=0.0)
-        week_start = start - pd.Timedelta(days=7)
-        earlier = minute_load(own, week_start, minutes)
-        known = pd.date_range(week_start, periods=minutes, freq="min") >= own[TS].min()
-        weeks[service] = np.where(known, earlier, np.nan)
-        schedules[service] = published_schedules(settings, service, start, end)
+    store = ScheduleStore(settings.schedule_db)
+    try:
+        for service in services:
+            own = telemetry[telemetry[SERVICE] == service]
+            load = minute_load(own, start, minutes)
+            if len(shortfall[service]) == len(days) or np.isnan(load).all():
+                continue
+            loads[service] = np.nan_to_num(load, nan=0.0)
+            week_start = start - pd.Timedelta(days=7)
+            earlier = minute_load(own, week_start, minutes)
+            known = pd.date_range(week_start, periods=minutes, freq="min") >= own[TS].min()
+            weeks[service] = np.where(known, earlier, np.nan)
+            schedules[service] = published_schedules(settings, service, start, end, store)
+    finally:
+        store.dispose()
 
     served: dict[str, np.ndarray] = {}
     for service in loads:

@@ -626,6 +626,40 @@ class ScheduleStore:
         """Names of the services that have at least one schedule, sorted."""
         return sorted(self.latest_versions())
 
+    def schedules_in_force(self, service: str, start: datetime, end: datetime) -> list[Schedule]:
+        """The schedules of a service that were in force in ``[start, end)``, in two queries.
+
+        A schedule is in force from its publication (``generated_at``) until the next one: these
+        are every version published before ``end``, back to the newest version published at or
+        before ``start`` (all of them before ``end`` when none was).
+
+        Args:
+            service: Service name.
+            start: Period start (aware).
+            end: Period end (aware, exclusive).
+
+        Returns:
+            The schedules, oldest first (by ``generated_at``, then version).
+
+        Raises:
+            ValueError: If ``start`` or ``end`` is naive.
+        """
+        for name, value in (("start", start), ("end", end)):
+            if value.tzinfo is None:
+                raise ValueError(f"{name} {value.isoformat()} must be timezone-aware")
+        table = schedules_table
+        before_end = (table.c.service == service, table.c.generated_at < end)
+        anchor = select(func.max(table.c.version)).where(*before_end, table.c.generated_at <= start)
+        with self._connect() as connection:
+            first = connection.execute(anchor).scalar_one_or_none()
+            rows = connection.execute(
+                select(table)
+                .where(*before_end, table.c.version >= (first or 0))
+                .order_by(table.c.version)
+            ).all()
+        schedules = [self._row_to_schedule(row) for row in rows]
+        return sorted(schedules, key=lambda s: (s.generated_at, s.version))
+
     # ---- explanations ----------------------------------------------------------------------
 
     def put_explanation(self, service: str, version: int, explanation: Mapping[str, Any]) -> None:

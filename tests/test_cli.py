@@ -55,6 +55,7 @@ BENCH_OPTIONS = {
     "features": ["--services", "--days", "--step-minutes", "--online-store", "--json"],
     "serve": ["--services", "--steps", "--seconds", "--threads", "--connections", "--json"],
     "fleet": ["--services", "--days", "--step-minutes", "--json"],
+    "scorecard": ["--day", "--json", "--mlflow", "--no-mlflow", "--publish", "--no-publish"],
 }
 
 

@@ -423,3 +423,85 @@ def test_cold_start_is_served_the_floor_with_the_reason(
     shadow = client.get("/v1/services/newcomer/recommendation").json()
     assert shadow["source"] == "shadow"
     assert "cold start, not enough history (1.5 of 4 days)" in shadow["reason"]
+
+
+# ---- the CLI -----------------------------------------------------------------------------------
+
+
+def test_cli_gate_prints_the_table_and_writes_the_json(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    def invoke(settings: Settings, *args: str) -> Any:
+        monkeypatch.setenv("FORESCALE_HOME", str(settings.home))
+        monkeypatch.setenv("FORESCALE_PARAMS_FILE", str(settings.params_file))
+        return CliRunner().invoke(app, ["gate", *args], env={"COLUMNS": "200"})
+
+    def rows(output: str) -> dict[str, list[str]]:
+        """The table's body rows by service: the cells between the box characters."""
+        found = {}
+        for line in output.splitlines():
+            cells = [cell.strip() for cell in line.strip().strip("│┃").split("│")]
+            if cells and cells[0] in ("checkout", "cart"):
+                found[cells[0]] = cells
+        return found
+
+    settings = gated_settings(tmp_path, auto=True)
+    store = ScheduleStore(settings.schedule_db)
+    store.save_scorecards([card(day, True) for day in days_back(3)])
+    store.save_scorecards([card(day, False, service="cart") for day in days_back(1)])
+    store.dispose()
+
+    moved = invoke(settings, "--as-of", NOW.isoformat())
+    assert moved.exit_code == 0, moved.output
+    table = rows(moved.output)
+    assert table["checkout"][:6] == ["checkout", "shadow", "active", "yes", "3", "0"]
+    assert table["checkout"][6].startswith("3 consecutive passing days")
+    assert table["cart"][:6] == ["cart", "shadow", "-", "no", "0", "1"]
+    assert table["cart"][6] == "stays shadow: 0 of 3 consecutive passing days"
+    path = settings.artifacts_dir / "gate" / "20261116T1200.json"
+    assert f"gate: {path}" in moved.output.replace("\n", "")
+    written = json.loads(path.read_text())
+    assert (written["as_of"], written["auto"]) == (NOW.isoformat(), True)
+    assert written["mlflow_run_id"]
+    by_service = {row["service"]: row for row in written["services"]}
+    assert by_service["checkout"] | {"reason": ""} == {
+        "service": "checkout",
+        "mode": "shadow",
+        "moved_to": "active",
+        "reason": "",
+        "applied": True,
+        "passing_days": 3,
+        "failing_days": 0,
+        "newest_day": days_back(1)[0].isoformat(),
+    }
+    check = ScheduleStore(settings.schedule_db)
+    assert check.current_mode("checkout") == "active" and check.current_mode("cart") is None
+    check.dispose()
+
+    # Evaluated again at the same instant: checkout stays active, nothing is recorded twice.
+    again = invoke(settings, "--as-of", "2026-11-16T12:00")
+    assert again.exit_code == 0, again.output
+    assert rows(again.output)["checkout"][:4] == ["checkout", "active", "-", "no"]
+
+    # With gate.auto off the same scorecards only propose the move.
+    (tmp_path / "off").mkdir()
+    proposing = gated_settings(tmp_path / "off", auto=False)
+    store = ScheduleStore(proposing.schedule_db)
+    store.save_scorecards([card(day, True) for day in days_back(3)])
+    store.dispose()
+    proposed = invoke(proposing, "--as-of", NOW.isoformat())
+    assert proposed.exit_code == 0, proposed.output
+    assert rows(proposed.output)["checkout"][:4] == ["checkout", "shadow", "active", "no"]
+    store = ScheduleStore(proposing.schedule_db)
+    assert store.mode_history("checkout") == []
+    store.dispose()
+
+    # A bad instant is an error naming it, not a traceback.
+    bad = invoke(settings, "--as-of", "yesterday-ish")
+    assert bad.exit_code == 2 and "Traceback" not in bad.output

@@ -226,3 +226,73 @@ def test_published_schedules_are_served_by_the_api_rule_with_staleness_fallback(
     rows = coverage(schedule_forecasts(schedules), actual)
     assert len(rows) == 36 + 12  # the steps of version 2, and the tail of version 1
     assert float((rows["requests"] <= rows["p90"]).mean()) == 1.0
+
+
+def test_schedules_in_force_reads_what_walking_back_version_by_version_reads(
+    tmp_path: Path,
+) -> None:
+    from serving.schemas import SchedulePublish, ScheduleStep
+    from serving.store import ScheduleStore
+
+    start = FIXED_END - pd.Timedelta(days=1)
+    end = FIXED_END
+
+    def body(published: pd.Timestamp) -> SchedulePublish:
+        return SchedulePublish(
+            model_version="m/1",
+            generated_at=published,
+            valid_until=published + pd.Timedelta(hours=2),
+            step_seconds=300,
+            steps=[
+                ScheduleStep(ts=published + pd.Timedelta(minutes=5 * i), replicas=3 + i)
+                for i in range(3)
+            ],
+        )
+
+    def walked_back(store: ScheduleStore, service: str) -> list[tuple[int, object]]:
+        """The scorecard's earlier read: one ``get`` per version, newest first."""
+        found = []
+        for version in range(store.latest_versions().get(service, 0), 0, -1):
+            schedule = store.get(service, version)
+            assert schedule is not None
+            if schedule.generated_at >= end:
+                continue
+            found.append(schedule)
+            if schedule.generated_at <= start:
+                break
+        return [
+            (s.version, s.generated_at)
+            for s in sorted(found, key=lambda s: (s.generated_at, s.version))
+        ]
+
+    hours = pd.Timedelta(hours=1)
+    store = ScheduleStore(f"sqlite:///{tmp_path / 'store.db'}")
+    published = {
+        # versions published out of order, one at the start, one at the end, some after it
+        "web": [
+            start - 3 * hours,
+            start - hours,
+            start + hours,
+            start,
+            start + 5 * hours,
+            end,
+            end - hours,
+            end + hours,
+            start + 2 * hours,
+        ],
+        "late": [start + 4 * hours, start + 9 * hours, end + hours],  # nothing by the start
+        "gone": [start - 5 * hours, start - 2 * hours],  # nothing inside the period
+        "after": [end, end + hours],  # nothing before the end
+    }
+    for service, instants in published.items():
+        for instant in instants:
+            store.publish(service, body(instant))
+    for service in [*published, "never"]:
+        bulk = store.schedules_in_force(service, start.to_pydatetime(), end.to_pydatetime())
+        assert [(s.version, s.generated_at) for s in bulk] == walked_back(store, service), service
+        for one in bulk:
+            assert one == store.get(service, one.version)
+    assert [s.version for s in store.schedules_in_force("web", start, end)] == [4, 9, 5, 7]
+    with pytest.raises(ValueError, match="timezone-aware"):
+        store.schedules_in_force("web", start.tz_localize(None).to_pydatetime(), end)
+    store.dispose()
