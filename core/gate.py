@@ -7,8 +7,11 @@ reactive floor; an ``active`` one is served its schedule. From the service's sco
 * ``shadow -> active`` after ``gate.pass_days`` consecutive passing days
   (:func:`core.scorecard.day_passes`: short minutes at most the HPA's, pod-hours at most the
   HPA's x (1 + ``gate.pod_hour_budget``));
-* ``active -> shadow`` after ``gate.fail_days`` consecutive failing days (scored days that do not
-  pass).
+* ``active -> shadow`` after ``gate.fail_days`` consecutive failing days (days that are
+  evidence but do not pass).
+
+Only days served mostly from published schedules are evidence
+(:func:`core.scorecard.is_evidence`); a day walked forward by simulation ends a run.
 
 Consecutive means consecutive UTC calendar days ending with the newest day given: a missing day,
 or a day without figures (``not_enough_history``), ends both runs. Which mode is served is
@@ -23,7 +26,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from core.params import GateSection
-from core.scorecard import FORESCALE, HPA, ScorecardDay, day_passes
+from core.scorecard import FORESCALE, HPA, ScorecardDay, day_passes, is_evidence
 from core.service_config import ACTIVE, SHADOW, Mode
 
 
@@ -41,16 +44,17 @@ class GateDecision:
 
 
 def day_fails(card: ScorecardDay, pod_hour_budget: float) -> bool:
-    """Whether a scorecard day counts toward going back to shadow: scored, and not passing.
+    """Whether a scorecard day counts toward going back to shadow: evidence, and not passing.
 
     Args:
         card: The day.
         pod_hour_budget: ``gate.pod_hour_budget``.
 
     Returns:
-        True if the day fails (a day without figures neither passes nor fails).
+        True if the day fails (a day without figures, or mostly walked forward rather than
+        published, neither passes nor fails: :func:`core.scorecard.is_evidence`).
     """
-    return card.status == "scored" and not day_passes(card, pod_hour_budget)
+    return is_evidence(card) and not day_passes(card, pod_hour_budget)
 
 
 def _newest_per_day(cards: Sequence[ScorecardDay]) -> list[ScorecardDay]:

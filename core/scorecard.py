@@ -77,11 +77,32 @@ class ScorecardDay(BaseModel):
     policies: dict[str, PolicyFigures] = Field(default_factory=dict)
 
 
+MIN_PUBLISHED_SHARE = 0.9
+"""A day is evidence for the gate only when at least this share of its minutes was served from
+schedules Forescale really published (the rest walked forward is a simulation of them)."""
+
+
+def is_evidence(card: ScorecardDay) -> bool:
+    """Whether a scorecard day can move the gate: scored, with the HPA's and Forescale's figures,
+    and Forescale's mostly from published schedules (:data:`MIN_PUBLISHED_SHARE`).
+
+    Args:
+        card: The day.
+
+    Returns:
+        True if the day counts, passing or failing.
+    """
+    if card.status != "scored" or HPA not in card.policies or FORESCALE not in card.policies:
+        return False
+    share = card.policies[FORESCALE].source
+    return share is not None and share >= MIN_PUBLISHED_SHARE
+
+
 def day_passes(card: ScorecardDay, pod_hour_budget: float) -> bool:
     """Whether a scorecard day counts toward going live.
 
-    It passes when Forescale ran short no longer than the HPA and used at most the HPA's
-    pod-hours × (1 + ``pod_hour_budget``). A day without figures does not pass.
+    It passes when it is evidence (:func:`is_evidence`) and Forescale ran short no longer than
+    the HPA and used at most the HPA's pod-hours × (1 + ``pod_hour_budget``).
 
     Args:
         card: The day.
@@ -90,7 +111,7 @@ def day_passes(card: ScorecardDay, pod_hour_budget: float) -> bool:
     Returns:
         True if the day passes.
     """
-    if card.status != "scored" or HPA not in card.policies or FORESCALE not in card.policies:
+    if not is_evidence(card):
         return False
     hpa, ours = card.policies[HPA], card.policies[FORESCALE]
     return (

@@ -505,3 +505,21 @@ def test_cli_gate_prints_the_table_and_writes_the_json(
     # A bad instant is an error naming it, not a traceback.
     bad = invoke(settings, "--as-of", "yesterday-ish")
     assert bad.exit_code == 2 and "Traceback" not in bad.output
+
+
+def test_a_day_walked_forward_rather_than_published_neither_passes_nor_fails() -> None:
+    from core.gate import day_fails
+    from core.scorecard import day_passes, is_evidence
+
+    published = card(date(2026, 12, 1), passes=True)
+    walked = published.model_copy(
+        update={
+            "policies": {
+                **published.policies,
+                FORESCALE: published.policies[FORESCALE].model_copy(update={"source": 0.2}),
+            }
+        }
+    )
+    assert is_evidence(published) and day_passes(published, 0.1)
+    assert not is_evidence(walked)
+    assert not day_passes(walked, 0.1) and not day_fails(walked, 0.1)
