@@ -430,8 +430,8 @@ class EnsembleForecaster(Forecaster):
             services = set(history[SERVICE].astype(str))
             fresh_long = history[history[SERVICE].astype(str).isin(long_services)]
             fresh_short = history[~history[SERVICE].astype(str).isin(long_services)]
-        else:
-            services = long_services | set(self.guarded_services_) | set(self.short_services_)
+        else:  # every service fitted; those the members could not take get seasonal naive
+            services = set(self.fallback_.history_[SERVICE].astype(str))
             fresh_long, fresh_short = self.history_, None
         if long_services & services and self.fitted_:
             combined = self._combine(horizon, levels, fresh_long)

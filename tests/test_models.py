@@ -756,3 +756,26 @@ def test_prepare_history_asked_again_for_the_same_frame_gives_the_same_result() 
     changed = prepare_history(history, "requests", step)
     assert changed["y"].max() == 1000.0
     pd.testing.assert_frame_equal(changed, _prepare_history(history, "requests", step))
+
+
+def test_an_ensemble_fitted_on_too_short_a_history_forecasts_seasonal_naive() -> None:
+    from models.catalog import forecaster_factory
+    from models.naive import SeasonalNaiveForecaster
+
+    stamps = pd.date_range("2026-11-01", periods=288, freq="5min", tz="UTC")
+    history = pd.DataFrame(
+        {"service": "api", "ts": stamps, "requests": 100.0 + np.arange(288) % 12}
+    )
+    ensemble = forecaster_factory(
+        "ensemble",
+        {
+            "members": {"naive": "naive", "lightgbm": {"family": "lightgbm"}},
+            "guard_windows": 1,
+            "guard_horizon": "1D",
+        },
+        (0.5, 0.9),
+    )().fit(history)
+    forecast = ensemble.predict(12, (0.5, 0.9))
+    naive = SeasonalNaiveForecaster().fit(history).predict(12, (0.5, 0.9))
+    assert len(forecast) == 12
+    assert np.allclose(forecast["p50"], naive["p50"])
