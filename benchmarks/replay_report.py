@@ -7,6 +7,7 @@ cross-validation of :mod:`benchmarks.replay_cv`) into the page; ``forescale benc
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -105,7 +106,42 @@ def replay_markdown(result: Mapping[str, Any], cv: Mapping[str, Any] | None = No
         lines.append("")
     if cv is not None:
         lines += cv_lines(cv)
+    lines += per_trace_lines(result)
     return "\n".join(lines)
+
+
+def per_trace_lines(result: Mapping[str, Any]) -> list[str]:
+    """Per start-up delay and trace: each profile's short minutes, pod-hours and lead against the
+    HPA's."""
+    lines = ["## Per trace", ""]
+    profiles = [p["name"] for p in result["params_files"]]
+    for delay, figures in result["summary"].items():
+        lines += [
+            f"### Start-up {delay} min",
+            "",
+            (
+                "| trace | profile | short min (HPA) | pod-hours (HPA) | % of HPA pod-hours "
+                "| median lead min (HPA) |"
+            ),
+            "|---|---|---:|---:|---:|---:|",
+        ]
+        for trace, rows in figures["per_trace"].items():
+            hpa = rows["hpa"]
+            for name in profiles:
+                ours = rows[name]
+                share = 100 * ours["pod_hours"] / hpa["pod_hours"] if hpa["pod_hours"] else 0.0
+                lines.append(
+                    f"| {trace} | {name} | {ours['short_minutes']} ({hpa['short_minutes']}) | "
+                    f"{ours['pod_hours']:.1f} ({hpa['pod_hours']:.1f}) | {share:.1f} | "
+                    f"{_lead(ours)} ({_lead(hpa)}) |"
+                )
+        lines.append("")
+    return lines
+
+
+def _lead(figures: Mapping[str, Any]) -> str:
+    lead = figures.get("median_lead_minutes")
+    return "-" if lead is None or math.isnan(lead) else f"{lead:g}"
 
 
 def cv_lines(cv: Mapping[str, Any]) -> list[str]:
