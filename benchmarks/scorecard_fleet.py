@@ -58,8 +58,9 @@ def publish_day(
     """
     from core.policy import plan_replicas
     from pipelines.features import model_inputs
+    from pipelines.publish import schedule_steps
     from serving.client import publish_schedules_to_store
-    from serving.schemas import SchedulePublish, ScheduleStep
+    from serving.schemas import SchedulePublish
     from serving.store import ScheduleStore
 
     start = pd.Timestamp(day, tz="UTC")
@@ -96,15 +97,7 @@ def publish_day(
                 generated_at=instant.to_pydatetime(),
                 valid_until=(instant + validity).to_pydatetime(),
                 step_seconds=int(STEP.total_seconds()),
-                steps=[
-                    ScheduleStep(
-                        ts=r.ts,
-                        replicas=int(r.replicas),
-                        forecast_p50=float(r.forecast_p50),
-                        forecast_p90=float(r.forecast_p90),
-                    )
-                    for r in rows.itertuples()
-                ],
+                steps=schedule_steps(rows),
             )
         publish_schedules_to_store(settings, bodies, now=instant.to_pydatetime())
         published += len(bodies)

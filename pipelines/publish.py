@@ -21,6 +21,7 @@ import math
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -37,6 +38,9 @@ from core.schema import (
 from core.settings import Settings
 from models.registry import champion, configure_mlflow, load_forecaster
 from pipelines.telemetry import resolve_as_of
+
+if TYPE_CHECKING:
+    from serving.schemas import ScheduleStep
 
 LOG = logging.getLogger(__name__)
 RUN_FOLDER_FORMAT = "%Y%m%dT%H%M"  # artifacts/<kind>/<run time>/, e.g. a forecast's issue time
@@ -366,6 +370,28 @@ def empty_schedules() -> pd.DataFrame:
     )
 
 
+def schedule_steps(rows: pd.DataFrame) -> list[ScheduleStep]:
+    """A planned schedule's rows (``ts, replicas, forecast_p50, forecast_p90``) as API steps.
+
+    Args:
+        rows: One service's rows of :func:`build_schedules`.
+
+    Returns:
+        The steps, in row order.
+    """
+    from serving.schemas import ScheduleStep
+
+    return [
+        ScheduleStep(
+            ts=r.ts,
+            replicas=int(r.replicas),
+            forecast_p50=float(r.forecast_p50),
+            forecast_p90=float(r.forecast_p90),
+        )
+        for r in rows.itertuples()
+    ]
+
+
 def publish_schedules(
     settings: Settings,
     schedules_path: Path | str,
@@ -390,7 +416,7 @@ def publish_schedules(
         (empty when the file holds no schedule).
     """
     from serving.client import publish_schedules_to_store
-    from serving.schemas import SchedulePublish, ScheduleStep
+    from serving.schemas import SchedulePublish
 
     schedules_path = Path(schedules_path)
     schedules = pd.read_parquet(schedules_path)
@@ -403,15 +429,7 @@ def publish_schedules(
     explanations: dict[str, dict] = {}
     for service, rows in schedules.groupby(SERVICE, sort=True):
         name = str(service)
-        steps = [
-            ScheduleStep(
-                ts=r.ts,
-                replicas=int(r.replicas),
-                forecast_p50=float(r.forecast_p50),
-                forecast_p90=float(r.forecast_p90),
-            )
-            for r in rows.itertuples()
-        ]
+        steps = schedule_steps(rows)
         bodies[name] = SchedulePublish(
             model_version=str(rows["model_version"].iloc[0]),
             generated_at=now.to_pydatetime(),

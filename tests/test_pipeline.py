@@ -93,7 +93,12 @@ def test_the_published_schedule_comes_with_an_explanation_in_words(pipeline_home
     assert version == summaries[0].schedule_version
     assert explanation["model_version"] == summaries[0].model_version
     assert len(explanation["peaks"]) == 3
-    assert explanation["sizing"].startswith("risk 0.1: the forecast's own 90% quantile")
+    from core.service_config import service_config
+
+    risk = service_config(settings.params_file, summaries[0].service).risk
+    assert explanation["sizing"].startswith(
+        f"risk {risk:.3g}: the forecast's own {100 * (1 - risk):.3g}% quantile"
+    )
     for peak in explanation["peaks"]:
         assert peak["drivers"] and "peak" in peak["text"] and "%" in peak["text"]
 
@@ -401,13 +406,17 @@ def test_schedules_are_planned_on_the_tail_of_the_models_own_recent_errors(
     )
     from pipelines.telemetry import telemetry_span
 
-    tailed = copy_of(settings, tmp_path, schedule={"tail_days": 3})
+    tailed = copy_of(settings, tmp_path, schedule={"tail_days": 3, "blend_with_persistence": False})
     configure_mlflow(tailed)
     now = telemetry_span(tailed)[1].floor("5min")
     actual = recent_history(tailed, ["checkout"], now, days=1)
     # pods sized so that the day's peak needs 10 at 100 %
     sized = {"capacity_per_replica": float(actual["requests"].max()) / 10, "max_replicas": 1000}
-    tailed = settings_with_params(tailed.home, schedule={"tail_days": 3}, service_defaults=sized)
+    tailed = settings_with_params(
+        tailed.home,
+        schedule={"tail_days": 3, "blend_with_persistence": False},
+        service_defaults=sized,
+    )
     label = champion("checkout").label
     # the champion's forecasts of the last 3 hours were half of what came, p90 at 0.6x: every
     # standardized error is (1 - 0.5) / (0.6 - 0.5) = 5
