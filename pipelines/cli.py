@@ -390,7 +390,10 @@ def gate(
         console.print(f"[bold red]error:[/] {err}", markup=True, highlight=False)
         raise typer.Exit(2) from None
     document = json.loads(path.read_text()) if path.is_file() else {}
-    table = Table("service", "mode", "moves to", "applied", "passing", "failing", "reason")
+    table = Table(title="Go-live gate")
+    for column in ("service", "mode", "moves to", "applied", "passing", "failing"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("reason", overflow="fold")
     for row in document.get("services", []):
         table.add_row(
             str(row.get("service")),
