@@ -73,6 +73,8 @@ SCHEDULE_COLUMNS: tuple[str, ...] = (
     "quantile_used",
     "planned_load",
     "tail_factor",
+    "persistence_weight",
+    "last_load",
 )
 TAIL_MIN_ERRORS = 50  # fewest past errors of one horizon step to use that step's own quantile
 TAIL_MIN_TOTAL = 288  # fewest past errors to calibrate at all (2 h of 12-step forecasts)
@@ -560,7 +562,8 @@ def plan_replicas(
         ``forecast_p90`` (NaN when absent), ``quantile_used`` (the probability planned on,
         ``1 - risk``), ``planned_load`` (the load the pods are sized for, :func:`risk_load`) and
         ``tail_factor`` (the empirical tail factor used, NaN when planned on the forecast's
-        quantiles).
+        quantiles), ``persistence_weight`` and ``last_load`` (the blend with persistence, NaN
+        without one).
 
     Raises:
         ValueError: If a column is missing, a service has no config, a quantile is negative or
@@ -612,6 +615,10 @@ def plan_replicas(
                     "quantile_used": level,
                     "planned_load": load,
                     "tail_factor": np.nan if factors is None else per_step(factors, len(group)),
+                    "persistence_weight": (
+                        np.nan if blend is None else per_step(blend.weights, len(group))
+                    ),
+                    "last_load": np.nan if blend is None else blend.last,
                 }
             )
         )

@@ -23,6 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 
 from core.params import section
@@ -365,6 +366,8 @@ def empty_schedules() -> pd.DataFrame:
             "quantile_used": pd.Series(dtype=float),
             "planned_load": pd.Series(dtype=float),
             "tail_factor": pd.Series(dtype=float),
+            "persistence_weight": pd.Series(dtype=float),
+            "last_load": pd.Series(dtype=float),
             "model_version": pd.Series(dtype=object),
         }
     )
@@ -556,4 +559,12 @@ def sizing_in_words(schedule: pd.DataFrame) -> str:
             f"quantile of its own recent errors; the forecast's tail would give "
             f"{normal:.2f})"
         )
-    return f"risk {1 - level:.3g}: {basis}; {first['planned_load']:.1f} req/s at the first step"
+    words = f"risk {1 - level:.3g}: {basis}; {first['planned_load']:.1f} req/s at the first step"
+    weight = first.get("persistence_weight", np.nan)
+    if not pd.isna(weight):
+        words += (
+            f", blended with the last load ({first['last_load']:.1f} req/s) at weight "
+            f"{weight:.2f} for the forecast (its least-squares weight against persistence on "
+            "its own recent forecasts)"
+        )
+    return words

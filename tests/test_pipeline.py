@@ -473,6 +473,9 @@ def test_schedules_are_planned_on_the_tail_of_the_models_own_recent_errors(
     last = last_complete_step(blended, ["checkout"], now)["checkout"]
     assert last == float(actual["requests"].iloc[-1])
     mixed = pd.read_parquet(build_schedules(blended, forecast_path))
+    assert np.allclose(mixed["persistence_weight"].iloc[0], weights[0])
+    assert mixed["last_load"].iloc[0] == last
+    assert f"blended with the last load ({last:.1f} req/s) at weight" in sizing_in_words(mixed)
     expected = plan_replicas(
         forecast, config, tail=np.full(len(forecast), 5.0), persistence=Persistence(last, weights)
     )

@@ -102,8 +102,11 @@ def test_replicas_are_ceil_of_quantile_over_capacity() -> None:
         "quantile_used",
         "planned_load",
         "tail_factor",
+        "persistence_weight",
+        "last_load",
     ]
     assert np.allclose(plan["planned_load"], 101.0) and plan["tail_factor"].isna().all()
+    assert plan["persistence_weight"].isna().all() and plan["last_load"].isna().all()
 
 
 def test_rise_is_pre_warmed_at_the_median_and_reached_one_lead_earlier() -> None:
