@@ -594,12 +594,11 @@ def plan_replicas(
         level = 1.0 - service_config.risk
         floor = live_floor.get(str(service)) if isinstance(live_floor, Mapping) else live_floor
         factors = tail.get(str(service)) if isinstance(tail, Mapping) else tail
-        if factors is not None and dropped:
-            factors = np.asarray(factors)[min(dropped, len(factors) - 1) :]
+        if factors is not None:
+            factors = _from_step(factors, dropped)
         blend = persistence.get(str(service)) if isinstance(persistence, Mapping) else persistence
-        if blend is not None and dropped:
-            kept_weights = np.asarray(blend.weights)[min(dropped, len(blend.weights) - 1) :]
-            blend = Persistence(blend.last, kept_weights)
+        if blend is not None:
+            blend = Persistence(blend.last, _from_step(blend.weights, dropped))
         quantiles = {
             q: group[c].to_numpy(dtype=float) for q, c in forecast_quantiles(group).items()
         }
@@ -625,6 +624,12 @@ def plan_replicas(
     if not parts:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in SCHEDULE_COLUMNS})
     return pd.concat(parts, ignore_index=True)[list(SCHEDULE_COLUMNS)]
+
+
+def _from_step(values: np.ndarray, dropped: int) -> np.ndarray:
+    """Per-step values from the first step ``now`` keeps (the last one stays)."""
+    values = np.asarray(values)
+    return values[min(dropped, len(values) - 1) :] if dropped else values
 
 
 def _config_for(

@@ -154,7 +154,7 @@ def _log_run(settings: Settings, as_of: datetime, auto: bool, outcomes: list[Gat
         )
         run_id = run.info.run_id
     configure_mlflow(settings)
-    out = settings.artifacts_dir / "gate" / f"{as_of:%Y%m%dT%H%M}.json"
+    out = gate_record_path(settings, as_of)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
         json.dumps(
@@ -186,4 +186,9 @@ def run_gate(settings: Settings, as_of: datetime | None = None) -> Path:
         apply_gate(settings, store, as_of)
     finally:
         store.dispose()
+    return gate_record_path(settings, as_of)
+
+
+def gate_record_path(settings: Settings, as_of: datetime) -> Path:
+    """Where the evaluation at ``as_of`` (UTC) is kept: ``artifacts/gate/<as_of>.json``."""
     return settings.artifacts_dir / "gate" / f"{as_of:%Y%m%dT%H%M}.json"

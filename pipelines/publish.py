@@ -193,7 +193,11 @@ def issued_forecasts(
 
 
 def forecast_errors(
-    settings: Settings, services: Sequence[str], as_of: pd.Timestamp, days: float
+    settings: Settings,
+    services: Sequence[str],
+    as_of: pd.Timestamp,
+    days: float,
+    actual: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Standardized errors of the forecasts issued in the ``days`` before ``as_of``.
 
@@ -207,6 +211,8 @@ def forecast_errors(
         services: Services to read.
         as_of: The instant of the record (steps ending later are not known yet).
         days: How far back forecasts count.
+        actual: The services' :func:`recent_history` of ``ceil(days) + 2`` days before
+            ``as_of``, when the caller has read it already.
 
     Returns:
         ``service, model_version, horizon_step, error`` and, for
@@ -222,7 +228,8 @@ def forecast_errors(
     issued = issued[issued[TS] + step <= as_of] if not issued.empty else issued
     if issued.empty:
         return pd.DataFrame(columns=columns)
-    actual = recent_history(settings, services, as_of, days=math.ceil(days) + 2)
+    if actual is None:
+        actual = recent_history(settings, services, as_of, days=math.ceil(days) + 2)
     if actual.empty:
         return pd.DataFrame(columns=columns)
     joined = issued.merge(actual[[SERVICE, TS, TARGET]], on=[SERVICE, TS], how="inner")
@@ -243,7 +250,10 @@ def forecast_errors(
 
 
 def last_complete_step(
-    settings: Settings, services: Sequence[str], as_of: pd.Timestamp
+    settings: Settings,
+    services: Sequence[str],
+    as_of: pd.Timestamp,
+    recent: pd.DataFrame | None = None,
 ) -> dict[str, float]:
     """Each service's load in the latest step that ended by ``as_of`` within a day (services
     without one are left out): the "load stays as it is" forecast that :func:`core.policy.persistence_weights`
@@ -253,11 +263,15 @@ def last_complete_step(
         settings: Runtime settings.
         services: Services to read.
         as_of: The forecast's issue time.
+        recent: The services' :func:`recent_history` before ``as_of``, when the caller has read
+            it already (read here otherwise).
 
     Returns:
         Service -> load.
     """
-    recent = recent_history(settings, services, as_of, days=1)
+    if recent is None:
+        recent = recent_history(settings, services, as_of, days=1)
+    recent = recent[recent[TS] >= as_of - pd.Timedelta(days=1)]
     if recent.empty:
         return {}
     ended = recent.sort_values(TS).groupby(SERVICE).tail(1)
@@ -314,9 +328,10 @@ def build_schedules(settings: Settings, forecast_path: Path | str) -> Path:
                 f"folder name ({RUN_FOLDER_FORMAT}, as forecast_shard writes it)"
             )
         services = sorted(forecast[SERVICE].unique())
-        errors = forecast_errors(settings, services, issued, tail_days)
+        actual = recent_history(settings, services, issued, days=math.ceil(tail_days) + 2)
+        errors = forecast_errors(settings, services, issued, tail_days, actual=actual)
         if blend:
-            last_now = last_complete_step(settings, services, issued)
+            last_now = last_complete_step(settings, services, issued, recent=actual)
     frames = []
     for service, rows in forecast.groupby(SERVICE, sort=True):
         config = service_config(settings.params_file, str(service))

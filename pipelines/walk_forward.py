@@ -247,8 +247,7 @@ def _tail_factor_sources(
     (:func:`core.policy.tail_factors`) that uses only the errors of forecast steps that
     ended at or before the instant and within ``days`` of it, memoised per argument set.
     """
-    rows = forecasts.sort_values(["offset", SERVICE, TS], kind="stable")
-    rows = rows.assign(horizon_step=rows.groupby(["offset", SERVICE]).cumcount() + 1)
+    rows = _numbered(forecasts)
     sources: dict[str, Callable[[int, float, float, int], np.ndarray | None]] = {}
     for name, own in rows.groupby(SERVICE, sort=False):
         stamps = own[TS].to_numpy(dtype="datetime64[us]").astype(np.int64)
@@ -275,8 +274,7 @@ def _persistence_sources(
     the forecasts whose steps ended by the last hourly refresh (as the tail factors) within
     ``days``; ``None`` while no step or too short a record is known.
     """
-    rows = forecasts.sort_values(["offset", SERVICE, TS], kind="stable")
-    rows = rows.assign(horizon_step=rows.groupby(["offset", SERVICE]).cumcount() + 1)
+    rows = _numbered(forecasts)
     step_us = int(FORECAST_STEP / pd.Timedelta(microseconds=1))
     observed = pd.Series(
         actuals[TARGET].to_numpy(float),
@@ -297,8 +295,9 @@ def _persistence_sources(
         stamps = own[TS].to_numpy(dtype="datetime64[us]").astype(np.int64)
         issued = start_us + own["offset"].to_numpy(dtype=np.int64) * 60_000_000
         actual = observed.reindex(stamps).to_numpy()
-        last_at_issue = np.array([last_by(int(i)) for i in np.unique(issued)])
-        last = last_at_issue[np.searchsorted(np.unique(issued), issued)]
+        instants = np.unique(issued)
+        last_at_issue = np.array([last_by(int(i)) for i in instants])
+        last = last_at_issue[np.searchsorted(instants, issued)]
         ends = stamps + step_us
         horizon = own["horizon_step"].to_numpy()
         p50 = own["p50"].to_numpy(float)
@@ -333,6 +332,12 @@ def _persistence_sources(
 
         sources[str(name)] = source
     return sources
+
+
+def _numbered(forecasts: pd.DataFrame) -> pd.DataFrame:
+    """The forecast rows by publication, trace and time, with their ``horizon_step``."""
+    rows = forecasts.sort_values(["offset", SERVICE, TS], kind="stable")
+    return rows.assign(horizon_step=rows.groupby(["offset", SERVICE]).cumcount() + 1)
 
 
 def _memoised_tail(
