@@ -115,6 +115,7 @@ class AnomalySection(_Section):
     detector: dict[str, Any] = Field(default_factory=dict)
     context_days: int = Field(default=21, ge=1)
     backtest_days: int = Field(default=2, ge=1)
+    backtest_services: int = Field(default=50, ge=1)
     detect_within_steps: int = Field(default=6, ge=1)
     false_alarm_cost: float = Field(default=0.05, ge=0)
     backfill_hours: float = Field(default=24.0, gt=0)

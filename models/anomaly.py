@@ -52,6 +52,7 @@ from core.schema import SERVICE, TARGET, TS, TS_DTYPE, require_columns, to_long
 
 SCORE = "score"
 IS_ANOMALY = "is_anomaly"
+RAW_SCORE = "raw_score"
 RANK_NORMALISATIONS = ("history", "available")
 
 
@@ -165,7 +166,7 @@ def _clean_values(values: np.ndarray, what: str) -> np.ndarray:
 
 
 def nearest_neighbour_distance(
-    values: np.ndarray, embedding: int, search_rows: int, lag: int = 1
+    values: np.ndarray, embedding: int, search_rows: int, lag: int = 1, first_row: int = 0
 ) -> np.ndarray:
     """Distance of each subsequence to its nearest non-overlapping earlier subsequence.
 
@@ -175,6 +176,8 @@ def nearest_neighbour_distance(
             ``values[t - (embedding - 1) * lag], ..., values[t - lag], values[t]``.
         search_rows: How many earlier subsequences are searched.
         lag: Rows between the points of a subsequence.
+        first_row: Rows before this one are not computed (left 0); a row's distance depends on
+            the values up to it only, so later rows are the same as without it.
 
     Returns:
         Per row, the RMS distance (0 where no earlier subsequence exists yet).
@@ -185,7 +188,7 @@ def nearest_neighbour_distance(
     if n < span + 2:
         return distance
     windows = np.lib.stride_tricks.sliding_window_view(values, span)[:, ::lag]
-    for k in range(span + 1, len(windows)):
+    for k in range(max(span + 1, first_row - span + 1), len(windows)):
         gap = windows[max(0, k - search_rows) : k - span] - windows[k]
         distance[k + span - 1] = math.sqrt(
             float(np.min(np.einsum("ij,ij->i", gap, gap))) / embedding
@@ -217,27 +220,6 @@ def rank_score(
         scale = top if normalisation == "history" else math.log(1.0 / (len(past) + 1))
         score[t] = math.log((exceed + 1) / (len(past) + 1)) / scale
     return np.clip(score, 0.0, 1.0)
-
-
-def _novelty_score(values: np.ndarray, settings: DetectorSettings) -> np.ndarray:
-    """Mean over scales of the rank-calibrated nearest-neighbour distance."""
-    scores = []
-    for window in settings.scales:
-        smooth = (
-            values
-            if window == 1
-            else pd.Series(values).rolling(window, min_periods=1).mean().to_numpy()
-        )
-        distance = nearest_neighbour_distance(
-            smooth, settings.embedding, settings.search_rows, lag=window
-        )
-        lead = (settings.embedding - 1) * window + window
-        scores.append(
-            rank_score(
-                distance, settings.history, lead + settings.warmup, settings.rank_normalisation
-            )
-        )
-    return np.mean(scores, axis=0)
 
 
 def _range_score(values: np.ndarray, settings: DetectorSettings) -> np.ndarray:
@@ -287,7 +269,110 @@ def _damp_after_events(raw: np.ndarray, size: np.ndarray, refractory: int) -> np
     return raw * (1.0 - damping)
 
 
-def score_series(values: np.ndarray, settings: DetectorSettings | None = None) -> np.ndarray:
+def distance_column(window: int) -> str:
+    """The context column holding each row's nearest-neighbour distance at a smoothing window."""
+    return f"distance_{window}"
+
+
+@dataclass
+class SeriesState:
+    """What scoring a series computed, kept so that scoring its next rows needs no recomputation.
+
+    Each array is aligned with the series' values; NaN where the value was not computed. A row's
+    distances and raw score depend on that row and the past only, so they stay valid when rows are
+    appended.
+
+    Attributes:
+        distances: Per smoothing window (``DetectorSettings.scales``), each row's
+            nearest-neighbour distance.
+        raw: Each row's score before refractory damping.
+    """
+
+    distances: dict[int, np.ndarray]
+    raw: np.ndarray
+
+
+def _first_unknown(known: np.ndarray, start: int) -> int:
+    """First row at or after ``start`` whose value is NaN (``len(known)`` if none)."""
+    missing = np.flatnonzero(np.isnan(known[start:]))
+    return start + int(missing[0]) if len(missing) else len(known)
+
+
+def _known(arrays: np.ndarray | None, n: int) -> np.ndarray:
+    """``arrays`` padded with NaN to ``n`` rows (all NaN when there is none)."""
+    out = np.full(n, np.nan)
+    if arrays is not None:
+        out[: min(n, len(arrays))] = arrays[:n]
+    return out
+
+
+def score_rows(
+    values: np.ndarray,
+    settings: DetectorSettings,
+    first_row: int = 0,
+    known: SeriesState | None = None,
+) -> tuple[np.ndarray, SeriesState]:
+    """Scores of a series' rows from ``first_row`` on, computing only what they depend on.
+
+    A row's score needs the raw scores of the ``refractory`` rows before it, and each raw score
+    the distances of the ``history`` rows before that; what ``known`` already holds for those
+    rows is used as it is.
+
+    Args:
+        values: The series, oldest first (see :func:`score_series`).
+        settings: Detector settings.
+        first_row: First row to score.
+        known: Distances and raw scores computed for earlier rows of this same series (by an
+            earlier call on a prefix of it), aligned with ``values``.
+
+    Returns:
+        The scores of rows ``first_row..`` and the state for the next call.
+
+    Raises:
+        ValueError: If there are no finite values.
+    """
+    clean = _clean_values(values, "series")
+    n = len(clean)
+    raw_from = max(0, first_row - settings.refractory)
+    raw = _known(known.raw if known else None, n)
+    unknown_raw = _first_unknown(raw, raw_from)
+    novelty = np.zeros(n)
+    distances = {}
+    for window in settings.scales:
+        distance = _known(known.distances.get(window) if known else None, n)
+        compute_from = _first_unknown(distance, max(0, unknown_raw - settings.history))
+        if compute_from < n:
+            smooth = (
+                clean
+                if window == 1
+                else pd.Series(clean).rolling(window, min_periods=1).mean().to_numpy()
+            )
+            computed = nearest_neighbour_distance(
+                smooth, settings.embedding, settings.search_rows, window, compute_from
+            )
+            distance[compute_from:] = computed[compute_from:]
+        lead = (settings.embedding - 1) * window + window
+        if unknown_raw < n:
+            novelty += rank_score(
+                distance,
+                settings.history,
+                max(lead + settings.warmup, unknown_raw),
+                settings.rank_normalisation,
+            )
+        distances[window] = distance
+    if unknown_raw < n:
+        novelty /= len(settings.scales)
+        raw[unknown_raw:] = np.maximum(novelty, _range_score(clean, settings))[unknown_raw:]
+    damped = _damp_after_events(
+        raw[raw_from:], _event_size(clean, settings)[raw_from:], settings.refractory
+    )
+    scores = np.clip(damped, 0.0, 1.0)[first_row - raw_from :]
+    return scores, SeriesState(distances, raw)
+
+
+def score_series(
+    values: np.ndarray, settings: DetectorSettings | None = None, first_row: int = 0
+) -> np.ndarray:
     """Online anomaly score of one series: each point is scored from itself and the past.
 
     Rows are scored in the order given, whatever their timestamps say (a clock that steps back
@@ -297,18 +382,17 @@ def score_series(values: np.ndarray, settings: DetectorSettings | None = None) -
         values: The series, oldest first; NaN/inf are forward-filled (a missing point is read
             as "no change").
         settings: Detector settings; defaults to :class:`DetectorSettings`.
+        first_row: Score the rows from this one on: the earlier rows are the past only, and
+            only what the later rows' scores depend on is computed for them (the scores are the
+            same as the tail of the whole series' scores).
 
     Returns:
-        Scores in [0, 1], one per row.
+        Scores in [0, 1], one per row from ``first_row`` on.
 
     Raises:
         ValueError: If there are no finite values.
     """
-    settings = settings or DetectorSettings()
-    clean = _clean_values(values, "series")
-    raw = np.maximum(_novelty_score(clean, settings), _range_score(clean, settings))
-    damped = _damp_after_events(raw, _event_size(clean, settings), settings.refractory)
-    return np.clip(damped, 0.0, 1.0)
+    return score_rows(values, settings or DetectorSettings(), first_row)[0]
 
 
 @dataclass
@@ -320,7 +404,9 @@ class AnomalyDetector:
         threshold: A point is an anomaly when its score is at or above this.
         target: The metric column that is scored.
         context: Per service, the most recent fitted/scored rows (``ts``, value) used as the
-            past when scoring newer rows.
+            past when scoring newer rows; rows it has scored also carry what scoring computed
+            for them (:func:`distance_column` per scale, ``raw_score``), so the next rows are
+            scored without recomputing it.
     """
 
     settings: DetectorSettings = field(default_factory=DetectorSettings)
@@ -383,7 +469,9 @@ class AnomalyDetector:
                 joined = rows[[TS, self.target]].reset_index(drop=True)
                 n_past = 0
             try:
-                scores = score_series(joined[self.target].to_numpy(), self.settings)[n_past:]
+                scores, state = score_rows(
+                    joined[self.target].to_numpy(), self.settings, n_past, self._known(joined)
+                )
             except ValueError as err:
                 raise ValueError(f"service {service!r}, column {self.target!r}: {err}") from err
             out.append(
@@ -397,12 +485,62 @@ class AnomalyDetector:
                 )
             )
             if update_context:
+                joined = joined.assign(
+                    **{distance_column(w): d for w, d in state.distances.items()},
+                    **{RAW_SCORE: state.raw},
+                )
                 self.context[service] = joined.tail(self.settings.context_rows).reset_index(
                     drop=True
                 )
         result = pd.concat(out, ignore_index=True)
         result[TS] = result[TS].astype(TS_DTYPE)
         return result
+
+    def _known(self, rows: pd.DataFrame) -> SeriesState | None:
+        """What earlier scoring left in a service's context rows (``None`` if it left nothing)."""
+        columns = [distance_column(w) for w in self.settings.scales]
+        if RAW_SCORE not in rows or any(c not in rows for c in columns):
+            return None
+        return SeriesState(
+            {w: rows[distance_column(w)].to_numpy(float) for w in self.settings.scales},
+            rows[RAW_SCORE].to_numpy(float),
+        )
+
+    def context_continues(self, service: str, past: pd.DataFrame) -> bool:
+        """Whether the service's context is its past: the next rows can be scored after it.
+
+        A context kept from earlier scoring (with what that scoring computed) is valid for the
+        next rows only if the service's stored history has not changed under it: it must end
+        at ``past``'s last row, hold at least as many rows, and agree with ``past`` in times
+        and values on every row of ``past``.
+
+        Args:
+            service: The service.
+            past: Its most recent rows (``ts``, target column) before the rows to score next,
+                oldest first, as stored now.
+        """
+        context = self.context.get(service)
+        if context is None or not len(past) or len(context) < len(past):
+            return False
+        mine = context.tail(len(past))
+        same_times = np.array_equal(
+            mine[TS].to_numpy(dtype="datetime64[ns]"), past[TS].to_numpy(dtype="datetime64[ns]")
+        )
+        return same_times and np.array_equal(
+            mine[self.target].to_numpy(float), past[self.target].to_numpy(float), equal_nan=True
+        )
+
+    def set_context(self, service: str, past: pd.DataFrame) -> None:
+        """Make the service's most recent ``context_rows`` of ``past`` its context (what
+        :meth:`fit` does for every service of a frame).
+
+        Args:
+            service: The service.
+            past: Its rows (``ts``, target column), oldest first.
+        """
+        self.context[service] = (
+            past[[TS, self.target]].tail(self.settings.context_rows).reset_index(drop=True)
+        )
 
     def save(self, path: Path) -> None:
         """Write settings, threshold and per-service context to a directory."""
@@ -439,7 +577,7 @@ class AnomalyDetector:
             context = pd.read_parquet(context_path)
             context[TS] = context[TS].astype(TS_DTYPE)
             detector.context = {
-                str(service): rows[[TS, detector.target]].reset_index(drop=True)
+                str(service): rows.drop(columns=SERVICE).reset_index(drop=True)
                 for service, rows in context.groupby(SERVICE, sort=True)
             }
         return detector

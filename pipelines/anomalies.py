@@ -4,8 +4,9 @@ The detector (:class:`models.anomaly.AnomalyDetector`) scores each 5-minute poin
 request rate from that point and its past only. It is one global registered model,
 ``forescale-anomaly``, with its own ``champion`` alias.
 
-*Backtest.* Known anomalies are injected into a copy of each service's last days (a spike, a
-level drop and a dropout to zero); the detector scores the copy online after the real history.
+*Backtest.* Known anomalies are injected into a copy of the last days of each service of a fixed
+sample (:func:`backtest_sample`, ``anomaly.backtest_services``): a spike, a level drop and a
+dropout to zero; the detector scores the copy online after the real history.
 Its error is the share of injected events it misses (no flag within ``detect_within`` steps of
 the onset) plus ``false_alarm_cost`` per false alarm per day on the untouched series. A new
 version becomes champion only if its error is lower than the champion's on the same data.
@@ -17,7 +18,10 @@ exposes them and training skips flagged points.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from core.params import load_config
-from core.schema import SERVICE, TARGET, TS
+from core.schema import SERVICE, TARGET, TS, TS_DTYPE, path_under
 from core.settings import Settings
 from models.anomaly import IS_ANOMALY, AnomalyDetector, DetectorSettings
 from models.registry import (
@@ -52,6 +56,7 @@ class AnomalyConfig:
     threshold: float
     context_days: int
     backtest_days: int
+    backtest_services: int
     detect_within: int
     false_alarm_cost: float
     backfill_hours: float
@@ -74,6 +79,7 @@ class AnomalyConfig:
             threshold=params.threshold,
             context_days=params.context_days,
             backtest_days=params.backtest_days,
+            backtest_services=params.backtest_services,
             detect_within=params.detect_within_steps,
             false_alarm_cost=params.false_alarm_cost,
             backfill_hours=params.backfill_hours,
@@ -163,6 +169,25 @@ def backtest_detector(
     }
 
 
+def backtest_sample(services: Sequence[str], size: int) -> list[str]:
+    """The services the detector is backtested on: at most ``size``, a fixed sample.
+
+    The detector is one model for the fleet, so its backtest needs a sample of services, not
+    every one. A service's place in the order is the SHA-256 of its name: the same services
+    are chosen from run to run, and adding services replaces a sampled one only when the new
+    name sorts earlier.
+
+    Args:
+        services: Every service.
+        size: Most services in the sample.
+
+    Returns:
+        The chosen services, sorted by name.
+    """
+    ranked = sorted(set(services), key=lambda name: hashlib.sha256(name.encode()).hexdigest())
+    return sorted(ranked[:size])
+
+
 def _scored(detector: AnomalyDetector, context: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
     probe = AnomalyDetector(detector.settings, detector.threshold, TARGET)
     if not context.empty:
@@ -189,7 +214,8 @@ def train_anomaly_model(
     config = AnomalyConfig.from_params(settings)
     end = resolve_as_of(settings, as_of)
     names = list(services) if services is not None else list_services(settings)
-    history = recent_history(settings, names, end, days=config.context_days)
+    sample = backtest_sample(names, config.backtest_services)
+    history = recent_history(settings, sample, end, days=config.context_days)
     candidate = config.new_detector()
     figures = backtest_detector(candidate, history, config)
     configure_mlflow(settings, ANOMALY_EXPERIMENT)
@@ -199,6 +225,7 @@ def train_anomaly_model(
                 "threshold": config.threshold,
                 "detector": candidate.name,
                 "services": len(names),
+                "backtest_services": len(sample),
                 **{f"setting_{k}": v for k, v in vars(candidate.settings).items()},
             }
         )
@@ -254,6 +281,12 @@ def score_anomalies(
     its last scored point, at most ``anomaly.backfill_hours`` back. So the first run after a
     detector is promoted, or after downtime, catches up instead of leaving a hole.
 
+    The detector keeps each service's context (its recent rows and what scoring computed for
+    them) in the state folder between runs, so a run reads only the last
+    ``anomaly.backfill_hours`` of telemetry and computes only the new rows. A service whose
+    context is missing or no longer matches its stored telemetry (a new champion, rows that
+    changed) is scored after its last ``anomaly.context_days`` of telemetry instead.
+
     Args:
         settings: Runtime settings.
         start: Interval start.
@@ -264,7 +297,7 @@ def score_anomalies(
         Path of a Parquet file with ``service, ts, score, is_anomaly`` (empty when no detector
         has been promoted yet).
     """
-    from pipelines.publish import recent_history
+    from pipelines.features import model_inputs
     from pipelines.telemetry import list_services
     from serving.store import ScheduleStore
 
@@ -280,17 +313,15 @@ def score_anomalies(
     detector = _load_detector(current)
     config = AnomalyConfig.from_params(settings)
     names = list(services) if services is not None else list_services(settings)
-    history = recent_history(settings, names, end_ts, days=config.context_days)
+    state = _scoring_state_dir(settings, current)
     store = ScheduleStore(settings.schedule_db)
     parts = []
-    for service, rows in history.groupby(SERVICE, sort=True):
-        begin = _first_unscored(store, str(service), start_ts, end_ts, config, settings)
-        fresh = rows[rows[TS] >= begin].reset_index(drop=True)
-        if fresh.empty:
-            continue
-        scores = _scored(detector, rows[rows[TS] < begin], fresh)
+
+    def score_and_keep(service: str, fresh: pd.DataFrame) -> None:
+        scores = detector.score(fresh)
+        _save_context(detector, state, service)
         store.record_anomalies(
-            str(service),
+            service,
             [
                 {
                     "ts": r.ts.to_pydatetime(),
@@ -301,8 +332,69 @@ def score_anomalies(
             ],
         )
         parts.append(scores)
+
+    window = pd.Timedelta(hours=config.backfill_hours)
+    recent = model_inputs(settings, names, end_ts - window, end_ts)
+    without_context: dict[str, pd.Timestamp] = {}
+    for service, rows in recent.groupby(SERVICE, sort=True):
+        service = str(service)
+        begin = _first_unscored(store, service, start_ts, end_ts, config, settings)
+        fresh = rows[rows[TS] >= begin].reset_index(drop=True)
+        if fresh.empty:
+            continue
+        _load_context(detector, state, service)
+        if detector.context_continues(service, rows[rows[TS] < begin]):
+            score_and_keep(service, fresh)
+        else:
+            detector.context.pop(service, None)
+            without_context[service] = begin
+    if without_context:
+        history = model_inputs(
+            settings,
+            list(without_context),
+            end_ts - pd.Timedelta(days=config.context_days),
+            end_ts,
+        )
+        for service, rows in history.groupby(SERVICE, sort=True):
+            begin = without_context[str(service)]
+            detector.set_context(str(service), rows[rows[TS] < begin])
+            score_and_keep(str(service), rows[rows[TS] >= begin].reset_index(drop=True))
     (pd.concat(parts, ignore_index=True) if parts else empty).to_parquet(out, index=False)
     return out
+
+
+def _scoring_state_dir(settings: Settings, version: RegisteredVersion) -> Path:
+    """Where the champion detector keeps each service's scoring context between runs.
+
+    One folder per detector version; folders of other versions are deleted (a new champion
+    starts from the stored history).
+    """
+    root = settings.artifacts_dir / "anomaly" / "state"
+    current = path_under(root, f"v{version.version}")
+    if root.is_dir():
+        for folder in root.iterdir():
+            if folder != current:
+                shutil.rmtree(folder, ignore_errors=True)
+    current.mkdir(parents=True, exist_ok=True)
+    return current
+
+
+def _load_context(detector: AnomalyDetector, state: Path, service: str) -> None:
+    """Give the detector the service's context saved by the previous run, if any."""
+    file = path_under(state, f"{service}.parquet")
+    if file.is_file():
+        context = pd.read_parquet(file)
+        context[TS] = context[TS].astype(TS_DTYPE)
+        detector.context[service] = context
+
+
+def _save_context(detector: AnomalyDetector, state: Path, service: str) -> None:
+    """Write the service's context for the next run (whole file or nothing) and drop it from
+    memory."""
+    file = path_under(state, f"{service}.parquet")
+    partial = file.with_name(file.name + ".partial")
+    detector.context.pop(service).to_parquet(partial, index=False)
+    os.replace(partial, file)
 
 
 def _first_unscored(

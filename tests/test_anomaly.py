@@ -125,6 +125,15 @@ def test_scores_do_not_change_when_future_points_are_appended(
     np.testing.assert_array_equal(prefix, anomalous_scores[:cut])
 
 
+@pytest.mark.parametrize("first_row", [0, SPIKE, SHIFT + 3, N_ROWS - 1])
+def test_scoring_from_a_row_on_gives_the_tail_of_the_whole_series_scores(
+    anomalous_scores: np.ndarray, first_row: int
+) -> None:
+    values = with_anomalies(seasonal_series())
+    tail = score_series(values, first_row=first_row)
+    np.testing.assert_array_equal(tail, anomalous_scores[first_row:])
+
+
 def test_missing_values_are_carried_forward() -> None:
     values = with_anomalies(seasonal_series())
     values[1000:1005] = np.nan

@@ -14,6 +14,7 @@ from pipelines.anomalies import (
     ANOMALY_MODEL,
     AnomalyConfig,
     backtest_detector,
+    backtest_sample,
     inject_anomalies,
     score_anomalies,
     train_anomaly_model,
@@ -99,6 +100,16 @@ def test_detector_is_trained_registered_and_scores_new_telemetry(
     assert spike_at in set(points[TS])
     assert points.loc[points[TS] == spike_at, "y"].item() == at_spike[REQUESTS].item()
     assert points[TS].min() >= last_fold[TS].min()  # only the plotted (last) fold
+
+
+def test_the_backtest_sample_is_bounded_and_stable_as_the_fleet_grows() -> None:
+    fleet = [f"svc-{i:04d}" for i in range(400)]
+    sample = backtest_sample(fleet, 50)
+    assert len(sample) == 50 and set(sample) <= set(fleet) and sample == sorted(sample)
+    assert backtest_sample(list(reversed(fleet)), 50) == sample
+    grown = backtest_sample([*fleet, *(f"new-{i}" for i in range(40))], 50)
+    assert len(set(grown) & set(sample)) >= 50 - sum(not s.startswith("svc") for s in grown)
+    assert backtest_sample(fleet[:7], 50) == fleet[:7]
 
 
 def test_backtest_counts_misses_and_false_alarms(settings, make_fleet) -> None:
