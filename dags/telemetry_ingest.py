@@ -11,8 +11,8 @@ Every 5 minutes: pull the interval's telemetry, validate it, store it, and refre
   same result.
 * A batch that fails Great Expectations is moved to `quarantine/` with its report and the run
   fails without retrying (the error names the expectation, service and rows).
-* `apply_features` (idempotent `feast apply`) keeps a fresh deployment working without a manual
-  setup step.
+* `apply_features` (`feast apply`) keeps a fresh deployment working without a manual setup
+  step; it writes the registry only when the declarations or the Feast configuration changed.
 * `score_anomalies` scores the interval's 5-minute points with the champion anomaly detector
   (an empty file until a detector has been promoted); training drops the flagged points.
 * Only paths travel through XCom.

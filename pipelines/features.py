@@ -18,6 +18,7 @@ series are computed inside each forecaster from the series it is given.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import string
 from collections.abc import Sequence
@@ -48,10 +49,13 @@ from pipelines.telemetry import read_telemetry
 
 if TYPE_CHECKING:
     from feast import FeatureStore
+    from google.protobuf.message import Message
 
 DEFINITIONS_DIR = REPO_ROOT / "features"
 """The repository's Feast declarations (``definitions.py``, ``feature_store.yaml`` template)."""
 
+APPLIED_TAG = "forescale_applied_sha256"
+"""Tag of the Feast project: fingerprint of the configuration and declarations last applied."""
 EVENT_TIMESTAMP = "event_timestamp"
 FEATURE_SERVICE = "forecasting"
 OFFLINE_FILE = "service_features.parquet"
@@ -152,25 +156,93 @@ def offline_source_path(settings: Settings) -> Path:
     return settings.offline_dir / OFFLINE_FILE
 
 
-def apply_features(settings: Settings) -> None:
+def apply_features(settings: Settings) -> bool:
     """Register the declared entity, source, feature views and service (``feast apply``).
 
-    Idempotent: applying unchanged declarations leaves the registry as it was. Feature views and
-    feature services that are registered but no longer declared are deleted, as ``feast apply``
-    does.
+    The registry records, as a tag of its Feast project (``APPLIED_TAG``), the fingerprint of
+    what it was last applied from (:func:`applied_fingerprint`: the ``feature_store.yaml`` and
+    the declarations). The registry is only written when that fingerprint differs from the
+    current one, a declared object is missing from the registry, or a registered feature view or
+    feature service is no longer declared (it is deleted, as ``feast apply`` does); otherwise
+    the registry file and the online store are left untouched.
 
     Args:
         settings: Runtime settings.
+
+    Returns:
+        Whether the registry was written.
     """
+    from feast import Project
+
     store = feature_store(settings)
     declared = load_definitions(settings)
-    names = {(type(o).__name__, o.name) for o in declared}
+    fingerprint = applied_fingerprint(settings, declared)
+    names = {_definition_key(o) for o in declared}
+    registered = [
+        *store.list_entities(),
+        *store.list_data_sources(),
+        *store.list_feature_views(),
+        *store.list_feature_services(),
+    ]
     stale = [
         o
-        for o in [*store.list_feature_views(), *store.list_feature_services()]
-        if (type(o).__name__, o.name) not in names
+        for o in registered
+        if type(o).__name__ in {"FeatureView", "FeatureService"} and _definition_key(o) not in names
     ]
-    store.apply(declared, objects_to_delete=stale, partial=not stale)
+    project = next((p for p in store.list_projects() if p.name == store.project), None)
+    if (
+        project is not None
+        and project.tags.get(APPLIED_TAG) == fingerprint
+        and not stale
+        and names <= {_definition_key(o) for o in registered}
+    ):
+        return False
+    stamp = Project(name=store.project, tags={APPLIED_TAG: fingerprint})
+    store.apply([stamp, *declared], objects_to_delete=stale, partial=not stale)
+    return True
+
+
+def applied_fingerprint(settings: Settings, declared: Sequence[Any]) -> str:
+    """Fingerprint of this home's Feast configuration and declared objects.
+
+    Covers the rendered ``feature_store.yaml`` (registry, online and offline stores) and the
+    specification of every declared object as declared: its ``spec`` (the whole proto for a data
+    source) without the ``project`` and ``meta`` fields (creation and update times) at any depth,
+    serialized deterministically. Two loads of unchanged declarations give the same fingerprint.
+
+    Args:
+        settings: Runtime settings.
+        declared: The objects of :func:`load_definitions`.
+
+    Returns:
+        A SHA-256 hex digest.
+    """
+    digest = hashlib.sha256((settings.feature_repo_dir / "feature_store.yaml").read_bytes())
+    for definition in sorted(declared, key=_definition_key):
+        proto = definition.to_proto()
+        spec = proto.spec if "spec" in proto.DESCRIPTOR.fields_by_name else proto
+        _drop_bookkeeping(spec)
+        digest.update(repr(_definition_key(definition)).encode())
+        digest.update(spec.SerializeToString(deterministic=True))
+    return digest.hexdigest()
+
+
+def _definition_key(definition: Any) -> tuple[str, str]:
+    """(kind, name) of a Feast object; data sources are one kind whatever their class."""
+    from feast.data_source import DataSource
+
+    kind = "DataSource" if isinstance(definition, DataSource) else type(definition).__name__
+    return kind, str(definition.name)
+
+
+def _drop_bookkeeping(message: Message) -> None:
+    """Clear the ``project`` and ``meta`` fields of a proto message and of every nested one."""
+    for field, value in message.ListFields():
+        if field.name in {"project", "meta"}:
+            message.ClearField(field.name)
+        elif field.message_type is not None and not field.message_type.GetOptions().map_entry:
+            for item in value if field.is_repeated else [value]:
+                _drop_bookkeeping(item)
 
 
 def compute_service_features(telemetry: pd.DataFrame, step_minutes: int = 5) -> pd.DataFrame:

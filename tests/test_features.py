@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
 import uuid
 from pathlib import Path
@@ -13,6 +14,7 @@ from conftest import FIXED_END, settings_with_params
 from google.protobuf.message import Message
 
 from core.settings import Settings, get_settings
+from pipelines import features
 from pipelines.features import (
     AGGREGATE_FEATURES,
     DEFINITIONS_DIR,
@@ -128,6 +130,46 @@ def test_apply_is_idempotent(applied: tuple[Settings, list[str]]) -> None:
         "FeatureService:forecasting",
         "FileSource:service_features",
     }
+
+
+def test_apply_writes_the_registry_only_when_the_declarations_change(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = settings.feature_repo_dir / "registry.db"
+
+    def registry_file() -> tuple[bytes, int]:
+        return registry.read_bytes(), registry.stat().st_mtime_ns
+
+    assert apply_features(settings)
+    first = registry_file()
+    assert not apply_features(settings)
+    assert registry_file() == first
+
+    changed = tmp_path / "features"
+    shutil.copytree(DEFINITIONS_DIR, changed)
+    definitions = changed / "definitions.py"
+    original = definitions.read_text()
+    description = "Aggregates of the last complete 5-minute step."
+    assert description in original
+    extra_view = (
+        "\nextra_5min = FeatureView(name='extra_5min', entities=[service], ttl=TTL,"
+        " schema=[Field(name='requests_mean', dtype=Float64)], source=service_features_source)\n"
+    )
+    definitions.write_text(original.replace(description, "changed") + extra_view)
+    monkeypatch.setattr(features, "DEFINITIONS_DIR", changed)
+    assert apply_features(settings)
+    assert registry_file() != first
+    store = feature_store(settings)
+    assert store.get_feature_view("service_5min").description == "changed"
+    assert sorted(v.name for v in store.list_feature_views()) == ["extra_5min", "service_5min"]
+    assert not apply_features(settings)
+
+    definitions.write_text(original)  # the extra view is no longer declared: it is deleted
+    assert apply_features(settings)
+    store = feature_store(settings)
+    assert [v.name for v in store.list_feature_views()] == ["service_5min"]
+    assert store.get_feature_view("service_5min").description == description
+    assert not apply_features(settings)
 
 
 def test_model_inputs_are_point_in_time_correct(applied: tuple[Settings, list[str]]) -> None:
