@@ -134,6 +134,21 @@ def test_scoring_from_a_row_on_gives_the_tail_of_the_whole_series_scores(
     np.testing.assert_array_equal(tail, anomalous_scores[first_row:])
 
 
+def test_a_kept_context_continues_only_the_history_it_was_built_from() -> None:
+    values = seasonal_series(seed=3)[:600]
+    rows = telemetry({"api": values})
+    detector = AnomalyDetector().fit(rows.iloc[100:500])
+    detector.score(rows.iloc[500:550])
+    past = rows.head(550)[[TS, "requests"]]
+    assert detector.context_continues("api", past.tail(100))
+    assert not detector.context_continues("api", past.head(549).tail(100))  # ends elsewhere
+    assert not detector.context_continues("api", past)  # reaches further back than it
+    changed = past.tail(100).copy()
+    changed.iloc[10, 1] += 1.0
+    assert not detector.context_continues("api", changed)  # a stored value changed
+    assert not detector.context_continues("web", past.tail(100))  # no context
+
+
 def test_missing_values_are_carried_forward() -> None:
     values = with_anomalies(seasonal_series())
     values[1000:1005] = np.nan

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from core.schema import REQUESTS, SERVICE, TS
+from models.anomaly import score_series
 from models.registry import configure_mlflow, version_by_alias
 from pipelines.anomalies import (
     ANOMALY_EXPERIMENT,
@@ -19,7 +21,7 @@ from pipelines.anomalies import (
     score_anomalies,
     train_anomaly_model,
 )
-from pipelines.features import apply_features, update_offline_features
+from pipelines.features import apply_features, model_inputs, update_offline_features
 from pipelines.telemetry import write_telemetry
 from pipelines.training import _drop_anomalies, _split_anomalies, flagged_points
 from serving.store import ScheduleStore
@@ -100,6 +102,31 @@ def test_detector_is_trained_registered_and_scores_new_telemetry(
     assert spike_at in set(points[TS])
     assert points.loc[points[TS] == spike_at, "y"].item() == at_spike[REQUESTS].item()
     assert points[TS].min() >= last_fold[TS].min()  # only the plotted (last) fold
+
+
+def test_interval_by_interval_scoring_keeps_each_context_and_matches_scoring_at_once(
+    settings, fleet_with_spike
+) -> None:
+    fleet, spike_at = fleet_with_spike
+    train_anomaly_model(settings, as_of=spike_at - pd.Timedelta(hours=1))
+    step = pd.Timedelta(minutes=5)
+    end = fleet[TS].max() + step
+    first = end - pd.Timedelta(hours=2)
+    score_anomalies(settings, first - step, first)  # catches up on the day before `first`
+    for k in range(24):
+        score_anomalies(settings, first + k * step, first + (k + 1) * step)
+    state = settings.artifacts_dir / "anomaly" / "state"
+    assert sorted(p.name for p in state.glob("v*/*.parquet")) == [
+        "checkout.parquet",
+        "search.parquet",
+    ]
+    inputs = model_inputs(settings, ["checkout"], fleet[TS].min(), end)
+    at_once = pd.Series(score_series(inputs[REQUESTS].to_numpy()), index=inputs[TS])
+    stored = ScheduleStore(settings.schedule_db).anomalies("checkout", first, end)
+    assert len(stored) == 24
+    np.testing.assert_allclose(
+        [a.score for a in stored], at_once[[pd.Timestamp(a.ts) for a in stored]].to_numpy()
+    )
 
 
 def test_the_backtest_sample_is_bounded_and_stable_as_the_fleet_grows() -> None:
