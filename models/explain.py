@@ -12,6 +12,7 @@ Two uses:
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,7 @@ from core.schema import SERVICE, TS
 from models.base import Forecaster
 
 TOP_DRIVERS = 3
+EXPLAINERS_KEPT = 8  # boosters whose SHAP explainer is kept: a shard's distinct quantile models
 PEAK_SPACING = pd.Timedelta(hours=2)
 SHAP_SAMPLE_ROWS = 2000
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
@@ -102,6 +104,19 @@ def _lightgbm_booster(model: Any, quantile: float = 0.5) -> Any:
     return model.models_[chosen]
 
 
+@lru_cache(maxsize=EXPLAINERS_KEPT)
+def _tree_explainer(booster: Any) -> Any:
+    """The SHAP TreeExplainer of a fitted booster, built once per booster object.
+
+    Services that share a loaded forecaster (:func:`models.registry.forecasters_shared`) share
+    its boosters; a fitted booster never changes, so its explainer is reused. The cache keys on
+    the booster object and holds it, so a key is never another booster's.
+    """
+    import shap
+
+    return shap.TreeExplainer(booster)
+
+
 def shap_values(
     model: Any, features: np.ndarray, quantile: float = 0.5
 ) -> tuple[np.ndarray, float]:
@@ -115,9 +130,7 @@ def shap_values(
     Returns:
         ``(values, expected_value)``: one row of contributions per input row, and the baseline.
     """
-    import shap
-
-    explainer = shap.TreeExplainer(_lightgbm_booster(model, quantile))
+    explainer = _tree_explainer(_lightgbm_booster(model, quantile))
     values = np.asarray(explainer.shap_values(features))
     expected = float(np.ravel(explainer.expected_value)[0])
     return values, expected

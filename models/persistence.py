@@ -6,6 +6,7 @@ Prophet models), so one pickle per model directory is enough for the MLflow pyfu
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pickle
 from pathlib import Path
@@ -31,6 +32,29 @@ def save_object(obj: Any, path: Path, family: str) -> None:
         pickle.dump(obj, handle, protocol=pickle.HIGHEST_PROTOCOL)
     manifest = {"family": family, "class": f"{type(obj).__module__}.{type(obj).__qualname__}"}
     (path / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+
+
+def saved_digest(path: Path) -> str:
+    """A digest of what :func:`save_object` wrote to ``path``: equal for byte-identical saves.
+
+    Args:
+        path: Directory written by :func:`save_object`.
+
+    Returns:
+        The SHA-256 of the manifest and the model file, in hex.
+
+    Raises:
+        ValueError: If the directory has no model file.
+    """
+    file = Path(path) / MODEL_FILE
+    if not file.exists():
+        raise ValueError(f"no saved forecaster at {file}")
+    digest = hashlib.sha256()
+    for part in (Path(path) / MANIFEST_FILE, file):
+        if part.exists():
+            with open(part, "rb") as handle:
+                digest.update(hashlib.file_digest(handle, "sha256").digest())
+    return digest.hexdigest()
 
 
 def load_object(path: Path, expected: type[T]) -> T:

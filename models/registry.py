@@ -12,6 +12,7 @@ import io
 import logging
 import tempfile
 from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from mlflow.tracking import MlflowClient
 from core.schema import validate_service_name
 from core.settings import Settings
 from models.base import Forecaster
-from models.persistence import load_object
+from models.persistence import load_object, saved_digest
 
 CHAMPION = "champion"
 PREVIOUS = "previous-champion"
@@ -67,8 +68,17 @@ class ForecasterPyfunc(mlflow.pyfunc.PythonModel):
     """
 
     def load_context(self, context: Any) -> None:
-        """Load the saved forecaster from the model's artifacts."""
-        self.forecaster: Forecaster = load_object(Path(context.artifacts["forecaster"]), Forecaster)
+        """Load the saved forecaster from the model's artifacts (shared within
+        :func:`forecasters_shared`)."""
+        path = Path(context.artifacts["forecaster"])
+        shared = _SHARED_LOADS.get()
+        if shared is None:
+            self.forecaster: Forecaster = load_object(path, Forecaster)
+            return
+        digest = saved_digest(path)
+        if digest not in shared.forecasters:
+            shared.forecasters[digest] = load_object(path, Forecaster)
+        self.forecaster = shared.forecasters[digest]
 
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
@@ -272,6 +282,37 @@ def tag_version(name: str, version: str, family: str, backtest_error: float) -> 
     )
 
 
+@dataclass
+class _SharedLoads:
+    """What :func:`forecasters_shared` keeps: forecasters by saved digest, and whether MLflow's
+    environment check ran."""
+
+    forecasters: dict[str, Forecaster]
+    checked: bool = False
+
+
+_SHARED_LOADS: ContextVar[_SharedLoads | None] = ContextVar("shared_forecaster_loads", default=None)
+
+
+@contextlib.contextmanager
+def forecasters_shared() -> Iterator[None]:
+    """Within the block, registered versions holding byte-identical forecasters load as one object.
+
+    Training registers the model it fitted on a shard once per service (each service its own
+    version of the same saved forecaster), so a shard's services hold a few distinct forecasters.
+    Within the block each distinct one is unpickled once and the versions share it, which is safe
+    because forecasting and explaining never change a fitted forecaster; MLflow's check of the
+    model's requirements and Python version against this environment (a warning on mismatch)
+    runs on the block's first load only: :func:`log_forecaster` registers every version with
+    :data:`PIP_REQUIREMENTS`. Outside the block every load is independent.
+    """
+    token = _SHARED_LOADS.set(_SharedLoads({}))
+    try:
+        yield
+    finally:
+        _SHARED_LOADS.reset(token)
+
+
 def load_forecaster(version: RegisteredVersion) -> Forecaster:
     """Load the forecaster object behind a registered version.
 
@@ -279,9 +320,16 @@ def load_forecaster(version: RegisteredVersion) -> Forecaster:
         version: A registered version (e.g. from :func:`champion`).
 
     Returns:
-        The fitted forecaster.
+        The fitted forecaster (within :func:`forecasters_shared`, possibly the object another
+        version with the same saved forecaster loaded).
     """
-    pyfunc = mlflow.pyfunc.load_model(f"models:/{version.name}/{version.version}")
+    shared = _SHARED_LOADS.get()
+    checked = shared is not None and shared.checked
+    pyfunc = mlflow.pyfunc.load_model(
+        f"models:/{version.name}/{version.version}", suppress_warnings=checked
+    )
+    if shared is not None:
+        shared.checked = True
     return pyfunc.unwrap_python_model().forecaster
 
 

@@ -37,7 +37,7 @@ from core.schema import (
     validate_service_name,
 )
 from core.settings import Settings
-from models.registry import champion, configure_mlflow, load_forecaster
+from models.registry import champion, configure_mlflow, forecasters_shared, load_forecaster
 from pipelines.telemetry import resolve_as_of
 
 if TYPE_CHECKING:
@@ -127,15 +127,16 @@ def forecast_shard(
     ready = {service: version for service, version in champions.items() if version is not None}
     frames = []
     history = recent_history(settings, list(ready), origin) if ready else pd.DataFrame()
-    for service, version in ready.items():
-        own = history[history[SERVICE] == service]
-        if own.empty:
-            raise ValueError(
-                f"service {service!r} has no telemetry in the "
-                f"{HISTORY_DAYS_FOR_FORECAST} days before {origin}"
-            )
-        forecast = load_forecaster(version).predict(horizon, quantiles, history=own)
-        frames.append(forecast.assign(model_version=version.label))
+    with forecasters_shared():
+        for service, version in ready.items():
+            own = history[history[SERVICE] == service]
+            if own.empty:
+                raise ValueError(
+                    f"service {service!r} has no telemetry in the "
+                    f"{HISTORY_DAYS_FOR_FORECAST} days before {origin}"
+                )
+            forecast = load_forecaster(version).predict(horizon, quantiles, history=own)
+            frames.append(forecast.assign(model_version=version.label))
     out = path_under(_run_dir(settings, "forecasts", origin), f"{services[0]}.parquet")
     frame = pd.concat(frames, ignore_index=True) if frames else empty_forecast(quantiles)
     frame.to_parquet(out, index=False)
@@ -445,17 +446,19 @@ def publish_schedules(
     configure_mlflow(settings)
     bodies: dict[str, SchedulePublish] = {}
     explanations: dict[str, dict] = {}
-    for service, rows in schedules.groupby(SERVICE, sort=True):
-        name = str(service)
-        steps = schedule_steps(rows)
-        bodies[name] = SchedulePublish(
-            model_version=str(rows["model_version"].iloc[0]),
-            generated_at=now.to_pydatetime(),
-            valid_until=(max(now, rows[TS].min()) + validity).to_pydatetime(),
-            step_seconds=settings.step_minutes * 60,
-            steps=steps,
-        )
-        explanations[name] = explain_schedule(settings, rows)
+    histories = schedule_histories(settings, schedules)
+    with forecasters_shared():
+        for service, rows in schedules.groupby(SERVICE, sort=True):
+            name = str(service)
+            steps = schedule_steps(rows)
+            bodies[name] = SchedulePublish(
+                model_version=str(rows["model_version"].iloc[0]),
+                generated_at=now.to_pydatetime(),
+                valid_until=(max(now, rows[TS].min()) + validity).to_pydatetime(),
+                step_seconds=settings.step_minutes * 60,
+                steps=steps,
+            )
+            explanations[name] = explain_schedule(settings, rows, history=histories[name])
     if bodies:
         versions = publish_schedules_to_store(
             settings, bodies, explanations, now=now or pd.Timestamp.now(tz="UTC").to_pydatetime()
@@ -522,12 +525,41 @@ def prune_runs(settings: Settings, now: datetime | None = None) -> list[Path]:
     return deleted
 
 
-def explain_schedule(settings: Settings, schedule: pd.DataFrame) -> dict:
+def schedule_histories(settings: Settings, schedules: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Each service's :func:`recent_history` before its schedule's first step, read at once.
+
+    One read per distinct first step (a :func:`build_schedules` file has one), sliced per
+    service; a slice equals the service's own read, rows numbered from 0.
+
+    Args:
+        settings: Runtime settings.
+        schedules: Rows of a :func:`build_schedules` file.
+
+    Returns:
+        Service -> its history (no rows when it has none).
+    """
+    origins = schedules.groupby(SERVICE, sort=True)[TS].min()
+    histories: dict[str, pd.DataFrame] = {}
+    for origin, names in origins.groupby(origins, sort=True):
+        services = [str(s) for s in names.index]
+        history = recent_history(settings, services, pd.Timestamp(origin))
+        parts = dict(tuple(history.groupby(SERVICE, sort=False)))
+        for service in services:
+            own = parts.get(service, history.iloc[0:0])
+            histories[service] = own.reset_index(drop=True)
+    return histories
+
+
+def explain_schedule(
+    settings: Settings, schedule: pd.DataFrame, history: pd.DataFrame | None = None
+) -> dict:
     """Explain one service's schedule: the drivers of its forecast at the peak steps.
 
     Args:
         settings: Runtime settings.
         schedule: One service's rows of a :func:`build_schedules` file.
+        history: The service's :func:`recent_history` before the schedule's first step, when
+            the caller has read it already (:func:`schedule_histories`; read here otherwise).
 
     Returns:
         The explanation document served at ``/v1/services/{service}/explanation``.
@@ -537,8 +569,8 @@ def explain_schedule(settings: Settings, schedule: pd.DataFrame) -> dict:
 
     label = str(schedule["model_version"].iloc[0])
     service = str(schedule[SERVICE].iloc[0])
-    origin = schedule[TS].min()
-    history = recent_history(settings, [service], origin)
+    if history is None:
+        history = recent_history(settings, [service], schedule[TS].min())
     document = explain_peaks(load_version(label), history, schedule)
     return {
         "service": service,

@@ -103,6 +103,24 @@ def test_the_published_schedule_comes_with_an_explanation_in_words(pipeline_home
         assert peak["drivers"] and "peak" in peak["text"] and "%" in peak["text"]
 
 
+def test_published_explanations_equal_each_services_own_read_and_load(pipeline_home) -> None:
+    from pipelines.publish import explain_schedule, recent_history, schedule_histories
+
+    settings, summaries = pipeline_home
+    configure_mlflow(settings)
+    (path,) = sorted((settings.artifacts_dir / "schedules").glob("*/*.parquet"))
+    schedules = pd.read_parquet(path)
+    histories = schedule_histories(settings, schedules)
+    store = ScheduleStore(settings.schedule_db)
+    for summary in summaries:
+        rows = schedules[schedules[SERVICE] == summary.service]
+        own = recent_history(settings, [summary.service], rows[TS].min())
+        pd.testing.assert_frame_equal(histories[summary.service], own)
+        _, published = store.get_explanation(summary.service)
+        assert published == json.loads(json.dumps(explain_schedule(settings, rows)))
+    store.dispose()
+
+
 def test_the_champion_forecasts_from_fresh_history(pipeline_home) -> None:
     settings, summaries = pipeline_home
     from pipelines.publish import recent_history
