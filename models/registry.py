@@ -32,6 +32,9 @@ PREVIOUS = "previous-champion"
 EXPERIMENT = "forescale-forecasting"
 BACKTEST_TAG = "backtest_error"
 FAMILY_TAG = "model_family"
+RUN_TAG = "service_run"
+"""Version tag: the run that registered the version (a service's own run in training, with its
+backtest metrics and plots; the model itself may be logged once in its shard's run)."""
 
 PIP_REQUIREMENTS = [
     "pandas",
@@ -209,8 +212,57 @@ def log_registered_pyfunc(
     return str(info.registered_model_version)
 
 
+def log_shared_forecaster(model: Forecaster, artifact_name: str = "model") -> str:
+    """Log a fitted forecaster once in the active run, for one or many services' versions.
+
+    A model fitted on a shard of services (a global LightGBM, an ensemble) is stored once and
+    each service that chose it gets a registered version pointing at it
+    (:func:`register_forecaster`): the registry grows by a version per service, the artifact
+    store by a model per shard and family.
+
+    Args:
+        model: The fitted forecaster.
+        artifact_name: Name of the model inside the run (unique within the run).
+
+    Returns:
+        The logged model's URI, for :func:`register_forecaster`.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "forecaster"
+        model.save(path)
+        with mlflow_messages_as_logs():
+            info = mlflow.pyfunc.log_model(
+                name=artifact_name,
+                python_model=ForecasterPyfunc(),
+                artifacts={"forecaster": str(path)},
+                pip_requirements=PIP_REQUIREMENTS,
+            )
+    return str(info.model_uri)
+
+
+def register_forecaster(
+    model_uri: str, service: str, family: str, backtest_error: float
+) -> RegisteredVersion:
+    """Register a logged forecaster as a new version of a service's model.
+
+    Args:
+        model_uri: From :func:`log_shared_forecaster`.
+        service: The service.
+        family: The model family (a version tag).
+        backtest_error: The service's rolling-origin backtest error (lower is better).
+
+    Returns:
+        The new registered version (not yet promoted).
+    """
+    name = registered_name(service)
+    with mlflow_messages_as_logs():
+        version = mlflow.register_model(model_uri, name)
+    return tag_version(name, str(version.version), family, backtest_error)
+
+
 def log_forecaster(model: Forecaster, service: str, backtest_error: float) -> RegisteredVersion:
-    """Log a fitted forecaster in the active run and register it as a new version.
+    """Log a fitted forecaster in the active run and register it as a new version of one
+    service's model (:func:`log_shared_forecaster`, then :func:`register_forecaster`).
 
     Args:
         model: The fitted forecaster.
@@ -220,14 +272,7 @@ def log_forecaster(model: Forecaster, service: str, backtest_error: float) -> Re
     Returns:
         The new registered version (not yet promoted).
     """
-    name = registered_name(service)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "forecaster"
-        model.save(path)
-        version = log_registered_pyfunc(
-            name, "model", ForecasterPyfunc(), {"forecaster": str(path)}
-        )
-    return tag_version(name, version, model.name, backtest_error)
+    return register_forecaster(log_shared_forecaster(model), service, model.name, backtest_error)
 
 
 def version_by_alias(name: str, alias: str = CHAMPION) -> RegisteredVersion | None:
@@ -277,6 +322,8 @@ def tag_version(name: str, version: str, family: str, backtest_error: float) -> 
     client.set_model_version_tag(name, version, BACKTEST_TAG, f"{backtest_error:.6g}")
     client.set_model_version_tag(name, version, FAMILY_TAG, family)
     run = mlflow.active_run()
+    if run is not None:
+        client.set_model_version_tag(name, version, RUN_TAG, run.info.run_id)
     return RegisteredVersion(
         name, version, family, backtest_error, run.info.run_id if run else None
     )
@@ -298,12 +345,13 @@ _SHARED_LOADS: ContextVar[_SharedLoads | None] = ContextVar("shared_forecaster_l
 def forecasters_shared() -> Iterator[None]:
     """Within the block, registered versions holding byte-identical forecasters load as one object.
 
-    Training registers the model it fitted on a shard once per service (each service its own
-    version of the same saved forecaster), so a shard's services hold a few distinct forecasters.
+    Training logs the model it fitted on a shard once and registers it for each service that
+    chose it (:func:`log_shared_forecaster`), so a shard's services hold a few distinct
+    forecasters.
     Within the block each distinct one is unpickled once and the versions share it, which is safe
     because forecasting and explaining never change a fitted forecaster; MLflow's check of the
     model's requirements and Python version against this environment (a warning on mismatch)
-    runs on the block's first load only: :func:`log_forecaster` registers every version with
+    runs on the block's first load only: :func:`log_shared_forecaster` logs every model with
     :data:`PIP_REQUIREMENTS`. Outside the block every load is independent.
     """
     token = _SHARED_LOADS.set(_SharedLoads({}))

@@ -41,9 +41,11 @@ from models.metrics import relative_mae
 from models.registry import (
     champion,
     configure_mlflow,
+    forecasters_shared,
     load_forecaster,
-    log_forecaster,
+    log_shared_forecaster,
     promote,
+    register_forecaster,
 )
 from models.tracking import log_backtest
 from pipelines.telemetry import resolve_as_of
@@ -387,31 +389,37 @@ def train_shard(
             log.info("%s: not trained, %s", service, why)
             if progress:
                 progress(f"  {service}: not trained, {why}")
-        for service in services:
-            if service in choice.cold:
-                continue
-            family = str(best_family[service])
-            results.append(
-                _register_service(
-                    settings,
-                    service,
-                    family,
-                    fitted[family],
-                    errors.loc[service].to_dict(),
-                    backtests[family][0],
-                    history,
-                    config,
-                    reason,
-                    parent.info.run_id,
-                    flagged_points(flagged, service, backtests[family][0]),
+        model_uris = {
+            family: log_shared_forecaster(model, f"model-{family}")
+            for family, model in fitted.items()
+        }
+        with forecasters_shared():  # previous champions shared by several services load once
+            for service in services:
+                if service in choice.cold:
+                    continue
+                family = str(best_family[service])
+                results.append(
+                    _register_service(
+                        settings,
+                        service,
+                        family,
+                        fitted[family],
+                        model_uris[family],
+                        errors.loc[service].to_dict(),
+                        backtests[family][0],
+                        history,
+                        config,
+                        reason,
+                        parent.info.run_id,
+                        flagged_points(flagged, service, backtests[family][0]),
+                    )
                 )
-            )
-            if progress:
-                r = results[-1]
-                progress(
-                    f"  {service}: {family} v{r.version}, backtest error "
-                    f"{r.backtest_error:.3f}, {'promoted' if r.promoted else 'not promoted'}"
-                )
+                if progress:
+                    r = results[-1]
+                    progress(
+                        f"  {service}: {family} v{r.version}, backtest error "
+                        f"{r.backtest_error:.3f}, {'promoted' if r.promoted else 'not promoted'}"
+                    )
         mlflow.log_metric("services_promoted", sum(r.promoted for r in results))
     record_cold_starts(settings, choice.cold, [r.service for r in results], end)
 
@@ -438,6 +446,7 @@ def _register_service(
     service: str,
     family: str,
     model: Forecaster,
+    model_uri: str,
     errors_by_family: dict[str, float],
     forecasts: pd.DataFrame,
     history: pd.DataFrame,
@@ -466,7 +475,7 @@ def _register_service(
         mlflow.log_figure(plot, "forecast_vs_actual.png")
         mlflow.log_text(own.to_csv(index=False), "backtest_forecasts.csv")
         _log_explanation(model, history[history[SERVICE] == service])
-        candidate = log_forecaster(model, service, error)
+        candidate = register_forecaster(model_uri, service, model.name, error)
         current = champion(service)
         champion_error = (
             None

@@ -156,6 +156,28 @@ def test_a_retrain_that_does_not_beat_the_champion_is_registered_but_not_promote
     assert int(row["version"]) == int(first["version"]) + 1
 
 
+def test_a_shard_logs_each_fitted_model_once_and_registers_it_per_service(
+    pipeline_home, tmp_path
+) -> None:
+    from mlflow import MlflowClient
+
+    from pipelines.training import train_shard
+
+    settings, _ = pipeline_home
+    naive = copy_of(settings, tmp_path, training={**FAST_TRAINING, "models": ["naive"]})
+    rows = json.loads(train_shard(naive, ["checkout", "search"]).read_text())["services"]
+    configure_mlflow(naive)
+    client = MlflowClient()
+    versions = [client.get_model_version(f"forescale-{r['service']}", r["version"]) for r in rows]
+    assert len({v.source for v in versions}) == 1  # one stored model for the shard's family
+    assert [v.tags["service_run"] for v in versions] == [r["run_id"] for r in rows]
+    assert [v.tags["model_family"] for v in versions] == ["naive", "naive"]
+    for row in rows:
+        model = load_version(f"forescale-{row['service']}/{row['version']}")
+        forecast = model.predict(12, (0.5,))  # the shard's model knows both services
+        assert forecast.groupby(SERVICE).size().to_dict() == {"checkout": 12, "search": 12}
+
+
 def _trained_alone(pipeline_home, tmp_path, family: str):
     """Train ``search`` with ``family`` as the only family; the registered model, loaded back."""
     from pipelines.training import train_shard
