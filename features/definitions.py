@@ -3,7 +3,8 @@
 Declarations only: no I/O, no settings. ``pipelines.features.apply_features`` registers these
 objects in the per-home Feast repository (``settings.feature_repo_dir``) and resolves the source's
 relative ``path`` against ``settings.offline_dir``; ``pipelines.features.update_offline_features``
-writes that file.
+writes that folder of Parquet files (its layout: ``pipelines.features.offline_source_path``),
+which Feast's DuckDB offline store reads as one table.
 
 Every row of the offline source is stamped with ``event_timestamp`` = the END of a 5-minute step
 and holds only values computed from telemetry strictly before that instant, so a point-in-time
@@ -16,6 +17,7 @@ join at entity time ``T`` never sees data from ``T`` onwards:
 from datetime import timedelta
 
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
+from feast.data_format import ParquetFormat
 from feast.types import Float64, String
 
 # How stale a row may be and still be served in a point-in-time join: a step's value is served
@@ -31,10 +33,11 @@ service = Entity(
 
 service_features_source = FileSource(
     name="service_features",
-    path="service_features.parquet",
+    path="service_features",
+    file_format=ParquetFormat(),
     timestamp_field="event_timestamp",
     description="5-minute telemetry aggregates, one row per service and "
-    "5-minute step; relative to settings.offline_dir.",
+    "5-minute step; a folder of Parquet files relative to settings.offline_dir.",
 )
 
 service_5min = FeatureView(

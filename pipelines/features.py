@@ -4,8 +4,10 @@ The declarations live in the repository's ``features/`` folder (``definitions.py
 ``feature_store.yaml`` template); every piece of Feast state lives under
 ``settings.feature_repo_dir``: the rendered ``feature_store.yaml``, the file registry and the
 SQLite online store (or Redis when ``settings.online_store == "redis"``). The offline source is
-one Parquet file under ``settings.offline_dir`` written by :func:`update_offline_features` and
-read by Feast's DuckDB offline store.
+a folder under ``settings.offline_dir`` holding one Parquet file per UTC day of
+``event_timestamp`` (:func:`offline_source_path`), written by :func:`update_offline_features`
+and read by Feast's DuckDB offline store, which reads every ``*.parquet`` file of the folder as
+one table. An update rewrites only the days whose rows it changes.
 
 Feature rows are stamped with the END of their 5-minute step and only use telemetry from before
 that instant (see ``features/definitions.py``). The forecasters' input is the series of each
@@ -20,9 +22,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import string
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -58,8 +61,10 @@ APPLIED_TAG = "forescale_applied_sha256"
 """Tag of the Feast project: fingerprint of the configuration and declarations last applied."""
 EVENT_TIMESTAMP = "event_timestamp"
 FEATURE_SERVICE = "forecasting"
-OFFLINE_FILE = "service_features.parquet"
-"""The offline source, relative to ``settings.offline_dir`` (as declared in definitions.py)."""
+OFFLINE_SOURCE = "service_features"
+"""The offline source folder, relative to ``settings.offline_dir`` (as declared in definitions.py)."""
+LEGACY_OFFLINE_FILE = "service_features.parquet"
+"""The single-file offline source of earlier homes, relative to ``settings.offline_dir``."""
 
 STEP_VIEW = "service_5min"
 AGGREGATES: dict[str, tuple[str, str]] = {
@@ -145,15 +150,93 @@ def load_definitions(settings: Settings) -> list[Any]:
 
 
 def offline_source_path(settings: Settings) -> Path:
-    """Path of the offline source file (``features/definitions.py`` declares it relative).
+    """Folder of the offline source (``features/definitions.py`` declares it relative).
+
+    It holds one Parquet file per UTC day of ``event_timestamp``, named ``YYYY-MM-DD.parquet``,
+    with every service's rows of that day sorted by (service, event_timestamp); Feast reads all
+    of them as one table. Files being written are named ``.YYYY-MM-DD.parquet.partial`` and are
+    never read.
 
     Args:
         settings: Runtime settings.
 
     Returns:
-        The Parquet file under ``settings.offline_dir``.
+        The folder under ``settings.offline_dir``.
     """
-    return settings.offline_dir / OFFLINE_FILE
+    return settings.offline_dir / OFFLINE_SOURCE
+
+
+def offline_day_files(settings: Settings) -> dict[date, Path]:
+    """The day files of the offline source.
+
+    Args:
+        settings: Runtime settings.
+
+    Returns:
+        UTC day -> its Parquet file, in day order (empty when the source holds no file).
+    """
+    folder = offline_source_path(settings)
+    if not folder.is_dir():
+        return {}
+    days = {date.fromisoformat(path.stem): path for path in folder.glob("*.parquet")}
+    return dict(sorted(days.items()))
+
+
+def _write_offline_day(folder: Path, day: date, rows: pd.DataFrame) -> None:
+    """Replace one day file of the offline source atomically (temporary file, then rename).
+
+    Args:
+        folder: The offline source folder (:func:`offline_source_path`) or one being built.
+        day: The UTC day of every row's ``event_timestamp``.
+        rows: The day's rows of all services; an empty frame removes the day file.
+    """
+    path = folder / f"{day.isoformat()}.parquet"
+    if rows.empty:
+        path.unlink(missing_ok=True)
+        return
+    rows = rows.sort_values([SERVICE, EVENT_TIMESTAMP], ignore_index=True)
+    rows[EVENT_TIMESTAMP] = rows[EVENT_TIMESTAMP].astype(TS_DTYPE)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    rows.to_parquet(partial, index=False)
+    os.replace(partial, path)
+
+
+def _split_by_day(features: pd.DataFrame) -> dict[date, pd.DataFrame]:
+    """Rows of an offline frame grouped by the UTC day of their ``event_timestamp``."""
+    stamps = pd.to_datetime(features[EVENT_TIMESTAMP], utc=True).dt.tz_convert(None)
+    days = stamps.dt.floor("D").to_numpy()  # naive UTC datetime64, not one object per row
+    return {pd.Timestamp(day).date(): rows for day, rows in features.groupby(days, sort=True)}
+
+
+def migrate_offline_source(settings: Settings) -> bool:
+    """Split the single-file offline source of an earlier home into the day-file folder.
+
+    The folder appears complete or not at all (written aside, then renamed). The old file is
+    left in place for the readers whose registry still names it; :func:`apply_features` removes
+    it once the registry names the folder.
+
+    Args:
+        settings: Runtime settings.
+
+    Returns:
+        Whether the folder was created from the old file.
+    """
+    legacy = settings.offline_dir / LEGACY_OFFLINE_FILE
+    folder = offline_source_path(settings)
+    if not legacy.exists() or folder.exists():
+        return False
+    aside = folder.with_name(f".{folder.name}.{os.getpid()}.partial")
+    shutil.rmtree(aside, ignore_errors=True)
+    aside.mkdir(parents=True)
+    for day, rows in _split_by_day(pd.read_parquet(legacy)).items():
+        _write_offline_day(aside, day, rows)
+    try:
+        os.rename(aside, folder)
+    except OSError:  # another process migrated meanwhile: its folder holds the same rows
+        shutil.rmtree(aside, ignore_errors=True)
+        return False
+    return True
 
 
 def apply_features(settings: Settings) -> bool:
@@ -166,6 +249,10 @@ def apply_features(settings: Settings) -> bool:
     feature service is no longer declared (it is deleted, as ``feast apply`` does); otherwise
     the registry file and the online store are left untouched.
 
+    A home whose offline source is still the single file of earlier versions gets the day-file
+    folder first (:func:`migrate_offline_source`), and the old file is removed once the registry
+    names the folder.
+
     Args:
         settings: Runtime settings.
 
@@ -174,6 +261,7 @@ def apply_features(settings: Settings) -> bool:
     """
     from feast import Project
 
+    migrate_offline_source(settings)
     store = feature_store(settings)
     declared = load_definitions(settings)
     fingerprint = applied_fingerprint(settings, declared)
@@ -196,10 +284,14 @@ def apply_features(settings: Settings) -> bool:
         and not stale
         and names <= {_definition_key(o) for o in registered}
     ):
-        return False
-    stamp = Project(name=store.project, tags={APPLIED_TAG: fingerprint})
-    store.apply([stamp, *declared], objects_to_delete=stale, partial=not stale)
-    return True
+        written = False
+    else:
+        stamp = Project(name=store.project, tags={APPLIED_TAG: fingerprint})
+        store.apply([stamp, *declared], objects_to_delete=stale, partial=not stale)
+        written = True
+    if offline_source_path(settings).exists():
+        (settings.offline_dir / LEGACY_OFFLINE_FILE).unlink(missing_ok=True)
+    return written
 
 
 def applied_fingerprint(settings: Settings, declared: Sequence[Any]) -> str:
@@ -293,23 +385,31 @@ def update_offline_features(
 ) -> Path:
     """Recompute the offline source from the stored raw telemetry.
 
+    Only the day files whose rows change are rewritten (:func:`offline_source_path`); a
+    recomputed row replaces the source's row of the same (service, event_timestamp). A home
+    with the single-file source of earlier versions is migrated first
+    (:func:`migrate_offline_source`).
+
     Args:
         settings: Runtime settings.
         services: Services to recompute (all stored services when omitted); the rows of other
-            services already in the file are kept.
+            services already in the source are kept.
         since: Only telemetry from this instant on is new (e.g. the ingest interval's start): the
             rows of steps ending after it are recomputed from the last ``FEATURE_LOOKBACK`` of
-            telemetry and the older rows are kept, which gives the same file as a full
-            recomputation at a fraction of the cost. ``None`` recomputes everything.
+            telemetry and the older rows are kept, which gives the same source as a full
+            recomputation while rewriting only the days from ``since`` on (one day file for an
+            interval within a day). ``None`` recomputes everything.
 
     Returns:
-        The offline source file (Parquet, ``event_timestamp`` as ``timestamp[us, UTC]``).
+        The offline source folder (Parquet day files, ``event_timestamp`` as
+        ``timestamp[us, UTC]``).
 
     Raises:
         ValueError: If there is no stored telemetry for the requested services.
     """
-    path = offline_source_path(settings)
-    since_ts = utc_timestamp(since) if since is not None and path.exists() else None
+    migrate_offline_source(settings)
+    existing = offline_day_files(settings)
+    since_ts = utc_timestamp(since) if since is not None and existing else None
     telemetry = read_telemetry(
         settings, services=services, start=None if since_ts is None else since_ts - FEATURE_LOOKBACK
     )
@@ -327,19 +427,29 @@ def update_offline_features(
     recomputed = sorted(telemetry[SERVICE].unique())
     if since_ts is not None:
         features = features[features[EVENT_TIMESTAMP] > since_ts]
-    if path.exists() and (services is not None or since_ts is not None):
-        old = pd.read_parquet(path)
+    folder = offline_source_path(settings)
+    new_days = _split_by_day(features)
+    if services is None and since_ts is None:  # a full recomputation: every day is rewritten
+        for day, rows in new_days.items():
+            _write_offline_day(folder, day, rows)
+        for day in existing.keys() - new_days.keys():
+            existing[day].unlink(missing_ok=True)
+        return folder
+    # Days that may hold rows being replaced: those from `since` on, or all for a service rebuild.
+    touched = {d for d in existing if since_ts is None or d >= since_ts.date()}
+    for day in sorted(touched | new_days.keys()):
+        new = new_days.get(day, features.iloc[:0])
+        if day not in existing:
+            _write_offline_day(folder, day, new)
+            continue
+        old = pd.read_parquet(existing[day])
         keep = ~old[SERVICE].isin(recomputed)
         if since_ts is not None:
             keep |= old[EVENT_TIMESTAMP] <= since_ts
-        features = pd.concat([old[keep], features], ignore_index=True)
-        features = features.sort_values([SERVICE, EVENT_TIMESTAMP], ignore_index=True)
-        features[EVENT_TIMESTAMP] = features[EVENT_TIMESTAMP].astype(TS_DTYPE)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    features.to_parquet(partial, index=False)
-    os.replace(partial, path)
-    return path
+        if new.empty and keep.all():
+            continue
+        _write_offline_day(folder, day, pd.concat([old[keep], new], ignore_index=True))
+    return folder
 
 
 def materialize_features(settings: Settings, end: datetime) -> None:
@@ -364,9 +474,11 @@ def materialize_features(settings: Settings, end: datetime) -> None:
         store.materialize_incremental(end_date=end_utc)
         return
     path = offline_source_path(settings)
-    if not path.exists():
-        raise ValueError(f"offline source {path} does not exist: run update_offline_features")
-    first = pq.read_table(path, columns=[EVENT_TIMESTAMP]).column(0).to_pandas().min()
+    days = offline_day_files(settings)
+    if not days:
+        raise ValueError(f"offline source {path} holds no rows: run update_offline_features")
+    first_day = next(iter(days.values()))
+    first = pq.read_table(first_day, columns=[EVENT_TIMESTAMP]).column(0).to_pandas().min()
     if pd.isna(first) or first >= end_utc:
         raise ValueError(f"offline source {path} has no rows before {end_utc.isoformat()}")
     store.materialize(start_date=first.to_pydatetime(), end_date=end_utc)

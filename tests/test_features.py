@@ -348,3 +348,57 @@ def test_incremental_update_gives_the_same_file_as_a_full_recompute(settings: Se
     assert path == offline_source_path(settings)
     assert incremental["event_timestamp"].max() == FIXED_END
     pd.testing.assert_frame_equal(incremental, full)
+
+
+def test_an_update_rewrites_only_the_day_files_it_changes(settings: Settings) -> None:
+    fleet = generate_fleet(2, 3, step_minutes=1, seed=5, end=FIXED_END)
+    cut = FIXED_END - pd.Timedelta(minutes=10)
+    write_telemetry(settings, fleet[fleet["ts"] < cut], fleet["ts"].min(), cut)
+    update_offline_features(settings)
+    days = features.offline_day_files(settings)
+    assert [d.isoformat() for d in days] == ["2026-11-13", "2026-11-14", "2026-11-15"]
+    for day, path in days.items():  # each file holds all services' rows of its UTC day only
+        rows = pd.read_parquet(path)
+        assert set(rows["event_timestamp"].dt.date) == {day}
+        assert sorted(rows["service"].unique()) == sorted(fleet["service"].unique())
+    before = {day: path.stat().st_ino for day, path in days.items()}
+
+    write_telemetry(settings, fleet[fleet["ts"] >= cut], cut, FIXED_END)
+    update_offline_features(settings, since=cut)  # steps ending 23:55 .. 00:00 of the next day
+    after = features.offline_day_files(settings)
+    assert [d.isoformat() for d in after] == [
+        "2026-11-13",
+        "2026-11-14",
+        "2026-11-15",
+        "2026-11-16",
+    ]
+    unchanged = [d for d in days if after[d].stat().st_ino == before[d]]
+    assert [d.isoformat() for d in unchanged] == ["2026-11-13", "2026-11-14"]
+    assert not list(offline_source_path(settings).glob(".*"))  # no partial file left behind
+
+    # Rows recomputed from `since` replace the stored ones: no duplicate (service, timestamp).
+    incremental = pd.read_parquet(offline_source_path(settings))
+    assert not incremental.duplicated(["service", "event_timestamp"]).any()
+    update_offline_features(settings)
+    full = pd.read_parquet(offline_source_path(settings))
+    pd.testing.assert_frame_equal(incremental, full)
+
+
+def test_a_single_file_offline_source_is_migrated_to_day_files(tmp_path: Path) -> None:
+    settings, services = fleet_home(tmp_path / "home")
+    folder = offline_source_path(settings)
+    expected = pd.read_parquet(folder)
+    apply_features(settings)
+    expected_inputs = model_inputs(settings, services, START, END)
+    # The offline source as earlier versions wrote it: one file of all rows, no folder.
+    legacy = settings.offline_dir / features.LEGACY_OFFLINE_FILE
+    expected.sort_values(["service", "event_timestamp"]).to_parquet(legacy, index=False)
+    shutil.rmtree(folder)
+
+    assert features.migrate_offline_source(settings)
+    assert legacy.exists()  # kept for readers whose registry still names it
+    pd.testing.assert_frame_equal(pd.read_parquet(folder), expected)
+    assert not features.migrate_offline_source(settings)  # once only
+    apply_features(settings)
+    assert not legacy.exists()
+    pd.testing.assert_frame_equal(model_inputs(settings, services, START, END), expected_inputs)
