@@ -298,11 +298,11 @@ def _first_unknown(known: np.ndarray, start: int) -> int:
     return start + int(missing[0]) if len(missing) else len(known)
 
 
-def _known(arrays: np.ndarray | None, n: int) -> np.ndarray:
-    """``arrays`` padded with NaN to ``n`` rows (all NaN when there is none)."""
+def _padded(values: np.ndarray | None, n: int) -> np.ndarray:
+    """``values`` padded with NaN to ``n`` rows (all NaN when there are none)."""
     out = np.full(n, np.nan)
-    if arrays is not None:
-        out[: min(n, len(arrays))] = arrays[:n]
+    if values is not None:
+        out[: min(n, len(values))] = values[:n]
     return out
 
 
@@ -312,11 +312,12 @@ def score_rows(
     first_row: int = 0,
     known: SeriesState | None = None,
 ) -> tuple[np.ndarray, SeriesState]:
-    """Scores of a series' rows from ``first_row`` on, computing only what they depend on.
+    """Scores of a series' rows from ``first_row`` on.
 
     A row's score needs the raw scores of the ``refractory`` rows before it, and each raw score
-    the distances of the ``history`` rows before that; what ``known`` already holds for those
-    rows is used as it is.
+    the distances of the ``history`` rows before that: nearest-neighbour distances and ranks are
+    computed for those rows only, and not at all where ``known`` holds them already (the
+    smoothing, range and event-size terms are vectorised over the whole series).
 
     Args:
         values: The series, oldest first (see :func:`score_series`).
@@ -334,12 +335,12 @@ def score_rows(
     clean = _clean_values(values, "series")
     n = len(clean)
     raw_from = max(0, first_row - settings.refractory)
-    raw = _known(known.raw if known else None, n)
+    raw = _padded(known.raw if known else None, n)
     unknown_raw = _first_unknown(raw, raw_from)
     novelty = np.zeros(n)
     distances = {}
     for window in settings.scales:
-        distance = _known(known.distances.get(window) if known else None, n)
+        distance = _padded(known.distances.get(window) if known else None, n)
         compute_from = _first_unknown(distance, max(0, unknown_raw - settings.history))
         if compute_from < n:
             smooth = (
@@ -432,12 +433,9 @@ class AnomalyDetector:
         if target is not None:
             self.target = target
         frame = self._prepare(history, "history")
-        self.context = {
-            str(service): rows[[TS, self.target]]
-            .tail(self.settings.context_rows)
-            .reset_index(drop=True)
-            for service, rows in frame.groupby(SERVICE, sort=True)
-        }
+        self.context = {}
+        for service, rows in frame.groupby(SERVICE, sort=True):
+            self.set_context(str(service), rows)
         return self
 
     def score(self, frame: pd.DataFrame, update_context: bool = True) -> pd.DataFrame:
@@ -470,7 +468,7 @@ class AnomalyDetector:
                 n_past = 0
             try:
                 scores, state = score_rows(
-                    joined[self.target].to_numpy(), self.settings, n_past, self._known(joined)
+                    joined[self.target].to_numpy(), self.settings, n_past, self._kept_state(joined)
                 )
             except ValueError as err:
                 raise ValueError(f"service {service!r}, column {self.target!r}: {err}") from err
@@ -496,7 +494,7 @@ class AnomalyDetector:
         result[TS] = result[TS].astype(TS_DTYPE)
         return result
 
-    def _known(self, rows: pd.DataFrame) -> SeriesState | None:
+    def _kept_state(self, rows: pd.DataFrame) -> SeriesState | None:
         """What earlier scoring left in a service's context rows (``None`` if it left nothing)."""
         columns = [distance_column(w) for w in self.settings.scales]
         if RAW_SCORE not in rows or any(c not in rows for c in columns):

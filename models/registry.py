@@ -185,21 +185,21 @@ def mlflow_messages_as_logs() -> Iterator[None]:
 
 
 def log_registered_pyfunc(
-    name: str,
+    name: str | None,
     artifact_name: str,
     python_model: mlflow.pyfunc.PythonModel,
     artifacts: dict[str, str],
 ) -> str:
-    """Log a pyfunc model in the active run and register it as a new version of ``name``.
+    """Log a pyfunc model in the active run and, with a ``name``, register it as a new version.
 
     Args:
-        name: Registered model name.
+        name: Registered model name (``None``: log only).
         artifact_name: Name of the model inside the run.
         python_model: The pyfunc wrapper.
         artifacts: Files the wrapper loads, ``{key: local path}``.
 
     Returns:
-        The new version number.
+        The new version number, or the logged model's URI when ``name`` is ``None``.
     """
     with mlflow_messages_as_logs():
         info = mlflow.pyfunc.log_model(
@@ -209,7 +209,7 @@ def log_registered_pyfunc(
             pip_requirements=PIP_REQUIREMENTS,
             registered_model_name=name,
         )
-    return str(info.registered_model_version)
+    return str(info.model_uri if name is None else info.registered_model_version)
 
 
 def log_shared_forecaster(model: Forecaster, artifact_name: str = "model") -> str:
@@ -230,14 +230,9 @@ def log_shared_forecaster(model: Forecaster, artifact_name: str = "model") -> st
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "forecaster"
         model.save(path)
-        with mlflow_messages_as_logs():
-            info = mlflow.pyfunc.log_model(
-                name=artifact_name,
-                python_model=ForecasterPyfunc(),
-                artifacts={"forecaster": str(path)},
-                pip_requirements=PIP_REQUIREMENTS,
-            )
-    return str(info.model_uri)
+        return log_registered_pyfunc(
+            None, artifact_name, ForecasterPyfunc(), {"forecaster": str(path)}
+        )
 
 
 def register_forecaster(
@@ -245,8 +240,11 @@ def register_forecaster(
 ) -> RegisteredVersion:
     """Register a logged forecaster as a new version of a service's model.
 
+    The version's run is the active run (a service's own run in training, with its backtest
+    metrics and plots), not the run the shared model was logged in.
+
     Args:
-        model_uri: From :func:`log_shared_forecaster`.
+        model_uri: From :func:`log_shared_forecaster` (``models:/<model id>``).
         service: The service.
         family: The model family (a version tag).
         backtest_error: The service's rolling-origin backtest error (lower is better).
@@ -255,8 +253,19 @@ def register_forecaster(
         The new registered version (not yet promoted).
     """
     name = registered_name(service)
-    with mlflow_messages_as_logs():
-        version = mlflow.register_model(model_uri, name)
+    client = MlflowClient()
+    try:
+        client.create_registered_model(name)
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    run = mlflow.active_run()
+    version = client.create_model_version(
+        name,
+        source=model_uri,
+        run_id=run.info.run_id if run else None,
+        model_id=model_uri.removeprefix("models:/"),
+    )
     return tag_version(name, str(version.version), family, backtest_error)
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -32,6 +33,7 @@ from typing import Any
 import mlflow
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from core.params import load_config
 from core.schema import SERVICE, TARGET, TS, TS_DTYPE, path_under
@@ -44,6 +46,8 @@ from models.registry import (
     tag_version,
     version_by_alias,
 )
+
+log = logging.getLogger(__name__)
 
 ANOMALY_MODEL = "forescale-anomaly"
 ANOMALY_EXPERIMENT = "forescale-anomaly"
@@ -202,7 +206,8 @@ def train_anomaly_model(
 
     Args:
         settings: Runtime settings.
-        services: Services to backtest on (default: all with telemetry).
+        services: The fleet (default: all with telemetry); the backtest runs on a fixed sample
+            of at most ``anomaly.backtest_services`` of them (:func:`backtest_sample`).
         as_of: End of the history (default: end of stored telemetry).
 
     Returns:
@@ -281,11 +286,13 @@ def score_anomalies(
     its last scored point, at most ``anomaly.backfill_hours`` back. So the first run after a
     detector is promoted, or after downtime, catches up instead of leaving a hole.
 
-    The detector keeps each service's context (its recent rows and what scoring computed for
-    them) in the state folder between runs, so a run reads only the last
-    ``anomaly.backfill_hours`` of telemetry and computes only the new rows. A service whose
-    context is missing or no longer matches its stored telemetry (a new champion, rows that
-    changed) is scored after its last ``anomaly.context_days`` of telemetry instead.
+    The detector keeps each service's context (its last ``anomaly.context_days`` of rows and
+    what scoring computed for them) in the state folder between runs, so a run reads only the
+    last ``anomaly.backfill_hours`` of telemetry and computes only the new rows. A service whose
+    context is missing, or does not end with that window of its stored telemetry row for row
+    (a new champion, rows that changed in it), is scored after its last
+    ``anomaly.context_days`` of telemetry instead; a change to older stored rows is not looked
+    for (their scores were given when they were new).
 
     Args:
         settings: Runtime settings.
@@ -317,8 +324,12 @@ def score_anomalies(
     store = ScheduleStore(settings.schedule_db)
     parts = []
 
+    kept_from = end_ts - pd.Timedelta(days=config.context_days)
+
     def score_and_keep(service: str, fresh: pd.DataFrame) -> None:
         scores = detector.score(fresh)
+        context = detector.context[service]  # the same span as a run without a kept context
+        detector.context[service] = context[context[TS] >= kept_from].reset_index(drop=True)
         _save_context(detector, state, service)
         store.record_anomalies(
             service,
@@ -359,18 +370,19 @@ def score_anomalies(
             begin = without_context[str(service)]
             detector.set_context(str(service), rows[rows[TS] < begin])
             score_and_keep(str(service), rows[rows[TS] >= begin].reset_index(drop=True))
-    (pd.concat(parts, ignore_index=True) if parts else empty).to_parquet(out, index=False)
+    scored = pd.concat(parts, ignore_index=True).sort_values([SERVICE, TS]) if parts else empty
+    scored.to_parquet(out, index=False)
     return out
 
 
 def _scoring_state_dir(settings: Settings, version: RegisteredVersion) -> Path:
     """Where the champion detector keeps each service's scoring context between runs.
 
-    One folder per detector version; folders of other versions are deleted (a new champion
-    starts from the stored history).
+    One folder per registered detector (its version and the run that logged it); folders of
+    other detectors are deleted (a new champion starts from the stored history).
     """
     root = settings.artifacts_dir / "anomaly" / "state"
-    current = path_under(root, f"v{version.version}")
+    current = path_under(root, f"v{version.version}-{version.run_id or 'unknown'}")
     if root.is_dir():
         for folder in root.iterdir():
             if folder != current:
@@ -380,12 +392,21 @@ def _scoring_state_dir(settings: Settings, version: RegisteredVersion) -> Path:
 
 
 def _load_context(detector: AnomalyDetector, state: Path, service: str) -> None:
-    """Give the detector the service's context saved by the previous run, if any."""
+    """Give the detector the service's context saved by the previous run, if any (a file that
+    cannot be read as one is logged, deleted and treated as missing)."""
     file = path_under(state, f"{service}.parquet")
-    if file.is_file():
+    if not file.is_file():
+        return
+    try:
         context = pd.read_parquet(file)
         context[TS] = context[TS].astype(TS_DTYPE)
-        detector.context[service] = context
+        if detector.target not in context:
+            raise ValueError(f"no {detector.target!r} column")
+    except (OSError, ValueError, KeyError, pa.ArrowException) as err:
+        log.warning("%s: unreadable anomaly scoring context %s (%s): rebuilt", service, file, err)
+        file.unlink(missing_ok=True)
+        return
+    detector.context[service] = context
 
 
 def _save_context(detector: AnomalyDetector, state: Path, service: str) -> None:

@@ -50,6 +50,10 @@ def test_a_tiny_fleet_times_every_dag_stage(tmp_path: Path) -> None:
         "publish_schedules",
         "prune_runs",
     ]
+    steady = figures["phases"]["publish_steady"]
+    assert list(steady["calls"]) == list(publish)
+    assert steady["record_files"] == 3 * 24 * 12  # schedule.tail_days of 5-minute issues, 1 shard
+    assert figures["publish_s"] == steady["seconds"] and figures["publish_first_s"] > 0
     assert list(figures["phases"]["ingest"]["calls"]) == [
         "extract_batch",
         "validate_batch",

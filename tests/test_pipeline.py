@@ -170,6 +170,7 @@ def test_a_shard_logs_each_fitted_model_once_and_registers_it_per_service(
     client = MlflowClient()
     versions = [client.get_model_version(f"forescale-{r['service']}", r["version"]) for r in rows]
     assert len({v.source for v in versions}) == 1  # one stored model for the shard's family
+    assert [v.run_id for v in versions] == [r["run_id"] for r in rows]  # each service's run
     assert [v.tags["service_run"] for v in versions] == [r["run_id"] for r in rows]
     assert [v.tags["model_family"] for v in versions] == ["naive", "naive"]
     for row in rows:
