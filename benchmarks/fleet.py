@@ -1,6 +1,6 @@
 """``forescale bench fleet``: the three DAGs' stages timed on a synthetic fleet of N services.
 
-Each fleet size gets a fresh temporary ``FORESCALE_HOME`` and four processes, one after the
+Each fleet size gets a fresh temporary ``FORESCALE_HOME`` and five processes, one after the
 other, so each peak resident set (``ru_maxrss``) belongs to one size and one phase:
 
 1. **build** (timed, not a DAG run): ``generate_fleet`` of N services x D days ending at
@@ -19,13 +19,17 @@ other, so each peak resident set (``ru_maxrss``) belongs to one size and one pha
    ``score_anomalies``.
 4. **publish** (``schedule_publish``) at the end of that interval: ``check_rollbacks``,
    ``plan_shards``, ``forecast_shard`` for every shard, then ``build_schedules`` for every
-   forecast, ``publish_schedules`` for every schedule file, ``prune_runs``.
+   forecast, ``publish_schedules`` for every schedule file, ``prune_runs``: the first
+   publication, with no forecast record yet (``publish_first_s``).
+5. **publish_steady** (``schedule_publish`` as it runs every 5 minutes): the same calls at the
+   same instant after :func:`seed_forecast_record` gave the home the forecast record of the
+   last ``schedule.tail_days`` that publishing reads (``publish_s``).
 
 Every call is the DAG task's call with the DAG's arguments; the run's interval comes from the
 pinned clock instead of Airflow's context, and ``publish_schedules`` also gets that instant as
 ``now`` (the DAG leaves it to the wall clock, which a pinned past instant would not match). A
 phase's seconds are the sum of its calls' wall times (libraries a call imports on first use are
-inside, as in a task's process). ``peak_rss_mib`` is the largest of the three DAG phases.
+inside, as in a task's process). ``peak_rss_mib`` is the largest of the DAG phases'.
 
 The params file is the installation's (``FORESCALE_PARAMS_FILE``) with only ``fleet`` (size,
 days, resolution, seed) and ``ingest.source: synthetic`` set, written into the temporary home;
@@ -151,7 +155,7 @@ def fleet_params(base: Path, home: Path, services: int, days: int, step_minutes:
 
 
 PHASES = ("build", "retrain", "ingest", "publish", "publish_steady")
-"""The processes of one size, in order; the last three are the DAG runs."""
+"""The processes of one size, in order; all but the first are DAG runs."""
 
 
 class _Calls:
