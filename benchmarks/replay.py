@@ -93,7 +93,7 @@ import numpy as np
 import pandas as pd
 
 from core.params import load_params, section
-from core.schema import SERVICE, TARGET, TS
+from core.schema import SERVICE, TARGET, TS, write_parquet_atomically
 from core.service_config import ServiceConfig, default_service_config
 from core.settings import REPO_ROOT
 from core.simulation import (
@@ -518,10 +518,7 @@ def _cached_forecasts(
         return pd.read_parquet(path)
     forecasts = rolling_forecasts(frames, starts, spans, training)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".partial")
-        forecasts.to_parquet(partial, index=False)
-        partial.replace(path)
+        write_parquet_atomically(forecasts, path)
     return forecasts
 
 

@@ -7,6 +7,7 @@ columns named ``p50``, ``p90``, ... (see :func:`quantile_column`).
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -119,6 +120,22 @@ def path_under(root: Path, *parts: str) -> Path:
     if not path.resolve().is_relative_to(root.resolve()):
         raise ValueError(f"refusing to write {path}: it resolves outside {root}")
     return path
+
+
+def write_parquet_atomically(frame: pd.DataFrame, path: Path) -> None:
+    """Write ``frame`` to ``path`` whole or not at all.
+
+    The rows go to a hidden ``.<name>.partial`` file beside ``path`` (which ``*.parquet`` globs
+    do not match), renamed over ``path`` once complete.
+
+    Args:
+        frame: The rows.
+        path: The Parquet file to create or replace.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    frame.to_parquet(partial, index=False)
+    os.replace(partial, path)
 
 
 def utc_timestamp(value: datetime | pd.Timestamp | str) -> pd.Timestamp:

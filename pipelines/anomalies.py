@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -36,7 +35,7 @@ import pandas as pd
 import pyarrow as pa
 
 from core.params import load_config
-from core.schema import SERVICE, TARGET, TS, TS_DTYPE, path_under
+from core.schema import SERVICE, TARGET, TS, TS_DTYPE, path_under, write_parquet_atomically
 from core.settings import Settings
 from models.anomaly import IS_ANOMALY, AnomalyDetector, DetectorSettings
 from models.registry import (
@@ -325,25 +324,6 @@ def score_anomalies(
     parts = []
 
     kept_from = end_ts - pd.Timedelta(days=config.context_days)
-
-    def score_and_keep(service: str, fresh: pd.DataFrame) -> None:
-        scores = detector.score(fresh)
-        context = detector.context[service]  # the same span as a run without a kept context
-        detector.context[service] = context[context[TS] >= kept_from].reset_index(drop=True)
-        _save_context(detector, state, service)
-        store.record_anomalies(
-            service,
-            [
-                {
-                    "ts": r.ts.to_pydatetime(),
-                    "score": float(r.score),
-                    "is_anomaly": bool(r.is_anomaly),
-                }
-                for r in scores.itertuples()
-            ],
-        )
-        parts.append(scores)
-
     window = pd.Timedelta(hours=config.backfill_hours)
     recent = model_inputs(settings, names, end_ts - window, end_ts)
     without_context: dict[str, pd.Timestamp] = {}
@@ -355,21 +335,17 @@ def score_anomalies(
             continue
         _load_context(detector, state, service)
         if detector.context_continues(service, rows[rows[TS] < begin]):
-            score_and_keep(service, fresh)
+            parts.append(_score_and_keep(detector, state, store, service, fresh, kept_from))
         else:
             detector.context.pop(service, None)
             without_context[service] = begin
     if without_context:
-        history = model_inputs(
-            settings,
-            list(without_context),
-            end_ts - pd.Timedelta(days=config.context_days),
-            end_ts,
-        )
+        history = model_inputs(settings, list(without_context), kept_from, end_ts)
         for service, rows in history.groupby(SERVICE, sort=True):
             begin = without_context[str(service)]
             detector.set_context(str(service), rows[rows[TS] < begin])
-            score_and_keep(str(service), rows[rows[TS] >= begin].reset_index(drop=True))
+            fresh = rows[rows[TS] >= begin].reset_index(drop=True)
+            parts.append(_score_and_keep(detector, state, store, str(service), fresh, kept_from))
     scored = pd.concat(parts, ignore_index=True).sort_values([SERVICE, TS]) if parts else empty
     scored.to_parquet(out, index=False)
     return out
@@ -409,13 +385,35 @@ def _load_context(detector: AnomalyDetector, state: Path, service: str) -> None:
     detector.context[service] = context
 
 
-def _save_context(detector: AnomalyDetector, state: Path, service: str) -> None:
-    """Write the service's context for the next run (whole file or nothing) and drop it from
-    memory."""
-    file = path_under(state, f"{service}.parquet")
-    partial = file.with_name(file.name + ".partial")
-    detector.context.pop(service).to_parquet(partial, index=False)
-    os.replace(partial, file)
+def _score_and_keep(
+    detector: AnomalyDetector,
+    state: Path,
+    store: Any,
+    service: str,
+    fresh: pd.DataFrame,
+    kept_from: pd.Timestamp,
+) -> pd.DataFrame:
+    """Score a service's new rows after its context, keep the context's rows from
+    ``kept_from`` on for the next run (the span a run without a kept context reads), record the
+    scores in the store.
+
+    Returns:
+        The scores (``service, ts, score, is_anomaly``).
+    """
+    scores = detector.score(fresh)
+    context = detector.context.pop(service)
+    write_parquet_atomically(
+        context[context[TS] >= kept_from].reset_index(drop=True),
+        path_under(state, f"{service}.parquet"),
+    )
+    store.record_anomalies(
+        service,
+        [
+            {"ts": r.ts.to_pydatetime(), "score": float(r.score), "is_anomaly": bool(r.is_anomaly)}
+            for r in scores.itertuples()
+        ],
+    )
+    return scores
 
 
 def _first_unscored(

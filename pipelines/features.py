@@ -46,6 +46,7 @@ from core.schema import (
     TS_DTYPE,
     require_columns,
     utc_timestamp,
+    write_parquet_atomically,
 )
 from core.settings import REPO_ROOT, Settings
 from pipelines.telemetry import read_telemetry
@@ -196,10 +197,7 @@ def _write_offline_day(folder: Path, day: date, rows: pd.DataFrame) -> None:
         return
     rows = rows.sort_values([SERVICE, EVENT_TIMESTAMP], ignore_index=True)
     rows[EVENT_TIMESTAMP] = rows[EVENT_TIMESTAMP].astype(TS_DTYPE)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    rows.to_parquet(partial, index=False)
-    os.replace(partial, path)
+    write_parquet_atomically(rows, path)
 
 
 def _split_by_day(features: pd.DataFrame) -> dict[date, pd.DataFrame]:
