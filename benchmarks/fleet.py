@@ -22,8 +22,10 @@ other, so each peak resident set (``ru_maxrss``) belongs to one size and one pha
    forecast, ``publish_schedules`` for every schedule file, ``prune_runs``: the first
    publication, with no forecast record yet (``publish_first_s``).
 5. **publish_steady** (``schedule_publish`` as it runs every 5 minutes): the same calls at the
-   same instant after :func:`seed_forecast_record` gave the home the forecast record of the
-   last ``schedule.tail_days`` that publishing reads (``publish_s``).
+   same instant after :func:`seed_forecast_record` gave the home the forecasts of the last
+   ``schedule.tail_days`` and the error record the publications before kept of them
+   (``publish_s``). The instant is the first publication after a whole hour, the one that
+   extends each service's record by an hour (the other eleven of the hour only read it).
 
 Every call is the DAG task's call with the DAG's arguments; the run's interval comes from the
 pinned clock instead of Airflow's context, and ``publish_schedules`` also gets that instant as
@@ -302,11 +304,13 @@ def _publish(calls: _Calls) -> dict[str, Any]:
 
 def seed_forecast_record(settings: Any, now: pd.Timestamp) -> int:
     """Give the home the forecast record a running deployment has: a forecast every 5 minutes
-    over the ``schedule.tail_days`` before ``now``.
+    over the ``schedule.tail_days`` before ``now``, and each service's error record as the
+    publications before ``now`` kept it (:func:`pipelines.forecast_record.service_records`,
+    through the whole hour before ``now``'s).
 
     Each shard's forecast file issued at ``now`` is written again at every earlier issue time
     of the record, its steps moved by the same amount. The values are stand-ins: the
-    benchmark times reading the record, no figure comes from them.
+    benchmark times reading and extending the record, no figure comes from them.
 
     Args:
         settings: The home's settings.
@@ -316,6 +320,7 @@ def seed_forecast_record(settings: Any, now: pd.Timestamp) -> int:
         How many forecast files were written.
     """
     from core.params import section
+    from pipelines.forecast_record import RECORD_FOLDER, record_refresh, service_records
     from pipelines.publish import RUN_FOLDER_FORMAT
 
     days = float(section(settings.params_file, "schedule").get("tail_days", 0))
@@ -330,6 +335,11 @@ def seed_forecast_record(settings: Any, now: pd.Timestamp) -> int:
             folder.mkdir(exist_ok=True)
             frame.assign(ts=frame["ts"] - shift).to_parquet(folder / path.name, index=False)
             written += 1
+    shutil.rmtree(settings.artifacts_dir / RECORD_FOLDER, ignore_errors=True)
+    before = record_refresh(now) - pd.Timedelta(minutes=INTERVAL_MINUTES)
+    for path in sorted(current.glob("*.parquet")):
+        services = sorted(str(s) for s in pd.read_parquet(path, columns=["service"])["service"])
+        service_records(settings, sorted(set(services)), before, days, shard_file=path.name)
     return written
 
 

@@ -24,8 +24,10 @@ At every step of the window the replay does what production does:
 * **publication** every 5 minutes (``schedule_publish``'s interval): the champion forecasts
   from the complete steps of the 8 days before the instant (``publish.recent_history``), the
   forecast is planned with :func:`core.policy.plan_quantiles` (the core of
-  :func:`core.policy.plan_replicas`), on the empirical tail of the champion's own errors over
-  ``schedule.tail_days`` (refreshed hourly; :func:`core.policy.tail_factors`);
+  :func:`core.policy.plan_replicas`), on the empirical tail of the trace's forecast errors over
+  ``schedule.tail_days``, the record the product keeps (the first hour of each forecast,
+  refreshed every whole UTC hour: :func:`core.policy.record_refresh_us`,
+  :func:`core.policy.tail_factors`);
 * **serving**: at every minute, :mod:`core.serving_rule` (the API's rule) gives the replicas
   to serve from the latest schedule, with the fallback when none covers the minute;
 * **scaling**: KEDA's HPA takes the larger of the served value (``metrics-api`` trigger) and

@@ -84,6 +84,12 @@ p95 distance. A guard against forecasts whose interval collapsed (p90 = p50, e.g
 zero load), whose errors are huge in units of that spread; it never binds in the replay (the
 largest factor there is 9.6)."""
 _EPSILON = 1e-9  # absorbs float noise in ceil(): 2.0000000001 pods is 2 pods
+RECORD_HORIZON_STEPS = 12
+"""Horizon steps of each forecast that enter its service's error record: the first hour, the
+steps that decide what is served until the next publications. Later steps are planned on the
+pooled tail and weight of these (:func:`tail_factors`, :func:`persistence_weights`)."""
+RECORD_REFRESH_US = 3_600_000_000
+"""The error record is refreshed on every whole UTC hour (:func:`record_refresh_us`)."""
 
 
 @dataclass(frozen=True)
@@ -468,6 +474,23 @@ def standardized_errors(actual: np.ndarray, p50: np.ndarray, p90: np.ndarray) ->
     p50 = np.asarray(p50, dtype=float)
     spread = np.maximum(np.asarray(p90, dtype=float) - p50, 1e-9 + 1e-6 * np.abs(p50))
     return (np.asarray(actual, dtype=float) - p50) / spread
+
+
+def record_refresh_us(instant_us: int) -> int:
+    """The error-record refresh a publication at ``instant_us`` plans on.
+
+    The record a publication reads holds the errors of forecast steps that ended by the latest
+    whole UTC hour at or before it and within ``schedule.tail_days`` of that hour; the product
+    (:mod:`pipelines.forecast_record`) and the replay (:mod:`pipelines.walk_forward`) both
+    call this.
+
+    Args:
+        instant_us: The publication, in microseconds since the epoch.
+
+    Returns:
+        The refresh instant, in microseconds since the epoch.
+    """
+    return instant_us // RECORD_REFRESH_US * RECORD_REFRESH_US
 
 
 def tail_factors(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -122,7 +122,9 @@ def path_under(root: Path, *parts: str) -> Path:
     return path
 
 
-def write_parquet_atomically(frame: pd.DataFrame, path: Path) -> None:
+def write_parquet_atomically(
+    frame: pd.DataFrame, path: Path, metadata: Mapping[str, str] | None = None
+) -> None:
     """Write ``frame`` to ``path`` whole or not at all.
 
     The rows go to a hidden ``.<name>.partial`` file beside ``path`` (which ``*.parquet`` globs
@@ -131,10 +133,22 @@ def write_parquet_atomically(frame: pd.DataFrame, path: Path) -> None:
     Args:
         frame: The rows.
         path: The Parquet file to create or replace.
+        metadata: Key-value pairs kept in the file's schema metadata (read back with
+            ``pyarrow.parquet.read_schema(path).metadata``), e.g. what a file without rows
+            still has to say.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
-    frame.to_parquet(partial, index=False)
+    if metadata:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        kept = dict(table.schema.metadata or {})
+        kept.update({key.encode(): value.encode() for key, value in metadata.items()})
+        pq.write_table(table.replace_schema_metadata(kept), partial)
+    else:
+        frame.to_parquet(partial, index=False)
     os.replace(partial, path)
 
 

@@ -10,8 +10,9 @@ measures (an hourly one serves forecasts up to an hour old at the moment a surge
 → `prune_runs`, the middle three mapped over the shards (one task instance per shard of
 `training.shard_size` services).
 
-* `build_schedules` plans each service's risk quantile on the tail of its champion's own
-  errors over the last `schedule.tail_days` (see the README's Configuration).
+* `build_schedules` plans each service's risk quantile on the tail of its recent forecasts'
+  errors over the last `schedule.tail_days`, a record kept per service and extended by the
+  first run after each whole hour (see `docs/configuration.md`).
 * `prune_runs` finally deletes forecast and schedule run folders older than
   `schedule.keep_days`.
 * `check_rollbacks` first compares each champion's live error (the forecasts it served over the

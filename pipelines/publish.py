@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -160,6 +159,7 @@ def issued_forecasts(
     start: pd.Timestamp,
     end: pd.Timestamp,
     services: Sequence[str] | None = None,
+    file_name: str | None = None,
 ) -> pd.DataFrame:
     """The forecasts :func:`forecast_shard` issued in ``[start, end)``, as they were written.
 
@@ -168,6 +168,8 @@ def issued_forecasts(
         start: Earliest issue time.
         end: Latest issue time (exclusive).
         services: Keep these services only (all when ``None``).
+        file_name: With ``services``, the name of the file in each issue folder that holds them
+            (a shard's file); the folder's other files are read only for the services it lacks.
 
     Returns:
         The forecast rows plus ``issued`` and ``horizon_step`` (1 = the first step of its
@@ -178,9 +180,7 @@ def issued_forecasts(
         issued = _run_time(run_dir)
         if issued is None or not start <= issued < end:
             continue
-        wanted = None if services is None else [(SERVICE, "in", list(services))]
-        for path in sorted(run_dir.glob("*.parquet")):
-            frame = pd.read_parquet(path, filters=wanted)
+        for frame in _issue_folder_rows(run_dir, services, file_name):
             if not frame.empty:
                 frame = frame.sort_values([SERVICE, TS], kind="stable")
                 frames.append(
@@ -193,61 +193,29 @@ def issued_forecasts(
     return pd.concat(frames, ignore_index=True)
 
 
-def forecast_errors(
-    settings: Settings,
-    services: Sequence[str],
-    as_of: pd.Timestamp,
-    days: float,
-    actual: pd.DataFrame | None = None,
-) -> pd.DataFrame:
-    """Standardized errors of the forecasts issued in the ``days`` before ``as_of``.
-
-    Each forecast step that ended by ``as_of`` is compared with the validated telemetry at the
-    forecast step (:func:`recent_history`): ``(actual - p50) / (p90 - p50)``
-    (:func:`core.policy.standardized_errors`). (The replay counts the steps that *ended*
-    in the window instead; the two differ at the window's start by one forecast horizon.)
-
-    Args:
-        settings: Runtime settings.
-        services: Services to read.
-        as_of: The instant of the record (steps ending later are not known yet).
-        days: How far back forecasts count.
-        actual: The services' :func:`recent_history` of ``ceil(days) + 2`` days before
-            ``as_of``, when the caller has read it already.
-
-    Returns:
-        ``service, model_version, horizon_step, error`` and, for
-        :func:`core.policy.persistence_weights`, ``actual``, ``p50`` and ``last`` (the load of the
-        latest step that ended by the forecast's issue time, NaN when none within a day); empty
-        when no forecast or no telemetry overlaps.
-    """
-    from core.policy import standardized_errors
-
-    columns = [SERVICE, "model_version", "horizon_step", "error", "actual", "p50", "last"]
-    issued = issued_forecasts(settings, as_of - pd.Timedelta(days=days), as_of, services)
-    step = pd.Timedelta(minutes=settings.step_minutes)
-    issued = issued[issued[TS] + step <= as_of] if not issued.empty else issued
-    if issued.empty:
-        return pd.DataFrame(columns=columns)
-    if actual is None:
-        actual = recent_history(settings, services, as_of, days=math.ceil(days) + 2)
-    if actual.empty:
-        return pd.DataFrame(columns=columns)
-    joined = issued.merge(actual[[SERVICE, TS, TARGET]], on=[SERVICE, TS], how="inner")
-    joined["error"] = standardized_errors(
-        joined[TARGET].to_numpy(), joined["p50"].to_numpy(), joined["p90"].to_numpy()
-    )
-    last = actual[[SERVICE, TS, TARGET]].rename(columns={TS: "issued", TARGET: "last"})
-    last["issued"] = (last["issued"] + step).astype(joined["issued"].dtype)
-    joined = pd.merge_asof(
-        joined.sort_values("issued"),
-        last.sort_values("issued"),
-        on="issued",
-        by=SERVICE,
-        direction="backward",
-        tolerance=pd.Timedelta(days=1),
-    )
-    return joined.rename(columns={TARGET: "actual"})[columns]
+def _issue_folder_rows(
+    run_dir: Path, services: Sequence[str] | None, file_name: str | None
+) -> list[pd.DataFrame]:
+    """The rows of ``services`` (all when ``None``) in one issue folder's forecast files;
+    ``file_name`` first, the others only for the services it does not hold."""
+    paths = sorted(run_dir.glob("*.parquet"))
+    if services is None:
+        return [pd.read_parquet(path) for path in paths]
+    wanted = set(services)
+    frames = []
+    first = run_dir / file_name if file_name is not None else None
+    if first is not None and first.is_file():
+        frame = pd.read_parquet(first, filters=[(SERVICE, "in", sorted(wanted))])
+        frames.append(frame)
+        wanted -= set(frame[SERVICE].unique())
+        paths = [path for path in paths if path != first]
+    for path in paths:
+        if not wanted:
+            break
+        frame = pd.read_parquet(path, filters=[(SERVICE, "in", sorted(wanted))])
+        frames.append(frame)
+        wanted -= set(frame[SERVICE].unique())
+    return frames
 
 
 def last_complete_step(
@@ -283,9 +251,11 @@ def build_schedules(settings: Settings, forecast_path: Path | str) -> Path:
     """Turn a forecast file into replica schedules with each service's scaling settings.
 
     With ``schedule.tail_days`` above 0, each service's risk quantile is planned on the empirical
-    tail of its model's own errors over those days (:func:`forecast_errors`,
-    :func:`core.policy.tail_factors`) once two hours of them are known; until then, and
-    with 0, on the forecast's quantiles.
+    tail of its own forecasts' errors over those days, as of the latest whole hour
+    (:func:`pipelines.forecast_record.service_records`, :func:`core.policy.tail_factors`), once
+    two hours of them are known; until then, and with 0, on the forecast's quantiles. With
+    ``schedule.blend_with_persistence`` the plan is also blended with the last complete step's
+    load by the weights of the same record (:func:`core.policy.persistence_weights`).
 
     Args:
         settings: Runtime settings.
@@ -303,13 +273,14 @@ def build_schedules(settings: Settings, forecast_path: Path | str) -> Path:
     """
     from core.policy import Persistence, persistence_weights, plan_replicas, tail_factors
     from core.service_config import service_config
+    from pipelines.forecast_record import service_records
 
     forecast_path = Path(forecast_path)
     forecast = pd.read_parquet(forecast_path)
     schedule = section(settings.params_file, "schedule")
     tail_days = float(schedule.get("tail_days", 0))
     blend = bool(schedule.get("blend_with_persistence", False)) and tail_days > 0
-    errors = None
+    records: dict[str, pd.DataFrame] = {}
     last_now: dict[str, float] = {}
     if forecast.empty:
         tail_days = 0.0  # nothing to plan: no error record to read
@@ -328,18 +299,19 @@ def build_schedules(settings: Settings, forecast_path: Path | str) -> Path:
                 f"{forecast_path}: schedule.tail_days needs the forecast's issue time as its "
                 f"folder name ({RUN_FOLDER_FORMAT}, as forecast_shard writes it)"
             )
-        services = sorted(forecast[SERVICE].unique())
-        actual = recent_history(settings, services, issued, days=math.ceil(tail_days) + 2)
-        errors = forecast_errors(settings, services, issued, tail_days, actual=actual)
+        services = sorted(str(s) for s in forecast[SERVICE].unique())
+        records = service_records(
+            settings, services, issued, tail_days, shard_file=forecast_path.name
+        )
         if blend:
-            last_now = last_complete_step(settings, services, issued, recent=actual)
+            last_now = last_complete_step(settings, services, issued)
     frames = []
     for service, rows in forecast.groupby(SERVICE, sort=True):
         config = service_config(settings.params_file, str(service))
         version = rows["model_version"].iloc[0]
+        own = records.get(str(service))
         tail = None
-        if errors is not None:
-            own = errors[(errors[SERVICE] == service) & (errors["model_version"] == version)]
+        if own is not None:
             tail = tail_factors(
                 own["error"].to_numpy(float),
                 own["horizon_step"].to_numpy(),
@@ -347,7 +319,7 @@ def build_schedules(settings: Settings, forecast_path: Path | str) -> Path:
                 len(rows),
             )
         persistence = None
-        if errors is not None and blend and str(service) in last_now:
+        if own is not None and blend and str(service) in last_now:
             weights = persistence_weights(
                 own["actual"].to_numpy(float),
                 own["p50"].to_numpy(float),

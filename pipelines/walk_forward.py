@@ -26,10 +26,12 @@ import numpy as np
 import pandas as pd
 
 from core.policy import (
+    RECORD_HORIZON_STEPS,
     Persistence,
     forecast_quantiles,
     persistence_weights,
     plan_quantiles,
+    record_refresh_us,
     standardized_errors,
     tail_factors,
 )
@@ -41,7 +43,6 @@ FORECAST_STEP = pd.Timedelta(minutes=5)
 PUBLISH_MINUTES = 5  # schedule_publish runs every 5 minutes
 REFIT_MINUTES = 7 * 24 * 60  # forecast_retrain's weekly schedule (drift retrains are not replayed)
 SCHEDULE_LOOKAHEAD_STEPS = 12
-TAIL_REFRESH_MINUTES = 60
 
 
 def rolling_forecasts(
@@ -216,9 +217,7 @@ def served_targets(
         quantiles = {q: values[first:last] for q, values in all_quantiles.items()}
         tail = None
         if tail_source is not None:
-            refreshed = (
-                start_us + offset // TAIL_REFRESH_MINUTES * TAIL_REFRESH_MINUTES * 60_000_000
-            )
+            refreshed = record_refresh_us(start_us + offset * 60_000_000)
             tail = tail_source(refreshed, tail_days, 1.0 - config.risk, len(stamps_us))
         persistence = None
         if blend_source is not None:
@@ -271,7 +270,7 @@ def _persistence_sources(
 
     Each is a function ``(offset in minutes, days, steps) -> Persistence or None``: the load of
     the last step that ended by the publication, and :func:`core.policy.persistence_weights` of
-    the forecasts whose steps ended by the last hourly refresh (as the tail factors) within
+    the forecasts whose steps ended by the last record refresh (:func:`core.policy.record_refresh_us`, as the tail factors) within
     ``days``; ``None`` while no step or too short a record is known.
     """
     rows = _numbered(forecasts)
@@ -316,9 +315,7 @@ def _persistence_sources(
             memo: dict[tuple[int, float, int], np.ndarray | None] = memo,
         ) -> Persistence | None:
             instant = start_us + offset * 60_000_000
-            refreshed = (
-                start_us + offset // TAIL_REFRESH_MINUTES * TAIL_REFRESH_MINUTES * 60_000_000
-            )
+            refreshed = record_refresh_us(instant)
             key = (refreshed, days, steps)
             if key not in memo:
                 usable = (ends <= refreshed) & (ends > refreshed - int(days * 86_400_000_000))
@@ -335,9 +332,12 @@ def _persistence_sources(
 
 
 def _numbered(forecasts: pd.DataFrame) -> pd.DataFrame:
-    """The forecast rows by publication, trace and time, with their ``horizon_step``."""
+    """The forecast rows that enter the error record (horizon steps up to
+    :data:`core.policy.RECORD_HORIZON_STEPS`), by publication, trace and time, with their
+    ``horizon_step``."""
     rows = forecasts.sort_values(["offset", SERVICE, TS], kind="stable")
-    return rows.assign(horizon_step=rows.groupby(["offset", SERVICE]).cumcount() + 1)
+    rows = rows.assign(horizon_step=rows.groupby(["offset", SERVICE]).cumcount() + 1)
+    return rows[rows["horizon_step"] <= RECORD_HORIZON_STEPS]
 
 
 def _memoised_tail(

@@ -438,9 +438,9 @@ def test_schedules_are_planned_on_the_tail_of_the_models_own_recent_errors(
 
     from core.policy import plan_replicas
     from core.service_config import service_config
+    from pipelines.forecast_record import service_records
     from pipelines.publish import (
         build_schedules,
-        forecast_errors,
         forecast_shard,
         recent_history,
         sizing_in_words,
@@ -468,9 +468,12 @@ def test_schedules_are_planned_on_the_tail_of_the_models_own_recent_errors(
         folder = tailed.artifacts_dir / "forecasts" / f"{issued:%Y%m%dT%H%M}"
         folder.mkdir(parents=True, exist_ok=True)
         rows[[SERVICE, TS, "p50", "p90", "model_version"]].to_parquet(folder / "checkout.parquet")
-    errors = forecast_errors(tailed, ["checkout"], now, 3)
+    # the record the pipeline's own publication kept is replaced by one of these forecasts
+    shutil.rmtree(tailed.artifacts_dir / "forecast_record")
+    errors = service_records(tailed, ["checkout"], now, 3)["checkout"]
     assert len(errors) >= 288 and np.allclose(errors["error"], 5.0)
-    assert set(errors["model_version"]) == {label}
+    assert errors["horizon_step"].between(1, 12).all()
+    assert (errors[TS] + pd.Timedelta(minutes=5) <= now.floor("60min")).all()
 
     forecast_path = forecast_shard(tailed, ["checkout"], as_of=now.to_pydatetime())
     schedule = pd.read_parquet(build_schedules(tailed, forecast_path))
@@ -521,6 +524,98 @@ def test_schedules_are_planned_on_the_tail_of_the_models_own_recent_errors(
         forecast, config, tail=np.full(len(forecast), 5.0), persistence=Persistence(last, weights)
     )
     assert mixed["replicas"].tolist() == expected["replicas"].tolist()
+
+
+def test_the_error_record_grows_hourly_and_equals_one_built_at_once(
+    pipeline_home, tmp_path, caplog
+) -> None:
+    settings, _ = pipeline_home
+    import numpy as np
+
+    from pipelines.forecast_record import RECORD_FOLDER, service_records
+    from pipelines.publish import recent_history
+    from pipelines.telemetry import telemetry_span
+
+    home = copy_of(settings, tmp_path, schedule={"tail_days": 1})
+    now = telemetry_span(home)[1].floor("5min")
+    actual = recent_history(home, ["checkout", "search"], now, days=1)
+    # a forecast every 5 minutes over the last 6 hours, off by a different factor each time;
+    # "search" sits in another file of each folder (as after a change of shards)
+    for k, minutes in enumerate(range(5, 6 * 60 + 1, 5)):
+        issued = now - pd.Timedelta(minutes=minutes)
+        rows = actual[actual[TS] >= issued].assign(model_version="m")
+        rows = rows.assign(p50=rows["requests"] * (0.6 + 0.01 * k))
+        rows = rows.assign(p90=rows["p50"] * 1.2)
+        folder = home.artifacts_dir / "forecasts" / f"{issued:%Y%m%dT%H%M}"
+        folder.mkdir(parents=True, exist_ok=True)
+        columns = [SERVICE, TS, "p50", "p90", "model_version"]
+        for service, name in (("checkout", "checkout.parquet"), ("search", "other.parquet")):
+            rows[rows[SERVICE] == service][columns].to_parquet(folder / name)
+
+    shutil.rmtree(home.artifacts_dir / RECORD_FOLDER)  # the pipeline's own publication's
+    services = ["checkout", "search"]
+    for hours_before in (4, 3, 1):  # refreshed now and then, as publications come
+        service_records(
+            home, services, now - pd.Timedelta(hours=hours_before), 1, "checkout.parquet"
+        )
+    grown = service_records(home, services, now, 1, "checkout.parquet")
+    kept = home.artifacts_dir / RECORD_FOLDER / "checkout.parquet"
+    written = kept.stat().st_mtime_ns
+    again = service_records(home, services, now + pd.Timedelta(minutes=55), 1, "checkout.parquet")
+    assert kept.stat().st_mtime_ns == written  # within the hour: read, not rewritten
+    for service in services:
+        pd.testing.assert_frame_equal(again[service], grown[service])
+
+    rebuilt_home = copy_of(settings, tmp_path / "rebuilt", schedule={"tail_days": 1})
+    shutil.rmtree(rebuilt_home.artifacts_dir / "forecasts", ignore_errors=True)
+    shutil.rmtree(rebuilt_home.artifacts_dir / RECORD_FOLDER)
+    shutil.copytree(home.artifacts_dir / "forecasts", rebuilt_home.artifacts_dir / "forecasts")
+    at_once = service_records(rebuilt_home, services, now, 1, "checkout.parquet")
+    for service in services:
+        assert len(grown[service]) >= 288
+        pd.testing.assert_frame_equal(grown[service], at_once[service])
+        ends = grown[service][TS] + pd.Timedelta(minutes=5)
+        assert (ends <= now).all() and grown[service]["horizon_step"].between(1, 12).all()
+        assert np.isfinite(grown[service]["error"]).all()
+
+    # the replay (pipelines.walk_forward) plans on the same record: same factors and weights
+    from core.policy import persistence_weights, tail_factors
+    from pipelines.walk_forward import _persistence_sources, _tail_factor_sources
+
+    start = now - pd.Timedelta(hours=6)
+    folders = {
+        pd.to_datetime(folder.name, format="%Y%m%dT%H%M", utc=True): folder
+        for folder in (home.artifacts_dir / "forecasts").glob("*T*")
+    }
+    issues = [
+        pd.read_parquet(folder / "checkout.parquet").assign(
+            offset=int((issued - start) / pd.Timedelta(minutes=1))
+        )
+        for issued, folder in sorted(folders.items())
+        if issued < now
+    ]
+    replayed = pd.concat(issues, ignore_index=True)
+    own = actual[actual[SERVICE] == "checkout"]
+    refresh_us = int(now.value) // 1000
+    record = grown["checkout"]
+    assert np.allclose(
+        _tail_factor_sources(replayed, own)["checkout"](refresh_us, 1.0, 0.9, 288),
+        tail_factors(record["error"], record["horizon_step"], 0.9, 288),
+    )
+    blend = _persistence_sources(replayed, own, start)["checkout"](6 * 60, 1.0, 288)
+    assert blend is not None
+    assert np.allclose(
+        blend.weights,
+        persistence_weights(
+            record["actual"], record["p50"], record["last"], record["horizon_step"], 288
+        ),
+    )
+
+    kept.write_bytes(b"not parquet")  # a damaged record is rebuilt, and the log says so
+    with caplog.at_level("WARNING", logger="pipelines.forecast_record"):
+        repaired = service_records(home, services, now, 1, "checkout.parquet")
+    assert "unreadable forecast error record" in caplog.text
+    pd.testing.assert_frame_equal(repaired["checkout"], grown["checkout"])
 
 
 def test_old_forecast_and_schedule_runs_are_pruned(tmp_path) -> None:
