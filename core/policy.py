@@ -90,6 +90,9 @@ steps that decide what is served until the next publications. Later steps are pl
 pooled tail and weight of these (:func:`tail_factors`, :func:`persistence_weights`)."""
 RECORD_REFRESH_US = 3_600_000_000
 """The error record is refreshed on every whole UTC hour (:func:`record_refresh_us`)."""
+LAST_LOAD_MAX_AGE_US = 86_400_000_000
+"""A forecast's "last load" (for :func:`persistence_weights`) is the load of the latest step
+that ended by its issue time and less than a day before it; NaN when there is none."""
 
 
 @dataclass(frozen=True)
@@ -491,6 +494,21 @@ def record_refresh_us(instant_us: int) -> int:
         The refresh instant, in microseconds since the epoch.
     """
     return instant_us // RECORD_REFRESH_US * RECORD_REFRESH_US
+
+
+def in_record_window(step_ends_us: np.ndarray, refresh_us: int, days: float) -> np.ndarray:
+    """Which rows of an error record a publication plans on.
+
+    Args:
+        step_ends_us: When each row's forecast step ended, in microseconds since the epoch.
+        refresh_us: The publication's :func:`record_refresh_us`.
+        days: ``schedule.tail_days``.
+
+    Returns:
+        A boolean mask: the steps that ended by the refresh and within ``days`` of it.
+    """
+    ends = np.asarray(step_ends_us, dtype=np.int64)
+    return (ends <= refresh_us) & (ends > refresh_us - int(days * 86_400_000_000))
 
 
 def tail_factors(

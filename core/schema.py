@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -127,8 +128,9 @@ def write_parquet_atomically(
 ) -> None:
     """Write ``frame`` to ``path`` whole or not at all.
 
-    The rows go to a hidden ``.<name>.partial`` file beside ``path`` (which ``*.parquet`` globs
-    do not match), renamed over ``path`` once complete.
+    The rows go to a hidden ``.<name>.<unique>.partial`` file beside ``path`` (which
+    ``*.parquet`` globs do not match), renamed over ``path`` once complete; two writers of the
+    same file never share a partial file, the last rename wins.
 
     Args:
         frame: The rows.
@@ -138,18 +140,22 @@ def write_parquet_atomically(
             still has to say.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    if metadata:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+    partial = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex}.partial")
+    try:
+        if metadata:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
 
-        table = pa.Table.from_pandas(frame, preserve_index=False)
-        kept = dict(table.schema.metadata or {})
-        kept.update({key.encode(): value.encode() for key, value in metadata.items()})
-        pq.write_table(table.replace_schema_metadata(kept), partial)
-    else:
-        frame.to_parquet(partial, index=False)
-    os.replace(partial, path)
+            table = pa.Table.from_pandas(frame, preserve_index=False)
+            kept = dict(table.schema.metadata or {})
+            kept.update({key.encode(): value.encode() for key, value in metadata.items()})
+            pq.write_table(table.replace_schema_metadata(kept), partial)
+        else:
+            frame.to_parquet(partial, index=False)
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
 
 
 def utc_timestamp(value: datetime | pd.Timestamp | str) -> pd.Timestamp:

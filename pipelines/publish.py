@@ -196,15 +196,17 @@ def issued_forecasts(
 def _issue_folder_rows(
     run_dir: Path, services: Sequence[str] | None, file_name: str | None
 ) -> list[pd.DataFrame]:
-    """The rows of ``services`` (all when ``None``) in one issue folder's forecast files;
-    ``file_name`` first, the others only for the services it does not hold."""
+    """The rows of ``services`` (all when ``None``) in one issue folder's forecast files; with
+    ``file_name``, that file first and the others only for the services it does not hold."""
     paths = sorted(run_dir.glob("*.parquet"))
     if services is None:
         return [pd.read_parquet(path) for path in paths]
+    if file_name is None:
+        return [pd.read_parquet(path, filters=[(SERVICE, "in", list(services))]) for path in paths]
     wanted = set(services)
     frames = []
-    first = run_dir / file_name if file_name is not None else None
-    if first is not None and first.is_file():
+    first = run_dir / file_name
+    if first.is_file():
         frame = pd.read_parquet(first, filters=[(SERVICE, "in", sorted(wanted))])
         frames.append(frame)
         wanted -= set(frame[SERVICE].unique())
@@ -219,27 +221,21 @@ def _issue_folder_rows(
 
 
 def last_complete_step(
-    settings: Settings,
-    services: Sequence[str],
-    as_of: pd.Timestamp,
-    recent: pd.DataFrame | None = None,
+    settings: Settings, services: Sequence[str], as_of: pd.Timestamp
 ) -> dict[str, float]:
-    """Each service's load in the latest step that ended by ``as_of`` within a day (services
-    without one are left out): the "load stays as it is" forecast that :func:`core.policy.persistence_weights`
-    weighs the model against.
+    """Each service's load in the latest step that ended by ``as_of`` less than a day before it
+    (services without one are left out): the "load stays as it is" forecast that
+    :func:`core.policy.persistence_weights` weighs the model against.
 
     Args:
         settings: Runtime settings.
         services: Services to read.
         as_of: The forecast's issue time.
-        recent: The services' :func:`recent_history` before ``as_of``, when the caller has read
-            it already (read here otherwise).
 
     Returns:
         Service -> load.
     """
-    if recent is None:
-        recent = recent_history(settings, services, as_of, days=1)
+    recent = recent_history(settings, services, as_of, days=1)
     recent = recent[recent[TS] >= as_of - pd.Timedelta(days=1)]
     if recent.empty:
         return {}
@@ -479,11 +475,13 @@ def prune_runs(settings: Settings, now: datetime | None = None) -> list[Path]:
     keep_days = float(schedule.get("keep_days", 7))
     tail_days = float(schedule.get("tail_days", 0))
     rollback_days = float(section(settings.params_file, "rollback").get("window_hours", 6)) / 24 + 1
-    if keep_days < max(tail_days, rollback_days):
+    rebuild_days = tail_days + 2 / 24 if tail_days > 0 else 0.0  # the error record's rebuild
+    if keep_days < max(rebuild_days, rollback_days):
         raise ValueError(
-            f"schedule.keep_days is {keep_days}, but schedule.tail_days ({tail_days}) and the "
-            f"rollback check ({rollback_days:.2f} days) read older forecasts: keep at least "
-            f"{max(tail_days, rollback_days):.2f} days"
+            f"schedule.keep_days is {keep_days}, but schedule.tail_days ({tail_days}, plus 2 "
+            f"hours to rebuild the error record) and the rollback check ({rollback_days:.2f} "
+            f"days) read older forecasts: keep at least "
+            f"{max(rebuild_days, rollback_days):.2f} days"
         )
     cutoff = utc_timestamp(now if now is not None else pd.Timestamp.now(tz="UTC"))
     cutoff -= pd.Timedelta(days=keep_days)

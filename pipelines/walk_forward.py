@@ -5,8 +5,8 @@ At every 5-minute step of a period the walk does what production does: every
 on the ``training.history_days`` before the instant, then the champion rule), every
 :data:`PUBLISH_MINUTES` the champion forecasts from the complete steps of the
 ``HISTORY_DAYS_FOR_FORECAST`` days before the instant (:func:`rolling_forecasts`); each forecast
-is planned with :func:`core.policy.plan_quantiles` (on the tail of the forecaster's own errors
-when ``schedule.tail_days`` > 0) and served with :mod:`core.serving_rule`
+is planned with :func:`core.policy.plan_quantiles` (on the tail of the trace's error record, the
+one the product keeps, when ``schedule.tail_days`` > 0) and served with :mod:`core.serving_rule`
 (:func:`served_targets`). The walk forecasts the first hour of each schedule
 (:data:`SCHEDULE_LOOKAHEAD_STEPS`): the value served until the next publication depends on no
 later step unless a rise exceeds the surge limit times twelve steps.
@@ -26,9 +26,11 @@ import numpy as np
 import pandas as pd
 
 from core.policy import (
+    LAST_LOAD_MAX_AGE_US,
     RECORD_HORIZON_STEPS,
     Persistence,
     forecast_quantiles,
+    in_record_window,
     persistence_weights,
     plan_quantiles,
     record_refresh_us,
@@ -42,7 +44,7 @@ from core.serving_rule import clamp_replicas, fallback_replicas, planned_max_at
 FORECAST_STEP = pd.Timedelta(minutes=5)
 PUBLISH_MINUTES = 5  # schedule_publish runs every 5 minutes
 REFIT_MINUTES = 7 * 24 * 60  # forecast_retrain's weekly schedule (drift retrains are not replayed)
-SCHEDULE_LOOKAHEAD_STEPS = 12
+SCHEDULE_LOOKAHEAD_STEPS = RECORD_HORIZON_STEPS  # the first hour: what the record keeps
 
 
 def rolling_forecasts(
@@ -168,7 +170,7 @@ def served_targets(
     """The value the API serves at every minute of one trace's replayed period.
 
     Each published forecast is planned (:func:`core.policy.plan_quantiles`, on the tail of the
-    forecaster's own errors when ``tail_days`` > 0) and served until the next publication with
+    trace's error record when ``tail_days`` > 0) and served until the next publication with
     :func:`core.serving_rule.planned_max_at`; a minute no schedule covers gets
     :func:`core.serving_rule.fallback_replicas` (no floor is written in production).
 
@@ -270,8 +272,9 @@ def _persistence_sources(
 
     Each is a function ``(offset in minutes, days, steps) -> Persistence or None``: the load of
     the last step that ended by the publication, and :func:`core.policy.persistence_weights` of
-    the forecasts whose steps ended by the last record refresh (:func:`core.policy.record_refresh_us`, as the tail factors) within
-    ``days``; ``None`` while no step or too short a record is known.
+    the record as the tail factors read it (steps that ended by the publication's
+    :func:`core.policy.record_refresh_us`, within ``days``); ``None`` while no step or too short
+    a record is known.
     """
     rows = _numbered(forecasts)
     step_us = int(FORECAST_STEP / pd.Timedelta(microseconds=1))
@@ -285,7 +288,7 @@ def _persistence_sources(
     def last_by(instant: int) -> float:
         """The load of the latest step that ended by ``instant`` (NaN if none within a day)."""
         position = int(np.searchsorted(step_ends, instant, side="right")) - 1
-        if position < 0 or step_ends[position] <= instant - 86_400_000_000:
+        if position < 0 or step_ends[position] <= instant - LAST_LOAD_MAX_AGE_US:
             return math.nan
         return float(observed.iloc[position])
 
@@ -318,7 +321,7 @@ def _persistence_sources(
             refreshed = record_refresh_us(instant)
             key = (refreshed, days, steps)
             if key not in memo:
-                usable = (ends <= refreshed) & (ends > refreshed - int(days * 86_400_000_000))
+                usable = in_record_window(ends, refreshed, days)
                 memo[key] = persistence_weights(
                     actual[usable], p50[usable], last[usable], horizon[usable], steps
                 )
@@ -349,7 +352,7 @@ def _memoised_tail(
     def factors(instant: int, days: float, level: float, steps: int) -> np.ndarray | None:
         key = (instant, days, round(level, 9), steps)
         if key not in memo:
-            usable = (ends <= instant) & (ends > instant - int(days * 86_400_000_000))
+            usable = in_record_window(ends, instant, days)
             memo[key] = tail_factors(errors[usable], horizon[usable], level, steps)
         return memo[key]
 

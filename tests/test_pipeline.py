@@ -430,7 +430,7 @@ def test_the_same_pipeline_runs_on_postgresql_and_redis(tmp_path) -> None:
             admin.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
 
 
-def test_schedules_are_planned_on_the_tail_of_the_models_own_recent_errors(
+def test_schedules_are_planned_on_the_tail_of_their_recent_forecast_errors(
     pipeline_home, tmp_path, caplog
 ) -> None:
     settings, _ = pipeline_home
@@ -554,11 +554,17 @@ def test_the_error_record_grows_hourly_and_equals_one_built_at_once(
 
     shutil.rmtree(home.artifacts_dir / RECORD_FOLDER)  # the pipeline's own publication's
     services = ["checkout", "search"]
+    # one forecast folder comes late: after the refresh its steps ended before
+    late = home.artifacts_dir / "forecasts" / f"{now - pd.Timedelta(minutes=90):%Y%m%dT%H%M}"
+    late.rename(late.with_name("held-back"))
     for hours_before in (4, 3, 1):  # refreshed now and then, as publications come
         service_records(
             home, services, now - pd.Timedelta(hours=hours_before), 1, "checkout.parquet"
         )
+    late.with_name("held-back").rename(late)
     grown = service_records(home, services, now, 1, "checkout.parquet")
+    late_issue = now - pd.Timedelta(minutes=90)
+    assert (grown["checkout"]["issued"] == late_issue).sum() == 12  # all of it, also before 1 h
     kept = home.artifacts_dir / RECORD_FOLDER / "checkout.parquet"
     written = kept.stat().st_mtime_ns
     again = service_records(home, services, now + pd.Timedelta(minutes=55), 1, "checkout.parquet")
@@ -610,6 +616,29 @@ def test_the_error_record_grows_hourly_and_equals_one_built_at_once(
             record["actual"], record["p50"], record["last"], record["horizon_step"], 288
         ),
     )
+
+    # a rerun of an earlier interval plans on the record of its own hour (rebuilt), and the
+    # next publication brings the record back to its hour
+    import pyarrow.parquet as pq
+
+    earlier = service_records(
+        home, services, now - pd.Timedelta(minutes=100), 1, "checkout.parquet"
+    )
+    assert (earlier["checkout"][TS] + pd.Timedelta(minutes=5) <= now - pd.Timedelta(hours=2)).all()
+    refreshed = pq.read_schema(kept).metadata[b"forescale.record_refreshed"].decode()
+    assert pd.Timestamp(refreshed) == now - pd.Timedelta(hours=2)
+    pd.testing.assert_frame_equal(
+        service_records(home, services, now, 1, "checkout.parquet")["checkout"], grown["checkout"]
+    )
+    # a longer tail_days than the record keeps: rebuilt over the longer window
+    with caplog.at_level("INFO", logger="pipelines.forecast_record"):
+        longer = service_records(home, services, now, 2, "checkout.parquet")
+    assert "rebuilt" in caplog.text
+    assert pq.read_schema(kept).metadata[b"forescale.record_days"] == b"2.0"
+    pd.testing.assert_frame_equal(longer["checkout"], grown["checkout"])  # 6 h of forecasts
+    with pytest.raises(ValueError, match="service name"):
+        service_records(home, ["../escape"], now, 1)
+    caplog.clear()
 
     kept.write_bytes(b"not parquet")  # a damaged record is rebuilt, and the log says so
     with caplog.at_level("WARNING", logger="pipelines.forecast_record"):
