@@ -327,6 +327,18 @@ def bench_fleet(
     from pipelines.cli import console
 
     settings = cli_settings()
+    written: list[int] = []
+
+    def write_json(figures: dict) -> None:
+        """Write the figures measured so far (each size as soon as it is measured)."""
+        if json_path is None:
+            return
+        written.append(len(figures["sizes"]))
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        partial = json_path.with_name(f".{json_path.name}.partial")
+        partial.write_text(json.dumps(figures, indent=2))
+        partial.replace(json_path)
+
     try:
         result = run_fleet_bench(
             services,
@@ -335,14 +347,16 @@ def bench_fleet(
             settings.params_file,
             settings.step_minutes,
             progress=lambda line: console.print(f"> {line}", markup=False, highlight=False),
+            measured=write_json,
         )
     except (ValueError, FleetBenchError) as err:
         console.print(f"error: {err}", markup=False, highlight=False)
+        if written:
+            console.print(f"the sizes measured before are in {json_path}", markup=False)
         raise typer.Exit(2 if isinstance(err, ValueError) else 1) from None
     out.print(table(result), markup=False, highlight=False)
     if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(result, indent=2))
+        write_json(result)
         out.print(f"figures: {json_path}", markup=False, highlight=False)
 
 

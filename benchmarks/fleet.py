@@ -488,6 +488,7 @@ def run_fleet_bench(
     params_file: Path,
     feature_step: int,
     progress: Progress = lambda _: None,
+    measured: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Measure every size, each in its own temporary home and process.
 
@@ -498,6 +499,8 @@ def run_fleet_bench(
         params_file: The installation's params file (the fleet's is derived from it).
         feature_step: The feature store's step in minutes.
         progress: Called with one line per size.
+        measured: Called after each size with the figures of the sizes measured so far (the
+            returned shape), so a run stopped later keeps them.
 
     Returns:
         ``{"sizes": {"<N>": {...}}, "growth_ratio", "growth_base", "growth_largest", ...}``.
@@ -515,9 +518,18 @@ def run_fleet_bench(
             results[str(n)] = _run_size(n, days, step_minutes, params_file, work, progress)
         finally:
             shutil.rmtree(work, ignore_errors=True)
+        if measured is not None:
+            measured(_figures(results, days, step_minutes, params_file))
+    return _figures(results, days, step_minutes, params_file)
+
+
+def _figures(
+    results: dict[str, dict[str, Any]], days: int, step_minutes: int, params_file: Path
+) -> dict[str, Any]:
+    """The benchmark's figures over the sizes measured so far."""
     ratio, base, largest = growth(results)
     return {
-        "sizes": results,
+        "sizes": dict(results),
         "growth_ratio": ratio,
         "growth_base": base,
         "growth_largest": largest,

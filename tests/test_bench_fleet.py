@@ -110,3 +110,24 @@ def test_growth_is_per_service_retrain_time_at_the_largest_over_the_base() -> No
     ratio, base, largest = growth(_sizes({10: 20.0, 25: 75.0}))  # no 250: the smallest
     assert (base, largest, ratio) == (10, 25, pytest.approx(1.5))
     assert growth(_sizes({25: 75.0})) == (None, 25, 25)
+
+
+def test_a_size_that_fails_leaves_the_sizes_measured_before_it_in_the_json(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from benchmarks import fleet
+
+    def run_size(n: int, *_: object) -> dict:
+        if n == 3:
+            raise fleet.FleetBenchError("size 3: the retrain process failed")
+        return {"services": n, "retrain_s": 2.0 * n}
+
+    monkeypatch.setattr(fleet, "_run_size", run_size)  # the fault: a size's process fails
+    monkeypatch.setenv("FORESCALE_HOME", str(tmp_path / "home"))
+    add_plugin_commands(app)
+    out = tmp_path / "fleet.json"
+    args = ["--services", "2", "--services", "3", "--days", "5", "--json", str(out)]
+    result = CliRunner().invoke(app, ["bench", "fleet", *args])
+    assert result.exit_code == 1
+    assert "size 3" in result.output and f"measured before are in {out}" in result.output
+    assert list(json.loads(out.read_text())["sizes"]) == ["2"]
