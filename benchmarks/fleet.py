@@ -338,8 +338,8 @@ def seed_forecast_record(settings: Any, now: pd.Timestamp) -> int:
     shutil.rmtree(settings.artifacts_dir / RECORD_FOLDER, ignore_errors=True)
     before = record_refresh(now) - pd.Timedelta(minutes=INTERVAL_MINUTES)
     for path in sorted(current.glob("*.parquet")):
-        services = sorted(str(s) for s in pd.read_parquet(path, columns=["service"])["service"])
-        service_records(settings, sorted(set(services)), before, days, shard_file=path.name)
+        services = sorted({str(s) for s in pd.read_parquet(path, columns=["service"])["service"]})
+        service_records(settings, services, before, days, shard_file=path.name)
     return written
 
 

@@ -158,6 +158,18 @@ def write_parquet_atomically(
         raise
 
 
+def epoch_us(instant: datetime | pd.Timestamp) -> int:
+    """Microseconds since the epoch of a tz-aware instant.
+
+    Args:
+        instant: The instant.
+
+    Returns:
+        Its microseconds since 1970-01-01 UTC.
+    """
+    return int(pd.Timestamp(instant).tz_convert("UTC").value) // 1000  # .value: nanoseconds
+
+
 def utc_timestamp(value: datetime | pd.Timestamp | str) -> pd.Timestamp:
     """One instant as a UTC timestamp; a naive value is taken as UTC.
 

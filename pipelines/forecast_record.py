@@ -43,6 +43,7 @@ from core.schema import (
     TARGET,
     TS,
     TS_DTYPE,
+    epoch_us,
     path_under,
     validate_service_name,
     write_parquet_atomically,
@@ -72,13 +73,7 @@ def record_refresh(instant: pd.Timestamp) -> pd.Timestamp:
     Returns:
         :func:`core.policy.record_refresh_us` of the instant, as a UTC timestamp.
     """
-    return pd.Timestamp(record_refresh_us(_epoch_us(instant)), unit="us", tz="UTC")
-
-
-def _epoch_us(instant: pd.Timestamp) -> int:
-    """Microseconds since the epoch of an instant (``.value`` is in nanoseconds whatever the
-    timestamp's unit)."""
-    return int(pd.Timestamp(instant).tz_convert("UTC").value) // 1000
+    return pd.Timestamp(record_refresh_us(epoch_us(instant)), unit="us", tz="UTC")
 
 
 def _epoch_us_of(stamps: pd.Series) -> np.ndarray:
@@ -157,7 +152,7 @@ def service_records(
                 _record_path(settings, service),
                 metadata={REFRESHED_KEY: refresh.isoformat(), DAYS_KEY: repr(float(days))},
             )
-    refresh_us = record_refresh_us(_epoch_us(issued))
+    refresh_us = epoch_us(refresh)
     return {
         service: frame[in_record_window(_epoch_us_of(frame[TS] + step), refresh_us, days)]
         for service, frame in records.items()

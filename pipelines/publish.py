@@ -198,25 +198,17 @@ def _issue_folder_rows(
 ) -> list[pd.DataFrame]:
     """The rows of ``services`` (all when ``None``) in one issue folder's forecast files; with
     ``file_name``, that file first and the others only for the services it does not hold."""
-    paths = sorted(run_dir.glob("*.parquet"))
-    if services is None:
-        return [pd.read_parquet(path) for path in paths]
-    if file_name is None:
-        return [pd.read_parquet(path, filters=[(SERVICE, "in", list(services))]) for path in paths]
-    wanted = set(services)
+    paths = sorted(run_dir.glob("*.parquet"), key=lambda path: (path.name != file_name, path))
+    wanted = None if services is None else set(services)
     frames = []
-    first = run_dir / file_name
-    if first.is_file():
-        frame = pd.read_parquet(first, filters=[(SERVICE, "in", sorted(wanted))])
-        frames.append(frame)
-        wanted -= set(frame[SERVICE].unique())
-        paths = [path for path in paths if path != first]
     for path in paths:
-        if not wanted:
-            break
-        frame = pd.read_parquet(path, filters=[(SERVICE, "in", sorted(wanted))])
+        filters = None if wanted is None else [(SERVICE, "in", sorted(wanted))]
+        frame = pd.read_parquet(path, filters=filters)
         frames.append(frame)
-        wanted -= set(frame[SERVICE].unique())
+        if file_name is not None and wanted is not None:
+            wanted -= set(frame[SERVICE].unique())
+            if not wanted:
+                break
     return frames
 
 

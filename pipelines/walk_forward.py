@@ -37,7 +37,7 @@ from core.policy import (
     standardized_errors,
     tail_factors,
 )
-from core.schema import SERVICE, TARGET, TS, quantile_column
+from core.schema import SERVICE, TARGET, TS, epoch_us, quantile_column
 from core.service_config import ServiceConfig
 from core.serving_rule import clamp_replicas, fallback_replicas, planned_max_at
 
@@ -190,7 +190,7 @@ def served_targets(
         Replicas served per minute.
     """
     served = np.full(span, -1, dtype=np.int64)
-    start_us = _epoch_us(start)
+    start_us = epoch_us(start)
     lead_us = int(config.startup_seconds * 1_000_000)
     step_us = int(FORECAST_STEP / pd.Timedelta(microseconds=1))
     tails = (
@@ -283,7 +283,7 @@ def _persistence_sources(
         index=actuals[TS].to_numpy(dtype="datetime64[us]").astype(np.int64),
     )
     step_ends = observed.index.to_numpy() + step_us
-    start_us = _epoch_us(start)
+    start_us = epoch_us(start)
 
     def last_by(instant: int) -> float:
         """The load of the latest step that ended by ``instant`` (NaN if none within a day)."""
@@ -357,14 +357,3 @@ def _memoised_tail(
         return memo[key]
 
     return factors
-
-
-def _epoch_us(stamp: pd.Timestamp) -> int:
-    """Microseconds since the epoch of a UTC timestamp."""
-    return int(
-        stamp.tz_convert("UTC")
-        .tz_localize(None)
-        .to_datetime64()
-        .astype("datetime64[us]")
-        .astype(np.int64)
-    )
