@@ -275,7 +275,7 @@ def robust_clip(values: np.ndarray, season: int, threshold: float = 6.0) -> np.n
     window = 2 * max(2, season // 24) + 1
     if x.size < 2 * window:
         return x
-    reference = pd.Series(x).rolling(window, center=True, min_periods=1).median().to_numpy()
+    reference = centred_median(x, window)
     deviation = x - reference
     steps = np.diff(x)
     # Noise level from step-to-step changes (the deviations themselves are mostly exact zeros).
@@ -288,6 +288,41 @@ def robust_clip(values: np.ndarray, season: int, threshold: float = 6.0) -> np.n
     outliers[-window:] = False
     x[outliers] = reference[outliers]
     return x
+
+
+def centred_median(values: np.ndarray, window: int) -> np.ndarray:
+    """Centred rolling median over an odd ``window``, shorter at both ends.
+
+    Equal to ``pd.Series(values).rolling(window, center=True, min_periods=1).median()``;
+    the interior by SciPy's median filter (an order of magnitude faster), the ends and series
+    with missing values by pandas.
+
+    Args:
+        values: One series.
+        window: Odd window length.
+
+    Returns:
+        The median per position.
+
+    Raises:
+        ValueError: If ``window`` is not an odd positive number.
+    """
+    from scipy.ndimage import median_filter
+
+    if window < 1 or window % 2 == 0:
+        raise ValueError(f"window must be odd and positive, got {window}")
+    x = np.asarray(values, dtype=float)
+
+    def by_pandas(part: np.ndarray) -> np.ndarray:
+        return pd.Series(part).rolling(window, center=True, min_periods=1).median().to_numpy()
+
+    half = window // 2
+    if half == 0 or x.size <= 2 * window or np.isnan(x).any():
+        return by_pandas(x)
+    out = median_filter(x, size=window, mode="nearest")
+    out[:half] = by_pandas(x[:window])[:half]
+    out[-half:] = by_pandas(x[-window:])[-half:]
+    return out
 
 
 def _recurs(flags: np.ndarray, season: int) -> np.ndarray:

@@ -51,6 +51,9 @@ class LightGBMForecaster(Forecaster):
         num_leaves: LightGBM ``num_leaves``.
         min_data_in_leaf: LightGBM ``min_data_in_leaf``.
         samples_per_series: Training rows sampled per service.
+        max_rows: Most training rows of one fit over all its services (``None``: no limit):
+            each service gets ``min(samples_per_series, max_rows // services)`` rows, so the
+            cost of a fit stays bounded however many services it covers.
         max_history: Keep at most this many recent steps (or this duration, ``"28D"``) per
             service (``None``: all).
         use_calendar: Add hour-of-day / day-of-week of the target (off when timestamps are
@@ -102,6 +105,7 @@ class LightGBMForecaster(Forecaster):
         num_leaves: int = 31,
         min_data_in_leaf: int = 50,
         samples_per_series: int = 2000,
+        max_rows: int | None = None,
         max_history: Steps = None,
         use_calendar: bool = True,
         weekly: bool | None = None,
@@ -123,6 +127,8 @@ class LightGBMForecaster(Forecaster):
         self.max_growth = max_growth
         if anchor not in ANCHORS:
             raise ValueError(f"anchor must be one of {ANCHORS}, got {anchor!r}")
+        if max_rows is not None and max_rows < 1:
+            raise ValueError(f"max_rows must be at least 1, got {max_rows}")
         if calibration_windows < 1:
             raise ValueError(f"calibration_windows must be at least 1, got {calibration_windows}")
         check_steps(calibration_stride, "calibration_stride")
@@ -152,6 +158,7 @@ class LightGBMForecaster(Forecaster):
         self.num_leaves = num_leaves
         self.min_data_in_leaf = min_data_in_leaf
         self.samples_per_series = samples_per_series
+        self.max_rows = max_rows
         self.max_history = max_history
         self.use_calendar = use_calendar
         self.weekly = weekly
@@ -225,15 +232,26 @@ class LightGBMForecaster(Forecaster):
             return values
         return np.expm1(np.clip(values, 0.0, 50.0))
 
+    def rows_per_series(self, services: int) -> int:
+        """Training rows sampled per service in a fit over ``services`` services."""
+        if self.max_rows is None or services < 1:
+            return self.samples_per_series
+        return max(1, min(self.samples_per_series, self.max_rows // services))
+
     def _sample_rows(
-        self, values: np.ndarray, times: pd.DatetimeIndex, rng: np.random.Generator, last: int
+        self,
+        values: np.ndarray,
+        times: pd.DatetimeIndex,
+        rng: np.random.Generator,
+        last: int,
+        n: int,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Features, scales and targets of sampled (origin, horizon) pairs with target <= last."""
+        """Features, scales and targets of ``n`` sampled (origin, horizon) pairs with
+        target <= last (fewer where a pair would end after it)."""
         first_origin = min(self.season_, max(1, last // 2))
         if last - 1 < first_origin:
             empty = np.empty((0, 0))
             return empty, np.empty(0), np.empty(0), np.empty(0, dtype=np.int64)
-        n = self.samples_per_series
         origins = rng.integers(first_origin, last, size=n)  # origin <= last - 1
         # Half the rows at uniform horizons, half skewed to short ones (log-uniform).
         uniform = rng.integers(1, self.horizon_ + 1, size=n)
@@ -306,11 +324,12 @@ class LightGBMForecaster(Forecaster):
             np.ones(3), np.array([2]), np.array([1]), pd.DatetimeIndex([pd.Timestamp("2000-01-01")])
         )
         rng = np.random.default_rng(self.seed)
+        per_series = self.rows_per_series(frame[SERVICE].nunique())
         train_x, train_y, cut_x, cut_y, calib_x, calib_y = [], [], [], [], [], []
         for _, group in frame.groupby(SERVICE, sort=True):
             values = group[Y].to_numpy(dtype=float)
             times = pd.DatetimeIndex(group[TS])
-            x, _, y, _ = self._sample_rows(values, times, rng, values.size - 1)
+            x, _, y, _ = self._sample_rows(values, times, rng, values.size - 1, per_series)
             if x.size:
                 train_x.append(x)
                 train_y.append(y)
@@ -320,7 +339,7 @@ class LightGBMForecaster(Forecaster):
             if self.calibrate and values.size > 3 * self.horizon_ + span:
                 # Calibration: a model fitted before the held-out windows, scored on them.
                 cut = values.size - 1 - span
-                x, _, y, _ = self._sample_rows(values, times, rng, cut)
+                x, _, y, _ = self._sample_rows(values, times, rng, cut, per_series)
                 if x.size:
                     cut_x.append(x)
                     cut_y.append(y)

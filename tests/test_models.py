@@ -107,6 +107,25 @@ def test_robust_clip_removes_a_spike_but_keeps_a_recent_level_shift() -> None:
     np.testing.assert_allclose(cleaned[-24:], values[-24:])
 
 
+@pytest.mark.parametrize("size", [3, 51, 52, 2016, 8064])
+def test_centred_median_equals_pandas_rolling_median_at_every_position(size: int) -> None:
+    from models.features import centred_median
+
+    rng = np.random.default_rng(size)
+    for window in (1, 5, 25):
+        values = rng.normal(100, 10, size)
+        values[rng.integers(0, size, 3)] = 1e6  # spikes
+        for series in (values, np.round(values / 10)):  # and ties
+            expected = pd.Series(series).rolling(window, center=True, min_periods=1).median()
+            np.testing.assert_array_equal(centred_median(series, window), expected.to_numpy())
+    gappy = rng.normal(size=size)
+    gappy[size // 2] = np.nan
+    expected = pd.Series(gappy).rolling(5, center=True, min_periods=1).median().to_numpy()
+    np.testing.assert_array_equal(centred_median(gappy, 5), expected)
+    with pytest.raises(ValueError, match="odd"):
+        centred_median(values, 4)
+
+
 def test_features_use_only_the_past() -> None:
     values = np.arange(100, dtype=float)
     origins, horizons = np.array([50, 50]), np.array([1, 10])
@@ -272,6 +291,29 @@ def test_lightgbm_calibrates_on_several_windows() -> None:
     assert too_short.offsets_[0.9] == 0.0
 
 
+def test_lightgbm_row_budget_bounds_a_fit_and_changes_nothing_where_it_does_not_bind() -> None:
+    fleet = synthetic_fleet(days=10)
+    free = small_lightgbm().fit(fleet)
+    loose = small_lightgbm(max_rows=2 * 600).fit(fleet)  # two services x 600: does not bind
+    pd.testing.assert_frame_equal(loose.predict(12), free.predict(12))
+    from models.lgbm_model import LightGBMForecaster
+
+    rows_trained: list[int] = []
+
+    class CountingRows(LightGBMForecaster):
+        def _train(self, quantile: float, features: np.ndarray, targets: np.ndarray) -> object:
+            rows_trained.append(len(targets))
+            return super()._train(quantile, features, targets)
+
+    tight = CountingRows(n_estimators=40, samples_per_series=600, num_threads=1, max_rows=500)
+    assert tight.rows_per_series(2) == 250
+    assert tight.rows_per_series(1000) == 1  # never no rows at all
+    assert small_lightgbm().rows_per_series(1000) == 600  # no budget: every service its own
+    tight.fit(fleet)
+    assert rows_trained and max(rows_trained) <= 500
+    assert_valid_forecast(tight.predict(12), fleet, 12)
+
+
 @pytest.mark.parametrize(
     ("option", "match"),
     [
@@ -280,6 +322,7 @@ def test_lightgbm_calibrates_on_several_windows() -> None:
         ({"target_transform": "sqrt"}, "target_transform"),
         ({"n_seasonal_lags": 0}, "n_seasonal_lags"),
         ({"anchor": "mode"}, "anchor"),
+        ({"max_rows": 0}, "max_rows"),
     ],
 )
 def test_lightgbm_rejects_unknown_settings(option: dict, match: str) -> None:
