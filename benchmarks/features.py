@@ -94,7 +94,7 @@ def run(
         len,
     )
     timed(
-        "model_inputs (25 services = 1 shard, all days)",
+        "model_inputs (25 services, all days)",
         lambda: features.model_inputs(settings, names[:25], start, FIXED_END),
         len,
     )

@@ -295,7 +295,7 @@ def centred_median(values: np.ndarray, window: int) -> np.ndarray:
 
     Equal to ``pd.Series(values).rolling(window, center=True, min_periods=1).median()``;
     the interior by SciPy's median filter (an order of magnitude faster), the ends and series
-    with missing values by pandas.
+    with a missing or infinite value by pandas.
 
     Args:
         values: One series.
@@ -317,7 +317,7 @@ def centred_median(values: np.ndarray, window: int) -> np.ndarray:
         return pd.Series(part).rolling(window, center=True, min_periods=1).median().to_numpy()
 
     half = window // 2
-    if half == 0 or x.size <= 2 * window or np.isnan(x).any():
+    if half == 0 or x.size <= 2 * window or not np.isfinite(x).all():
         return by_pandas(x)
     out = median_filter(x, size=window, mode="nearest")
     out[:half] = by_pandas(x[:window])[:half]

@@ -51,9 +51,10 @@ class LightGBMForecaster(Forecaster):
         num_leaves: LightGBM ``num_leaves``.
         min_data_in_leaf: LightGBM ``min_data_in_leaf``.
         samples_per_series: Training rows sampled per service.
-        max_rows: Most training rows of one fit over all its services (``None``: no limit):
-            each service gets ``min(samples_per_series, max_rows // services)`` rows, so the
-            cost of a fit stays bounded however many services it covers.
+        max_rows: Most training rows one fit samples over all its services (``None``: no
+            limit): each service gets ``min(samples_per_series, max_rows // services)`` rows,
+            at least one, so the boosting cost of a fit stays bounded however many services
+            it covers (the features are still built per service).
         max_history: Keep at most this many recent steps (or this duration, ``"28D"``) per
             service (``None``: all).
         use_calendar: Add hour-of-day / day-of-week of the target (off when timestamps are
@@ -94,6 +95,7 @@ class LightGBMForecaster(Forecaster):
     """
 
     name: ClassVar[str] = "lightgbm"
+    max_rows: int | None = None  # models saved before the row budget existed load without one
 
     def __init__(
         self,
@@ -127,8 +129,10 @@ class LightGBMForecaster(Forecaster):
         self.max_growth = max_growth
         if anchor not in ANCHORS:
             raise ValueError(f"anchor must be one of {ANCHORS}, got {anchor!r}")
-        if max_rows is not None and max_rows < 1:
-            raise ValueError(f"max_rows must be at least 1, got {max_rows}")
+        if max_rows is not None and (
+            isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1
+        ):
+            raise ValueError(f"max_rows must be a whole number of at least 1, got {max_rows!r}")
         if calibration_windows < 1:
             raise ValueError(f"calibration_windows must be at least 1, got {calibration_windows}")
         check_steps(calibration_stride, "calibration_stride")

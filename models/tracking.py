@@ -1,4 +1,4 @@
-"""Log backtest results to the active MLflow run: overall and per-series metrics, windows, coverage.
+"""Log backtest results to the active MLflow run: overall metrics and the per-fold table.
 
 The lead's :mod:`models.registry` owns experiments, runs and the model registry; this helper only
 writes into whatever run is active (it starts none and configures nothing).
@@ -25,9 +25,12 @@ def _metric_key(*parts: str) -> str:
 def log_backtest(results: pd.DataFrame, prefix: str = "backtest") -> dict[str, float]:
     """Log a per-fold per-service backtest table (:func:`models.backtest.backtest`) to MLflow.
 
-    Logs, in the active run: overall means of every numeric metric (``<prefix>.<metric>``),
-    per-series means (``<prefix>.<service>.<metric>``), and the table itself, including each
-    fold's training end, as the artifact ``<prefix>_backtest.json``.
+    Logs, in the active run: overall means of every numeric metric (``<prefix>.<metric>``) and
+    the table itself, per fold and service with each fold's training end, as the artifact
+    ``<prefix>_backtest.json``. Per-service means are not metrics of this run: a shard's run
+    would hold thousands, MLflow links a run's metrics to every model logged in it, and
+    registering each service's version would read them all again; each service's own run has
+    its figures.
 
     Args:
         results: Rows ``fold, service, train_end, <metrics>...``.
@@ -53,13 +56,7 @@ def log_backtest(results: pd.DataFrame, prefix: str = "backtest") -> dict[str, f
         for column in numeric
         if results[column].notna().any()
     }
-    per_series = {
-        _metric_key(prefix, str(service), column): float(value)
-        for service, group in results.groupby(SERVICE, sort=True)
-        for column, value in group[numeric].mean().items()
-        if np.isfinite(value)
-    }
-    mlflow.log_metrics({**overall, **per_series})
+    mlflow.log_metrics(overall)
     mlflow.log_param(_metric_key(prefix, "folds"), int(results["fold"].nunique()))
     table = results.copy()
     for column in table.columns:

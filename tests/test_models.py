@@ -118,10 +118,11 @@ def test_centred_median_equals_pandas_rolling_median_at_every_position(size: int
         for series in (values, np.round(values / 10)):  # and ties
             expected = pd.Series(series).rolling(window, center=True, min_periods=1).median()
             np.testing.assert_array_equal(centred_median(series, window), expected.to_numpy())
-    gappy = rng.normal(size=size)
-    gappy[size // 2] = np.nan
-    expected = pd.Series(gappy).rolling(5, center=True, min_periods=1).median().to_numpy()
-    np.testing.assert_array_equal(centred_median(gappy, 5), expected)
+    for missing in (np.nan, np.inf):
+        gappy = rng.normal(size=size)
+        gappy[size // 2] = missing
+        expected = pd.Series(gappy).rolling(5, center=True, min_periods=1).median().to_numpy()
+        np.testing.assert_array_equal(centred_median(gappy, 5), expected)
     with pytest.raises(ValueError, match="odd"):
         centred_median(values, 4)
 
@@ -323,6 +324,8 @@ def test_lightgbm_row_budget_bounds_a_fit_and_changes_nothing_where_it_does_not_
         ({"n_seasonal_lags": 0}, "n_seasonal_lags"),
         ({"anchor": "mode"}, "anchor"),
         ({"max_rows": 0}, "max_rows"),
+        ({"max_rows": 1.25e5}, "max_rows"),
+        ({"max_rows": True}, "max_rows"),
     ],
 )
 def test_lightgbm_rejects_unknown_settings(option: dict, match: str) -> None:
