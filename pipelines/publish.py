@@ -30,6 +30,7 @@ from core.schema import (
     SERVICE,
     TARGET,
     TS,
+    by_service,
     path_under,
     quantile_column,
     utc_timestamp,
@@ -126,9 +127,10 @@ def forecast_shard(
     ready = {service: version for service, version in champions.items() if version is not None}
     frames = []
     history = recent_history(settings, list(ready), origin) if ready else pd.DataFrame()
+    own_history = by_service(history) if ready else {}
     with forecasters_shared():
         for service, version in ready.items():
-            own = history[history[SERVICE] == service]
+            own = own_history.get(service, history.iloc[0:0])
             if own.empty:
                 raise ValueError(
                     f"service {service!r} has no telemetry in the "

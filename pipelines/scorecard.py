@@ -47,7 +47,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from core.schema import SERVICE, TARGET, TS, path_under, utc_timestamp, validate_service_name
+from core.schema import (
+    SERVICE,
+    TARGET,
+    TS,
+    by_service,
+    path_under,
+    utc_timestamp,
+    validate_service_name,
+)
 from core.scorecard import (
     FORESCALE,
     HPA,
@@ -503,8 +511,9 @@ def score_services(
     configs = {s: service_config(settings.params_file, s) for s in services}
     shortfall: dict[str, dict[date, str]] = {}
     history_steps: dict[str, dict[date, int]] = {}
+    own_steps = by_service(steps)
     for service in services:
-        own = steps[steps[SERVICE] == service]
+        own = own_steps.get(service, steps.iloc[0:0])
         shortfall[service], history_steps[service] = {}, {}
         for day in days:
             day_start = pd.Timestamp(day, tz="UTC")
@@ -526,9 +535,10 @@ def score_services(
     weeks: dict[str, np.ndarray] = {}
     schedules: dict[str, list[Any]] = {}
     store = ScheduleStore(settings.schedule_db)
+    own_telemetry = by_service(telemetry)
     try:
         for service in services:
-            own = telemetry[telemetry[SERVICE] == service]
+            own = own_telemetry.get(service, telemetry.iloc[0:0])
             load = minute_load(own, start, minutes)
             if len(shortfall[service]) == len(days) or np.isnan(load).all():
                 continue
@@ -548,11 +558,12 @@ def score_services(
     spans = {s: int(np.sum(served[s] < 0)) for s in loads if (served[s] < 0).any()}
     walked = pd.DataFrame(columns=["offset", SERVICE, TS, "p50", "p90"])
     if spans:
-        frames = {s: steps[steps[SERVICE] == s].reset_index(drop=True) for s in spans}
+        frames = {s: own_steps.get(s, steps.iloc[0:0]).reset_index(drop=True) for s in spans}
         progress(f"walking the shipped profile forward for {len(spans)} service(s)")
         walked = rolling_forecasts(frames, {s: start for s in spans}, spans, training, progress)
+        own_walked = by_service(walked)
         for service, span in spans.items():
-            own = walked[walked[SERVICE] == service]
+            own = own_walked.get(service, walked.iloc[0:0])
             served[service][:span] = served_targets(
                 own, start, span, configs[service], tail_days, frames[service], blend
             )

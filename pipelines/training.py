@@ -28,6 +28,7 @@ from core.schema import (
     SERVICE,
     TARGET,
     TS,
+    by_service,
     path_under,
     quantile_column,
     utc_timestamp,
@@ -393,11 +394,14 @@ def train_shard(
             family: log_shared_forecaster(model, f"model-{family}")
             for family, model in fitted.items()
         }
+        own_history, own_flagged = by_service(history), by_service(flagged)
+        own_forecasts = {family: by_service(frame) for family, (frame, _) in backtests.items()}
         with forecasters_shared():  # previous champions shared by several services load once
             for service in services:
                 if service in choice.cold:
                     continue
                 family = str(best_family[service])
+                forecasts = own_forecasts[family].get(service, backtests[family][0].iloc[0:0])
                 results.append(
                     _register_service(
                         settings,
@@ -406,12 +410,14 @@ def train_shard(
                         fitted[family],
                         model_uris[family],
                         errors.loc[service].to_dict(),
-                        backtests[family][0],
-                        history,
+                        forecasts,
+                        own_history.get(service, history.iloc[0:0]),
                         config,
                         reason,
                         parent.info.run_id,
-                        flagged_points(flagged, service, backtests[family][0]),
+                        flagged_points(
+                            own_flagged.get(service, flagged.iloc[0:0]), service, forecasts
+                        ),
                     )
                 )
                 if progress:
