@@ -184,7 +184,14 @@ def new_errors(
     columns = [SERVICE, *RECORD_COLUMNS]
     step = pd.Timedelta(minutes=settings.step_minutes)
     lookahead = step * RECORD_HORIZON_STEPS
-    issued = issued_forecasts(settings, since - lookahead, until, services, file_name=shard_file)
+    issued = issued_forecasts(
+        settings,
+        since - lookahead,
+        until,
+        services,
+        file_name=shard_file,
+        max_horizon_step=RECORD_HORIZON_STEPS,
+    )
     if not issued.empty:
         ends = issued[TS] + step
         issued = issued[

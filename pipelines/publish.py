@@ -162,6 +162,7 @@ def issued_forecasts(
     end: pd.Timestamp,
     services: Sequence[str] | None = None,
     file_name: str | None = None,
+    max_horizon_step: int | None = None,
 ) -> pd.DataFrame:
     """The forecasts :func:`forecast_shard` issued in ``[start, end)``, as they were written.
 
@@ -172,6 +173,9 @@ def issued_forecasts(
         services: Keep these services only (all when ``None``).
         file_name: With ``services``, the name of the file in each issue folder that holds them
             (a shard's file); the folder's other files are read only for the services it lacks.
+        max_horizon_step: Keep each forecast's first steps only, up to this one (all when
+            ``None``); they are dropped file by file, so days of forecasts of a large shard
+            never sit in memory whole.
 
     Returns:
         The forecast rows plus ``issued`` and ``horizon_step`` (1 = the first step of its
@@ -185,9 +189,12 @@ def issued_forecasts(
         for frame in _issue_folder_rows(run_dir, services, file_name):
             if not frame.empty:
                 frame = frame.sort_values([SERVICE, TS], kind="stable")
-                frames.append(
-                    frame.assign(issued=issued, horizon_step=frame.groupby(SERVICE).cumcount() + 1)
+                frame = frame.assign(
+                    issued=issued, horizon_step=frame.groupby(SERVICE).cumcount() + 1
                 )
+                if max_horizon_step is not None:
+                    frame = frame[frame["horizon_step"] <= max_horizon_step]
+                frames.append(frame)
     if not frames:
         return pd.DataFrame(
             columns=[SERVICE, TS, "p50", "p90", "model_version", "issued", "horizon_step"]

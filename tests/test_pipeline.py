@@ -565,6 +565,17 @@ def test_the_error_record_grows_hourly_and_equals_one_built_at_once(
 
     shutil.rmtree(home.artifacts_dir / RECORD_FOLDER)  # the pipeline's own publication's
     services = ["checkout", "search"]
+    # the record reads each forecast's first hour only, dropped file by file
+    from pipelines.publish import issued_forecasts
+
+    span = (now - pd.Timedelta(hours=6), now)
+    every_step = issued_forecasts(home, *span, services, "checkout.parquet")
+    first_hour = issued_forecasts(home, *span, services, "checkout.parquet", max_horizon_step=12)
+    pd.testing.assert_frame_equal(
+        first_hour.reset_index(drop=True),
+        every_step[every_step["horizon_step"] <= 12].reset_index(drop=True),
+    )
+    assert first_hour["horizon_step"].max() == 12 < every_step["horizon_step"].max()
     # one forecast folder comes late: after the refresh its steps ended before
     late = home.artifacts_dir / "forecasts" / f"{now - pd.Timedelta(minutes=90):%Y%m%dT%H%M}"
     late.rename(late.with_name("held-back"))
