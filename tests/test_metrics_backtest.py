@@ -115,7 +115,7 @@ def test_backtest_never_shows_the_model_a_future_point() -> None:
     np.testing.assert_allclose(scores["relative_mae"], 1.0)
 
 
-def test_log_backtest_writes_overall_and_per_series_metrics(tmp_path: Path) -> None:
+def test_log_backtest_writes_overall_metrics_and_the_per_series_table(tmp_path: Path) -> None:
     import mlflow
 
     from models.tracking import log_backtest
@@ -139,7 +139,12 @@ def test_log_backtest_writes_overall_and_per_series_metrics(tmp_path: Path) -> N
     finally:
         mlflow.set_tracking_uri(previous_uri)
     assert logged.metrics["naive.relative_mae"] == pytest.approx(1.0)
-    assert logged.metrics["naive.b.mae"] == pytest.approx(scores[scores.service == "b"].mae.mean())
+    assert not [key for key in logged.metrics if key.startswith(("naive.a.", "naive.b."))]
+    artifact = tmp_path / "a" / run.info.run_id / "artifacts" / "naive_backtest.json"
+    table = pd.read_json(artifact, orient="split")
+    assert table[table["service"] == "b"]["mae"].mean() == pytest.approx(
+        scores[scores.service == "b"].mae.mean()
+    )
     assert "naive.coverage_p90" in overall
     assert logged.params["naive.folds"] == "2"
     with pytest.raises(ValueError, match="active MLflow run"):
