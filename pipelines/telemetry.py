@@ -45,6 +45,7 @@ from core.schema import (
     to_long,
     utc_timestamp,
     validate_service_name,
+    write_parquet_atomically,
 )
 from core.settings import Settings
 from pipelines.telemetry_files import read_telemetry_file
@@ -561,7 +562,7 @@ def extract_batch(
     frame = telemetry_source.fetch(start_ts, end_ts)
     settings.staging_dir.mkdir(parents=True, exist_ok=True)
     path = settings.staging_dir / batch_name(start_ts, end_ts)
-    _atomic_write(frame, path)
+    write_parquet_atomically(frame, path)
     return path
 
 
@@ -600,7 +601,7 @@ def store_batch(settings: Settings, batch_path: Path) -> list[Path]:
                 old = old[(old[TS] < start) | (old[TS] >= end)]
                 rows = pd.concat([old, rows], ignore_index=True)
             rows = rows.sort_values(TS).reset_index(drop=True)
-            _atomic_write(rows, path)
+            write_parquet_atomically(rows, path)
             written.append(path)
     batch_path.unlink()
     return written
@@ -676,7 +677,7 @@ def stage_frame(
     end_ts = utc_timestamp(end) if end is not None else ts.max() + pd.Timedelta(seconds=1)
     settings.staging_dir.mkdir(parents=True, exist_ok=True)
     path = settings.staging_dir / batch_name(start_ts, end_ts)
-    _atomic_write(frame, path)
+    write_parquet_atomically(frame, path)
     return path
 
 
@@ -780,10 +781,3 @@ def _interval_from_name(path: Path) -> tuple[pd.Timestamp, pd.Timestamp]:
         return (pd.Timestamp(start, tz="UTC"), pd.Timestamp(end, tz="UTC"))
     except ValueError as err:
         raise ValueError(f"{path.name} is not a batch file name (batch-<start>-<end>)") from err
-
-
-def _atomic_write(frame: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    frame.to_parquet(tmp, index=False)
-    tmp.replace(path)

@@ -454,14 +454,15 @@ def _register_service(
     model: Forecaster,
     model_uri: str,
     errors_by_family: dict[str, float],
-    forecasts: pd.DataFrame,
-    history: pd.DataFrame,
+    own: pd.DataFrame,
+    own_history: pd.DataFrame,
     config: TrainingConfig,
     reason: str,
     parent_run_id: str,
     anomalies: pd.DataFrame,
 ) -> ServiceResult:
-    own = forecasts[forecasts[SERVICE] == service]
+    """Log, register and maybe promote one service's model; ``own`` and ``own_history`` are
+    that service's backtest forecasts and training window."""
     scores = score_forecasts(own, config.quantiles)
     error = float(scores[ERROR_METRIC].mean())
     with mlflow.start_run(run_name=service, nested=True, parent_run_id=parent_run_id) as run:
@@ -480,15 +481,13 @@ def _register_service(
         plot = _forecast_plot(own, service, family, anomalies)
         mlflow.log_figure(plot, "forecast_vs_actual.png")
         mlflow.log_text(own.to_csv(index=False), "backtest_forecasts.csv")
-        _log_explanation(model, history[history[SERVICE] == service])
+        _log_explanation(model, own_history)
         candidate = register_forecaster(model_uri, service, model.name, error)
         current = champion(service)
         champion_error = (
             None
             if current is None
-            else champion_backtest_error(
-                load_forecaster(current), history[history[SERVICE] == service], config
-            )
+            else champion_backtest_error(load_forecaster(current), own_history, config)
         )
         promoted = promotes(error, champion_error)
         if promoted:
