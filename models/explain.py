@@ -5,9 +5,10 @@ Two uses:
 * :func:`log_model_explanations` logs, for each registered model version, a SHAP summary plot
   (LightGBM, TreeExplainer) or the Prophet components plot (trend, daily, weekly, events) as MLflow
   artifacts of the active run.
-* :func:`explain_peaks` says, for the peak steps of a published schedule, which inputs pushed the
-  forecast up or down, as a share of the model's baseline, e.g.
-  ``"18:00 peak: same time last week +41 %, Tuesday +12 %"``.
+* :func:`peak_drivers` finds, at the peak steps of a forecast, which inputs pushed it up or down, as
+  a share of the model's baseline, when the forecast is issued; :func:`explanation_in_words` puts
+  them in words with the schedule's replicas, e.g.
+  ``"18:00 peak: same time last week +41 %, Tuesday +12 %"`` (:func:`explain_peaks`: both).
 """
 
 from __future__ import annotations
@@ -288,26 +289,32 @@ def log_model_explanations(model: Forecaster, history: pd.DataFrame) -> None:
         _log_prophet_components(model, history)
 
 
-def explain_peaks(
+def peak_drivers(
     model: Forecaster,
     history: pd.DataFrame,
-    schedule: pd.DataFrame,
+    forecast: pd.DataFrame,
     n_peaks: int = 3,
     quantile: float = 0.9,
 ) -> dict[str, Any]:
-    """Explain the forecast at the peak steps of one service's schedule, in words.
+    """What pushed one service's forecast up or down at its peak steps.
+
+    Computed where the model and its history are at hand (the forecast's issue), and put in
+    words with the replicas later (:func:`explanation_in_words`).
 
     Args:
-        model: The forecaster that made the schedule's forecast.
+        model: The forecaster that made the forecast.
         history: The history the forecast was made from (one service).
-        schedule: The service's schedule: ``service, ts, replicas, forecast_p90, ...``.
+        forecast: The service's forecast: ``service, ts`` and ``p90`` (the peaks are its highest
+            steps; the earliest steps when it has no ``p90``).
         n_peaks: How many peak steps to explain (at least two hours apart, highest first).
-        quantile: The forecast quantile the schedule was sized on.
+        quantile: The forecast quantile the schedule is sized on.
 
     Returns:
-        ``{"family", "summary", "peaks": [{"ts", "replicas", "forecast", "drivers", "text"}]}``.
+        ``{"family", "basis", "peaks": [{"ts", "effects": [[input, percent], ...]}]}``, plain
+        JSON types, peaks in time order.
     """
-    ranked = schedule.sort_values(["forecast_p90", TS], ascending=[False, True])
+    ranking = forecast.assign(_peak=forecast["p90"] if "p90" in forecast else np.nan)
+    ranked = ranking.sort_values(["_peak", TS], ascending=[False, True])
     chosen: list[int] = []
     for index, ts in ranked[TS].items():  # distinct peaks: at least PEAK_SPACING apart
         if all(abs(ts - ranked.at[other, TS]) >= PEAK_SPACING for other in chosen):
@@ -316,10 +323,10 @@ def explain_peaks(
             break
     ranked = ranked.loc[chosen].sort_values(TS)
     if model.name == "ensemble":
-        services = schedule[SERVICE].astype(str).unique()
+        services = forecast[SERVICE].astype(str).unique()
         leading = model.leading_member(str(services[0])) if len(services) else None  # type: ignore[attr-defined]
         if leading is not None and leading[1].name in ("lightgbm", "prophet", "holt_winters"):
-            inner = explain_peaks(leading[1], history, schedule, n_peaks, quantile)
+            inner = peak_drivers(leading[1], history, forecast, n_peaks, quantile)
             inner["family"] = model.name
             inner["basis"] = f"ensemble member {leading[0]!r}: {inner['basis']}"
             return inner
@@ -340,23 +347,84 @@ def explain_peaks(
             else "the ensemble forecasts this service by seasonal naive (its guard, or a short "
             "history): it repeats the same time of the previous day"
         )
-    peaks = []
-    for row, effects in zip(ranked.itertuples(), drivers, strict=True):
-        words = ", ".join(f"{label} {effect:+.0f} %" for label, effect in effects)
-        peaks.append(
-            {
-                "ts": row.ts.isoformat(),
-                "replicas": int(row.replicas),
-                "forecast": float(getattr(row, "forecast_p90", np.nan)),
-                "drivers": [
-                    {"input": label, "effect_pct": round(effect, 1)} for label, effect in effects
-                ],
-                "text": f"{row.ts:%a %H:%M} peak ({int(row.replicas)} replicas): {words}",
-            }
-        )
     return {
         "family": model.name,
         "basis": basis,
+        "peaks": [
+            {
+                "ts": ts.isoformat(),
+                "effects": [[str(label), float(effect)] for label, effect in effects],
+            }
+            for ts, effects in zip(ranked[TS], drivers, strict=True)
+        ],
+    }
+
+
+def explanation_in_words(drivers: dict[str, Any], schedule: pd.DataFrame) -> dict[str, Any]:
+    """A service's :func:`peak_drivers` with its schedule's replicas, in words.
+
+    Args:
+        drivers: What :func:`peak_drivers` returned for the forecast the schedule was planned on.
+        schedule: The service's schedule: ``ts, replicas, forecast_p90, ...``.
+
+    Returns:
+        ``{"family", "basis", "summary", "peaks": [{"ts", "replicas", "forecast", "drivers",
+        "text"}]}``.
+
+    Raises:
+        ValueError: If a peak's step is not in the schedule.
+    """
+    steps = schedule.set_index(TS)
+    peaks = []
+    for peak in drivers["peaks"]:
+        ts = pd.Timestamp(peak["ts"])
+        if ts not in steps.index:
+            raise ValueError(f"the explained peak {peak['ts']} is not a step of the schedule")
+        step = steps.loc[ts]
+        replicas = int(step["replicas"])
+        words = ", ".join(f"{label} {effect:+.0f} %" for label, effect in peak["effects"])
+        peaks.append(
+            {
+                "ts": peak["ts"],
+                "replicas": replicas,
+                "forecast": float(step.get("forecast_p90", np.nan)),
+                "drivers": [
+                    {"input": label, "effect_pct": round(effect, 1)}
+                    for label, effect in peak["effects"]
+                ],
+                "text": f"{ts:%a %H:%M} peak ({replicas} replicas): {words}",
+            }
+        )
+    return {
+        "family": drivers["family"],
+        "basis": drivers["basis"],
         "summary": "; ".join(p["text"] for p in peaks),
         "peaks": peaks,
     }
+
+
+def explain_peaks(
+    model: Forecaster,
+    history: pd.DataFrame,
+    schedule: pd.DataFrame,
+    n_peaks: int = 3,
+    quantile: float = 0.9,
+) -> dict[str, Any]:
+    """Explain the forecast at the peak steps of one service's schedule, in words.
+
+    :func:`peak_drivers` of the forecast the schedule holds, then :func:`explanation_in_words`.
+
+    Args:
+        model: The forecaster that made the schedule's forecast.
+        history: The history the forecast was made from (one service).
+        schedule: The service's schedule: ``service, ts, replicas, forecast_p90, ...``.
+        n_peaks: How many peak steps to explain (at least two hours apart, highest first).
+        quantile: The forecast quantile the schedule was sized on.
+
+    Returns:
+        ``{"family", "basis", "summary", "peaks": [{"ts", "replicas", "forecast", "drivers",
+        "text"}]}``.
+    """
+    forecast = schedule[[SERVICE, TS]].assign(p90=schedule.get("forecast_p90", np.nan))
+    drivers = peak_drivers(model, history, forecast, n_peaks, quantile)
+    return explanation_in_words(drivers, schedule)

@@ -2,12 +2,14 @@
 
 Three steps, each one Airflow task of ``schedule_publish`` and one CLI command:
 
-1. :func:`forecast_shard` loads each service's ``champion`` from MLflow and forecasts the next
-   ``schedule.horizon_hours`` from the latest validated telemetry (5-minute steps).
+1. :func:`forecast_shard` loads each service's ``champion`` from MLflow, forecasts the next
+   ``schedule.horizon_hours`` from the latest validated telemetry (5-minute steps) and finds
+   what drives the forecast's peaks while the model and its inputs are loaded.
 2. :func:`build_schedules` turns the forecast quantiles into replicas with the per-service policy
    (:mod:`core.policy`).
 3. :func:`publish_schedules` writes each schedule atomically into the store the serving API reads,
-   versioned with the model version that made it, plus its explanation.
+   versioned with the model version that made it, plus its explanation (the peaks' drivers in
+   words with the replicas).
 
 Outputs are partitioned by ``as_of`` (the data interval end), so a rerun for the same interval
 writes the same files.
@@ -35,8 +37,10 @@ from core.schema import (
     quantile_column,
     utc_timestamp,
     validate_service_name,
+    write_parquet_atomically,
 )
 from core.settings import Settings
+from models.explain import peak_drivers
 from models.registry import champion, configure_mlflow, forecasters_shared, load_forecaster
 from pipelines.telemetry import resolve_as_of
 
@@ -46,6 +50,7 @@ if TYPE_CHECKING:
 LOG = logging.getLogger(__name__)
 RUN_FOLDER_FORMAT = "%Y%m%dT%H%M"  # artifacts/<kind>/<run time>/, e.g. a forecast's issue time
 HISTORY_DAYS_FOR_FORECAST = 8  # enough for weekly lags of the LightGBM features
+PEAK_DRIVERS_KEY = "forescale.peak_drivers"  # forecast and schedule files' metadata: JSON
 
 
 def _run_dir(settings: Settings, kind: str, as_of: pd.Timestamp) -> Path:
@@ -104,7 +109,8 @@ def forecast_shard(
 
     Returns:
         Path of a Parquet file: ``service, ts, p50, p90, ..., model_version`` (no rows, same
-        columns, when no service of the shard has a champion).
+        columns, when no service of the shard has a champion); its metadata holds each
+        service's :func:`models.explain.peak_drivers` (:func:`peak_drivers_of`).
 
     Raises:
         ValueError: If the shard is empty, a service name is invalid, or a service with a
@@ -126,6 +132,7 @@ def forecast_shard(
             LOG.info("%s: no champion model (not trained yet): no forecast, skipped", service)
     ready = {service: version for service, version in champions.items() if version is not None}
     frames = []
+    drivers: dict[str, dict] = {}
     history = recent_history(settings, list(ready), origin) if ready else pd.DataFrame()
     own_history = by_service(history) if ready else {}
     with forecasters_shared():
@@ -136,12 +143,30 @@ def forecast_shard(
                     f"service {service!r} has no telemetry in the "
                     f"{HISTORY_DAYS_FOR_FORECAST} days before {origin}"
                 )
-            forecast = load_forecaster(version).predict(horizon, quantiles, history=own)
+            model = load_forecaster(version)
+            forecast = model.predict(horizon, quantiles, history=own)
+            drivers[service] = peak_drivers(model, own, forecast)
             frames.append(forecast.assign(model_version=version.label))
     out = path_under(_run_dir(settings, "forecasts", origin), f"{services[0]}.parquet")
     frame = pd.concat(frames, ignore_index=True) if frames else empty_forecast(quantiles)
-    frame.to_parquet(out, index=False)
+    write_parquet_atomically(frame, out, {PEAK_DRIVERS_KEY: json.dumps(drivers)})
     return out
+
+
+def peak_drivers_of(path: Path) -> dict[str, dict]:
+    """The peaks' drivers a forecast or schedules file carries, per service.
+
+    Args:
+        path: A file of :func:`forecast_shard` or :func:`build_schedules`.
+
+    Returns:
+        Service -> :func:`models.explain.peak_drivers` (empty for a file written without them).
+    """
+    import pyarrow.parquet as pq
+
+    metadata = pq.read_schema(path).metadata or {}
+    recorded = metadata.get(PEAK_DRIVERS_KEY.encode())
+    return json.loads(recorded) if recorded else {}
 
 
 def empty_forecast(quantiles: Sequence[float]) -> pd.DataFrame:
@@ -262,7 +287,8 @@ def build_schedules(settings: Settings, forecast_path: Path | str) -> Path:
     Returns:
         Path of a Parquet file: the columns of :func:`core.policy.plan_replicas`
         (``service, ts, replicas, forecast_p50, forecast_p90, quantile_used, planned_load,
-        tail_factor``) and ``model_version``.
+        tail_factor``) and ``model_version``; its metadata carries the forecast file's peak
+        drivers on to :func:`publish_schedules`.
 
     Raises:
         ValueError: If ``tail_days`` is on and the file is not in a folder named by its issue
@@ -333,8 +359,10 @@ def build_schedules(settings: Settings, forecast_path: Path | str) -> Path:
     out = forecast_path.parent.parent.parent / "schedules" / forecast_path.parent.name
     out.mkdir(parents=True, exist_ok=True)
     path = out / forecast_path.name
-    (pd.concat(frames, ignore_index=True) if frames else empty_schedules()).to_parquet(
-        path, index=False
+    write_parquet_atomically(
+        pd.concat(frames, ignore_index=True) if frames else empty_schedules(),
+        path,
+        {PEAK_DRIVERS_KEY: json.dumps(peak_drivers_of(forecast_path))},
     )
     return path
 
@@ -389,7 +417,9 @@ def publish_schedules(
     """Publish the schedules of a file to the serving store, with their explanations.
 
     All services of the file are published in one transaction (each gets its next version), so a
-    failure leaves every served schedule as it was.
+    failure leaves every served schedule as it was. The explanations put the peak drivers the
+    file carries (found at the forecast's issue) in words; a service without them (a file written
+    by an earlier version) is explained by :func:`explain_schedule`.
 
     Args:
         settings: Runtime settings.
@@ -415,7 +445,7 @@ def publish_schedules(
     configure_mlflow(settings)
     bodies: dict[str, SchedulePublish] = {}
     explanations: dict[str, dict] = {}
-    histories = schedule_histories(settings, schedules)
+    drivers = peak_drivers_of(schedules_path)
     with forecasters_shared():
         for service, rows in schedules.groupby(SERVICE, sort=True):
             name = str(service)
@@ -427,7 +457,7 @@ def publish_schedules(
                 step_seconds=settings.step_minutes * 60,
                 steps=steps,
             )
-            explanations[name] = explain_schedule(settings, rows, history=histories[name])
+            explanations[name] = explain_schedule(settings, rows, drivers.get(name))
     if bodies:
         versions = publish_schedules_to_store(
             settings, bodies, explanations, now=now or pd.Timestamp.now(tz="UTC").to_pydatetime()
@@ -496,58 +526,36 @@ def prune_runs(settings: Settings, now: datetime | None = None) -> list[Path]:
     return deleted
 
 
-def schedule_histories(settings: Settings, schedules: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """Each service's :func:`recent_history` before its schedule's first step, read at once.
-
-    One read per distinct first step (a :func:`build_schedules` file has one), sliced per
-    service; a slice equals the service's own read, rows numbered from 0.
-
-    Args:
-        settings: Runtime settings.
-        schedules: Rows of a :func:`build_schedules` file.
-
-    Returns:
-        Service -> its history (no rows when it has none).
-    """
-    origins = schedules.groupby(SERVICE, sort=True)[TS].min()
-    histories: dict[str, pd.DataFrame] = {}
-    for origin, names in origins.groupby(origins, sort=True):
-        services = [str(s) for s in names.index]
-        history = recent_history(settings, services, pd.Timestamp(origin))
-        parts = dict(tuple(history.groupby(SERVICE, sort=False)))
-        for service in services:
-            own = parts.get(service, history.iloc[0:0])
-            histories[service] = own.reset_index(drop=True)
-    return histories
-
-
 def explain_schedule(
-    settings: Settings, schedule: pd.DataFrame, history: pd.DataFrame | None = None
+    settings: Settings, schedule: pd.DataFrame, drivers: dict | None = None
 ) -> dict:
     """Explain one service's schedule: the drivers of its forecast at the peak steps.
 
     Args:
         settings: Runtime settings.
         schedule: One service's rows of a :func:`build_schedules` file.
-        history: The service's :func:`recent_history` before the schedule's first step, when
-            the caller has read it already (:func:`schedule_histories`; read here otherwise).
+        drivers: The :func:`models.explain.peak_drivers` recorded with its forecast; without
+            them, found again from the model version that made it and the history before the
+            schedule's first step.
 
     Returns:
         The explanation document served at ``/v1/services/{service}/explanation``.
     """
-    from models.explain import explain_peaks
-    from models.registry import load_version
+    from models.explain import explanation_in_words
 
     label = str(schedule["model_version"].iloc[0])
     service = str(schedule[SERVICE].iloc[0])
-    if history is None:
+    if drivers is None:
+        from models.registry import load_version
+
         history = recent_history(settings, [service], schedule[TS].min())
-    document = explain_peaks(load_version(label), history, schedule)
+        forecast = schedule[[SERVICE, TS]].assign(p90=schedule["forecast_p90"])
+        drivers = peak_drivers(load_version(label), history, forecast)
     return {
         "service": service,
         "model_version": label,
         "sizing": sizing_in_words(schedule),
-        **document,
+        **explanation_in_words(drivers, schedule),
     }
 
 

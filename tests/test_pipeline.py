@@ -103,22 +103,31 @@ def test_the_published_schedule_comes_with_an_explanation_in_words(pipeline_home
         assert peak["drivers"] and "peak" in peak["text"] and "%" in peak["text"]
 
 
-def test_published_explanations_equal_each_services_own_read_and_load(pipeline_home) -> None:
-    from pipelines.publish import explain_schedule, recent_history, schedule_histories
+def test_explanations_recorded_at_the_forecast_equal_those_found_again_at_publication(
+    pipeline_home, tmp_path
+) -> None:
+    from pipelines.publish import explain_schedule, peak_drivers_of
 
     settings, summaries = pipeline_home
     configure_mlflow(settings)
     (path,) = sorted((settings.artifacts_dir / "schedules").glob("*/*.parquet"))
     schedules = pd.read_parquet(path)
-    histories = schedule_histories(settings, schedules)
+    recorded = peak_drivers_of(path)
+    (forecast_path,) = sorted((settings.artifacts_dir / "forecasts").glob("*/*.parquet"))
+    assert peak_drivers_of(forecast_path) == recorded
+    assert set(recorded) == {summary.service for summary in summaries}
     store = ScheduleStore(settings.schedule_db)
     for summary in summaries:
         rows = schedules[schedules[SERVICE] == summary.service]
-        own = recent_history(settings, [summary.service], rows[TS].min())
-        pd.testing.assert_frame_equal(histories[summary.service], own)
         _, published = store.get_explanation(summary.service)
-        assert published == json.loads(json.dumps(explain_schedule(settings, rows)))
+        found_again = explain_schedule(settings, rows)  # loads the model, reads the history
+        assert published == json.loads(json.dumps(found_again))
+        assert published == json.loads(
+            json.dumps(explain_schedule(settings, rows, recorded[summary.service]))
+        )
     store.dispose()
+    schedules.to_parquet(tmp_path / "written-without-drivers.parquet")
+    assert peak_drivers_of(tmp_path / "written-without-drivers.parquet") == {}
 
 
 def test_the_champion_forecasts_from_fresh_history(pipeline_home) -> None:
