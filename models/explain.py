@@ -313,7 +313,7 @@ def peak_drivers(
         ``{"family", "basis", "peaks": [{"ts", "effects": [[input, percent], ...]}]}``, plain
         JSON types, peaks in time order.
     """
-    ranking = forecast.assign(_peak=forecast["p90"] if "p90" in forecast else np.nan)
+    ranking = forecast.assign(_peak=forecast.get("p90", np.nan))
     ranked = ranking.sort_values(["_peak", TS], ascending=[False, True])
     chosen: list[int] = []
     for index, ts in ranked[TS].items():  # distinct peaks: at least PEAK_SPACING apart

@@ -13,7 +13,7 @@ import logging
 import tempfile
 from collections.abc import Iterator
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +105,7 @@ class RegisteredVersion:
     family: str
     backtest_error: float
     run_id: str | None
+    source: str | None = None  # the logged model it points at (``models:/<model id>``), if known
 
     @property
     def label(self) -> str:
@@ -296,6 +297,7 @@ def version_by_alias(name: str, alias: str = CHAMPION) -> RegisteredVersion | No
         mv.tags.get(FAMILY_TAG, "unknown"),
         float(mv.tags.get(BACKTEST_TAG, "nan")),
         mv.run_id,
+        mv.source,
     )
 
 
@@ -345,6 +347,7 @@ class _SharedLoads:
 
     forecasters: dict[str, Forecaster]
     checked: bool = False
+    by_source: dict[str, Forecaster] = field(default_factory=dict)
 
 
 _SHARED_LOADS: ContextVar[_SharedLoads | None] = ContextVar("shared_forecaster_loads", default=None)
@@ -358,7 +361,9 @@ def forecasters_shared() -> Iterator[None]:
     chose it (:func:`log_shared_forecaster`), so a shard's services hold a few distinct
     forecasters.
     Within the block each distinct one is unpickled once and the versions share it, which is safe
-    because forecasting and explaining never change a fitted forecaster; MLflow's check of the
+    because forecasting and explaining never change a fitted forecaster; a version pointing at a
+    logged model already loaded in the block (its ``source``) is not even fetched again from the
+    artifact store. MLflow's check of the
     model's requirements and Python version against this environment (a warning on mismatch)
     runs on the block's first load only: :func:`log_shared_forecaster` logs every model with
     :data:`PIP_REQUIREMENTS`. Outside the block every load is independent.
@@ -381,13 +386,18 @@ def load_forecaster(version: RegisteredVersion) -> Forecaster:
         version with the same saved forecaster loaded).
     """
     shared = _SHARED_LOADS.get()
+    if shared is not None and version.source in shared.by_source:
+        return shared.by_source[version.source]
     checked = shared is not None and shared.checked
     pyfunc = mlflow.pyfunc.load_model(
         f"models:/{version.name}/{version.version}", suppress_warnings=checked
     )
+    forecaster: Forecaster = pyfunc.unwrap_python_model().forecaster
     if shared is not None:
         shared.checked = True
-    return pyfunc.unwrap_python_model().forecaster
+        if version.source is not None:
+            shared.by_source[version.source] = forecaster
+    return forecaster
 
 
 def load_version(label: str) -> Forecaster:

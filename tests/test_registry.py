@@ -55,3 +55,37 @@ def test_versions_of_one_saved_forecaster_load_once_within_forecasters_shared(
     assert apart[0] is not apart[1] and len(unpickled) == 4
     forecast = shared[0].predict(12, (0.5, 0.9))
     assert forecast.equals(apart[1].predict(12, (0.5, 0.9)))
+
+
+def test_versions_of_one_logged_model_are_fetched_once_within_forecasters_shared(
+    tracking: Settings, make_fleet: FleetFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from models.registry import (
+        champion,
+        log_shared_forecaster,
+        promote,
+        register_forecaster,
+    )
+
+    history = make_fleet(services=2, days=3, step_minutes=5)
+    model = SeasonalNaiveForecaster().fit(history)
+    with mlflow.start_run():
+        uri = log_shared_forecaster(model)
+        for service in ("checkout", "search"):
+            promote(register_forecaster(uri, service, model.name, 0.1))
+    versions = [champion(service) for service in ("checkout", "search")]
+    assert all(v is not None and v.source == uri for v in versions)
+    fetched: list[str] = []
+    load_model = mlflow.pyfunc.load_model
+
+    def counted(model_uri: str, *args, **kwargs):  # type: ignore[no-untyped-def]
+        fetched.append(model_uri)
+        return load_model(model_uri, *args, **kwargs)
+
+    monkeypatch.setattr(mlflow.pyfunc, "load_model", counted)
+    with forecasters_shared():
+        loaded = [load_forecaster(v) for v in versions if v is not None]
+    assert loaded[0] is loaded[1] and len(fetched) == 1
+    apart = [load_forecaster(v) for v in versions if v is not None]
+    assert apart[0] is not apart[1] and len(fetched) == 3
+    assert apart[0].predict(12, (0.5,)).equals(loaded[1].predict(12, (0.5,)))
