@@ -54,7 +54,7 @@ class TrainingSection(_Section):
     backtest_folds: int = Field(default=3, ge=1)
     backtest_horizon_hours: int = Field(default=24, ge=1)
     history_days: int = Field(default=28, ge=1)
-    shard_size: int = Field(default=25, ge=1)
+    shard_size: int = Field(default=250, ge=1)
     models: list[str] = Field(
         default_factory=lambda: ["prophet", "lightgbm", "naive"], min_length=1
     )

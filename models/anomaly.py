@@ -222,8 +222,9 @@ def rank_score(
     return np.clip(score, 0.0, 1.0)
 
 
-def _range_score(values: np.ndarray, settings: DetectorSettings) -> np.ndarray:
-    """Graded score of values outside the range seen so far (see the module docstring)."""
+def _range_score(values: np.ndarray, settings: DetectorSettings, first: int = 0) -> np.ndarray:
+    """Graded score of values outside the range seen so far (see the module docstring), for
+    the rows from ``first`` on (zero before it)."""
     n = len(values)
     low = np.minimum.accumulate(values)
     high = np.maximum.accumulate(values)
@@ -234,21 +235,35 @@ def _range_score(values: np.ndarray, settings: DetectorSettings) -> np.ndarray:
     outside = excess > settings.range_tolerance * spread
     outside[: settings.warmup] = False
     steps = np.abs(np.diff(values, prepend=values[0]))
-    typical_step = (
-        pd.Series(steps).rolling(settings.history, min_periods=1).median().shift(1).fillna(0.0)
-    ).to_numpy()
+    # Row i's typical step is the median of the `history` steps before it: the rows from
+    # `first` on need the steps from `first - history` on only.
+    past = max(0, first - settings.history)
+    typical_step = np.zeros(n)
+    typical_step[past:] = (
+        pd.Series(steps[past:])
+        .rolling(settings.history, min_periods=1)
+        .median()
+        .shift(1)
+        .fillna(0.0)
+        .to_numpy()
+    )
     full = settings.range_full_steps * typical_step
     share = np.divide(excess, full, out=np.ones(n), where=full > 0).clip(max=1.0)
-    return np.where(outside, settings.range_score * share, 0.0)
+    score = np.where(outside, settings.range_score * share, 0.0)
+    score[:first] = 0.0
+    return score
 
 
-def _event_size(values: np.ndarray, settings: DetectorSettings) -> np.ndarray:
-    """Absolute deviation of each value from the median of the previous ``embedding`` values."""
+def _event_size(values: np.ndarray, settings: DetectorSettings, first: int = 0) -> np.ndarray:
+    """Absolute deviation of each value from the median of the previous ``embedding`` values,
+    for the rows from ``first`` on (the array holds those rows only)."""
+    past = max(0, first - settings.embedding)
+    tail = values[past:]
     baseline = (
-        pd.Series(values).rolling(settings.embedding, min_periods=1).median().shift(1).to_numpy()
+        pd.Series(tail).rolling(settings.embedding, min_periods=1).median().shift(1).to_numpy()
     )
-    baseline[0] = values[0]
-    return np.abs(values - baseline)
+    baseline[0] = tail[0]
+    return np.abs(tail - baseline)[first - past :]
 
 
 def _damp_after_events(raw: np.ndarray, size: np.ndarray, refractory: int) -> np.ndarray:
@@ -363,9 +378,11 @@ def score_rows(
         distances[window] = distance
     if unknown_raw < n:
         novelty /= len(settings.scales)
-        raw[unknown_raw:] = np.maximum(novelty, _range_score(clean, settings))[unknown_raw:]
+        raw[unknown_raw:] = np.maximum(novelty, _range_score(clean, settings, unknown_raw))[
+            unknown_raw:
+        ]
     damped = _damp_after_events(
-        raw[raw_from:], _event_size(clean, settings)[raw_from:], settings.refractory
+        raw[raw_from:], _event_size(clean, settings, raw_from), settings.refractory
     )
     scores = np.clip(damped, 0.0, 1.0)[first_row - raw_from :]
     return scores, SeriesState(distances, raw)

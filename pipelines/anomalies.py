@@ -326,16 +326,17 @@ def score_anomalies(
     kept_from = end_ts - pd.Timedelta(days=config.context_days)
     window = pd.Timedelta(hours=config.backfill_hours)
     recent = model_inputs(settings, names, end_ts - window, end_ts)
+    begins = _first_unscored(store, names, start_ts, end_ts, window, settings.step_minutes)
     without_context: dict[str, pd.Timestamp] = {}
     for service, rows in recent.groupby(SERVICE, sort=True):
         service = str(service)
-        begin = _first_unscored(store, service, start_ts, end_ts, config, settings)
+        begin = begins[service]
         fresh = rows[rows[TS] >= begin].reset_index(drop=True)
         if fresh.empty:
             continue
         _load_context(detector, state, service)
         if detector.context_continues(service, rows[rows[TS] < begin]):
-            parts.append(_score_and_keep(detector, state, store, service, fresh, kept_from))
+            parts.append(_score_and_keep(detector, state, service, fresh, kept_from))
         else:
             detector.context.pop(service, None)
             without_context[service] = begin
@@ -345,8 +346,21 @@ def score_anomalies(
             begin = without_context[str(service)]
             detector.set_context(str(service), rows[rows[TS] < begin])
             fresh = rows[rows[TS] >= begin].reset_index(drop=True)
-            parts.append(_score_and_keep(detector, state, store, str(service), fresh, kept_from))
+            parts.append(_score_and_keep(detector, state, str(service), fresh, kept_from))
     scored = pd.concat(parts, ignore_index=True).sort_values([SERVICE, TS]) if parts else empty
+    store.record_anomalies_of(
+        {
+            str(service): [
+                {
+                    "ts": r.ts.to_pydatetime(),
+                    "score": float(r.score),
+                    "is_anomaly": bool(r.is_anomaly),
+                }
+                for r in rows.itertuples()
+            ]
+            for service, rows in scored.groupby(SERVICE, sort=True)
+        }
+    )
     scored.to_parquet(out, index=False)
     return out
 
@@ -388,14 +402,12 @@ def _load_context(detector: AnomalyDetector, state: Path, service: str) -> None:
 def _score_and_keep(
     detector: AnomalyDetector,
     state: Path,
-    store: Any,
     service: str,
     fresh: pd.DataFrame,
     kept_from: pd.Timestamp,
 ) -> pd.DataFrame:
-    """Score a service's new rows after its context, keep the context's rows from
-    ``kept_from`` on for the next run (the span a run without a kept context reads), record the
-    scores in the store.
+    """Score a service's new rows after its context and keep the context's rows from
+    ``kept_from`` on for the next run (the span a run without a kept context reads).
 
     Returns:
         The scores (``service, ts, score, is_anomaly``).
@@ -406,28 +418,25 @@ def _score_and_keep(
         context[context[TS] >= kept_from].reset_index(drop=True),
         path_under(state, f"{service}.parquet"),
     )
-    store.record_anomalies(
-        service,
-        [
-            {"ts": r.ts.to_pydatetime(), "score": float(r.score), "is_anomaly": bool(r.is_anomaly)}
-            for r in scores.itertuples()
-        ],
-    )
     return scores
 
 
 def _first_unscored(
     store: Any,
-    service: str,
+    services: Sequence[str],
     start: pd.Timestamp,
     end: pd.Timestamp,
-    config: AnomalyConfig,
-    settings: Settings,
-) -> pd.Timestamp:
-    """Where scoring of a service starts: ``start``, or its first unscored point if earlier."""
-    earliest = end - pd.Timedelta(hours=config.backfill_hours)
-    scored = store.anomalies(service, earliest.to_pydatetime(), end.to_pydatetime())
-    if not scored:
-        return min(start, earliest)
-    last = pd.Timestamp(max(a.ts for a in scored))
-    return min(start, last + pd.Timedelta(minutes=settings.step_minutes))
+    backfill: pd.Timedelta,
+    step_minutes: int,
+) -> dict[str, pd.Timestamp]:
+    """Where scoring of each service starts: ``start``, or its first unscored point of the
+    ``backfill`` before ``end`` if earlier (one read of the store for all services)."""
+    earliest = end - backfill
+    latest = store.last_scored(services, earliest.to_pydatetime(), end.to_pydatetime())
+    step = pd.Timedelta(minutes=step_minutes)
+    return {
+        str(service): min(start, pd.Timestamp(latest[service]) + step)
+        if service in latest
+        else min(start, earliest)
+        for service in services
+    }

@@ -97,7 +97,7 @@ class TrainingConfig:
             horizon_steps=int(params.get("backtest_horizon_hours", 24)) * steps_per_hour,
             backtest_folds=int(params.get("backtest_folds", 3)),
             history_days=int(params.get("history_days", 28)),
-            shard_size=int(params.get("shard_size", 25)),
+            shard_size=int(params["shard_size"]),
             families=families,
             quantiles=tuple(float(q) for q in params.get("quantiles", [0.5, 0.9])),
             model_params={

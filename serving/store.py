@@ -66,6 +66,7 @@ from serving.schemas import Anomaly, Schedule, SchedulePublish, ScheduleStep
 
 PUBLISH_ATTEMPTS = 5  # retries when two publishers race for the same next version
 _WRITE_FLAG = "forescale_write_transaction"
+LOOKUP_BATCH = 500  # services per query of a lookup by name (bound parameters per statement)
 SCHEDULE_CACHE_SIZE = 256  # parsed schedules kept in memory (~150 kB each at 288 steps)
 _PG_LOCK_NAMESPACE = 1179840513  # advisory-lock namespace of schedule publishes
 
@@ -730,36 +731,87 @@ class ScheduleStore:
         Raises:
             ValueError: If a record lacks a field or has a naive timestamp (names the row).
         """
-        rows = []
-        for index, record in enumerate(records):
-            missing = [key for key in ("ts", "score", "is_anomaly") if key not in record]
-            if missing:
-                raise ValueError(f"anomaly record {index} of {service!r} lacks {missing}")
-            ts = record["ts"]
-            if not isinstance(ts, datetime) or ts.tzinfo is None:
-                raise ValueError(
-                    f"anomaly record {index} of {service!r}: ts must be a timezone-aware "
-                    f"datetime, got {ts!r}"
+        return self.record_anomalies_of({service: records})
+
+    def record_anomalies_of(self, records: Mapping[str, Iterable[Mapping[str, Any]]]) -> int:
+        """Store the scored points of several services in one transaction (all or none),
+        replacing earlier scores of the same (service, ts).
+
+        Args:
+            records: Service -> mappings with ``ts`` (aware datetime), ``score`` (float) and
+                ``is_anomaly``.
+
+        Returns:
+            Number of points stored.
+
+        Raises:
+            ValueError: If a record lacks a field or has a naive timestamp (names the service
+                and the row).
+        """
+        rows: dict[str, list[dict[str, Any]]] = {}
+        for service, points in records.items():
+            own = rows.setdefault(service, [])
+            for index, record in enumerate(points):
+                missing = [key for key in ("ts", "score", "is_anomaly") if key not in record]
+                if missing:
+                    raise ValueError(f"anomaly record {index} of {service!r} lacks {missing}")
+                ts = record["ts"]
+                if not isinstance(ts, datetime) or ts.tzinfo is None:
+                    raise ValueError(
+                        f"anomaly record {index} of {service!r}: ts must be a timezone-aware "
+                        f"datetime, got {ts!r}"
+                    )
+                own.append(
+                    {
+                        "service": service,
+                        "ts": ts.astimezone(UTC),
+                        "score": float(record["score"]),
+                        "is_anomaly": bool(record["is_anomaly"]),
+                    }
                 )
-            rows.append(
-                {
-                    "service": service,
-                    "ts": ts.astimezone(UTC),
-                    "score": float(record["score"]),
-                    "is_anomaly": bool(record["is_anomaly"]),
-                }
-            )
-        if not rows:
+        stored = [row for own in rows.values() for row in own]
+        if not stored:
             return 0
         with self._begin() as connection:
-            stamps = [row["ts"] for row in rows]
-            connection.execute(
-                delete(anomalies_table).where(
-                    anomalies_table.c.service == service, anomalies_table.c.ts.in_(stamps)
+            for service, own in rows.items():
+                if own:
+                    connection.execute(
+                        delete(anomalies_table).where(
+                            anomalies_table.c.service == service,
+                            anomalies_table.c.ts.in_([row["ts"] for row in own]),
+                        )
+                    )
+            connection.execute(insert(anomalies_table), stored)
+        return len(stored)
+
+    def last_scored(
+        self, services: Sequence[str], start: datetime, end: datetime
+    ) -> dict[str, datetime]:
+        """Each service's latest scored point in ``[start, end)``, read at once.
+
+        Args:
+            services: Service names.
+            start: Inclusive lower bound (aware).
+            end: Exclusive upper bound (aware).
+
+        Returns:
+            Service -> the time of its latest scored point (services without one are left out).
+        """
+        latest: dict[str, datetime] = {}
+        names = list(dict.fromkeys(services))
+        with self._connect() as connection:
+            for first in range(0, len(names), LOOKUP_BATCH):
+                query = (
+                    select(anomalies_table.c.service, func.max(anomalies_table.c.ts))
+                    .where(
+                        anomalies_table.c.service.in_(names[first : first + LOOKUP_BATCH]),
+                        anomalies_table.c.ts >= start,
+                        anomalies_table.c.ts < end,
+                    )
+                    .group_by(anomalies_table.c.service)
                 )
-            )
-            connection.execute(insert(anomalies_table), rows)
-        return len(rows)
+                latest.update({row[0]: row[1] for row in connection.execute(query)})
+        return latest
 
     def anomalies(
         self, service: str, start: datetime | None = None, end: datetime | None = None

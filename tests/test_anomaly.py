@@ -134,6 +134,16 @@ def test_scoring_from_a_row_on_gives_the_tail_of_the_whole_series_scores(
     np.testing.assert_array_equal(tail, anomalous_scores[first_row:])
 
 
+@pytest.mark.parametrize("first_row", [SPIKE, SHIFT + 3, N_ROWS - 1])
+def test_a_tail_past_the_ranking_history_equals_the_whole_series_scores(first_row: int) -> None:
+    from models.anomaly import DetectorSettings
+
+    short = DetectorSettings(history=400, search_rows=600, refractory=50)
+    values = with_anomalies(seasonal_series())
+    whole = score_series(values, short)
+    np.testing.assert_array_equal(score_series(values, short, first_row), whole[first_row:])
+
+
 def test_a_kept_context_continues_only_the_history_it_was_built_from() -> None:
     values = seasonal_series(seed=3)[:600]
     rows = telemetry({"api": values})

@@ -438,6 +438,35 @@ def test_concurrent_publishes_get_distinct_versions(tmp_path: Path) -> None:
 # ---- anomalies, explanations -------------------------------------------------------------------
 
 
+def test_scores_of_many_services_are_stored_all_or_none_and_their_latest_read_at_once(
+    tmp_path: Path,
+) -> None:
+    store = ScheduleStore(f"sqlite:///{tmp_path / 'store.db'}")
+    step = timedelta(minutes=5)
+    points = {
+        service: [
+            {"ts": NOW + k * step, "score": 0.1 * k, "is_anomaly": False} for k in range(count)
+        ]
+        for service, count in (("checkout", 3), ("search", 5), ("ads", 0))
+    }
+    assert store.record_anomalies_of(points) == 8
+    assert store.last_scored(["checkout", "search", "ads", "absent"], NOW, NOW + 4 * step) == {
+        "checkout": NOW + 2 * step,
+        "search": NOW + 3 * step,
+    }
+    assert store.last_scored(["search"], NOW + 5 * step, NOW + 9 * step) == {}
+    broken = {
+        "checkout": [{"ts": NOW + 9 * step, "score": 1.0, "is_anomaly": True}],
+        "search": [{"ts": NOW + 9 * step, "score": 1.0}],
+    }
+    with pytest.raises(ValueError, match="record 0 of 'search' lacks"):
+        store.record_anomalies_of(broken)
+    assert store.last_scored(["checkout"], NOW, NOW + 10 * step) == {"checkout": NOW + 2 * step}
+    assert store.record_anomalies_of({"checkout": [{**points["checkout"][0], "score": 7.0}]}) == 1
+    assert [a.score for a in store.anomalies("checkout")] == [7.0, 0.1, 0.2]
+    store.dispose()
+
+
 def test_anomalies_and_explanations_routes(client: TestClient, app: FastAPI) -> None:
     assert publish(client, "checkout", schedule_body(NOW, [3])).status_code == 201
     store: ScheduleStore = app.state.store
