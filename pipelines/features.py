@@ -30,7 +30,6 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import yaml
@@ -501,9 +500,16 @@ def model_inputs(
 ) -> pd.DataFrame:
     """The forecasters' input series for every step of ``[start, end)``, read from Feast.
 
-    The value of the step ``[ts, ts + step)`` is the step aggregate Feast serves at the step's
-    end (a point-in-time join of the entity rows ``(service, ts + step)``), so it uses telemetry
-    of that step only and a row never sees later data. Training and publishing both call this.
+    The value of the step ``[ts, ts + step)`` is the step aggregate Feast holds stamped at the
+    step's end, so it uses telemetry of that step only and a row never sees later data.
+    Training, publishing and the anomaly stage all call this.
+
+    The rows are read with the offline store's range scan (``pull_all_from_table_or_query``),
+    linear in the rows of the window, not with a point-in-time join of an entity row per
+    service and step. Both give the same rows: with ``service_5min``'s one-second TTL the join
+    serves exactly the row stamped at the step's end, and the offline source holds one row per
+    service and step end (:func:`update_offline_features`); a row off the step grid, which the
+    join would not serve either, is left out (ADR 0004).
 
     Args:
         settings: Runtime settings.
@@ -518,30 +524,37 @@ def model_inputs(
     Raises:
         ValueError: If ``services`` is empty or the window holds no step.
     """
+    from feast.infra.offline_stores.offline_utils import get_offline_store_from_config
+
     if not services:
         raise ValueError("model_inputs needs at least one service")
     step = pd.Timedelta(minutes=settings.step_minutes)
     first_step, end_utc = utc_timestamp(start).ceil(step), utc_timestamp(end)
     if first_step + step > end_utc:
         raise ValueError(f"window [{start}, {end}) holds no {settings.step_minutes}-minute step")
-    ends = pd.date_range(first_step + step, end_utc, freq=step, inclusive="both")
-    names = np.asarray([str(s) for s in services], dtype=object)
-    entities = pd.DataFrame(
-        {
-            SERVICE: np.repeat(names, len(ends)),
-            EVENT_TIMESTAMP: pd.DatetimeIndex(np.tile(ends.tz_convert(None).to_numpy(), len(names)))
-            .tz_localize("UTC")
-            .astype(TS_DTYPE),
-        }
-    )
     feature = input_feature(settings)
     store = feature_store(settings)
-    frame = store.get_historical_features(
-        entity_df=entities, features=[f"{STEP_VIEW}:{feature}"]
-    ).to_df()
-    # The TTL is one step: a served row older than the entity's step is another step's value.
-    frame = frame.dropna(subset=[feature])
-    stamps = pd.to_datetime(frame[EVENT_TIMESTAMP], utc=True)
+    view = store.get_feature_view(STEP_VIEW)
+    source = view.batch_source
+    frame = (
+        get_offline_store_from_config(store.config.offline_store)
+        .pull_all_from_table_or_query(
+            config=store.config,
+            data_source=source,
+            join_key_columns=[SERVICE],
+            feature_name_columns=[feature],
+            timestamp_field=source.timestamp_field,
+            created_timestamp_column=source.created_timestamp_column or None,
+            start_date=(first_step + step).to_pydatetime(),
+            end_date=end_utc.to_pydatetime(),
+        )
+        .to_df()
+    )
+    stamps = pd.to_datetime(frame[source.timestamp_field], utc=True)
+    wanted = frame[SERVICE].astype(str).isin({str(s) for s in services})
+    on_grid = ((stamps - first_step) % step) == pd.Timedelta(0)
+    frame = frame[wanted & on_grid & frame[feature].notna()]
+    stamps = stamps[frame.index]
     out = pd.DataFrame(
         {
             SERVICE: frame[SERVICE].astype(str),
@@ -549,6 +562,7 @@ def model_inputs(
             REQUESTS: frame[feature].astype(float),
         }
     )
+    out = out.drop_duplicates([SERVICE, TS], keep="last")
     return out.sort_values([SERVICE, TS], ignore_index=True)
 
 

@@ -212,6 +212,56 @@ def test_model_inputs_are_point_in_time_correct(applied: tuple[Settings, list[st
     assert early["ts"].max() == cut - STEP
 
 
+def _point_in_time_inputs(
+    settings: Settings, services: list[str], start: pd.Timestamp, end: pd.Timestamp
+) -> pd.DataFrame:
+    """The reference: Feast's point-in-time join of an entity row per service and step end."""
+    first = start.ceil(STEP)
+    ends = pd.date_range(first + STEP, end, freq=STEP, inclusive="both")
+    entities = pd.DataFrame(
+        [(service, stamp) for service in services for stamp in ends],
+        columns=["service", "event_timestamp"],
+    )
+    joined = (
+        feature_store(settings)
+        .get_historical_features(entity_df=entities, features=["service_5min:requests_mean"])
+        .to_df()
+        .dropna(subset=["requests_mean"])
+    )
+    out = pd.DataFrame(
+        {
+            "service": joined["service"].astype(str),
+            "ts": (pd.to_datetime(joined["event_timestamp"], utc=True) - STEP).astype(
+                "datetime64[us, UTC]"
+            ),
+            "requests": joined["requests_mean"].astype(float),
+        }
+    )
+    return out.sort_values(["service", "ts"], ignore_index=True)
+
+
+def test_model_inputs_are_the_rows_feasts_point_in_time_join_serves(tmp_path: Path) -> None:
+    settings, services = fleet_home(tmp_path / "home")
+    folder = offline_source_path(settings)
+    for path in sorted(folder.glob("*.parquet")):  # service 1 loses an hour of steps
+        day = pd.read_parquet(path)
+        hole = day["event_timestamp"].between(
+            END - pd.Timedelta(hours=3), END - pd.Timedelta(hours=2), inclusive="left"
+        )
+        day[~hole | (day["service"] != services[1])].to_parquet(path)
+    off_grid = day.iloc[[0]].assign(  # 2 minutes after a step end: no step's value
+        event_timestamp=END - pd.Timedelta(hours=5) + pd.Timedelta(minutes=2), requests_mean=1e9
+    )
+    off_grid.to_parquet(folder / "late-row.parquet")
+    apply_features(settings)
+    start = END - pd.Timedelta(hours=6, minutes=2)  # mid-step: rounded up to the grid
+    for chosen in (services, services[1:]):
+        inputs = model_inputs(settings, chosen, start, END)
+        pd.testing.assert_frame_equal(inputs, _point_in_time_inputs(settings, chosen, start, END))
+        assert inputs["requests"].max() < 1e9
+    assert len(inputs) == 2 * 72 - 12  # service 1's hour without rows is left out, not filled
+
+
 def test_a_step_without_telemetry_has_no_input_value(tmp_path: Path) -> None:
     settings = get_settings(home=tmp_path / "home")
     fleet = generate_fleet(1, 1, step_minutes=1, seed=3, end=END)
