@@ -524,6 +524,8 @@ def model_inputs(
     Raises:
         ValueError: If ``services`` is empty or the window holds no step.
     """
+    import pyarrow as pa
+    import pyarrow.compute as pc
     from feast.infra.offline_stores.offline_utils import get_offline_store_from_config
 
     if not services:
@@ -536,7 +538,7 @@ def model_inputs(
     store = feature_store(settings)
     view = store.get_feature_view(STEP_VIEW)
     source = view.batch_source
-    frame = (
+    table = (
         get_offline_store_from_config(store.config.offline_store)
         .pull_all_from_table_or_query(
             config=store.config,
@@ -548,12 +550,15 @@ def model_inputs(
             start_date=(first_step + step).to_pydatetime(),
             end_date=end_utc.to_pydatetime(),
         )
-        .to_df()
+        .to_arrow()
     )
+    # The scan holds every service's rows of the window: keep the asked ones before pandas.
+    asked = pa.array(sorted({str(s) for s in services}), type=pa.string())
+    table = table.filter(pc.is_in(table[SERVICE].cast(pa.string()), value_set=asked))
+    frame = table.to_pandas()
     stamps = pd.to_datetime(frame[source.timestamp_field], utc=True)
-    wanted = frame[SERVICE].astype(str).isin({str(s) for s in services})
     on_grid = ((stamps - first_step) % step) == pd.Timedelta(0)
-    frame = frame[wanted & on_grid & frame[feature].notna()]
+    frame = frame[on_grid & frame[feature].notna()]
     stamps = stamps[frame.index]
     out = pd.DataFrame(
         {
