@@ -102,6 +102,9 @@ def forecast_shard(
     ``not_trained`` in the training summary) is skipped with a log line; the serving API serves
     it the reactive floor and says why.
 
+    Services whose champions are the same fitted model (a shard's global model) are forecast in
+    one call: a forecaster forecasts each service from that service's own history only.
+
     Args:
         settings: Runtime settings.
         services: The shard's services.
@@ -135,18 +138,27 @@ def forecast_shard(
     drivers: dict[str, dict] = {}
     history = recent_history(settings, list(ready), origin) if ready else pd.DataFrame()
     own_history = by_service(history) if ready else {}
+    for service in ready:
+        if service not in own_history:
+            raise ValueError(
+                f"service {service!r} has no telemetry in the "
+                f"{HISTORY_DAYS_FOR_FORECAST} days before {origin}"
+            )
     with forecasters_shared():
-        for service, version in ready.items():
-            own = own_history.get(service, history.iloc[0:0])
-            if own.empty:
-                raise ValueError(
-                    f"service {service!r} has no telemetry in the "
-                    f"{HISTORY_DAYS_FOR_FORECAST} days before {origin}"
-                )
-            model = load_forecaster(version)
-            forecast = model.predict(horizon, quantiles, history=own)
-            drivers[service] = peak_drivers(model, own, forecast)
-            frames.append(forecast.assign(model_version=version.label))
+        models = {service: load_forecaster(version) for service, version in ready.items()}
+        sharing: dict[int, list[str]] = {}  # services whose champions are one loaded model
+        for service, model in models.items():
+            sharing.setdefault(id(model), []).append(service)
+        for group in sharing.values():
+            model = models[group[0]]
+            together = pd.concat([own_history[service] for service in group], ignore_index=True)
+            own_forecast = by_service(model.predict(horizon, quantiles, history=together))
+            for service in group:
+                forecast = own_forecast.get(service)
+                if forecast is None:
+                    raise ValueError(f"the champion {ready[service].label} forecast no step")
+                drivers[service] = peak_drivers(model, own_history[service], forecast)
+                frames.append(forecast.assign(model_version=ready[service].label))
     out = path_under(_run_dir(settings, "forecasts", origin), f"{services[0]}.parquet")
     frame = pd.concat(frames, ignore_index=True) if frames else empty_forecast(quantiles)
     write_parquet_atomically(frame, out, {PEAK_DRIVERS_KEY: json.dumps(drivers)})

@@ -825,3 +825,21 @@ def test_an_ensemble_fitted_on_too_short_a_history_forecasts_seasonal_naive() ->
     naive = SeasonalNaiveForecaster().fit(history).predict(12, (0.5, 0.9))
     assert len(forecast) == 12
     assert np.allclose(forecast["p50"], naive["p50"])
+
+
+@pytest.mark.parametrize("family", ["lightgbm", "ensemble", "naive", "holt_winters"])
+def test_a_services_forecast_depends_on_its_own_history_only(family: str) -> None:
+    """What lets publication forecast a shard's services in one call per shared model."""
+    from core.params import section
+    from core.settings import REPO_ROOT
+    from models.catalog import forecaster_factory
+
+    shipped = section(REPO_ROOT / "params.yaml", "training")["model_params"].get(family, {})
+    fleet = synthetic_fleet(days=16)
+    model = forecaster_factory(family, shipped, (0.5, 0.9))().fit(fleet)
+    fresh = synthetic_fleet(days=18, seed=3)
+    together = model.predict(SEASON, (0.5, 0.9), history=fresh)
+    for service, own in fresh.groupby("service"):
+        alone = model.predict(SEASON, (0.5, 0.9), history=own)
+        mine = together[together["service"] == service].reset_index(drop=True)
+        pd.testing.assert_frame_equal(mine, alone.reset_index(drop=True))
