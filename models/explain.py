@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from core.schema import SERVICE, TS
+from core.schema import SERVICE, TS, by_service
 from models.base import Forecaster
 
 TOP_DRIVERS = 3
@@ -168,26 +168,41 @@ def _log_lightgbm_summary(model: Any, history: pd.DataFrame) -> None:
 
 
 def _lightgbm_drivers(
-    model: Any, history: pd.DataFrame, peaks: pd.DataFrame, quantile: float
-) -> list[list[tuple[str, float]]]:
-    horizon = int((peaks[TS].max() - history[TS].max()) / model.step_) + 1
+    model: Any, histories: dict[str, pd.DataFrame], peaks: dict[str, pd.DataFrame], quantile: float
+) -> dict[str, list[list[tuple[str, float]]]]:
+    """Each service's top SHAP contributions at its peak steps, from one design matrix and one
+    SHAP call for all the services (a row's features and contributions are its own)."""
+    services = list(peaks)
+    history = pd.concat([histories[service] for service in services], ignore_index=True)
+    horizon = max(
+        int((peaks[service][TS].max() - histories[service][TS].max()) / model.step_) + 1
+        for service in services
+    )
     keys, features = lightgbm_forecast_features(model, max(horizon, 1), history)
-    index = keys.reset_index().merge(peaks[[SERVICE, TS]], on=[SERVICE, TS])["index"].to_numpy()
-    values, expected = shap_values(model, features[index], quantile)
+    wanted = pd.concat([peaks[service][[SERVICE, TS]] for service in services], ignore_index=True)
+    located = wanted.merge(keys.reset_index(), on=[SERVICE, TS], how="left")["index"]
+    if located.isna().any():
+        raise ValueError("a peak step is not a step of the model's forecast")
+    rows = features[located.to_numpy(dtype=int)]
+    values, expected = shap_values(model, rows, quantile)
     # The model output (in units of the service's recent level) is expected + sum(values), plus
     # the model's anchor if it corrects one; contributions are shown as a share of that forecast.
-    anchor = model._anchor(features[index]) if hasattr(model, "_anchor") else 0.0
+    anchor = model._anchor(rows) if hasattr(model, "_anchor") else 0.0
     totals = np.abs(expected + values.sum(axis=1) + anchor)
-    out = []
-    for row, contributions, total in zip(features[index], values, totals, strict=True):
+    effects = []
+    for row, contributions, total in zip(rows, values, totals, strict=True):
         order = np.argsort(-np.abs(contributions))[:TOP_DRIVERS]
         scale = total if total > 1e-9 else 1.0
-        out.append(
+        effects.append(
             [
                 (feature_label(model.feature_names_[i], row[i]), 100.0 * contributions[i] / scale)
                 for i in order
             ]
         )
+    out, first = {}, 0
+    for service in services:
+        out[service] = effects[first : first + len(peaks[service])]
+        first += len(peaks[service])
     return out
 
 
@@ -295,67 +310,105 @@ def peak_drivers(
     forecast: pd.DataFrame,
     n_peaks: int = 3,
     quantile: float = 0.9,
-) -> dict[str, Any]:
-    """What pushed one service's forecast up or down at its peak steps.
+) -> dict[str, dict[str, Any]]:
+    """What pushed each service's forecast up or down at its peak steps.
 
     Computed where the model and its history are at hand (the forecast's issue), and put in
-    words with the replicas later (:func:`explanation_in_words`).
+    words with the replicas later (:func:`explanation_in_words`). Services forecast by one
+    LightGBM model are explained from one design matrix and one SHAP call.
 
     Args:
         model: The forecaster that made the forecast.
-        history: The history the forecast was made from (one service).
-        forecast: The service's forecast: ``service, ts`` and ``p90`` (the peaks are its highest
-            steps; the earliest steps when it has no ``p90``).
-        n_peaks: How many peak steps to explain (at least two hours apart, highest first).
+        history: The history the forecast was made from (long format, the forecast's services).
+        forecast: The forecast: ``service, ts`` and ``p90`` (each service's peaks are its
+            highest steps; the earliest steps when there is no ``p90``).
+        n_peaks: How many peak steps to explain per service (at least two hours apart).
         quantile: The forecast quantile the schedule is sized on.
 
     Returns:
-        ``{"family", "basis", "peaks": [{"ts", "effects": [[input, percent], ...]}]}``, plain
-        JSON types, peaks in time order.
+        Service -> ``{"family", "basis", "peaks": [{"ts", "effects": [[input, percent], ...]}]}``
+        in plain JSON types, peaks in time order.
     """
+    peaks = {service: _peak_steps(rows, n_peaks) for service, rows in by_service(forecast).items()}
+    return _drivers(model, by_service(history), peaks, quantile)
+
+
+def _peak_steps(forecast: pd.DataFrame, n_peaks: int) -> pd.DataFrame:
+    """One service's highest ``p90`` steps, at least :data:`PEAK_SPACING` apart, in time order."""
     ranking = forecast.assign(_peak=forecast.get("p90", np.nan))
     ranked = ranking.sort_values(["_peak", TS], ascending=[False, True])
     chosen: list[int] = []
-    for index, ts in ranked[TS].items():  # distinct peaks: at least PEAK_SPACING apart
+    for index, ts in ranked[TS].items():
         if all(abs(ts - ranked.at[other, TS]) >= PEAK_SPACING for other in chosen):
             chosen.append(index)
         if len(chosen) == n_peaks:
             break
-    ranked = ranked.loc[chosen].sort_values(TS)
+    return ranked.loc[chosen].sort_values(TS)
+
+
+def _drivers(
+    model: Forecaster,
+    histories: dict[str, pd.DataFrame],
+    peaks: dict[str, pd.DataFrame],
+    quantile: float,
+) -> dict[str, dict[str, Any]]:
+    """:func:`peak_drivers` of the chosen peak steps, per service."""
     if model.name == "ensemble":
-        services = forecast[SERVICE].astype(str).unique()
-        leading = model.leading_member(str(services[0])) if len(services) else None  # type: ignore[attr-defined]
-        if leading is not None and leading[1].name in ("lightgbm", "prophet", "holt_winters"):
-            inner = peak_drivers(leading[1], history, forecast, n_peaks, quantile)
-            inner["family"] = model.name
-            inner["basis"] = f"ensemble member {leading[0]!r}: {inner['basis']}"
-            return inner
+        out: dict[str, dict[str, Any]] = {}
+        by_member: dict[str, tuple[Forecaster, list[str]]] = {}
+        for service, rows in peaks.items():
+            leading = model.leading_member(service)  # type: ignore[attr-defined]
+            if leading is not None and leading[1].name in ("lightgbm", "prophet", "holt_winters"):
+                by_member.setdefault(leading[0], (leading[1], []))[1].append(service)
+            else:
+                out[service] = _document(
+                    model.name,
+                    "the ensemble forecasts this service by seasonal naive (its guard, or a short "
+                    "history): it repeats the same time of the previous day",
+                    rows,
+                    [[("same time yesterday", 0.0)]] * len(rows),
+                )
+        for name, (member, services) in by_member.items():
+            inner = _drivers(member, histories, {s: peaks[s] for s in services}, quantile)
+            for service, document in inner.items():
+                basis = f"ensemble member {name!r}: {document['basis']}"
+                out[service] = {**document, "family": model.name, "basis": basis}
+        return out
+    effects: dict[str, list[list[tuple[str, float]]]]
     if model.name == "lightgbm":
-        drivers = _lightgbm_drivers(model, history, ranked, quantile)
+        effects = _lightgbm_drivers(model, histories, peaks, quantile)
         basis = "SHAP contributions relative to the model's baseline"
     elif model.name == "prophet":
-        drivers = _prophet_drivers(model, ranked)
+        effects = {service: _prophet_drivers(model, rows) for service, rows in peaks.items()}
         basis = "Prophet components relative to the trend"
     elif model.name == "holt_winters":
-        drivers = _holt_winters_drivers(model, history, ranked)
+        effects = {
+            service: _holt_winters_drivers(model, histories[service], rows)
+            for service, rows in peaks.items()
+        }
         basis = "Holt-Winters seasonal components relative to the smoothed level"
     else:
-        drivers = [[("same time yesterday", 0.0)] for _ in range(len(ranked))]
-        basis = (
-            f"{model.name} repeats the same time of the previous day"
-            if model.name != "ensemble"
-            else "the ensemble forecasts this service by seasonal naive (its guard, or a short "
-            "history): it repeats the same time of the previous day"
-        )
+        effects = {s: [[("same time yesterday", 0.0)]] * len(rows) for s, rows in peaks.items()}
+        basis = f"{model.name} repeats the same time of the previous day"
     return {
-        "family": model.name,
+        service: _document(model.name, basis, rows, effects[service])
+        for service, rows in peaks.items()
+    }
+
+
+def _document(
+    family: str, basis: str, peaks: pd.DataFrame, effects: list[list[tuple[str, float]]]
+) -> dict[str, Any]:
+    """One service's drivers document: its peak steps' effects in plain JSON types."""
+    return {
+        "family": family,
         "basis": basis,
         "peaks": [
             {
                 "ts": ts.isoformat(),
-                "effects": [[str(label), float(effect)] for label, effect in effects],
+                "effects": [[str(label), float(effect)] for label, effect in drivers],
             }
-            for ts, effects in zip(ranked[TS], drivers, strict=True)
+            for ts, drivers in zip(peaks[TS], effects, strict=True)
         ],
     }
 
@@ -426,5 +479,6 @@ def explain_peaks(
         "text"}]}``.
     """
     forecast = schedule[[SERVICE, TS]].assign(p90=schedule.get("forecast_p90", np.nan))
-    drivers = peak_drivers(model, history, forecast, n_peaks, quantile)
+    service = str(schedule[SERVICE].iloc[0])
+    drivers = peak_drivers(model, history, forecast, n_peaks, quantile)[service]
     return explanation_in_words(drivers, schedule)

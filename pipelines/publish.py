@@ -152,13 +152,13 @@ def forecast_shard(
         for group in sharing.values():
             model = models[group[0]]
             together = pd.concat([own_history[service] for service in group], ignore_index=True)
-            own_forecast = by_service(model.predict(horizon, quantiles, history=together))
+            forecast = model.predict(horizon, quantiles, history=together)
+            own_forecast = by_service(forecast)
             for service in group:
-                forecast = own_forecast.get(service)
-                if forecast is None:
+                if service not in own_forecast:
                     raise ValueError(f"the champion {ready[service].label} forecast no step")
-                drivers[service] = peak_drivers(model, own_history[service], forecast)
-                frames.append(forecast.assign(model_version=ready[service].label))
+                frames.append(own_forecast[service].assign(model_version=ready[service].label))
+            drivers.update(peak_drivers(model, together, forecast))
     out = path_under(_run_dir(settings, "forecasts", origin), f"{services[0]}.parquet")
     frame = pd.concat(frames, ignore_index=True) if frames else empty_forecast(quantiles)
     write_parquet_atomically(frame, out, {PEAK_DRIVERS_KEY: json.dumps(drivers)})
@@ -562,7 +562,7 @@ def explain_schedule(
 
         history = recent_history(settings, [service], schedule[TS].min())
         forecast = schedule[[SERVICE, TS]].assign(p90=schedule["forecast_p90"])
-        drivers = peak_drivers(load_version(label), history, forecast)
+        drivers = peak_drivers(load_version(label), history, forecast)[service]
     return {
         "service": service,
         "model_version": label,

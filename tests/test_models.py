@@ -843,3 +843,22 @@ def test_a_services_forecast_depends_on_its_own_history_only(family: str) -> Non
         alone = model.predict(SEASON, (0.5, 0.9), history=own)
         mine = together[together["service"] == service].reset_index(drop=True)
         pd.testing.assert_frame_equal(mine, alone.reset_index(drop=True))
+
+
+@pytest.mark.parametrize("family", ["lightgbm", "ensemble", "holt_winters"])
+def test_peak_drivers_of_many_services_equal_each_services_own(family: str) -> None:
+    from core.params import section
+    from core.settings import REPO_ROOT
+    from models.catalog import forecaster_factory
+    from models.explain import peak_drivers
+
+    shipped = section(REPO_ROOT / "params.yaml", "training")["model_params"].get(family, {})
+    model = forecaster_factory(family, shipped, (0.5, 0.9))().fit(synthetic_fleet(days=16))
+    fresh = synthetic_fleet(days=18, seed=3)
+    forecast = model.predict(SEASON, (0.5, 0.9), history=fresh)
+    together = peak_drivers(model, fresh, forecast)
+    assert set(together) == set(fresh["service"])
+    for service, own in fresh.groupby("service"):
+        alone = peak_drivers(model, own, forecast[forecast["service"] == service])
+        assert together[service] == alone[service]
+        assert len(alone[service]["peaks"]) == 3 and alone[service]["peaks"][0]["effects"]
