@@ -113,7 +113,7 @@ def forecast_shard(
     Returns:
         Path of a Parquet file: ``service, ts, p50, p90, ..., model_version`` (no rows, same
         columns, when no service of the shard has a champion); its metadata holds each
-        service's :func:`models.explain.peak_drivers` (:func:`peak_drivers_of`).
+        service's :func:`models.explain.peak_drivers` (:func:`recorded_peak_drivers`).
 
     Raises:
         ValueError: If the shard is empty, a service name is invalid, or a service with a
@@ -165,7 +165,7 @@ def forecast_shard(
     return out
 
 
-def peak_drivers_of(path: Path) -> dict[str, dict]:
+def recorded_peak_drivers(path: Path) -> dict[str, dict]:
     """The peaks' drivers a forecast or schedules file carries, per service.
 
     Args:
@@ -374,7 +374,7 @@ def build_schedules(settings: Settings, forecast_path: Path | str) -> Path:
     write_parquet_atomically(
         pd.concat(frames, ignore_index=True) if frames else empty_schedules(),
         path,
-        {PEAK_DRIVERS_KEY: json.dumps(peak_drivers_of(forecast_path))},
+        {PEAK_DRIVERS_KEY: json.dumps(recorded_peak_drivers(forecast_path))},
     )
     return path
 
@@ -457,7 +457,7 @@ def publish_schedules(
     configure_mlflow(settings)
     bodies: dict[str, SchedulePublish] = {}
     explanations: dict[str, dict] = {}
-    drivers = peak_drivers_of(schedules_path)
+    drivers = recorded_peak_drivers(schedules_path)
     with forecasters_shared():
         for service, rows in schedules.groupby(SERVICE, sort=True):
             name = str(service)
@@ -553,7 +553,7 @@ def explain_schedule(
     Returns:
         The explanation document served at ``/v1/services/{service}/explanation``.
     """
-    from models.explain import explanation_in_words
+    from models.explain import explain_peaks, explanation_in_words
 
     label = str(schedule["model_version"].iloc[0])
     service = str(schedule[SERVICE].iloc[0])
@@ -561,13 +561,14 @@ def explain_schedule(
         from models.registry import load_version
 
         history = recent_history(settings, [service], schedule[TS].min())
-        forecast = schedule[[SERVICE, TS]].assign(p90=schedule["forecast_p90"])
-        drivers = peak_drivers(load_version(label), history, forecast)[service]
+        document = explain_peaks(load_version(label), history, schedule)
+    else:
+        document = explanation_in_words(drivers, schedule)
     return {
         "service": service,
         "model_version": label,
         "sizing": sizing_in_words(schedule),
-        **explanation_in_words(drivers, schedule),
+        **document,
     }
 
 

@@ -106,15 +106,15 @@ def test_the_published_schedule_comes_with_an_explanation_in_words(pipeline_home
 def test_explanations_recorded_at_the_forecast_equal_those_found_again_at_publication(
     pipeline_home, tmp_path
 ) -> None:
-    from pipelines.publish import explain_schedule, peak_drivers_of
+    from pipelines.publish import explain_schedule, recorded_peak_drivers
 
     settings, summaries = pipeline_home
     configure_mlflow(settings)
     (path,) = sorted((settings.artifacts_dir / "schedules").glob("*/*.parquet"))
     schedules = pd.read_parquet(path)
-    recorded = peak_drivers_of(path)
+    recorded = recorded_peak_drivers(path)
     (forecast_path,) = sorted((settings.artifacts_dir / "forecasts").glob("*/*.parquet"))
-    assert peak_drivers_of(forecast_path) == recorded
+    assert recorded_peak_drivers(forecast_path) == recorded
     assert set(recorded) == {summary.service for summary in summaries}
     store = ScheduleStore(settings.schedule_db)
     for summary in summaries:
@@ -127,7 +127,7 @@ def test_explanations_recorded_at_the_forecast_equal_those_found_again_at_public
         )
     store.dispose()
     schedules.to_parquet(tmp_path / "written-without-drivers.parquet")
-    assert peak_drivers_of(tmp_path / "written-without-drivers.parquet") == {}
+    assert recorded_peak_drivers(tmp_path / "written-without-drivers.parquet") == {}
 
 
 def test_the_champion_forecasts_from_fresh_history(pipeline_home) -> None:
