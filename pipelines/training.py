@@ -397,9 +397,9 @@ def train_shard(
         own_history, own_flagged = by_service(history), by_service(flagged)
         own_forecasts = {family: by_service(frame) for family, (frame, _) in backtests.items()}
         with forecasters_shared():  # previous champions shared by several services load once
-            for service in services:
-                if service in choice.cold:
-                    continue
+            trained = [service for service in services if service not in choice.cold]
+            champion_errors = _champion_errors(trained, own_history, config)
+            for service in trained:
                 family = str(best_family[service])
                 forecasts = own_forecasts[family].get(service, backtests[family][0].iloc[0:0])
                 results.append(
@@ -413,6 +413,7 @@ def train_shard(
                         forecasts,
                         own_history.get(service, history.iloc[0:0]),
                         config,
+                        champion_errors.get(service),
                         reason,
                         parent.info.run_id,
                         flagged_points(
@@ -457,12 +458,14 @@ def _register_service(
     own: pd.DataFrame,
     own_history: pd.DataFrame,
     config: TrainingConfig,
+    champion_error: float | None,
     reason: str,
     parent_run_id: str,
     anomalies: pd.DataFrame,
 ) -> ServiceResult:
     """Log, register and maybe promote one service's model; ``own`` and ``own_history`` are
-    that service's backtest forecasts and training window."""
+    that service's backtest forecasts and training window, ``champion_error`` its champion's
+    backtest error (``None`` without a champion)."""
     scores = score_forecasts(own, config.quantiles)
     error = float(scores[ERROR_METRIC].mean())
     with mlflow.start_run(run_name=service, nested=True, parent_run_id=parent_run_id) as run:
@@ -483,12 +486,6 @@ def _register_service(
         mlflow.log_text(own.to_csv(index=False), "backtest_forecasts.csv")
         _log_explanation(model, own_history)
         candidate = register_forecaster(model_uri, service, model.name, error)
-        current = champion(service)
-        champion_error = (
-            None
-            if current is None
-            else champion_backtest_error(load_forecaster(current), own_history, config)
-        )
         promoted = promotes(error, champion_error)
         if promoted:
             promote(candidate)
@@ -518,10 +515,31 @@ def _register_service(
     )
 
 
+def _champion_errors(
+    services: Sequence[str], own_history: dict[str, pd.DataFrame], config: TrainingConfig
+) -> dict[str, float]:
+    """The backtest errors of the services' champions (services without one are left out);
+    services whose champions are one loaded model are backtested together."""
+    models: dict[str, Forecaster] = {}
+    for service in services:
+        current = champion(service)
+        if current is not None:
+            models[service] = load_forecaster(current)
+    sharing: dict[int, list[str]] = {}
+    for service, model in models.items():
+        sharing.setdefault(id(model), []).append(service)
+    errors: dict[str, float] = {}
+    for group in sharing.values():
+        histories = {service: own_history[service] for service in group}
+        errors.update(champion_backtest_errors(models[group[0]], histories, config))
+    return errors
+
+
 def champion_backtest_error(
     model: Forecaster, history: pd.DataFrame, config: TrainingConfig
 ) -> float:
-    """Backtest error of the model in service on the same folds, forecasting from each origin.
+    """Backtest error of the model in service on one service's folds (see
+    :func:`champion_backtest_errors`).
 
     Args:
         model: The champion (fitted earlier, not refitted here).
@@ -534,27 +552,66 @@ def champion_backtest_error(
     Raises:
         ValueError: If the champion forecasts no step of a fold.
     """
-    splits = rolling_origin_splits(history, config.backtest_folds, config.horizon_steps)
-    season = 24 * 60 // int(infer_step(history).total_seconds() // 60)
-    values = []
-    for train_end, test_start, test_end in splits:
-        past = history[history[TS] <= train_end]
-        actual = history[(history[TS] >= test_start) & (history[TS] <= test_end)]
-        forecast = model.predict(config.horizon_steps, quantiles=(0.5,), history=past)
-        joined = forecast.merge(actual, on=[SERVICE, TS], how="inner")
-        if joined.empty:
-            raise ValueError(
-                f"champion {type(model).__name__} forecast no step of the fold "
-                f"{test_start}..{test_end}"
+    service = str(history[SERVICE].iloc[0])
+    return champion_backtest_errors(model, {service: history}, config)[service]
+
+
+def champion_backtest_errors(
+    model: Forecaster, histories: dict[str, pd.DataFrame], config: TrainingConfig
+) -> dict[str, float]:
+    """Backtest error of the model in service on each service's folds, forecasting from each
+    origin.
+
+    Services with the same folds are forecast in one call per fold: a forecast depends on the
+    service's own history only.
+
+    Args:
+        model: The champion (fitted earlier, not refitted here).
+        histories: Service -> its training window.
+        config: The training section (folds and horizon).
+
+    Returns:
+        Service -> the mean relative MAE over its folds.
+
+    Raises:
+        ValueError: If the champion forecasts no step of a service's fold (names it).
+    """
+    by_folds: dict[tuple, list[str]] = {}
+    for service, history in histories.items():
+        splits = rolling_origin_splits(history, config.backtest_folds, config.horizon_steps)
+        by_folds.setdefault(tuple(splits), []).append(service)
+    values: dict[str, list[float]] = {service: [] for service in histories}
+    for splits, services in by_folds.items():
+        for train_end, test_start, test_end in splits:
+            pasts = {s: histories[s][histories[s][TS] <= train_end] for s in services}
+            together = pd.concat(pasts.values(), ignore_index=True)
+            forecasts = by_service(
+                model.predict(config.horizon_steps, quantiles=(0.5,), history=together)
             )
-        naive = past[TARGET].to_numpy(float)[-season:]
-        naive = np.resize(naive, len(joined))
-        values.append(
-            relative_mae(
-                joined[TARGET].to_numpy(float), joined[quantile_column(0.5)].to_numpy(float), naive
-            )
-        )
-    return float(np.mean(values))
+            for service in services:
+                history = histories[service]
+                actual = history[(history[TS] >= test_start) & (history[TS] <= test_end)]
+                forecast = forecasts.get(service)
+                joined = (
+                    forecast.merge(actual, on=[SERVICE, TS], how="inner")
+                    if forecast is not None
+                    else actual.iloc[0:0]
+                )
+                if joined.empty:
+                    raise ValueError(
+                        f"champion {type(model).__name__} forecast no step of {service!r}'s "
+                        f"fold {test_start}..{test_end}"
+                    )
+                season = 24 * 60 // int(infer_step(history).total_seconds() // 60)
+                naive = np.resize(pasts[service][TARGET].to_numpy(float)[-season:], len(joined))
+                values[service].append(
+                    relative_mae(
+                        joined[TARGET].to_numpy(float),
+                        joined[quantile_column(0.5)].to_numpy(float),
+                        naive,
+                    )
+                )
+    return {service: float(np.mean(errors)) for service, errors in values.items()}
 
 
 def _backtest_family(

@@ -165,6 +165,26 @@ def test_a_retrain_that_does_not_beat_the_champion_is_registered_but_not_promote
     assert int(row["version"]) == int(first["version"]) + 1
 
 
+def test_champions_backtested_together_score_as_each_alone(pipeline_home) -> None:
+    from models.catalog import forecaster_factory
+    from pipelines.features import model_inputs
+    from pipelines.training import (
+        TrainingConfig,
+        champion_backtest_error,
+        champion_backtest_errors,
+    )
+
+    settings, summaries = pipeline_home
+    config = TrainingConfig.from_params(settings)
+    services = [summary.service for summary in summaries]
+    history = model_inputs(settings, services, FIXED_END - pd.Timedelta(days=8), FIXED_END)
+    model = forecaster_factory("lightgbm", {"n_estimators": 20}, (0.5, 0.9))().fit(history)
+    own = {service: rows for service, rows in history.groupby(SERVICE)}
+    together = champion_backtest_errors(model, own, config)
+    assert together == {s: champion_backtest_error(model, own[s], config) for s in services}
+    assert all(0 < error < float("inf") for error in together.values())
+
+
 def test_a_shard_logs_each_fitted_model_once_and_registers_it_per_service(
     pipeline_home, tmp_path
 ) -> None:
