@@ -235,18 +235,8 @@ def _range_score(values: np.ndarray, settings: DetectorSettings, first: int = 0)
     outside = excess > settings.range_tolerance * spread
     outside[: settings.warmup] = False
     steps = np.abs(np.diff(values, prepend=values[0]))
-    # Row i's typical step is the median of the `history` steps before it: the rows from
-    # `first` on need the steps from `first - history` on only.
-    past = max(0, first - settings.history)
-    typical_step = np.zeros(n)
-    typical_step[past:] = (
-        pd.Series(steps[past:])
-        .rolling(settings.history, min_periods=1)
-        .median()
-        .shift(1)
-        .fillna(0.0)
-        .to_numpy()
-    )
+    typical_step = np.zeros(n)  # the median of the `history` steps before each row
+    typical_step[first:] = np.nan_to_num(_previous_median(steps, settings.history, first))
     full = settings.range_full_steps * typical_step
     share = np.divide(excess, full, out=np.ones(n), where=full > 0).clip(max=1.0)
     score = np.where(outside, settings.range_score * share, 0.0)
@@ -257,13 +247,18 @@ def _range_score(values: np.ndarray, settings: DetectorSettings, first: int = 0)
 def _event_size(values: np.ndarray, settings: DetectorSettings, first: int = 0) -> np.ndarray:
     """Absolute deviation of each value from the median of the previous ``embedding`` values,
     for the rows from ``first`` on (the array holds those rows only)."""
-    past = max(0, first - settings.embedding)
-    tail = values[past:]
-    baseline = (
-        pd.Series(tail).rolling(settings.embedding, min_periods=1).median().shift(1).to_numpy()
-    )
-    baseline[0] = tail[0]
-    return np.abs(tail - baseline)[first - past :]
+    baseline = _previous_median(values, settings.embedding, first)
+    if first == 0:
+        baseline[0] = values[0]
+    return np.abs(values[first:] - baseline)
+
+
+def _previous_median(values: np.ndarray, window: int, first: int) -> np.ndarray:
+    """For each row from ``first`` on, the median of the (up to) ``window`` values before it
+    (NaN for the first row), computed from row ``first - window`` on only."""
+    past = max(0, first - window)
+    medians = pd.Series(values[past:]).rolling(window, min_periods=1).median().shift(1)
+    return medians.to_numpy()[first - past :]
 
 
 def _damp_after_events(raw: np.ndarray, size: np.ndarray, refractory: int) -> np.ndarray:
@@ -332,7 +327,8 @@ def score_rows(
     A row's score needs the raw scores of the ``refractory`` rows before it, and each raw score
     the distances of the ``history`` rows before that: nearest-neighbour distances and ranks are
     computed for those rows only, and not at all where ``known`` holds them already (the
-    smoothing, range and event-size terms are vectorised over the whole series).
+    smoothing is vectorised over the whole series, the range and event-size terms over the rows
+    they are needed for).
 
     Args:
         values: The series, oldest first (see :func:`score_series`).

@@ -16,7 +16,7 @@ ignore it. Quantile columns are monotone (``p50 <= p90``) and non-negative.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import ClassVar, Self
 
@@ -100,3 +100,19 @@ def infer_step(history: pd.DataFrame) -> pd.Timedelta:
     if diffs.empty:
         raise ValueError("cannot infer the time step: no service has two or more rows")
     return pd.Timedelta(diffs.mode().iloc[0])
+
+
+def services_by_model(models: Mapping[str, Forecaster]) -> list[tuple[Forecaster, list[str]]]:
+    """Services grouped by the forecaster object they share (a shard's global model), in the
+    order first seen: the services one ``predict`` call can forecast together.
+
+    Args:
+        models: Service -> its loaded forecaster.
+
+    Returns:
+        ``(forecaster, services)`` pairs.
+    """
+    groups: dict[int, tuple[Forecaster, list[str]]] = {}
+    for service, model in models.items():
+        groups.setdefault(id(model), (model, []))[1].append(service)
+    return list(groups.values())

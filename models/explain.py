@@ -328,9 +328,18 @@ def peak_drivers(
     Returns:
         Service -> ``{"family", "basis", "peaks": [{"ts", "effects": [[input, percent], ...]}]}``
         in plain JSON types, peaks in time order.
+
+    Raises:
+        ValueError: If a service forecast by a LightGBM, Holt-Winters or ensemble model has no
+            rows in ``history``.
     """
     peaks = {service: _peak_steps(rows, n_peaks) for service, rows in by_service(forecast).items()}
-    return _drivers(model, by_service(history), peaks, quantile)
+    histories = by_service(history)
+    if model.name in ("lightgbm", "holt_winters", "ensemble"):
+        missing = sorted(set(peaks) - set(histories))
+        if missing:
+            raise ValueError(f"no history to explain the forecast of {missing} from")
+    return _drivers(model, histories, peaks, quantile)
 
 
 def _peak_steps(forecast: pd.DataFrame, n_peaks: int) -> pd.DataFrame:
@@ -422,17 +431,14 @@ def explanation_in_words(drivers: dict[str, Any], schedule: pd.DataFrame) -> dic
 
     Returns:
         ``{"family", "basis", "summary", "peaks": [{"ts", "replicas", "forecast", "drivers",
-        "text"}]}``.
-
-    Raises:
-        ValueError: If a peak's step is not in the schedule.
+        "text"}]}``; a peak whose step the schedule does not hold is left out.
     """
     steps = schedule.set_index(TS)
     peaks = []
     for peak in drivers["peaks"]:
         ts = pd.Timestamp(peak["ts"])
         if ts not in steps.index:
-            raise ValueError(f"the explained peak {peak['ts']} is not a step of the schedule")
+            continue
         step = steps.loc[ts]
         replicas = int(step["replicas"])
         words = ", ".join(f"{label} {effect:+.0f} %" for label, effect in peak["effects"])

@@ -291,7 +291,10 @@ def score_anomalies(
     context is missing, or does not end with that window of its stored telemetry row for row
     (a new champion, rows that changed in it), is scored after its last
     ``anomaly.context_days`` of telemetry instead; a change to older stored rows is not looked
-    for (their scores were given when they were new).
+    for (their scores were given when they were new). Each service's context is saved as it is
+    scored and the run's scores are stored at the end, in one transaction: a run that fails in
+    between leaves contexts ahead of the store, and the next run rebuilds those services from
+    their stored telemetry.
 
     Args:
         settings: Runtime settings.

@@ -522,7 +522,8 @@ def model_inputs(
         value (steps without telemetry are left out).
 
     Raises:
-        ValueError: If ``services`` is empty or the window holds no step.
+        ValueError: If ``services`` is empty, the window holds no step, or the offline source
+            holds two rows for one service and step.
     """
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -567,7 +568,14 @@ def model_inputs(
             REQUESTS: frame[feature].astype(float),
         }
     )
-    out = out.drop_duplicates([SERVICE, TS], keep="last")
+    doubled = out.duplicated([SERVICE, TS], keep=False)
+    if doubled.any():
+        first = out[doubled].iloc[0]
+        raise ValueError(
+            f"the offline source {offline_source_path(settings)} holds {int(doubled.sum())} rows "
+            f"for steps that must have one, e.g. {first[SERVICE]!r} at {first[TS] + step}: "
+            "rebuild it (forescale features update)"
+        )
     return out.sort_values([SERVICE, TS], ignore_index=True)
 
 

@@ -40,6 +40,7 @@ from core.schema import (
     write_parquet_atomically,
 )
 from core.settings import Settings
+from models.base import services_by_model
 from models.explain import peak_drivers
 from models.registry import champion, configure_mlflow, forecasters_shared, load_forecaster
 from pipelines.telemetry import resolve_as_of
@@ -116,8 +117,8 @@ def forecast_shard(
         service's :func:`models.explain.peak_drivers` (:func:`recorded_peak_drivers`).
 
     Raises:
-        ValueError: If the shard is empty, a service name is invalid, or a service with a
-            champion has no recent telemetry.
+        ValueError: If the shard is empty, a service name is invalid, a service with a
+            champion has no recent telemetry, or a champion forecasts no step of its service.
     """
     services = [validate_service_name(s) for s in services]
     if not services:
@@ -146,11 +147,7 @@ def forecast_shard(
             )
     with forecasters_shared():
         models = {service: load_forecaster(version) for service, version in ready.items()}
-        sharing: dict[int, list[str]] = {}  # services whose champions are one loaded model
-        for service, model in models.items():
-            sharing.setdefault(id(model), []).append(service)
-        for group in sharing.values():
-            model = models[group[0]]
+        for model, group in services_by_model(models):
             together = pd.concat([own_history[service] for service in group], ignore_index=True)
             forecast = model.predict(horizon, quantiles, history=together)
             own_forecast = by_service(forecast)
@@ -158,7 +155,10 @@ def forecast_shard(
                 if service not in own_forecast:
                     raise ValueError(f"the champion {ready[service].label} forecast no step")
                 frames.append(own_forecast[service].assign(model_version=ready[service].label))
-            drivers.update(peak_drivers(model, together, forecast))
+            try:
+                drivers.update(peak_drivers(model, together, forecast))
+            except Exception:  # the forecasts stand; publication explains these services again
+                LOG.exception("explaining the forecasts of %s failed", ", ".join(group))
     out = path_under(_run_dir(settings, "forecasts", origin), f"{services[0]}.parquet")
     frame = pd.concat(frames, ignore_index=True) if frames else empty_forecast(quantiles)
     write_parquet_atomically(frame, out, {PEAK_DRIVERS_KEY: json.dumps(drivers)})

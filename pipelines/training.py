@@ -36,7 +36,7 @@ from core.schema import (
 )
 from core.settings import Settings
 from models.backtest import backtest_forecasts, rolling_origin_splits, score_forecasts
-from models.base import Forecaster, infer_step
+from models.base import Forecaster, infer_step, services_by_model
 from models.catalog import family_factories, forecaster_factory
 from models.metrics import relative_mae
 from models.registry import (
@@ -525,13 +525,10 @@ def _champion_errors(
         current = champion(service)
         if current is not None:
             models[service] = load_forecaster(current)
-    sharing: dict[int, list[str]] = {}
-    for service, model in models.items():
-        sharing.setdefault(id(model), []).append(service)
     errors: dict[str, float] = {}
-    for group in sharing.values():
+    for model, group in services_by_model(models):
         histories = {service: own_history[service] for service in group}
-        errors.update(champion_backtest_errors(models[group[0]], histories, config))
+        errors.update(champion_backtest_errors(model, histories, config))
     return errors
 
 
@@ -552,6 +549,8 @@ def champion_backtest_error(
     Raises:
         ValueError: If the champion forecasts no step of a fold.
     """
+    if history.empty:
+        raise ValueError("champion_backtest_error needs the service's history: it has no rows")
     service = str(history[SERVICE].iloc[0])
     return champion_backtest_errors(model, {service: history}, config)[service]
 

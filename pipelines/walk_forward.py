@@ -73,6 +73,7 @@ def rolling_forecasts(
         ``offset`` (minutes into the period), ``family``, ``service``, ``ts`` and the quantile
         columns of every published forecast.
     """
+    from models.base import services_by_model
     from pipelines.publish import HISTORY_DAYS_FOR_FORECAST
     from pipelines.training import champion_backtest_error, choose_families, promotes
 
@@ -109,13 +110,11 @@ def rolling_forecasts(
                     f"  retrain {offset // REFIT_MINUTES + 1}: champions {_families(champions)}"
                 )
         recent = history_before(active, origins, HISTORY_DAYS_FOR_FORECAST)
-        by_model: dict[int, list[str]] = {}
-        for name in origins:
-            if name not in champions:  # cold start: the reactive floor serves it
-                continue
-            by_model.setdefault(id(champions[name][1]), []).append(name)
-        for names in by_model.values():
-            family, model = champions[names[0]]
+        serving = {  # cold starts (no champion) are served the reactive floor
+            name: champions[name][1] for name in origins if name in champions
+        }
+        for model, names in services_by_model(serving):
+            family = champions[names[0]][0]
             predicted = model.predict(
                 SCHEDULE_LOOKAHEAD_STEPS,
                 quantiles=training.quantiles,

@@ -262,6 +262,16 @@ def test_model_inputs_are_the_rows_feasts_point_in_time_join_serves(tmp_path: Pa
     assert len(inputs) == 2 * 72 - 12  # service 1's hour without rows is left out, not filled
 
 
+def test_two_offline_rows_for_one_step_are_refused_naming_the_source(tmp_path: Path) -> None:
+    settings, services = fleet_home(tmp_path / "home")
+    folder = offline_source_path(settings)
+    day = pd.read_parquet(min(folder.glob("*.parquet")))
+    day.iloc[[0]].assign(requests_mean=0.0).to_parquet(folder / "again.parquet")
+    apply_features(settings)
+    with pytest.raises(ValueError, match=r"holds 2 rows for steps that must have one"):
+        model_inputs(settings, services, START, END)
+
+
 def test_a_step_without_telemetry_has_no_input_value(tmp_path: Path) -> None:
     settings = get_settings(home=tmp_path / "home")
     fleet = generate_fleet(1, 1, step_minutes=1, seed=3, end=END)

@@ -862,3 +862,21 @@ def test_peak_drivers_of_many_services_equal_each_services_own(family: str) -> N
         alone = peak_drivers(model, own, forecast[forecast["service"] == service])
         assert together[service] == alone[service]
         assert len(alone[service]["peaks"]) == 3 and alone[service]["peaks"][0]["effects"]
+
+
+def test_an_explained_peak_the_schedule_lacks_is_left_out_and_a_missing_history_named() -> None:
+    from models.catalog import forecaster_factory
+    from models.explain import explanation_in_words, peak_drivers
+
+    fleet = synthetic_fleet(days=16)
+    model = forecaster_factory("lightgbm", {"n_estimators": 10}, (0.5, 0.9))().fit(fleet)
+    one = fleet[fleet["service"] == fleet["service"].iloc[0]]
+    forecast = model.predict(SEASON, (0.5, 0.9), history=one)
+    service = str(one["service"].iloc[0])
+    drivers = peak_drivers(model, one, forecast)[service]
+    schedule = forecast.assign(replicas=2, forecast_p90=forecast["p90"])
+    kept = schedule[schedule["ts"] != pd.Timestamp(drivers["peaks"][0]["ts"])]
+    words = explanation_in_words(drivers, kept)
+    assert len(words["peaks"]) == len(drivers["peaks"]) - 1
+    with pytest.raises(ValueError, match="no history to explain"):
+        peak_drivers(model, one.iloc[0:0], forecast)

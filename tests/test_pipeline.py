@@ -379,6 +379,36 @@ def test_a_service_with_too_little_history_is_reported_and_served_the_floor(
     assert served["reason"].startswith("cold start, not enough history (1.0 of 3 days)")
 
 
+def test_a_forecast_whose_explanation_fails_is_still_written_and_published(
+    pipeline_home, tmp_path, monkeypatch
+) -> None:
+    import pipelines.publish
+    from pipelines.publish import (
+        build_schedules,
+        forecast_shard,
+        publish_schedules,
+        recorded_peak_drivers,
+    )
+
+    settings = copy_of(pipeline_home[0], tmp_path)
+    services = [summary.service for summary in pipeline_home[1]]
+
+    def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("SHAP failed")
+
+    monkeypatch.setattr(pipelines.publish, "peak_drivers", broken)
+    origin = (FIXED_END + pd.Timedelta(minutes=5)).to_pydatetime()
+    forecast = forecast_shard(settings, services, as_of=origin)
+    assert set(pd.read_parquet(forecast)[SERVICE]) == set(services)
+    assert recorded_peak_drivers(forecast) == {}
+    monkeypatch.undo()  # publication explains them from the model and a fresh read
+    published = json.loads(
+        publish_schedules(settings, build_schedules(settings, forecast), as_of=origin).read_text()
+    )
+    assert set(published) == set(services)
+    assert all("peak" in entry["explanation"] for entry in published.values())
+
+
 def test_a_shard_without_champions_forecasts_and_publishes_nothing(tmp_path) -> None:
     from pipelines.publish import build_schedules, forecast_shard, publish_schedules
 
