@@ -174,11 +174,16 @@ def recorded_peak_drivers(path: Path) -> dict[str, dict]:
     Returns:
         Service -> :func:`models.explain.peak_drivers` (empty for a file written without them).
     """
+    return json.loads(_recorded_peak_drivers_json(path))
+
+
+def _recorded_peak_drivers_json(path: Path) -> str:
+    """The JSON text of :func:`recorded_peak_drivers` as the file holds it (``{}`` if none)."""
     import pyarrow.parquet as pq
 
     metadata = pq.read_schema(path).metadata or {}
     recorded = metadata.get(PEAK_DRIVERS_KEY.encode())
-    return json.loads(recorded) if recorded else {}
+    return recorded.decode() if recorded else "{}"
 
 
 def empty_forecast(quantiles: Sequence[float]) -> pd.DataFrame:
@@ -374,7 +379,7 @@ def build_schedules(settings: Settings, forecast_path: Path | str) -> Path:
     write_parquet_atomically(
         pd.concat(frames, ignore_index=True) if frames else empty_schedules(),
         path,
-        {PEAK_DRIVERS_KEY: json.dumps(recorded_peak_drivers(forecast_path))},
+        {PEAK_DRIVERS_KEY: _recorded_peak_drivers_json(forecast_path)},
     )
     return path
 
@@ -454,7 +459,6 @@ def publish_schedules(
         hours=float(section(settings.params_file, "schedule").get("validity_hours", 2))
     )
     now = pd.Timestamp(as_of) if as_of is not None else pd.Timestamp.now(tz="UTC")
-    configure_mlflow(settings)
     bodies: dict[str, SchedulePublish] = {}
     explanations: dict[str, dict] = {}
     drivers = recorded_peak_drivers(schedules_path)
@@ -560,6 +564,7 @@ def explain_schedule(
     if drivers is None:
         from models.registry import load_version
 
+        configure_mlflow(settings)
         history = recent_history(settings, [service], schedule[TS].min())
         document = explain_peaks(load_version(label), history, schedule)
     else:
