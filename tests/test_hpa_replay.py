@@ -465,3 +465,20 @@ def test_the_cv_choice_spends_the_pod_hour_budget_then_minimises_short_minutes()
     assert choose(result, ["a/x_1"], ["lavish"]) == "lavish"
     per_trace["a/x_1"]["costly"] = rows(0, 120.0)
     assert choose(result, ["a/x_1"], ["lavish", "costly"]) == "costly"
+
+
+def test_every_cv_candidate_is_a_complete_params_file_the_product_loads(tmp_path: Path) -> None:
+    from benchmarks.replay_cv import CANDIDATE_OVERRIDES, write_candidates
+    from core.params import forecast_target, load_config
+    from core.settings import REPO_ROOT
+
+    paths = write_candidates(REPO_ROOT / "params.yaml", tmp_path)
+    assert len(paths) == len(CANDIDATE_OVERRIDES)
+    targets = set()
+    for path in paths:
+        config = load_config(path)
+        changes = CANDIDATE_OVERRIDES[path.stem]
+        assert config.training.target == changes["training"]["target"]
+        assert config.service_defaults["risk"] == changes["service_defaults"]["risk"]
+        targets.add(forecast_target(path))
+    assert targets == {"mean", "peak"}
