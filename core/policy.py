@@ -729,38 +729,3 @@ def reactive_floor(live_load: float, config: ScalingSettings) -> int:
         ``ceil(live_load / (capacity * target_utilization))`` clamped to the service's bounds.
     """
     return int(replicas_for_load(live_load, config))
-
-
-def calibrated_utilization(
-    load_per_minute: pd.Series,
-    step: pd.Timedelta,
-    risk: float,
-    floor: float = 0.5,
-    ceiling: float = 0.95,
-) -> float:
-    """A target utilisation that leaves headroom for bursts inside one forecast step.
-
-    Forecasts are step means (5 minutes), while a minute is short when *its* load exceeds the
-    ready capacity. This returns ``1 / r`` where ``r`` is the ``1 - risk`` quantile of the ratio
-    of each minute's load to the mean of its step, over the given (past) minutes, clipped to
-    ``[floor, ceiling]``. Smooth services get a high utilisation, bursty ones keep headroom.
-
-    Args:
-        load_per_minute: Past load at one-minute resolution (UTC index).
-        step: The forecast step.
-        risk: Accepted probability of running short.
-        floor: Lowest utilisation returned.
-        ceiling: Highest utilisation returned.
-
-    Returns:
-        The utilisation in ``[floor, ceiling]``.
-
-    Raises:
-        ValueError: If the series has no positive value.
-    """
-    values = load_per_minute.dropna()
-    means = values.groupby(values.index.floor(step)).transform("mean")
-    ratio = (values / means.where(means > 0)).dropna()
-    if ratio.empty:
-        raise ValueError(f"column {load_per_minute.name!r}: no positive load to calibrate on")
-    return float(np.clip(1.0 / float(ratio.quantile(1.0 - risk)), floor, ceiling))

@@ -13,7 +13,6 @@ from core.policy import (
     SCALE_DOWN_FRACTION,
     TAIL_MAX_FACTOR,
     Persistence,
-    calibrated_utilization,
     empirical_quantile,
     persistence_weights,
     plan_quantiles,
@@ -187,17 +186,6 @@ def test_bad_forecast_is_refused_naming_service_column_and_rows() -> None:
         plan_replicas(frame[["service", "ts"]], config())
     with pytest.raises(ValueError, match="missing column"):
         plan_replicas(frame.drop(columns="ts"), config())
-
-
-def test_calibrated_utilization_keeps_headroom_for_bursty_minutes() -> None:
-    rng = np.random.default_rng(0)
-    index = pd.date_range(START, periods=24 * 60, freq="min")
-    smooth = pd.Series(100.0 + rng.normal(0, 0.5, len(index)), index=index)
-    bursty = pd.Series(rng.exponential(100.0, len(index)), index=index)
-    assert calibrated_utilization(smooth, STEP, 0.1) == pytest.approx(0.95)
-    assert 0.5 <= calibrated_utilization(bursty, STEP, 0.1) < 0.8
-    with pytest.raises(ValueError, match="no positive load"):
-        calibrated_utilization(pd.Series(0.0, index=index, name="requests"), STEP, 0.1)
 
 
 def test_standardized_errors_are_in_units_of_the_forecast_spread() -> None:
