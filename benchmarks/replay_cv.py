@@ -124,8 +124,9 @@ def leave_one_source_out(result: Mapping[str, Any], candidates: Sequence[str]) -
 
     Returns:
         ``folds`` (per held-out source: its traces, the candidate chosen on the others and its
-        figures on the held-out source per delay), ``chosen_on_all`` and the pooled held-out
-        figures per delay.
+        figures on the held-out source per delay), ``chosen_on_all``, the pooled held-out
+        figures per delay and ``development_totals`` (every candidate's figures per delay on
+        all the development traces, what ``chosen_on_all`` was chosen on).
     """
     first = next(iter(result["summary"].values()))
     traces = sorted(first["per_trace"])
@@ -158,4 +159,5 @@ def leave_one_source_out(result: Mapping[str, Any], candidates: Sequence[str]) -
         "folds": folds,
         "held_out_pooled": pooled,
         "chosen_on_all": choose(result, traces, candidates),
+        "development_totals": {name: totals_on(result, traces, name) for name in candidates},
     }

@@ -165,6 +165,25 @@ def cv_lines(cv: Mapping[str, Any]) -> list[str]:
                 f"{100 * f['short_vs_hpa']:.1f} | {100 * f['pod_hours_vs_hpa']:.1f} |"
             )
     lines += ["", f"Frozen (chosen on every source): `{cv['chosen_on_all']}`.", ""]
+    totals = cv.get("development_totals")
+    if totals:
+        delays = list(next(iter(totals.values())))
+        header = " | ".join(f"short % / pod-hours % of HPA, {d}-min start-up" for d in delays)
+        lines += [
+            "Every candidate on all the development traces, cheapest first:",
+            "",
+            f"| candidate | {header} |",
+            "|---|" + "---:|" * len(delays),
+        ]
+        ranked = sorted(totals, key=lambda n: (totals[n][delays[0]]["pod_hours_vs_hpa"], n))
+        for name in ranked:
+            cells = " | ".join(
+                f"{100 * totals[name][d]['short_vs_hpa']:.1f} / "
+                f"{100 * totals[name][d]['pod_hours_vs_hpa']:.1f}"
+                for d in delays
+            )
+            lines.append(f"| `{name}` | {cells} |")
+        lines.append("")
     return lines
 
 

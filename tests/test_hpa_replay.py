@@ -418,6 +418,11 @@ def test_replay_bench_end_to_end_on_a_small_synthetic_trace(
     page = write_report(written, tmp_path / "docs" / "replay.md", cv).read_text()
     assert "## Protocol" in page and written["params_files"][0]["sha256"][:12] in page
     assert "leave one source out" in page
+    assert set(cv["development_totals"]) == {"cautious", "lean"}
+    lean = cv["development_totals"]["lean"]["2"]
+    synthetic = written["summary"]["2"]["per_trace"]["request_traces/synthetic"]
+    assert lean["pod_hours"] == synthetic["lean"]["pod_hours"]
+    assert f"| `lean` | {100 * lean['short_vs_hpa']:.1f} / " in page
 
 
 def _minutes(days: float) -> pd.Series:
