@@ -28,15 +28,22 @@ from benchmarks.replay import TARGETS
 from core.params import load_params
 
 CANDIDATE_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
-    f"cand_{target}_{'blend' if blend else 'plain'}_r{risk:g}_u{utilization:g}".replace(".", ""): {
+    f"cand_{target}_{'blend' if blend else 'plain'}_r{risk:g}_u{utilization:g}_w{prewarm}".replace(
+        ".", ""
+    ): {
         "training": {"target": target},
-        "service_defaults": {"risk": risk, "target_utilization": utilization},
+        "service_defaults": {
+            "risk": risk,
+            "target_utilization": utilization,
+            "prewarm_minutes": prewarm,
+        },
         "schedule": {"blend_with_persistence": blend},
     }
     for target in ("mean", "peak")
     for blend in (False, True)
     for risk in (0.1, 0.5)
     for utilization in (0.7, 0.85, 1.0)
+    for prewarm in (0, 15)
 }
 """The candidates: per section, the fields of the repository's ``params.yaml`` they change."""
 

@@ -34,7 +34,7 @@ PROTOCOL = """## Protocol
   except by start-up timing (tested with a forecast at a tenth of the load).
 * **Choosing settings.** Candidates are complete params files (`benchmarks/replay_cv.py`,
   `CANDIDATE_OVERRIDES`: the forecast target (step mean or busiest minute) x blending with
-  persistence x risk x target utilisation over the
+  persistence x risk x target utilisation x pre-warm minutes over the
   repository's file). They are replayed on the development weeks (`--shift-weeks 1`: every
   trace loses its last week), and chosen leave-one-source-out: for each source (traces grouped
   by the first word of their file name), the candidate chosen on the *other* sources is scored

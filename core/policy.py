@@ -13,8 +13,8 @@ For every service and every forecast step the policy
    ``[min_replicas, max_replicas]``;
 3. scales up early: the replicas of a step are the largest need over the next
    ``startup_seconds`` (pods are requested one start-up time before they are needed), and at
-   least the largest *median* need over the next ``startup_seconds + PREWARM_MINUTES``: a surge
-   in the forecast is pre-warmed 15 minutes ahead at its median level, reaching the risk
+   least the largest *median* need over the next ``startup_seconds + prewarm_minutes``: a surge
+   in the forecast is pre-warmed ``prewarm_minutes`` ahead at its median level, reaching the risk
    quantile's level one start-up time ahead;
 4. honours the surge limit: no two consecutive steps differ by more than
    ``max_surge_per_step`` pods upwards; a rise larger than that starts earlier instead of later;
@@ -62,7 +62,6 @@ from core.schema import (
     utc_timestamp,
 )
 
-PREWARM_MINUTES = 15  # extra lead before a forecast rise, on top of the pod start-up time
 SCALE_DOWN_FRACTION = 0.2  # most pods removed per step once the scale-down delay has passed
 SCHEDULE_COLUMNS: tuple[str, ...] = (
     SERVICE,
@@ -119,6 +118,7 @@ class ScalingSettings(Protocol):
     scale_down_delay_minutes: int
     max_surge_per_step: int
     risk: float
+    prewarm_minutes: int
 
 
 def forecast_quantiles(forecast: pd.DataFrame) -> dict[float, str]:
@@ -273,7 +273,7 @@ def plan_service(
         config: Service settings.
         live_floor: Pods needed by the live load now; raises the first step (and, through the
             scale-down delay, the steps after it).
-        median: The median forecast per step, pre-warmed ``PREWARM_MINUTES`` ahead of the
+        median: The median forecast per step, pre-warmed ``config.prewarm_minutes`` ahead of the
             start-up lead; ``load`` is used when omitted.
 
     Returns:
@@ -287,7 +287,7 @@ def plan_service(
     early = np.maximum(
         _forward_window_max(need, _steps(startup, step)),
         _forward_window_max(
-            prewarm_need, _steps(startup + pd.Timedelta(minutes=PREWARM_MINUTES), step)
+            prewarm_need, _steps(startup + pd.Timedelta(minutes=config.prewarm_minutes), step)
         ),
     )
     limited = _limit_surge(early, config.max_surge_per_step)

@@ -164,6 +164,8 @@ class ServiceConfig(BaseModel):
         startup_seconds: Pod start-up lead time: the served value covers this much of the future
             (at most a day).
         scale_down_delay_minutes: How long a planned scale-down is held back.
+        prewarm_minutes: Extra lead before a rise of the median forecast, on top of
+            ``startup_seconds``: pods for the median's need start this much earlier.
         max_surge_per_step: Most pods added in one schedule step.
         risk: Accepted probability of running short (0.1 -> plan on the 0.9 quantile).
         mode: ``shadow``: schedules are published and scored but the API serves the reactive
@@ -188,6 +190,7 @@ class ServiceConfig(BaseModel):
     max_replicas: int = Field(default=100, ge=1)
     startup_seconds: int = Field(default=120, ge=0, le=86_400)
     scale_down_delay_minutes: int = Field(default=15, ge=0)
+    prewarm_minutes: int = Field(default=15, ge=0, le=1440)
     max_surge_per_step: int = Field(default=10, ge=1)
     risk: float = Field(default=0.1, gt=0, lt=1)
     mode: Mode = DEFAULT_MODE

@@ -485,5 +485,6 @@ def test_every_cv_candidate_is_a_complete_params_file_the_product_loads(tmp_path
         changes = CANDIDATE_OVERRIDES[path.stem]
         assert config.training.target == changes["training"]["target"]
         assert config.service_defaults["risk"] == changes["service_defaults"]["risk"]
+        assert config.service_defaults["prewarm_minutes"] in {0, 15}
         targets.add(forecast_target(path))
     assert targets == {"mean", "peak"}

@@ -9,7 +9,6 @@ import pandas as pd
 import pytest
 
 from core.policy import (
-    PREWARM_MINUTES,
     SCALE_DOWN_FRACTION,
     TAIL_MAX_FACTOR,
     Persistence,
@@ -115,7 +114,7 @@ def test_rise_is_pre_warmed_at_the_median_and_reached_one_lead_earlier() -> None
     cfg = config(max_surge_per_step=100)
     replicas = plan_replicas(forecast(p50, p90), cfg)["replicas"].to_numpy()
     lead_steps = math.ceil(cfg.startup_seconds / 300)  # 2 min -> 1 step
-    prewarm_steps = math.ceil((cfg.startup_seconds + PREWARM_MINUTES * 60) / 300)  # 17 min -> 4
+    prewarm_steps = math.ceil((cfg.startup_seconds + cfg.prewarm_minutes * 60) / 300)  # 17 min -> 4
     assert replicas[20 - lead_steps] == 30  # the p90 level is requested one start-up lead early
     assert replicas[20 - lead_steps - 1] == 20  # the median level is pre-warmed before that
     assert replicas[20 - prewarm_steps] == 20
