@@ -71,8 +71,11 @@ def replay_markdown(result: Mapping[str, Any], cv: Mapping[str, Any] | None = No
         ),
         "## Profiles replayed",
         "",
-        "| profile | file | sha256 | target | tail days | blend | risk | utilisation | HPA target |",
-        "|---|---|---|---|---:|---|---:|---:|---:|",
+        (
+            "| profile | file | sha256 | target | tail days | blend | risk | utilisation "
+            "| pre-warm min | HPA target |"
+        ),
+        "|---|---|---|---|---:|---|---:|---:|---:|---:|",
     ]
     for entry in result["params_files"]:
         profile = result["profiles"][entry["name"]]
@@ -81,7 +84,8 @@ def replay_markdown(result: Mapping[str, Any], cv: Mapping[str, Any] | None = No
             f"| {entry['name']} | `{Path(entry['path']).name}` | `{entry['sha256'][:12]}` | "
             f"{profile['target']} | {profile['tail_days']:g} | "
             f"{'yes' if profile.get('blend_with_persistence') else 'no'} | {service['risk']:g} | "
-            f"{service['target_utilization']:g} | {service['hpa']['target_utilization']:g} |"
+            f"{service['target_utilization']:g} | {service['prewarm_minutes']} | "
+            f"{service['hpa']['target_utilization']:g} |"
         )
     shift = result.get("shift_weeks", 0)
     lines += [
