@@ -111,7 +111,7 @@ def test_rise_is_pre_warmed_at_the_median_and_reached_one_lead_earlier() -> None
     # Low until step 20, then p50 = 100 and p90 = 150 req/s (20 and 30 pods at 5 req/s per pod).
     p50 = np.r_[np.full(20, 10.0), np.full(20, 100.0)]
     p90 = np.r_[np.full(20, 10.0), np.full(20, 150.0)]
-    cfg = config(max_surge_per_step=100)
+    cfg = config(max_surge_per_step=100, prewarm_minutes=15)
     replicas = plan_replicas(forecast(p50, p90), cfg)["replicas"].to_numpy()
     lead_steps = math.ceil(cfg.startup_seconds / 300)  # 2 min -> 1 step
     prewarm_steps = math.ceil((cfg.startup_seconds + cfg.prewarm_minutes * 60) / 300)  # 17 min -> 4
@@ -119,6 +119,16 @@ def test_rise_is_pre_warmed_at_the_median_and_reached_one_lead_earlier() -> None
     assert replicas[20 - lead_steps - 1] == 20  # the median level is pre-warmed before that
     assert replicas[20 - prewarm_steps] == 20
     assert replicas[20 - prewarm_steps - 1] == 2  # nothing earlier than the pre-warm window
+
+
+def test_without_pre_warm_a_rise_is_requested_one_start_up_lead_early_and_no_earlier() -> None:
+    p50 = np.r_[np.full(20, 10.0), np.full(20, 100.0)]
+    p90 = np.r_[np.full(20, 10.0), np.full(20, 150.0)]
+    cfg = config(max_surge_per_step=100, prewarm_minutes=0)
+    replicas = plan_replicas(forecast(p50, p90), cfg)["replicas"].to_numpy()
+    lead_steps = math.ceil(cfg.startup_seconds / 300)
+    assert replicas[20 - lead_steps] == 30
+    assert (replicas[: 20 - lead_steps] == 2).all()
 
 
 def test_surge_larger_than_the_limit_starts_earlier() -> None:
