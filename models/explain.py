@@ -168,15 +168,15 @@ def _log_lightgbm_summary(model: Any, history: pd.DataFrame) -> None:
 
 
 def _lightgbm_drivers(
-    model: Any, histories: dict[str, pd.DataFrame], peaks: dict[str, pd.DataFrame], quantile: float
+    model: Any, history: pd.DataFrame, peaks: dict[str, pd.DataFrame], quantile: float
 ) -> dict[str, list[list[tuple[str, float]]]]:
     """Each service's top SHAP contributions at its peak steps, from one design matrix and one
     SHAP call for all the services (a row's features and contributions are its own)."""
     services = list(peaks)
-    history = pd.concat([histories[service] for service in services], ignore_index=True)
+    history = history[history[SERVICE].isin(services)]
+    last = history.groupby(SERVICE, sort=False)[TS].max()
     horizon = max(
-        int((peaks[service][TS].max() - histories[service][TS].max()) / model.step_) + 1
-        for service in services
+        int((peaks[service][TS].max() - last[service]) / model.step_) + 1 for service in services
     )
     keys, features = lightgbm_forecast_features(model, max(horizon, 1), history)
     wanted = pd.concat([peaks[service][[SERVICE, TS]] for service in services], ignore_index=True)
@@ -334,12 +334,11 @@ def peak_drivers(
             rows in ``history``.
     """
     peaks = {service: _peak_steps(rows, n_peaks) for service, rows in by_service(forecast).items()}
-    histories = by_service(history)
     if model.name in ("lightgbm", "holt_winters", "ensemble"):
-        missing = sorted(set(peaks) - set(histories))
+        missing = sorted(set(peaks) - set(history[SERVICE].astype(str).unique()))
         if missing:
             raise ValueError(f"no history to explain the forecast of {missing} from")
-    return _drivers(model, histories, peaks, quantile)
+    return _drivers(model, history, peaks, quantile)
 
 
 def _peak_steps(forecast: pd.DataFrame, n_peaks: int) -> pd.DataFrame:
@@ -357,11 +356,11 @@ def _peak_steps(forecast: pd.DataFrame, n_peaks: int) -> pd.DataFrame:
 
 def _drivers(
     model: Forecaster,
-    histories: dict[str, pd.DataFrame],
+    history: pd.DataFrame,
     peaks: dict[str, pd.DataFrame],
     quantile: float,
 ) -> dict[str, dict[str, Any]]:
-    """:func:`peak_drivers` of the chosen peak steps, per service."""
+    """:func:`peak_drivers` of the chosen peak steps, per service (``history`` long format)."""
     if model.name == "ensemble":
         out: dict[str, dict[str, Any]] = {}
         by_member: dict[str, tuple[Forecaster, list[str]]] = {}
@@ -378,21 +377,22 @@ def _drivers(
                     [[("same time yesterday", 0.0)]] * len(rows),
                 )
         for name, (member, services) in by_member.items():
-            inner = _drivers(member, histories, {s: peaks[s] for s in services}, quantile)
+            inner = _drivers(member, history, {s: peaks[s] for s in services}, quantile)
             for service, document in inner.items():
                 basis = f"ensemble member {name!r}: {document['basis']}"
                 out[service] = {**document, "family": model.name, "basis": basis}
         return out
     effects: dict[str, list[list[tuple[str, float]]]]
     if model.name == "lightgbm":
-        effects = _lightgbm_drivers(model, histories, peaks, quantile)
+        effects = _lightgbm_drivers(model, history, peaks, quantile)
         basis = "SHAP contributions relative to the model's baseline"
     elif model.name == "prophet":
         effects = {service: _prophet_drivers(model, rows) for service, rows in peaks.items()}
         basis = "Prophet components relative to the trend"
     elif model.name == "holt_winters":
+        own = by_service(history)
         effects = {
-            service: _holt_winters_drivers(model, histories[service], rows)
+            service: _holt_winters_drivers(model, own[service], rows)
             for service, rows in peaks.items()
         }
         basis = "Holt-Winters seasonal components relative to the smoothed level"

@@ -138,9 +138,9 @@ def forecast_shard(
     frames = []
     drivers: dict[str, dict] = {}
     history = recent_history(settings, list(ready), origin) if ready else pd.DataFrame()
-    own_history = by_service(history) if ready else {}
+    present = set(history[SERVICE].astype(str).unique()) if ready else set()
     for service in ready:
-        if service not in own_history:
+        if service not in present:
             raise ValueError(
                 f"service {service!r} has no telemetry in the "
                 f"{HISTORY_DAYS_FOR_FORECAST} days before {origin}"
@@ -148,7 +148,7 @@ def forecast_shard(
     with forecasters_shared():
         models = {service: load_forecaster(version) for service, version in ready.items()}
         for model, group in services_by_model(models):
-            together = pd.concat([own_history[service] for service in group], ignore_index=True)
+            together = history[history[SERVICE].isin(group)].reset_index(drop=True)
             forecast = model.predict(horizon, quantiles, history=together)
             own_forecast = by_service(forecast)
             for service in group:

@@ -580,6 +580,10 @@ def champion_backtest_errors(
         splits = rolling_origin_splits(history, config.backtest_folds, config.horizon_steps)
         by_folds.setdefault(tuple(splits), []).append(service)
     values: dict[str, list[float]] = {service: [] for service in histories}
+    seasons = {  # steps in a day: seasonal naive's lag
+        service: 24 * 60 // int(infer_step(history).total_seconds() // 60)
+        for service, history in histories.items()
+    }
     for splits, services in by_folds.items():
         for train_end, test_start, test_end in splits:
             pasts = {s: histories[s][histories[s][TS] <= train_end] for s in services}
@@ -601,8 +605,9 @@ def champion_backtest_errors(
                         f"champion {type(model).__name__} forecast no step of {service!r}'s "
                         f"fold {test_start}..{test_end}"
                     )
-                season = 24 * 60 // int(infer_step(history).total_seconds() // 60)
-                naive = np.resize(pasts[service][TARGET].to_numpy(float)[-season:], len(joined))
+                naive = np.resize(
+                    pasts[service][TARGET].to_numpy(float)[-seasons[service] :], len(joined)
+                )
                 values[service].append(
                     relative_mae(
                         joined[TARGET].to_numpy(float),
